@@ -1,0 +1,101 @@
+"""Typed, bounds-checked, truly atomic guest physical memory for Python VMMs.
+
+The public API, by layer: addresses, ByteValued and AtomicAccess types, orderings,
+regions, and `GuestMemory` with its access table (see the README).
+"""
+
+from vm_memory.address import GuestAddress, MemoryRegionAddress
+from vm_memory.aligned_address import AlignedGuestAddress
+from vm_memory.atomic_access import AtomicAccess, AtomicInteger, is_atomic_access
+from vm_memory.byte_valued import ScalarValue, is_byte_valued
+from vm_memory.endian import (
+    Be16,
+    Be32,
+    Be64,
+    BeI16,
+    BeI32,
+    BeI64,
+    Le16,
+    Le32,
+    Le64,
+    LeI16,
+    LeI32,
+    LeI64,
+)
+from vm_memory.errors import (
+    AddressOutOfRange,
+    AddressOverflow,
+    AlignedAddressConstruction,
+    AtomicAccessUnsupported,
+    AtomicLibraryMissing,
+    AtomicWidthUnsupported,
+    GuestMemoryError,
+    InvalidGuestAddress,
+    InvalidOrdering,
+    InvalidRange,
+    MappingError,
+    MisalignedAddress,
+    NoHostAddress,
+    NotAtomicAccess,
+    NotByteValued,
+    PartialBuffer,
+    ReadOnlyRegion,
+    RegionOverlap,
+    ValueOutOfRange,
+)
+from vm_memory.guest_memory import GuestMemory
+from vm_memory.mmap_memory import GuestMemoryMmap
+from vm_memory.mmap_region import GuestRegionMmap, MmapRegion
+from vm_memory.ordering import Ordering
+from vm_memory.region import GuestMemoryRegion
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AddressOutOfRange",
+    "AddressOverflow",
+    "AlignedAddressConstruction",
+    "AlignedGuestAddress",
+    "AtomicAccess",
+    "AtomicAccessUnsupported",
+    "AtomicInteger",
+    "AtomicLibraryMissing",
+    "AtomicWidthUnsupported",
+    "Be16",
+    "Be32",
+    "Be64",
+    "BeI16",
+    "BeI32",
+    "BeI64",
+    "GuestAddress",
+    "GuestMemory",
+    "GuestMemoryError",
+    "GuestMemoryMmap",
+    "GuestMemoryRegion",
+    "GuestRegionMmap",
+    "InvalidGuestAddress",
+    "InvalidOrdering",
+    "InvalidRange",
+    "Le16",
+    "Le32",
+    "Le64",
+    "LeI16",
+    "LeI32",
+    "LeI64",
+    "MappingError",
+    "MemoryRegionAddress",
+    "MisalignedAddress",
+    "MmapRegion",
+    "NoHostAddress",
+    "NotAtomicAccess",
+    "NotByteValued",
+    "Ordering",
+    "PartialBuffer",
+    "ReadOnlyRegion",
+    "RegionOverlap",
+    "ScalarValue",
+    "ValueOutOfRange",
+    "__version__",
+    "is_atomic_access",
+    "is_byte_valued",
+]

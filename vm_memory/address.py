@@ -1,0 +1,195 @@
+"""Guest physical and region-relative addresses: immutable 64-bit values.
+
+Like the standard library's `ipaddress` types, addresses are values with checked
+constructors, not `int` subclasses: an address can never be used as a plain offset by
+accident, and every arithmetic method states what happens at the 2**64 edge.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final, Self
+
+from vm_memory.errors import AddressOutOfRange, AddressOverflow
+
+ADDRESS_SPACE_SIZE: Final = 1 << 64
+"""Number of addresses in the 64-bit space; every address is below this."""
+
+_MASK: Final = ADDRESS_SPACE_SIZE - 1
+
+
+def check_u64(value: object, what: str = "address") -> int:
+    """Return `value` as an int in [0, 2**64), or raise a typed error saying why not."""
+    if type(value) is int:
+        if 0 <= value < ADDRESS_SPACE_SIZE:
+            return value
+        raise AddressOutOfRange(value, what)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{what} must be an int, not {type(value).__name__}")
+    return check_u64(int(value), what)
+
+
+def _check_power_of_two(power: int) -> int:
+    power = check_u64(power, "alignment")
+    if power == 0 or power & (power - 1):
+        raise ValueError(f"alignment {power} is not a power of two")
+    return power
+
+
+class _Address64:
+    """Shared behaviour of the 64-bit address types (comparison only within one type)."""
+
+    __slots__ = ("_value",)
+    _value: int
+
+    def __init__(self, value: int) -> None:
+        object.__setattr__(self, "_value", check_u64(value))
+
+    @classmethod
+    def _unchecked(cls, value: int) -> Self:
+        address = object.__new__(cls)
+        object.__setattr__(address, "_value", value)
+        return address
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self._value,))
+
+    def raw_value(self) -> int:
+        """The address as an int."""
+        return self._value
+
+    def mask(self, mask: int) -> int:
+        """The address bits selected by `mask`."""
+        return self._value & check_u64(mask, "mask")
+
+    # Arithmetic. Offsets are unsigned 64-bit values, as in the Rust crate.
+
+    def checked_add(self, offset: int) -> Self | None:
+        """`self + offset`, or None if it passes 2**64 - 1."""
+        result = self._value + check_u64(offset, "offset")
+        return self._unchecked(result) if result <= _MASK else None
+
+    def checked_sub(self, offset: int) -> Self | None:
+        """`self - offset`, or None if it goes below 0."""
+        result = self._value - check_u64(offset, "offset")
+        return self._unchecked(result) if result >= 0 else None
+
+    def overflowing_add(self, offset: int) -> tuple[Self, bool]:
+        """`self + offset` wrapped to 64 bits, and whether it wrapped."""
+        result = self._value + check_u64(offset, "offset")
+        return self._unchecked(result & _MASK), result > _MASK
+
+    def overflowing_sub(self, offset: int) -> tuple[Self, bool]:
+        """`self - offset` wrapped to 64 bits, and whether it wrapped."""
+        result = self._value - check_u64(offset, "offset")
+        return self._unchecked(result & _MASK), result < 0
+
+    def wrapping_add(self, offset: int) -> Self:
+        """`self + offset` modulo 2**64."""
+        return self._unchecked((self._value + check_u64(offset, "offset")) & _MASK)
+
+    def wrapping_sub(self, offset: int) -> Self:
+        """`self - offset` modulo 2**64."""
+        return self._unchecked((self._value - check_u64(offset, "offset")) & _MASK)
+
+    def unchecked_add(self, offset: int) -> Self:
+        """`self + offset`, raising `AddressOverflow` past 2**64 - 1."""
+        result = self._value + check_u64(offset, "offset")
+        if result > _MASK:
+            raise AddressOverflow(self._value, "+", offset)
+        return self._unchecked(result)
+
+    def unchecked_sub(self, offset: int) -> Self:
+        """`self - offset`, raising `AddressOverflow` below 0."""
+        result = self._value - check_u64(offset, "offset")
+        if result < 0:
+            raise AddressOverflow(self._value, "-", offset)
+        return self._unchecked(result)
+
+    def __add__(self, offset: int) -> Self:
+        return self.unchecked_add(offset)
+
+    def __sub__(self, offset: int) -> Self:
+        return self.unchecked_sub(offset)
+
+    def offset_from(self, base: Self) -> int:
+        """The distance `self - base`; raises `AddressOverflow` if `base` is above."""
+        if type(base) is not type(self):
+            raise TypeError(f"offset_from needs a {type(self).__name__}")
+        if base._value > self._value:
+            raise AddressOverflow(self._value, "-", base._value)
+        return self._value - base._value
+
+    def checked_align_up(self, alignment: int) -> Self | None:
+        """The next multiple of `alignment` (a power of two) at or above, or None."""
+        alignment = _check_power_of_two(alignment)
+        result = (self._value + alignment - 1) & ~(alignment - 1)
+        return self._unchecked(result) if result <= _MASK else None
+
+    def align_up(self, alignment: int) -> Self:
+        """The next multiple of `alignment` at or above; raises `AddressOverflow`."""
+        aligned = self.checked_align_up(alignment)
+        if aligned is None:
+            raise AddressOverflow(self._value, "align_up", alignment)
+        return aligned
+
+    def align_down(self, alignment: int) -> Self:
+        """The multiple of `alignment` (a power of two) at or below."""
+        return self._unchecked(self._value & ~(_check_power_of_two(alignment) - 1))
+
+    def is_aligned(self, alignment: int) -> bool:
+        """Whether the address is a multiple of `alignment` (a power of two)."""
+        return self._value & (_check_power_of_two(alignment) - 1) == 0
+
+    # Value semantics: comparison and hashing within one address type only.
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is type(self):
+            return self._value == other._value
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __lt__(self, other: Self) -> bool:
+        if type(other) is type(self):
+            return self._value < other._value
+        return NotImplemented
+
+    def __le__(self, other: Self) -> bool:
+        if type(other) is type(self):
+            return self._value <= other._value
+        return NotImplemented
+
+    def __gt__(self, other: Self) -> bool:
+        if type(other) is type(self):
+            return self._value > other._value
+        return NotImplemented
+
+    def __ge__(self, other: Self) -> bool:
+        if type(other) is type(self):
+            return self._value >= other._value
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._value:#x})"
+
+    def __format__(self, spec: str) -> str:
+        return format(self._value, spec) if spec else repr(self)
+
+
+class GuestAddress(_Address64):
+    """A guest physical address."""
+
+    __slots__ = ()
+
+
+class MemoryRegionAddress(_Address64):
+    """An offset inside one region, as a 64-bit address."""
+
+    __slots__ = ()

@@ -1,0 +1,170 @@
+"""AlignedGuestAddress[T]: a guest address proven aligned for the ByteValued type T.
+
+It can only be made by checked constructors (`new`, `try_new`, `align_up`,
+`align_down`), so holding one is the proof: `read_obj`/`write_obj` and the atomic
+operations take it and need no further alignment check of the guest address. The
+alignment is the type's natural alignment: its size for scalars (what an atomic access
+needs), the ctypes alignment for aggregates.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar, final
+
+from vm_memory.address import ADDRESS_SPACE_SIZE, GuestAddress, check_u64
+from vm_memory.byte_valued import TypeLayout, layout_of
+from vm_memory.errors import AddressOverflow, AlignedAddressConstruction, MisalignedAddress
+
+_T = TypeVar("_T")
+_T_co = TypeVar("_T_co", covariant=True)
+
+
+class _ConstructionToken:
+    """Only the checked constructors hold one; it makes direct calls a static error."""
+
+
+def required_alignment(layout: TypeLayout) -> int:
+    """The alignment an `AlignedGuestAddress` of this type proves."""
+    size = layout.size
+    if layout.is_scalar and size & (size - 1) == 0:
+        return size
+    return layout.alignment
+
+
+def _as_address_value(address: GuestAddress | int) -> int:
+    if type(address) is GuestAddress:
+        return address.raw_value()
+    return check_u64(address)
+
+
+@final
+class AlignedGuestAddress(Generic[_T_co]):
+    """A guest address aligned for `T`; build it with `AlignedGuestAddress.new(T, address)`."""
+
+    __slots__ = ("_alignment", "_layout", "_type", "_value")
+    _value: int
+    _type: type[Any]
+    _alignment: int
+    _layout: TypeLayout
+
+    if TYPE_CHECKING:
+        def __init__(self, token: _ConstructionToken, /) -> None: ...
+    else:
+        def __new__(cls, *args: object, **kwargs: object) -> NoReturn:
+            raise AlignedAddressConstruction()
+
+    @classmethod
+    def _make(cls, ctype: type[_T], value: int, layout: TypeLayout,
+              alignment: int) -> AlignedGuestAddress[_T]:
+        address: AlignedGuestAddress[_T] = object.__new__(AlignedGuestAddress[_T])
+        setattr_ = object.__setattr__
+        setattr_(address, "_value", value)
+        setattr_(address, "_type", ctype)
+        setattr_(address, "_alignment", alignment)
+        setattr_(address, "_layout", layout)
+        return address
+
+    @classmethod
+    def new(cls, ctype: type[_T], address: GuestAddress | int) -> AlignedGuestAddress[_T]:
+        """`address` as aligned for `ctype`; raises `MisalignedAddress` if it is not."""
+        value = _as_address_value(address)
+        layout = layout_of(ctype)
+        alignment = required_alignment(layout)
+        if value & (alignment - 1):
+            raise MisalignedAddress(value, alignment, layout.name)
+        return cls._make(ctype, value, layout, alignment)
+
+    @classmethod
+    def try_new(cls, ctype: type[_T],
+                address: GuestAddress | int) -> AlignedGuestAddress[_T] | None:
+        """`address` as aligned for `ctype`, or None if it is not aligned."""
+        value = _as_address_value(address)
+        layout = layout_of(ctype)
+        alignment = required_alignment(layout)
+        if value & (alignment - 1):
+            return None
+        return cls._make(ctype, value, layout, alignment)
+
+    @classmethod
+    def align_up(cls, ctype: type[_T], address: GuestAddress | int) -> AlignedGuestAddress[_T]:
+        """The first address at or above `address` aligned for `ctype`."""
+        value = _as_address_value(address)
+        layout = layout_of(ctype)
+        alignment = required_alignment(layout)
+        aligned = (value + alignment - 1) & ~(alignment - 1)
+        if aligned >= ADDRESS_SPACE_SIZE:
+            raise AddressOverflow(value, "align_up", alignment)
+        return cls._make(ctype, aligned, layout, alignment)
+
+    @classmethod
+    def align_down(cls, ctype: type[_T],
+                   address: GuestAddress | int) -> AlignedGuestAddress[_T]:
+        """The last address at or below `address` aligned for `ctype`."""
+        value = _as_address_value(address)
+        layout = layout_of(ctype)
+        alignment = required_alignment(layout)
+        return cls._make(ctype, value & ~(alignment - 1), layout, alignment)
+
+    @property
+    def addr(self) -> GuestAddress:
+        """The plain guest address."""
+        return GuestAddress(self._value)
+
+    @property
+    def type(self) -> type[_T_co]:
+        """The type this address is aligned for."""
+        return self._type
+
+    @property
+    def alignment(self) -> int:
+        """The alignment proven, in bytes."""
+        return self._alignment
+
+    def raw_value(self) -> int:
+        """The address as an int."""
+        return self._value
+
+    def offset(self, elements: int) -> AlignedGuestAddress[_T_co]:
+        """The address `elements` values of T further (negative: back); stays aligned."""
+        value = self._value + elements * self._layout.size
+        if not 0 <= value < ADDRESS_SPACE_SIZE:
+            raise AddressOverflow(self._value, "+" if elements >= 0 else "-",
+                                  abs(elements) * self._layout.size)
+        return self._make(self._type, value, self._layout, self._alignment)
+
+    def __add__(self, offset: int) -> AlignedGuestAddress[_T_co] | GuestAddress:
+        """`+` of a multiple of the alignment keeps the type; any other offset does not."""
+        result = GuestAddress(self._value).unchecked_add(offset)
+        if offset % self._alignment:
+            return result
+        return self._make(self._type, result.raw_value(), self._layout,
+                          self._alignment)
+
+    def __sub__(self, offset: int) -> AlignedGuestAddress[_T_co] | GuestAddress:
+        """`-` of a multiple of the alignment keeps the type; any other offset does not."""
+        result = GuestAddress(self._value).unchecked_sub(offset)
+        if offset % self._alignment:
+            return result
+        return self._make(self._type, result.raw_value(), self._layout,
+                          self._alignment)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("AlignedGuestAddress is immutable")
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is AlignedGuestAddress:
+            return (self._value, self._type) == (other._value, other._type)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash((self._value, self._type))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_restore, (self._type, self._value))
+
+    def __repr__(self) -> str:
+        return f"AlignedGuestAddress[{self._type.__name__}]({self._value:#x})"
+
+
+def _restore(ctype: type[_T], value: int) -> AlignedGuestAddress[_T]:
+    return AlignedGuestAddress.new(ctype, value)

@@ -1,0 +1,233 @@
+"""ByteValued: the types that can be copied to and from guest memory as plain bytes.
+
+A ByteValued type is a ctypes scalar (fixed-width or platform-sized, in native or an
+explicit byte order), or a ctypes `Structure`, `Union` or `Array` made only of
+ByteValued fields. Pointers, `c_char_p`, `c_wchar_p`, `c_void_p`, `py_object` and
+function pointers are not: their bytes mean nothing in another address space.
+
+Each type is validated once; its `TypeLayout` (size, alignment, codec) is cached.
+Scalars read back as Python `int`, `float`, `bool`, `bytes` (`c_char`) or `str`
+(`c_wchar`); aggregates as independent ctypes instances (copies).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import struct
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final, Protocol, TypeVar
+
+from vm_memory.errors import NotByteValued, ValueOutOfRange
+
+_V_co = TypeVar("_V_co", covariant=True)
+
+
+class ScalarValue(Protocol[_V_co]):
+    """Static shape of a ctypes scalar instance whose value is a `_V_co`."""
+
+    @property
+    def value(self) -> _V_co: ...
+
+
+Aggregate = ctypes.Structure | ctypes.Union | ctypes.Array[Any]
+"""The ctypes aggregate instance types (their ByteValued-ness is checked at run time)."""
+
+# ctypes `_type_` codes of scalars that are plain data, with their Python value kind.
+_INTEGER_CODES: Final = frozenset("bBhHiIlLqQ")
+_SIGNED_CODES: Final = frozenset("bhilq")
+_FLOAT_CODES: Final = frozenset("fd")
+_REFUSED_CODES: Final = {
+    "P": "a pointer (c_void_p) is an address in this process, meaningless in the guest",
+    "z": "c_char_p is a pointer to a Python-owned string",
+    "Z": "c_wchar_p is a pointer to a Python-owned string",
+    "O": "py_object holds a reference to a Python object",
+}
+_STRUCT_INTEGER_FORMATS: Final = {1: "b", 2: "h", 4: "i", 8: "q"}
+
+
+@dataclass(frozen=True, slots=True)
+class TypeLayout:
+    """How one ByteValued type sits in memory and converts to a Python value."""
+
+    ctype: type[Any]
+    name: str
+    size: int
+    alignment: int
+    is_scalar: bool
+    is_integer: bool
+    is_bool: bool
+    is_native_byte_order: bool
+    minimum: int
+    maximum: int
+    unpack_from: Callable[[Any, int], Any]
+    """(buffer, offset) -> Python value; scalars give int/float/bool, aggregates a copy."""
+    pack_into: Callable[[Any, int, Any], None]
+    """(buffer, offset, value) -> None; raises ValueOutOfRange or TypeError, writing nothing."""
+
+
+_LAYOUTS: dict[type[Any], TypeLayout] = {}
+
+
+def layout_of(ctype: object) -> TypeLayout:
+    """The layout of a ByteValued type, validated and cached; raises `NotByteValued`."""
+    try:
+        return _LAYOUTS[ctype]  # type: ignore[index]
+    except (KeyError, TypeError):
+        pass
+    layout = _build_layout(ctype)
+    _LAYOUTS[layout.ctype] = layout
+    return layout
+
+
+def is_byte_valued(ctype: object) -> bool:
+    """Whether `ctype` is a ByteValued type."""
+    try:
+        layout_of(ctype)
+    except NotByteValued:
+        return False
+    return True
+
+
+def type_name(ctype: object) -> str:
+    """A readable name for a type, for messages."""
+    return getattr(ctype, "__qualname__", None) or repr(ctype)
+
+
+def _byte_order_of(ctype: type[Any]) -> str:
+    """'little' or 'big': ctypes marks swapped scalar types only through these links."""
+    if getattr(ctype, "__ctype_be__", None) is ctype and ctypes.sizeof(ctype) > 1:
+        return "big"
+    if getattr(ctype, "__ctype_le__", None) is ctype and ctypes.sizeof(ctype) > 1:
+        return "little"
+    return sys.byteorder
+
+
+def _check_fields(ctype: type[Any]) -> None:
+    """Validate every field of a Structure/Union, or the element type of an Array."""
+    if issubclass(ctype, ctypes.Array):
+        element: object = ctype._type_
+        try:
+            layout_of(element)
+        except NotByteValued as error:
+            raise NotByteValued(type_name(ctype), f"its element type is not: {error.reason}")\
+                from None
+        return
+    fields = getattr(ctype, "_fields_", None)
+    if fields is None:
+        raise NotByteValued(type_name(ctype), "it has no _fields_ (an incomplete type)")
+    for field in fields:
+        name, field_type = field[0], field[1]
+        try:
+            layout_of(field_type)
+        except NotByteValued as error:
+            raise NotByteValued(
+                type_name(ctype), f"field {name!r} ({type_name(field_type)}) is not: "
+                f"{error.reason}"
+            ) from None
+
+
+def _build_layout(ctype: object) -> TypeLayout:
+    if not isinstance(ctype, type):
+        raise NotByteValued(type_name(ctype), "it is not a type")
+    return _build_type_layout(ctype)
+
+
+def _build_type_layout(ctype: type[Any]) -> TypeLayout:
+    name = type_name(ctype)
+    scalar = issubclass(ctype, ctypes._SimpleCData)  # pyright: ignore[reportPrivateUsage]
+    aggregate = issubclass(ctype, ctypes.Structure | ctypes.Union | ctypes.Array)
+    if scalar:
+        return _scalar_layout(ctype, name)
+    if issubclass(ctype, ctypes._Pointer):  # pyright: ignore[reportPrivateUsage]
+        raise NotByteValued(name, "a pointer is an address in this process")
+    if issubclass(ctype, ctypes._CFuncPtr):  # type: ignore[attr-defined]  # pyright: ignore[reportAttributeAccessIssue]
+        raise NotByteValued(name, "a function pointer is an address in this process")
+    if aggregate:
+        _check_fields(ctype)
+        return _aggregate_layout(ctype, name)
+    raise NotByteValued(name, "only ctypes scalars, Structures, Unions and Arrays are")
+
+
+def _aggregate_layout(ctype: type[Any], name: str) -> TypeLayout:
+    size = ctypes.sizeof(ctype)
+    from_buffer_copy = ctype.from_buffer_copy
+
+    def unpack_from(buffer: Any, offset: int) -> Any:
+        return from_buffer_copy(buffer, offset)
+
+    def pack_into(buffer: Any, offset: int, value: Any) -> None:
+        if type(value) is not ctype:
+            raise TypeError(f"expected a {name} instance, got {type(value).__name__}")
+        buffer[offset:offset + size] = bytes(value)
+
+    return TypeLayout(ctype, name, size, ctypes.alignment(ctype), False, False, False, True,
+                      0, 0, unpack_from, pack_into)
+
+
+def _scalar_layout(ctype: type[Any], name: str) -> TypeLayout:
+    code = getattr(ctype, "_type_", "")
+    if code in _REFUSED_CODES:
+        raise NotByteValued(name, _REFUSED_CODES[code])
+    size = ctypes.sizeof(ctype)
+    alignment = ctypes.alignment(ctype)
+    order = _byte_order_of(ctype)
+    native = order == sys.byteorder
+    prefix = "<" if order == "little" else ">"
+    is_integer = code in _INTEGER_CODES
+    is_bool = code == "?"
+    minimum = maximum = 0
+    if is_integer:
+        signed = code in _SIGNED_CODES
+        fmt = _STRUCT_INTEGER_FORMATS[size]
+        fmt = prefix + (fmt if signed else fmt.upper())
+        minimum = -(1 << (size * 8 - 1)) if signed else 0
+        maximum = (1 << (size * 8 - 1)) - 1 if signed else (1 << (size * 8)) - 1
+    elif is_bool:
+        fmt = "?"
+        maximum = 1
+    elif code in _FLOAT_CODES:
+        fmt = prefix + code
+    else:
+        # c_char, c_wchar, c_longdouble: no struct format; go through ctypes itself.
+        return _ctypes_scalar_layout(ctype, name, size, alignment, native)
+    codec = struct.Struct(fmt)
+    unpack = codec.unpack_from
+    pack = codec.pack_into
+
+    def unpack_from(buffer: Any, offset: int) -> Any:
+        return unpack(buffer, offset)[0]
+
+    def pack_into(buffer: Any, offset: int, value: Any) -> None:
+        if is_bool and value is not True and value is not False and value not in (0, 1):
+            raise ValueOutOfRange(name, value, "a bool is True, False, 0 or 1")
+        try:
+            pack(buffer, offset, value)
+        except (struct.error, OverflowError) as error:
+            if is_integer and isinstance(value, int):
+                raise ValueOutOfRange(name, value, f"not in [{minimum}, {maximum}]") from None
+            if isinstance(value, float | int) and not isinstance(value, bool):
+                raise ValueOutOfRange(name, value, str(error)) from None
+            raise TypeError(f"{name} cannot hold a {type(value).__name__}") from None
+
+    return TypeLayout(ctype, name, size, alignment, True, is_integer, is_bool, native,
+                      minimum, maximum, unpack_from, pack_into)
+
+
+def _ctypes_scalar_layout(ctype: type[Any], name: str, size: int, alignment: int,
+                          native: bool) -> TypeLayout:
+    from_buffer_copy = ctype.from_buffer_copy
+
+    def unpack_from(buffer: Any, offset: int) -> Any:
+        return from_buffer_copy(buffer, offset).value
+
+    def pack_into(buffer: Any, offset: int, value: Any) -> None:
+        try:
+            instance = ctype(value)
+        except (TypeError, ValueError) as error:
+            raise ValueOutOfRange(name, value, str(error)) from None
+        buffer[offset:offset + size] = bytes(instance)
+
+    return TypeLayout(ctype, name, size, alignment, True, False, False, native, 0, 0,
+                      unpack_from, pack_into)

@@ -1,0 +1,1 @@
+../stubs/vm_memory/endian.pyi

@@ -1,0 +1,241 @@
+"""The error hierarchy: every failure is a `GuestMemoryError` carrying its facts.
+
+Addresses are kept as plain integers here (this module sits below the address types)
+and shown in hex. Each error can be pickled, so it survives a trip to another process.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _hex(value: int) -> str:
+    return f"{value:#x}"
+
+
+class GuestMemoryError(Exception):
+    """Base class of every error this library raises on purpose."""
+
+    _init_args: tuple[Any, ...] = ()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), self._init_args)
+
+
+class AddressOutOfRange(GuestMemoryError, ValueError):
+    """A value given as a 64-bit address or offset is negative or at least 2**64."""
+
+    def __init__(self, value: int, what: str = "address") -> None:
+        self.value = value
+        self.what = what
+        self._init_args = (value, what)
+        super().__init__(f"{what} {value!r} is outside the 64-bit range [0, 2**64)")
+
+
+class AddressOverflow(GuestMemoryError, OverflowError):
+    """Address arithmetic went past 2**64 - 1 or below 0."""
+
+    def __init__(self, base: int, operation: str, operand: int) -> None:
+        self.base = base
+        self.operation = operation
+        self.operand = operand
+        self._init_args = (base, operation, operand)
+        super().__init__(
+            f"{_hex(base)} {operation} {_hex(operand)} overflows the 64-bit address space"
+        )
+
+
+class InvalidGuestAddress(GuestMemoryError):
+    """No region contains this guest address."""
+
+    def __init__(self, address: int) -> None:
+        self.address = address
+        self._init_args = (address,)
+        super().__init__(f"guest address {_hex(address)} is not backed by any region")
+
+
+class InvalidRange(GuestMemoryError, ValueError):
+    """A range is empty where it must not be, wraps past 2**64, or does not fit."""
+
+    def __init__(self, address: int, length: int, reason: str) -> None:
+        self.address = address
+        self.length = length
+        self.reason = reason
+        self._init_args = (address, length, reason)
+        super().__init__(f"invalid range [{_hex(address)}, +{_hex(length)}): {reason}")
+
+
+class PartialBuffer(GuestMemoryError):
+    """A slice access could not complete; `completed` bytes were moved (0: none at all).
+
+    `available` is how many bytes from `address` on are backed before the hole or end.
+    """
+
+    def __init__(self, address: int, expected: int, completed: int, available: int) -> None:
+        self.address = address
+        self.expected = expected
+        self.completed = completed
+        self.available = available
+        self._init_args = (address, expected, completed, available)
+        super().__init__(
+            f"access of {expected} bytes at {_hex(address)} moved {completed}: only "
+            f"{available} bytes are backed before a hole or the end at "
+            f"{_hex(address + available)}"
+        )
+
+
+class RegionOverlap(GuestMemoryError, ValueError):
+    """Two regions given to one memory object overlap."""
+
+    def __init__(self, first_start: int, first_length: int, second_start: int,
+                 second_length: int) -> None:
+        self.first_start = first_start
+        self.first_length = first_length
+        self.second_start = second_start
+        self.second_length = second_length
+        self._init_args = (first_start, first_length, second_start, second_length)
+        super().__init__(
+            f"region [{_hex(first_start)}, +{_hex(first_length)}) overlaps region "
+            f"[{_hex(second_start)}, +{_hex(second_length)})"
+        )
+
+
+class NotByteValued(GuestMemoryError, TypeError):
+    """A type cannot be copied to and from guest memory as plain bytes."""
+
+    def __init__(self, type_name: str, reason: str) -> None:
+        self.type_name = type_name
+        self.reason = reason
+        self._init_args = (type_name, reason)
+        super().__init__(f"{type_name} is not ByteValued: {reason}")
+
+
+class ValueOutOfRange(GuestMemoryError, ValueError):
+    """A value does not fit the type it is written as."""
+
+    def __init__(self, type_name: str, value: object, reason: str) -> None:
+        self.type_name = type_name
+        self.value = value
+        self.reason = reason
+        self._init_args = (type_name, value, reason)
+        super().__init__(f"{value!r} cannot be stored as {type_name}: {reason}")
+
+
+class MisalignedAddress(GuestMemoryError, ValueError):
+    """An address is not a multiple of the alignment the access needs."""
+
+    def __init__(self, address: int, alignment: int, type_name: str,
+                 space: str = "guest") -> None:
+        self.address = address
+        self.alignment = alignment
+        self.type_name = type_name
+        self.space = space
+        self._init_args = (address, alignment, type_name, space)
+        super().__init__(
+            f"{space} address {_hex(address)} is not aligned to {alignment} bytes "
+            f"as {type_name} requires"
+        )
+
+
+class ReadOnlyRegion(GuestMemoryError):
+    """A store reached a region mapped read-only; nothing was written."""
+
+    def __init__(self, address: int, length: int) -> None:
+        self.address = address
+        self.length = length
+        self._init_args = (address, length)
+        super().__init__(
+            f"write of {length} bytes at {_hex(address)} refused: the region is read-only"
+        )
+
+
+class NotAtomicAccess(GuestMemoryError, TypeError):
+    """An atomic operation was asked of a type that is not an atomic integer or bool."""
+
+    def __init__(self, type_name: str, reason: str) -> None:
+        self.type_name = type_name
+        self.reason = reason
+        self._init_args = (type_name, reason)
+        super().__init__(f"{type_name} cannot be accessed atomically: {reason}")
+
+
+class AtomicWidthUnsupported(GuestMemoryError):
+    """This host cannot access `size` bytes atomically without a lock."""
+
+    def __init__(self, type_name: str, size: int) -> None:
+        self.type_name = type_name
+        self.size = size
+        self._init_args = (type_name, size)
+        super().__init__(
+            f"{type_name} ({size} bytes) is not lock-free on this host; a lock-based "
+            f"fallback would not be atomic against other processes or guest vCPUs"
+        )
+
+
+class AtomicAccessUnsupported(GuestMemoryError):
+    """The region behind an address cannot perform atomic operations."""
+
+    def __init__(self, address: int, region_kind: str, reason: str) -> None:
+        self.address = address
+        self.region_kind = region_kind
+        self.reason = reason
+        self._init_args = (address, region_kind, reason)
+        super().__init__(
+            f"atomic access at {_hex(address)} is not possible on a {region_kind}: {reason}"
+        )
+
+
+class AtomicLibraryMissing(GuestMemoryError):
+    """The C runtime's atomic library (libatomic) could not be loaded."""
+
+    def __init__(self, detail: str) -> None:
+        self.detail = detail
+        self._init_args = (detail,)
+        super().__init__(
+            "atomic operations need libatomic.so.1, which could not be loaded "
+            f"({detail}); install it: Debian/Ubuntu `apt-get install libatomic1`, "
+            "Fedora `dnf install libatomic`, Alpine `apk add libatomic`"
+        )
+
+
+class InvalidOrdering(GuestMemoryError, ValueError):
+    """A memory ordering that C11 and Rust forbid for this operation."""
+
+    def __init__(self, operation: str, ordering: str, reason: str) -> None:
+        self.operation = operation
+        self.ordering = ordering
+        self.reason = reason
+        self._init_args = (operation, ordering, reason)
+        super().__init__(f"{ordering} is not a valid ordering for {operation}: {reason}")
+
+
+class NoHostAddress(GuestMemoryError):
+    """The region behind an address has no host memory to point at."""
+
+    def __init__(self, address: int, region_kind: str) -> None:
+        self.address = address
+        self.region_kind = region_kind
+        self._init_args = (address, region_kind)
+        super().__init__(f"guest address {_hex(address)} is in a {region_kind}, "
+                         "which has no host address")
+
+
+class MappingError(GuestMemoryError, OSError):
+    """Creating or mapping a region's backing memory failed."""
+
+    def __init__(self, size: int, reason: str) -> None:
+        self.size = size
+        self.reason = reason
+        self._init_args = (size, reason)
+        super().__init__(f"cannot map {size} bytes: {reason}")
+
+
+class AlignedAddressConstruction(GuestMemoryError, TypeError):
+    """`AlignedGuestAddress` was called directly instead of through a checked constructor."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "AlignedGuestAddress cannot be constructed directly; use "
+            "AlignedGuestAddress.new(T, address), .try_new(T, address), .align_up(T, address) "
+            "or .align_down(T, address)"
+        )

@@ -1,0 +1,622 @@
+"""GuestMemory: the whole access interface, written once over the region primitives.
+
+A `GuestMemory` is an immutable, sorted collection of non-overlapping regions of any
+kind; lookups are a binary search. Every method takes the address first. The access
+table (see the README):
+
+- `read_atomic`/`write_atomic`/`swap`/`compare_exchange`/`fetch_*`: one hardware atomic
+  access on an `AlignedGuestAddress[T]`, T an AtomicAccess type.
+- `read_obj`/`write_obj`: any ByteValued T at an aligned address, bounds-checked, not
+  atomic.
+- `read_obj_unaligned`/`write_obj_unaligned`: any address, may span regions.
+- `read`/`write` (partial counts), `read_slice`/`write_slice`/`read_bytes` (all or
+  nothing).
+
+The hot paths read the regions' `buffer`/`host_address` attributes and the address
+types' value slots directly: every guest access goes through here.
+"""
+# pyright: reportPrivateUsage=false
+
+from __future__ import annotations
+
+import ctypes
+from bisect import bisect_right
+from collections.abc import Iterable, Iterator, Sequence
+from itertools import pairwise
+from typing import Any, Final, TypeVar, overload
+
+from vm_memory.address import ADDRESS_SPACE_SIZE, GuestAddress, MemoryRegionAddress, check_u64
+from vm_memory.aligned_address import AlignedGuestAddress
+from vm_memory.atomic_access import AtomicInteger, AtomicKind, atomic_kind
+from vm_memory.atomic_backend import HostAtomics, host_atomics
+from vm_memory.byte_valued import _LAYOUTS, Aggregate, ScalarValue, TypeLayout, layout_of
+from vm_memory.errors import (
+    InvalidGuestAddress,
+    InvalidRange,
+    MisalignedAddress,
+    NoHostAddress,
+    NotAtomicAccess,
+    PartialBuffer,
+    ReadOnlyRegion,
+    RegionOverlap,
+)
+from vm_memory.ordering import (
+    FAILURE_ORDERINGS,
+    LOAD_ORDERINGS,
+    READ_MODIFY_WRITE_ORDERINGS,
+    STORE_ORDERINGS,
+    Ordering,
+    check_ordering,
+)
+from vm_memory.region import GuestMemoryRegion
+
+_V = TypeVar("_V")
+_A = TypeVar("_A", bound=Aggregate)
+
+_SEQ_CST: Final = Ordering.SEQ_CST
+_HOST_ATOMICS: dict[type[Any] | None, HostAtomics] = {}
+"""HostAtomics by ctype, filled on first use (the hot atomic paths' one lookup)."""
+
+
+def _not_aligned_address(address: object, method: str) -> TypeError:
+    return TypeError(
+        f"{method} takes an AlignedGuestAddress[T] (build one with "
+        f"AlignedGuestAddress.new(T, address)), not {type(address).__name__}")
+
+
+def _not_address(address: object, method: str) -> TypeError:
+    return TypeError(f"{method} takes a GuestAddress, not {type(address).__name__}")
+
+
+def _byte_view(buffer: Any, writable: bool) -> memoryview:
+    view = memoryview(buffer)
+    if writable and view.readonly:
+        raise TypeError("the destination buffer is read-only")
+    return view if view.format == "B" and view.ndim == 1 else view.cast("B")
+
+
+class GuestMemory:
+    """Guest physical memory made of regions; immutable (hot-plug returns new objects)."""
+
+    __slots__ = ("__weakref__", "_regions", "_starts")
+
+    _regions: tuple[GuestMemoryRegion, ...]
+    _starts: list[int]
+
+    def __init__(self, regions: Iterable[GuestMemoryRegion]) -> None:
+        ordered = sorted(regions, key=lambda region: region.start_value)
+        for region in ordered:
+            if not isinstance(region, GuestMemoryRegion):
+                raise TypeError(f"{region!r} is not a GuestMemoryRegion")
+        for before, after in pairwise(ordered):
+            if before.start_value + before.length > after.start_value:
+                raise RegionOverlap(before.start_value, before.length, after.start_value,
+                                    after.length)
+        self._regions = tuple(ordered)
+        self._starts = [region.start_value for region in ordered]
+
+    # ---- Layout --------------------------------------------------------------------
+
+    def regions(self) -> Sequence[GuestMemoryRegion]:
+        """The regions, sorted by start address."""
+        return self._regions
+
+    def num_regions(self) -> int:
+        """How many regions there are."""
+        return len(self._regions)
+
+    def __iter__(self) -> Iterator[GuestMemoryRegion]:
+        return iter(self._regions)
+
+    def find_region(self, address: GuestAddress) -> GuestMemoryRegion | None:
+        """The region containing `address`, or None."""
+        value = address._value
+        index = bisect_right(self._starts, value) - 1
+        if index >= 0:
+            region = self._regions[index]
+            if value - region.start_value < region.length:
+                return region
+        return None
+
+    def last_addr(self) -> GuestAddress:
+        """The highest guest address backed by a region; raises if there are none."""
+        if not self._regions:
+            raise InvalidGuestAddress(0)
+        return self._regions[-1].last_addr
+
+    def address_in_range(self, address: GuestAddress) -> bool:
+        """Whether a region contains `address`."""
+        return self.find_region(address) is not None
+
+    def check_address(self, address: GuestAddress) -> GuestAddress | None:
+        """`address` if a region contains it, else None."""
+        return address if self.find_region(address) is not None else None
+
+    def check_range(self, address: GuestAddress, length: int) -> bool:
+        """Whether all of `[address, address + length)` is backed, holes and all."""
+        length = check_u64(length, "length")
+        return self._covered(address._value, length) == length
+
+    def to_region_addr(
+        self, address: GuestAddress
+    ) -> tuple[GuestMemoryRegion, MemoryRegionAddress] | None:
+        """The region containing `address` and the offset inside it, or None."""
+        region = self.find_region(address)
+        if region is None:
+            return None
+        return region, MemoryRegionAddress(address._value - region.start_value)
+
+    def get_host_address(self, address: GuestAddress) -> int:
+        """The host virtual address behind `address`, for passing to KVM or a device."""
+        region = self.find_region(address)
+        if region is None:
+            raise InvalidGuestAddress(address._value)
+        if region.host_address is None:
+            raise NoHostAddress(address._value, region.kind)
+        return region.host_address + address._value - region.start_value
+
+    def _locate(self, value: int, size: int) -> tuple[GuestMemoryRegion, int]:
+        """The region holding all of `[value, value + size)` and the offset, or raise."""
+        index = bisect_right(self._starts, value) - 1
+        if index >= 0:
+            region = self._regions[index]
+            offset = value - region.start_value
+            if offset + size <= region.length:
+                return region, offset
+            if offset < region.length:
+                raise InvalidRange(value, size, f"the access crosses the end of {region!r}")
+        raise InvalidGuestAddress(value)
+
+    def _spans(self, value: int, length: int) -> list[tuple[GuestMemoryRegion, int, int]]:
+        """(region, offset, count) pieces covering `[value, value + length)` up to a hole."""
+        spans: list[tuple[GuestMemoryRegion, int, int]] = []
+        index = bisect_right(self._starts, value) - 1
+        regions = self._regions
+        remaining = length
+        while remaining > 0 and 0 <= index < len(regions):
+            region = regions[index]
+            offset = value - region.start_value
+            if offset < 0 or offset >= region.length:
+                break
+            count = min(remaining, region.length - offset)
+            spans.append((region, offset, count))
+            remaining -= count
+            value += count
+            index += 1
+        return spans
+
+    def _covered(self, value: int, length: int) -> int:
+        return sum(count for _, _, count in self._spans(value, length))
+
+    # ---- Bulk copies ---------------------------------------------------------------
+
+    def _read_spans(self, spans: list[tuple[GuestMemoryRegion, int, int]],
+                    destination: memoryview) -> int:
+        done = 0
+        for region, offset, count in spans:
+            target = destination[done:done + count]
+            source = region.buffer
+            if source is not None:
+                target[:] = source[offset:offset + count]
+            else:
+                region.read_into(offset, target)
+            done += count
+        return done
+
+    def _write_spans(self, address: int, spans: list[tuple[GuestMemoryRegion, int, int]],
+                     source: memoryview) -> int:
+        for region, offset, count in spans:
+            if region.read_only:
+                raise ReadOnlyRegion(region.start_value + offset, count)
+        done = 0
+        for region, offset, count in spans:
+            piece = source[done:done + count]
+            target = region.buffer
+            if target is not None:
+                target[offset:offset + count] = piece
+            else:
+                region.write_from(offset, piece)
+            done += count
+        return done
+
+    def _checked_start(self, address: GuestAddress, length: int, method: str) -> int:
+        try:
+            value: int = address._value
+        except AttributeError:
+            raise _not_address(address, method) from None
+        if value + length > ADDRESS_SPACE_SIZE:
+            raise InvalidRange(value, length, "the range passes 2**64")
+        return value
+
+    def read(self, address: GuestAddress, buffer: Any) -> int:
+        """Copy guest memory into `buffer`, stopping at a hole; returns the bytes copied.
+
+        Raises `InvalidGuestAddress` if nothing at `address` is backed (and `buffer`
+        is not empty).
+        """
+        destination = _byte_view(buffer, writable=True)
+        length = len(destination)
+        value = self._checked_start(address, length, "read")
+        if length == 0:
+            return 0
+        spans = self._spans(value, length)
+        if not spans:
+            raise InvalidGuestAddress(value)
+        return self._read_spans(spans, destination)
+
+    def write(self, address: GuestAddress, data: Any) -> int:
+        """Copy `data` into guest memory, stopping at a hole; returns the bytes copied.
+
+        A read-only region anywhere in the reachable span refuses the whole write.
+        """
+        source = _byte_view(data, writable=False)
+        length = len(source)
+        value = self._checked_start(address, length, "write")
+        if length == 0:
+            return 0
+        spans = self._spans(value, length)
+        if not spans:
+            raise InvalidGuestAddress(value)
+        return self._write_spans(value, spans, source)
+
+    def read_slice(self, address: GuestAddress, buffer: Any) -> None:
+        """Fill `buffer` from guest memory, or raise `PartialBuffer` having copied nothing."""
+        destination = _byte_view(buffer, writable=True)
+        length = len(destination)
+        value = self._checked_start(address, length, "read_slice")
+        index = bisect_right(self._starts, value) - 1
+        if index >= 0:  # fast path: one region with a buffer
+            region = self._regions[index]
+            offset = value - region.start_value
+            source = region.buffer
+            if source is not None and offset + length <= region.length:
+                destination[:] = source[offset:offset + length]
+                return
+        spans = self._spans(value, length)
+        covered = sum(count for _, _, count in spans)
+        if covered < length:
+            raise PartialBuffer(value, length, 0, covered)
+        self._read_spans(spans, destination)
+
+    def write_slice(self, address: GuestAddress, data: Any) -> None:
+        """Copy all of `data` into guest memory, or raise having written nothing."""
+        source = _byte_view(data, writable=False)
+        length = len(source)
+        value = self._checked_start(address, length, "write_slice")
+        index = bisect_right(self._starts, value) - 1
+        if index >= 0:  # fast path: one writable region with a buffer
+            region = self._regions[index]
+            offset = value - region.start_value
+            target = region.buffer
+            if target is not None and offset + length <= region.length \
+                    and not region.read_only:
+                target[offset:offset + length] = source
+                return
+        spans = self._spans(value, length)
+        covered = sum(count for _, _, count in spans)
+        if covered < length:
+            raise PartialBuffer(value, length, 0, covered)
+        self._write_spans(value, spans, source)
+
+    def read_bytes(self, address: GuestAddress, length: int) -> bytes:
+        """`length` bytes from guest memory, or raise `PartialBuffer`."""
+        length = check_u64(length, "length")
+        buffer = bytearray(length)
+        self.read_slice(address, buffer)
+        return bytes(buffer)
+
+    # ---- Typed, not atomic ---------------------------------------------------------
+
+    @overload
+    def read_obj_unaligned(self, address: GuestAddress, ctype: type[_A]) -> _A: ...
+    @overload
+    def read_obj_unaligned(self, address: GuestAddress,
+                           ctype: type[ScalarValue[_V]]) -> _V: ...
+    def read_obj_unaligned(self, address: GuestAddress, ctype: type[Any]) -> Any:
+        """A value of ByteValued `ctype` at any address, possibly across regions."""
+        layout = _LAYOUTS.get(ctype) or layout_of(ctype)
+        try:
+            value = address._value
+        except AttributeError:
+            raise _not_address(address, "read_obj_unaligned") from None
+        index = bisect_right(self._starts, value) - 1
+        if index >= 0:
+            region = self._regions[index]
+            offset = value - region.start_value
+            buffer = region.buffer
+            if buffer is not None and offset + layout.size <= region.length:
+                return layout.unpack_from(buffer, offset)
+        scratch = bytearray(layout.size)
+        self.read_slice(address, scratch)
+        return layout.unpack_from(scratch, 0)
+
+    @overload
+    def write_obj_unaligned(self, address: GuestAddress, ctype: type[_A], value: _A) -> None:
+        ...
+    @overload
+    def write_obj_unaligned(self, address: GuestAddress, ctype: type[ScalarValue[_V]],
+                            value: _V) -> None: ...
+    def write_obj_unaligned(self, address: GuestAddress, ctype: type[Any], value: Any) -> None:
+        """Store `value` as ByteValued `ctype` at any address, possibly across regions."""
+        layout = _LAYOUTS.get(ctype) or layout_of(ctype)
+        try:
+            raw = address._value
+        except AttributeError:
+            raise _not_address(address, "write_obj_unaligned") from None
+        index = bisect_right(self._starts, raw) - 1
+        if index >= 0:
+            region = self._regions[index]
+            offset = raw - region.start_value
+            buffer = region.buffer
+            if buffer is not None and offset + layout.size <= region.length \
+                    and not region.read_only:
+                layout.pack_into(buffer, offset, value)
+                return
+        scratch = bytearray(layout.size)
+        layout.pack_into(scratch, 0, value)
+        self.write_slice(address, scratch)
+
+    @overload
+    def read_obj(self, address: AlignedGuestAddress[_A]) -> _A: ...
+    @overload
+    def read_obj(self, address: AlignedGuestAddress[ScalarValue[_V]]) -> _V: ...
+    def read_obj(self, address: AlignedGuestAddress[Any]) -> Any:
+        """The value at an aligned address: bounds-checked, not guaranteed atomic."""
+        try:
+            layout: TypeLayout = address._layout
+        except AttributeError:
+            raise _not_aligned_address(address, "read_obj") from None
+        value = address._value
+        index = bisect_right(self._starts, value) - 1
+        if index >= 0:
+            region = self._regions[index]
+            offset = value - region.start_value
+            buffer = region.buffer
+            if buffer is not None and offset + layout.size <= region.length:
+                return layout.unpack_from(buffer, offset)
+        region, offset = self._locate(value, layout.size)
+        scratch = bytearray(layout.size)
+        region.read_into(offset, memoryview(scratch))
+        return layout.unpack_from(scratch, 0)
+
+    @overload
+    def write_obj(self, address: AlignedGuestAddress[_A], value: _A) -> None: ...
+    @overload
+    def write_obj(self, address: AlignedGuestAddress[ScalarValue[_V]], value: _V) -> None: ...
+    def write_obj(self, address: AlignedGuestAddress[Any], value: Any) -> None:
+        """Store at an aligned address: bounds-checked, not guaranteed atomic."""
+        try:
+            layout: TypeLayout = address._layout
+        except AttributeError:
+            raise _not_aligned_address(address, "write_obj") from None
+        raw = address._value
+        index = bisect_right(self._starts, raw) - 1
+        if index >= 0:
+            region = self._regions[index]
+            offset = raw - region.start_value
+            buffer = region.buffer
+            if buffer is not None and offset + layout.size <= region.length \
+                    and not region.read_only:
+                layout.pack_into(buffer, offset, value)
+                return
+        region, offset = self._locate(raw, layout.size)
+        if region.read_only:
+            raise ReadOnlyRegion(raw, layout.size)
+        scratch = bytearray(layout.size)
+        layout.pack_into(scratch, 0, value)
+        region.write_from(offset, memoryview(scratch))
+
+    # ---- Atomic --------------------------------------------------------------------
+
+    def _atomic_target(self, address: AlignedGuestAddress[Any], method: str, *,
+                       store: bool) -> tuple[GuestMemoryRegion, int, AtomicKind,
+                                             HostAtomics | None, int]:
+        """Resolve an atomic access: (region, offset, kind, host functions, host address).
+
+        Checks everything before any memory is touched: the type, the region bounds,
+        read-only regions for stores, and the host address's alignment.
+        """
+        try:
+            ctype = address._type
+        except AttributeError:
+            raise _not_aligned_address(address, method) from None
+        kind = atomic_kind(ctype)
+        value = address._value
+        region, offset = self._locate(value, kind.size)
+        if store and region.read_only:
+            raise ReadOnlyRegion(value, kind.size)
+        base = region.host_address
+        if base is None:
+            return region, offset, kind, None, 0
+        functions = _HOST_ATOMICS.get(ctype)
+        if functions is None:
+            functions = _HOST_ATOMICS[ctype] = host_atomics(kind)
+        host = base + offset
+        if host & (kind.size - 1):
+            raise MisalignedAddress(host, kind.size, kind.name, "host")
+        return region, offset, kind, functions, host
+
+    @overload
+    def read_atomic(self, address: AlignedGuestAddress[ctypes.c_bool],
+                    order: Ordering = _SEQ_CST) -> bool: ...
+    @overload
+    def read_atomic(self, address: AlignedGuestAddress[AtomicInteger],
+                    order: Ordering = _SEQ_CST) -> int: ...
+    def read_atomic(self, address: AlignedGuestAddress[Any], order: Ordering = _SEQ_CST) -> Any:
+        """One hardware-atomic load with `order` (RELAXED, ACQUIRE or SEQ_CST)."""
+        if order not in LOAD_ORDERINGS:
+            check_ordering("read_atomic", order, LOAD_ORDERINGS)
+        functions = _HOST_ATOMICS.get(getattr(address, "_type", None))
+        if functions is not None:  # fast path: a host-backed region
+            value = address._value
+            size = functions.kind.size
+            index = bisect_right(self._starts, value) - 1
+            if index >= 0:
+                region = self._regions[index]
+                offset = value - region.start_value
+                base = region.host_address
+                if base is not None and offset + size <= region.length \
+                        and not (base + offset) & (size - 1):
+                    return functions.load(base + offset, order)
+        region, offset, kind, functions, host = self._atomic_target(
+            address, "read_atomic", store=False)
+        if functions is None:
+            return region.atomic_load(offset, kind, int(order))
+        return functions.load(host, order)
+
+    @overload
+    def write_atomic(self, address: AlignedGuestAddress[ctypes.c_bool], value: bool,
+                     order: Ordering = _SEQ_CST) -> None: ...
+    @overload
+    def write_atomic(self, address: AlignedGuestAddress[AtomicInteger], value: int,
+                     order: Ordering = _SEQ_CST) -> None: ...
+    def write_atomic(self, address: AlignedGuestAddress[Any], value: int,
+                     order: Ordering = _SEQ_CST) -> None:
+        """One hardware-atomic store with `order` (RELAXED, RELEASE or SEQ_CST)."""
+        if order not in STORE_ORDERINGS:
+            check_ordering("write_atomic", order, STORE_ORDERINGS)
+        functions = _HOST_ATOMICS.get(getattr(address, "_type", None))
+        if functions is not None:  # fast path: a writable host-backed region
+            kind = functions.kind
+            if type(value) is int and kind.minimum <= value <= kind.maximum:
+                raw = address._value
+                size = kind.size
+                index = bisect_right(self._starts, raw) - 1
+                if index >= 0:
+                    region = self._regions[index]
+                    offset = raw - region.start_value
+                    base = region.host_address
+                    if base is not None and offset + size <= region.length \
+                            and not region.read_only and not (base + offset) & (size - 1):
+                        functions.store(base + offset, value, order)
+                        return
+        region, offset, kind, functions, host = self._atomic_target(
+            address, "write_atomic", store=True)
+        checked = kind.check_value(value)
+        if functions is None:
+            region.atomic_store(offset, kind, checked, int(order))
+        else:
+            functions.store(host, checked, order)
+
+    @overload
+    def swap(self, address: AlignedGuestAddress[ctypes.c_bool], value: bool,
+             order: Ordering = _SEQ_CST) -> bool: ...
+    @overload
+    def swap(self, address: AlignedGuestAddress[AtomicInteger], value: int,
+             order: Ordering = _SEQ_CST) -> int: ...
+    def swap(self, address: AlignedGuestAddress[Any], value: int,
+             order: Ordering = _SEQ_CST) -> Any:
+        """Atomically store `value` and return the previous value."""
+        check_ordering("swap", order, READ_MODIFY_WRITE_ORDERINGS)
+        region, offset, kind, functions, host = self._atomic_target(address, "swap",
+                                                                    store=True)
+        checked = kind.check_value(value)
+        if functions is None:
+            return region.atomic_exchange(offset, kind, checked, int(order))
+        return functions.exchange(host, checked, order)
+
+    @overload
+    def compare_exchange(self, address: AlignedGuestAddress[ctypes.c_bool], expected: bool,
+                         desired: bool, success: Ordering = _SEQ_CST,
+                         failure: Ordering = _SEQ_CST) -> tuple[bool, bool]: ...
+    @overload
+    def compare_exchange(self, address: AlignedGuestAddress[AtomicInteger], expected: int,
+                         desired: int, success: Ordering = _SEQ_CST,
+                         failure: Ordering = _SEQ_CST) -> tuple[bool, int]: ...
+    def compare_exchange(self, address: AlignedGuestAddress[Any], expected: int, desired: int,
+                         success: Ordering = _SEQ_CST,
+                         failure: Ordering = _SEQ_CST) -> tuple[bool, Any]:
+        """Atomically store `desired` if the value is `expected`.
+
+        Returns (whether it was stored, the value found). A read-only region refuses
+        even a compare-exchange that would fail: the instruction writes either way.
+        """
+        check_ordering("compare_exchange success", success, READ_MODIFY_WRITE_ORDERINGS)
+        check_ordering("compare_exchange failure", failure, FAILURE_ORDERINGS)
+        region, offset, kind, functions, host = self._atomic_target(
+            address, "compare_exchange", store=True)
+        checked_expected = kind.check_value(expected)
+        checked_desired = kind.check_value(desired)
+        if functions is None:
+            return region.atomic_compare_exchange(offset, kind, checked_expected,
+                                                  checked_desired, int(success), int(failure))
+        box = kind.value_type(checked_expected)
+        stored = functions.compare_exchange(host, ctypes.byref(box), checked_desired,
+                                            success, failure)
+        return bool(stored), box.value
+
+    def _fetch(self, operation: str, address: AlignedGuestAddress[Any], value: int,
+               order: Ordering) -> Any:
+        if order not in READ_MODIFY_WRITE_ORDERINGS:
+            check_ordering(f"fetch_{operation}", order, READ_MODIFY_WRITE_ORDERINGS)
+        region, offset, kind, functions, host = self._atomic_target(
+            address, f"fetch_{operation}", store=True)
+        if kind.is_bool and operation in ("add", "sub"):
+            raise NotAtomicAccess(kind.name, f"fetch_{operation} is not defined for bool")
+        checked = kind.check_value(value)
+        if functions is None:
+            return region.atomic_fetch(operation, offset, kind, checked, int(order))
+        return functions.fetch[operation](host, checked, order)
+
+    def fetch_add(self, address: AlignedGuestAddress[AtomicInteger], value: int,
+                  order: Ordering = _SEQ_CST) -> int:
+        """Atomically add `value` (wrapping at the type's width); return the old value."""
+        functions = _HOST_ATOMICS.get(getattr(address, "_type", None))
+        if functions is not None and order in READ_MODIFY_WRITE_ORDERINGS:  # fast path
+            kind = functions.kind
+            if type(value) is int and kind.minimum <= value <= kind.maximum:
+                raw = address._value
+                size = kind.size
+                index = bisect_right(self._starts, raw) - 1
+                if index >= 0:
+                    region = self._regions[index]
+                    offset = raw - region.start_value
+                    base = region.host_address
+                    if base is not None and offset + size <= region.length \
+                            and not region.read_only and not (base + offset) & (size - 1) \
+                            and not kind.is_bool:
+                        return functions.fetch_add(base + offset, value, order)  # type: ignore[no-any-return]
+        return self._fetch("add", address, value, order)  # type: ignore[no-any-return]
+
+    def fetch_sub(self, address: AlignedGuestAddress[AtomicInteger], value: int,
+                  order: Ordering = _SEQ_CST) -> int:
+        """Atomically subtract `value` (wrapping); return the old value."""
+        return self._fetch("sub", address, value, order)  # type: ignore[no-any-return]
+
+    @overload
+    def fetch_and(self, address: AlignedGuestAddress[ctypes.c_bool], value: bool,
+                  order: Ordering = _SEQ_CST) -> bool: ...
+    @overload
+    def fetch_and(self, address: AlignedGuestAddress[AtomicInteger], value: int,
+                  order: Ordering = _SEQ_CST) -> int: ...
+    def fetch_and(self, address: AlignedGuestAddress[Any], value: int,
+                  order: Ordering = _SEQ_CST) -> Any:
+        """Atomically AND `value` in; return the old value."""
+        return self._fetch("and", address, value, order)
+
+    @overload
+    def fetch_or(self, address: AlignedGuestAddress[ctypes.c_bool], value: bool,
+                 order: Ordering = _SEQ_CST) -> bool: ...
+    @overload
+    def fetch_or(self, address: AlignedGuestAddress[AtomicInteger], value: int,
+                 order: Ordering = _SEQ_CST) -> int: ...
+    def fetch_or(self, address: AlignedGuestAddress[Any], value: int,
+                 order: Ordering = _SEQ_CST) -> Any:
+        """Atomically OR `value` in; return the old value."""
+        return self._fetch("or", address, value, order)
+
+    @overload
+    def fetch_xor(self, address: AlignedGuestAddress[ctypes.c_bool], value: bool,
+                  order: Ordering = _SEQ_CST) -> bool: ...
+    @overload
+    def fetch_xor(self, address: AlignedGuestAddress[AtomicInteger], value: int,
+                  order: Ordering = _SEQ_CST) -> int: ...
+    def fetch_xor(self, address: AlignedGuestAddress[Any], value: int,
+                  order: Ordering = _SEQ_CST) -> Any:
+        """Atomically XOR `value` in; return the old value."""
+        return self._fetch("xor", address, value, order)
+
+    def __repr__(self) -> str:
+        inner = ", ".join(repr(region) for region in self._regions)
+        return f"{type(self).__name__}([{inner}])"
+

@@ -1,0 +1,162 @@
+"""Host-backed regions: guest memory in a Python `mmap`.
+
+`MmapRegion` is one mapping (anonymous private or shared, memfd, or a file at an
+offset, optionally read-only). It pins the mapping with a buffer export for as long as
+it lives, so the memory can never be unmapped under an access: `mmap.close()` and
+`resize()` raise `BufferError` while the pin is held, and every view handed out keeps
+the mapping alive. `GuestRegionMmap` places a mapping at a guest address.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import mmap
+import os
+import weakref
+from typing import Final
+
+from vm_memory.address import GuestAddress
+from vm_memory.errors import InvalidRange, MappingError
+from vm_memory.region import GuestMemoryRegion
+
+PAGE_SIZE: Final = mmap.PAGESIZE
+
+_MEMFD_SEALS: Final = getattr(os, "F_SEAL_SHRINK", 0x2) | getattr(os, "F_SEAL_GROW", 0x4)
+_F_ADD_SEALS: Final = getattr(os, "F_ADD_SEALS", 1033)
+
+
+class _PyBuffer(ctypes.Structure):
+    """CPython's `Py_buffer`, to hold a buffer export and read its address."""
+
+    _fields_ = (
+        ("buf", ctypes.c_void_p), ("obj", ctypes.c_void_p), ("len", ctypes.c_ssize_t),
+        ("itemsize", ctypes.c_ssize_t), ("readonly", ctypes.c_int), ("ndim", ctypes.c_int),
+        ("format", ctypes.c_char_p), ("shape", ctypes.c_void_p),
+        ("strides", ctypes.c_void_p), ("suboffsets", ctypes.c_void_p),
+        ("internal", ctypes.c_void_p),
+    )
+
+
+_get_buffer = ctypes.pythonapi.PyObject_GetBuffer
+_get_buffer.argtypes = (ctypes.py_object, ctypes.POINTER(_PyBuffer), ctypes.c_int)
+_get_buffer.restype = ctypes.c_int
+_release_buffer = ctypes.pythonapi.PyBuffer_Release
+_release_buffer.argtypes = (ctypes.POINTER(_PyBuffer),)
+_release_buffer.restype = None
+
+
+def _pin(mapping: mmap.mmap) -> tuple[_PyBuffer, int]:
+    """Take a buffer export of `mapping` (works for read-only maps too) and its address."""
+    export = _PyBuffer()
+    if _get_buffer(mapping, ctypes.byref(export), 0) != 0:  # PyBUF_SIMPLE
+        raise MappingError(len(mapping), "the mapping refused a buffer export")
+    assert export.buf is not None
+    return export, export.buf
+
+
+def _unpin(export: _PyBuffer, fd: int | None) -> None:
+    _release_buffer(ctypes.byref(export))
+    if fd is not None:
+        os.close(fd)
+
+
+class MmapRegion:
+    """One host mapping: its `mmap`, a byte view, host address and backing file."""
+
+    __slots__ = ("__weakref__", "_finalizer", "fd", "file_offset", "host_address",
+                 "mapping", "read_only", "shared", "size", "view")
+
+    def __init__(self, mapping: mmap.mmap, *, read_only: bool, shared: bool,
+                 fd: int | None = None, file_offset: int = 0, owns_fd: bool = False) -> None:
+        """Wrap an existing mapping; prefer the `anonymous`, `memfd`, `from_file` builders."""
+        self.mapping = mapping
+        self.size = len(mapping)
+        self.read_only = read_only
+        self.shared = shared
+        self.fd = fd
+        self.file_offset = file_offset
+        export, self.host_address = _pin(mapping)
+        self.view = memoryview(mapping).cast("B")
+        self._finalizer = weakref.finalize(self, _unpin, export, fd if owns_fd else None)
+
+    @classmethod
+    def anonymous(cls, size: int, *, shared: bool = False) -> MmapRegion:
+        """Zero-filled anonymous memory, private to this process (or shared with children)."""
+        _check_size(size)
+        flags = mmap.MAP_SHARED if shared else mmap.MAP_PRIVATE
+        try:
+            mapping = mmap.mmap(-1, size, flags=flags)
+        except OSError as error:
+            raise MappingError(size, error.strerror or str(error)) from None
+        return cls(mapping, read_only=False, shared=shared)
+
+    @classmethod
+    def memfd(cls, size: int, *, name: str = "guest-memory") -> MmapRegion:
+        """Shared memory in a new memfd, sealed against shrinking and growing.
+
+        The seals mean a peer that receives the fd cannot truncate it under us (which
+        would turn our accesses into SIGBUS).
+        """
+        _check_size(size)
+        fd = os.memfd_create(name, os.MFD_CLOEXEC | getattr(os, "MFD_ALLOW_SEALING", 2))
+        try:
+            os.ftruncate(fd, size)
+            fcntl.fcntl(fd, _F_ADD_SEALS, _MEMFD_SEALS)
+            mapping = mmap.mmap(fd, size, flags=mmap.MAP_SHARED)
+        except OSError as error:
+            os.close(fd)
+            raise MappingError(size, error.strerror or str(error)) from None
+        return cls(mapping, read_only=False, shared=True, fd=fd, owns_fd=True)
+
+    @classmethod
+    def from_file(cls, fd: int, size: int, *, offset: int = 0, read_only: bool = False,
+                  shared: bool = True) -> MmapRegion:
+        """Map `size` bytes of an open file at `offset` (a multiple of the page size).
+
+        The fd is duplicated, so the caller may close its own. A file shorter than
+        `offset + size` is refused before mapping (touching past its end is SIGBUS).
+        """
+        _check_size(size)
+        if offset < 0 or offset % mmap.ALLOCATIONGRANULARITY:
+            raise InvalidRange(offset, size, f"the file offset must be a multiple of "
+                                             f"{mmap.ALLOCATIONGRANULARITY}")
+        file_size = os.fstat(fd).st_size
+        if file_size < offset + size:
+            raise MappingError(size, f"the file has {file_size} bytes, fewer than "
+                                     f"offset {offset} + size {size}")
+        own = os.dup(fd)
+        flags = mmap.MAP_SHARED if shared else mmap.MAP_PRIVATE
+        prot = mmap.PROT_READ | (0 if read_only else mmap.PROT_WRITE)
+        try:
+            mapping = mmap.mmap(own, size, flags=flags, prot=prot, offset=offset)
+        except OSError as error:
+            os.close(own)
+            raise MappingError(size, error.strerror or str(error)) from None
+        return cls(mapping, read_only=read_only, shared=shared, fd=own, file_offset=offset,
+                   owns_fd=True)
+
+    def __repr__(self) -> str:
+        backing = "anonymous" if self.fd is None else f"fd {self.fd}@{self.file_offset:#x}"
+        return f"MmapRegion({self.size:#x} bytes, {backing}, shared={self.shared})"
+
+
+def _check_size(size: int) -> None:
+    if not isinstance(size, int) or size <= 0:
+        raise InvalidRange(0, size if isinstance(size, int) else -1,
+                           "a mapping needs a positive size")
+
+
+class GuestRegionMmap(GuestMemoryRegion):
+    """A mapping placed at a guest physical address."""
+
+    __slots__ = ("mapping",)
+
+    def __init__(self, mapping: MmapRegion, start: GuestAddress) -> None:
+        super().__init__(start, mapping.size, read_only=mapping.read_only,
+                         buffer=mapping.view, host_address=mapping.host_address)
+        self.mapping = mapping
+
+    @property
+    def kind(self) -> str:
+        return "host-backed mmap region"

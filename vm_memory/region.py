@@ -1,0 +1,112 @@
+"""GuestMemoryRegion: the few primitives every kind of region provides.
+
+`GuestMemory` builds its whole access interface on these. A region reached through a
+host buffer (an mmap) exposes it (`buffer`, `host_address`) and gets plain and atomic
+access for free; a region that is not host-backed implements `read_into`/`write_from`
+and, if it can, the atomic primitives. The defaults of those refuse with
+`AtomicAccessUnsupported`: never a silent non-atomic access under an atomic name.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vm_memory.address import GuestAddress, MemoryRegionAddress
+from vm_memory.atomic_access import AtomicKind
+from vm_memory.errors import AtomicAccessUnsupported, InvalidRange, ReadOnlyRegion
+
+
+class GuestMemoryRegion:
+    """A contiguous range of guest physical memory, `[start, start + length)`.
+
+    Offsets given to the primitives are already checked by `GuestMemory` to lie inside
+    the region; `buffer` and `host_address` are plain attributes because every access
+    reads them.
+    """
+
+    __slots__ = ("__weakref__", "buffer", "host_address", "length", "read_only",
+                 "start", "start_value")
+
+    buffer: memoryview | None
+    """A byte view of the whole region when it lives in this process's memory."""
+    host_address: int | None
+    """The host virtual address of offset 0, or None for a region with no host memory."""
+
+    def __init__(self, start: GuestAddress, length: int, *, read_only: bool,
+                 buffer: memoryview | None = None, host_address: int | None = None) -> None:
+        if type(start) is not GuestAddress:
+            raise TypeError(f"a region starts at a GuestAddress, not {type(start).__name__}")
+        if length <= 0:
+            raise InvalidRange(start.raw_value(), length, "a region cannot be empty")
+        if start.checked_add(length - 1) is None:
+            raise InvalidRange(start.raw_value(), length, "the region passes 2**64")
+        self.start = start
+        self.start_value = start.raw_value()
+        self.length = length
+        self.read_only = read_only
+        self.buffer = buffer
+        self.host_address = host_address
+
+    @property
+    def last_addr(self) -> GuestAddress:
+        """The last guest address inside the region."""
+        return GuestAddress(self.start_value + self.length - 1)
+
+    @property
+    def kind(self) -> str:
+        """A short description of what backs the region, for messages."""
+        return type(self).__name__
+
+    def to_region_addr(self, address: GuestAddress) -> MemoryRegionAddress | None:
+        """The region offset of a guest address, or None if outside."""
+        offset = address.raw_value() - self.start_value
+        return MemoryRegionAddress(offset) if 0 <= offset < self.length else None
+
+    def __repr__(self) -> str:
+        mode = "ro" if self.read_only else "rw"
+        return (f"{type(self).__name__}(start={self.start_value:#x}, "
+                f"length={self.length:#x}, {mode})")
+
+    # Copy primitives. The defaults use `buffer`; regions without one override them.
+
+    def read_into(self, offset: int, destination: memoryview) -> None:
+        """Copy `len(destination)` bytes from the region at `offset`."""
+        assert self.buffer is not None, "a region without a buffer must override read_into"
+        destination[:] = self.buffer[offset:offset + len(destination)]
+
+    def write_from(self, offset: int, source: memoryview) -> None:
+        """Copy `source` into the region at `offset` (never called on read-only regions)."""
+        if self.read_only:
+            raise ReadOnlyRegion(self.start_value + offset, len(source))
+        assert self.buffer is not None, "a region without a buffer must override write_from"
+        self.buffer[offset:offset + len(source)] = source
+
+    # Atomic primitives, used only when `host_address` is None. `order` values are
+    # already validated C orderings; `value`s are already range-checked for `kind`.
+
+    def _unsupported(self, offset: int) -> AtomicAccessUnsupported:
+        return AtomicAccessUnsupported(
+            self.start_value + offset, self.kind,
+            "the region has no host memory and implements no atomic operations")
+
+    def atomic_load(self, offset: int, kind: AtomicKind, order: int) -> Any:
+        """Atomically load a `kind` value at `offset`."""
+        raise self._unsupported(offset)
+
+    def atomic_store(self, offset: int, kind: AtomicKind, value: int, order: int) -> None:
+        """Atomically store a `kind` value at `offset`."""
+        raise self._unsupported(offset)
+
+    def atomic_exchange(self, offset: int, kind: AtomicKind, value: int, order: int) -> Any:
+        """Atomically swap in `value`, returning the old value."""
+        raise self._unsupported(offset)
+
+    def atomic_compare_exchange(self, offset: int, kind: AtomicKind, expected: int,
+                                desired: int, success: int, failure: int) -> tuple[bool, Any]:
+        """Atomically replace `expected` by `desired`; returns (succeeded, value seen)."""
+        raise self._unsupported(offset)
+
+    def atomic_fetch(self, operation: str, offset: int, kind: AtomicKind, value: int,
+                     order: int) -> Any:
+        """Atomically apply `operation` ('add', 'sub', 'and', 'or', 'xor'); return the old."""
+        raise self._unsupported(offset)
