@@ -9,7 +9,7 @@ needs), the ctypes alignment for aggregates.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar, final
+from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar, cast, final
 
 from vm_memory.address import ADDRESS_SPACE_SIZE, GuestAddress, check_u64
 from vm_memory.byte_valued import TypeLayout, layout_of
@@ -56,7 +56,7 @@ class AlignedGuestAddress(Generic[_T_co]):
     @classmethod
     def _make(cls, ctype: type[_T], value: int, layout: TypeLayout,
               alignment: int) -> AlignedGuestAddress[_T]:
-        address: AlignedGuestAddress[_T] = object.__new__(AlignedGuestAddress[_T])
+        address = cast("AlignedGuestAddress[_T]", object.__new__(AlignedGuestAddress))
         setattr_ = object.__setattr__
         setattr_(address, "_value", value)
         setattr_(address, "_type", ctype)

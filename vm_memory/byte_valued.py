@@ -106,7 +106,7 @@ def _byte_order_of(ctype: type[Any]) -> str:
 
 def _check_fields(ctype: type[Any]) -> None:
     """Validate every field of a Structure/Union, or the element type of an Array."""
-    if issubclass(ctype, ctypes.Array):
+    if _derives(ctype, ctypes.Array):
         element: object = ctype._type_
         try:
             layout_of(element)
@@ -134,10 +134,15 @@ def _build_layout(ctype: object) -> TypeLayout:
     return _build_type_layout(ctype)
 
 
+def _derives(ctype: type[Any], base: Any) -> bool:
+    return issubclass(ctype, base)
+
+
 def _build_type_layout(ctype: type[Any]) -> TypeLayout:
     name = type_name(ctype)
-    scalar = issubclass(ctype, ctypes._SimpleCData)  # pyright: ignore[reportPrivateUsage]
-    aggregate = issubclass(ctype, ctypes.Structure | ctypes.Union | ctypes.Array)
+    # Plain bools, not narrowing checks: the helpers below take any ctypes type.
+    scalar = _derives(ctype, ctypes._SimpleCData)  # pyright: ignore[reportPrivateUsage]
+    aggregate = _derives(ctype, ctypes.Structure | ctypes.Union | ctypes.Array)
     if scalar:
         return _scalar_layout(ctype, name)
     if issubclass(ctype, ctypes._Pointer):  # pyright: ignore[reportPrivateUsage]
