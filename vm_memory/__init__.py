@@ -7,7 +7,9 @@ regions, and `GuestMemory` with its access table (see the README).
 from vm_memory.address import GuestAddress, MemoryRegionAddress
 from vm_memory.aligned_address import AlignedGuestAddress
 from vm_memory.atomic_access import AtomicAccess, AtomicInteger, is_atomic_access
+from vm_memory.bitmap import DirtyBitmap
 from vm_memory.byte_valued import ScalarValue, is_byte_valued
+from vm_memory.device_region import DeviceRegion, MemoryDevice
 from vm_memory.endian import (
     Be16,
     Be32,
@@ -34,20 +36,26 @@ from vm_memory.errors import (
     InvalidOrdering,
     InvalidRange,
     MappingError,
+    MappingPastEof,
     MisalignedAddress,
     NoHostAddress,
     NotAtomicAccess,
     NotByteValued,
     PartialBuffer,
     ReadOnlyRegion,
+    RegionInUse,
     RegionOverlap,
     ValueOutOfRange,
 )
+from vm_memory.file_region import FileRegion
 from vm_memory.guest_memory import GuestMemory
+from vm_memory.hotplug import GuestMemoryAtomic
 from vm_memory.mmap_memory import GuestMemoryMmap
-from vm_memory.mmap_region import GuestRegionMmap, MmapRegion
+from vm_memory.mmap_region import FileOffset, GuestRegionMmap, MmapRegion
 from vm_memory.ordering import Ordering
 from vm_memory.region import GuestMemoryRegion
+from vm_memory.sharing import NotShareable, receive_memory, send_memory
+from vm_memory.volatile import VolatileArrayRef, VolatileRef, VolatileSlice
 
 __version__ = "0.1.0"
 
@@ -67,8 +75,13 @@ __all__ = [
     "BeI16",
     "BeI32",
     "BeI64",
+    "DeviceRegion",
+    "DirtyBitmap",
+    "FileOffset",
+    "FileRegion",
     "GuestAddress",
     "GuestMemory",
+    "GuestMemoryAtomic",
     "GuestMemoryError",
     "GuestMemoryMmap",
     "GuestMemoryRegion",
@@ -83,19 +96,28 @@ __all__ = [
     "LeI32",
     "LeI64",
     "MappingError",
+    "MappingPastEof",
+    "MemoryDevice",
     "MemoryRegionAddress",
     "MisalignedAddress",
     "MmapRegion",
     "NoHostAddress",
     "NotAtomicAccess",
     "NotByteValued",
+    "NotShareable",
     "Ordering",
     "PartialBuffer",
     "ReadOnlyRegion",
+    "RegionInUse",
     "RegionOverlap",
     "ScalarValue",
     "ValueOutOfRange",
+    "VolatileArrayRef",
+    "VolatileRef",
+    "VolatileSlice",
     "__version__",
     "is_atomic_access",
     "is_byte_valued",
+    "receive_memory",
+    "send_memory",
 ]

@@ -230,6 +230,28 @@ class MappingError(GuestMemoryError, OSError):
         super().__init__(f"cannot map {size} bytes: {reason}")
 
 
+class MappingPastEof(MappingError):
+    """A file is shorter than the range asked to be mapped from it (touching it: SIGBUS)."""
+
+    def __init__(self, size: int, file_offset: int, file_size: int) -> None:
+        self.file_offset = file_offset
+        self.file_size = file_size
+        super().__init__(size, f"the file has {file_size} bytes, fewer than offset "
+                               f"{file_offset} + size {size}")
+        self._init_args = (size, file_offset, file_size)
+
+
+class RegionInUse(GuestMemoryError):
+    """An explicit close of a region that a memory object (or a view of one) still uses."""
+
+    def __init__(self, start: int, users: int) -> None:
+        self.start = start
+        self.users = users
+        self._init_args = (start, users)
+        super().__init__(f"region at {_hex(start)} is still used by {users} memory "
+                         "object(s) or views; drop them before closing it")
+
+
 class AlignedAddressConstruction(GuestMemoryError, TypeError):
     """`AlignedGuestAddress` was called directly instead of through a checked constructor."""
 

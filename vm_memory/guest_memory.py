@@ -23,12 +23,13 @@ import ctypes
 from bisect import bisect_right
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import pairwise
-from typing import Any, Final, TypeVar, overload
+from typing import Any, Final, Self, TypeVar, overload
 
 from vm_memory.address import ADDRESS_SPACE_SIZE, GuestAddress, MemoryRegionAddress, check_u64
 from vm_memory.aligned_address import AlignedGuestAddress
 from vm_memory.atomic_access import AtomicInteger, AtomicKind, atomic_kind
 from vm_memory.atomic_backend import HostAtomics, host_atomics
+from vm_memory.bitmap import DEFAULT_PAGE_SIZE
 from vm_memory.byte_valued import _LAYOUTS, Aggregate, ScalarValue, TypeLayout, layout_of
 from vm_memory.errors import (
     InvalidGuestAddress,
@@ -49,6 +50,8 @@ from vm_memory.ordering import (
     check_ordering,
 )
 from vm_memory.region import GuestMemoryRegion
+from vm_memory.stream_io import StreamSource, gather_write, scatter_read
+from vm_memory.volatile import VolatileSlice
 
 _V = TypeVar("_V")
 _A = TypeVar("_A", bound=Aggregate)
@@ -94,6 +97,8 @@ class GuestMemory:
                                     after.length)
         self._regions = tuple(ordered)
         self._starts = [region.start_value for region in ordered]
+        for region in ordered:
+            region.users.add(self)
 
     # ---- Layout --------------------------------------------------------------------
 
@@ -216,6 +221,8 @@ class GuestMemory:
                 target[offset:offset + count] = piece
             else:
                 region.write_from(offset, piece)
+            if region.dirty is not None:
+                region.dirty.mark(offset, count)
             done += count
         return done
 
@@ -291,6 +298,8 @@ class GuestMemory:
             if target is not None and offset + length <= region.length \
                     and not region.read_only:
                 target[offset:offset + length] = source
+                if region.dirty is not None:
+                    region.dirty.mark(offset, length)
                 return
         spans = self._spans(value, length)
         covered = sum(count for _, _, count in spans)
@@ -351,6 +360,8 @@ class GuestMemory:
             if buffer is not None and offset + layout.size <= region.length \
                     and not region.read_only:
                 layout.pack_into(buffer, offset, value)
+                if region.dirty is not None:
+                    region.dirty.mark(offset, layout.size)
                 return
         scratch = bytearray(layout.size)
         layout.pack_into(scratch, 0, value)
@@ -398,6 +409,8 @@ class GuestMemory:
             if buffer is not None and offset + layout.size <= region.length \
                     and not region.read_only:
                 layout.pack_into(buffer, offset, value)
+                if region.dirty is not None:
+                    region.dirty.mark(offset, layout.size)
                 return
         region, offset = self._locate(raw, layout.size)
         if region.read_only:
@@ -405,6 +418,8 @@ class GuestMemory:
         scratch = bytearray(layout.size)
         layout.pack_into(scratch, 0, value)
         region.write_from(offset, memoryview(scratch))
+        if region.dirty is not None:
+            region.dirty.mark(offset, layout.size)
 
     # ---- Atomic --------------------------------------------------------------------
 
@@ -489,6 +504,8 @@ class GuestMemory:
                     if base is not None and offset + size <= region.length \
                             and not region.read_only and not (base + offset) & (size - 1):
                         functions.store(base + offset, value, order)
+                        if region.dirty is not None:
+                            region.dirty.mark(offset, size)
                         return
         region, offset, kind, functions, host = self._atomic_target(
             address, "write_atomic", store=True)
@@ -497,6 +514,8 @@ class GuestMemory:
             region.atomic_store(offset, kind, checked, int(order))
         else:
             functions.store(host, checked, order)
+        if region.dirty is not None:
+            region.dirty.mark(offset, kind.size)
 
     @overload
     def swap(self, address: AlignedGuestAddress[ctypes.c_bool], value: bool,
@@ -512,8 +531,12 @@ class GuestMemory:
                                                                     store=True)
         checked = kind.check_value(value)
         if functions is None:
-            return region.atomic_exchange(offset, kind, checked, int(order))
-        return functions.exchange(host, checked, order)
+            old = region.atomic_exchange(offset, kind, checked, int(order))
+        else:
+            old = functions.exchange(host, checked, order)
+        if region.dirty is not None:
+            region.dirty.mark(offset, kind.size)
+        return old
 
     @overload
     def compare_exchange(self, address: AlignedGuestAddress[ctypes.c_bool], expected: bool,
@@ -538,12 +561,16 @@ class GuestMemory:
         checked_expected = kind.check_value(expected)
         checked_desired = kind.check_value(desired)
         if functions is None:
-            return region.atomic_compare_exchange(offset, kind, checked_expected,
-                                                  checked_desired, int(success), int(failure))
-        box = kind.value_type(checked_expected)
-        stored = functions.compare_exchange(host, ctypes.byref(box), checked_desired,
-                                            success, failure)
-        return bool(stored), box.value
+            stored, seen = region.atomic_compare_exchange(
+                offset, kind, checked_expected, checked_desired, int(success), int(failure))
+        else:
+            box = kind.value_type(checked_expected)
+            stored = bool(functions.compare_exchange(host, ctypes.byref(box), checked_desired,
+                                                     success, failure))
+            seen = box.value
+        if stored and region.dirty is not None:
+            region.dirty.mark(offset, kind.size)
+        return stored, seen
 
     def _fetch(self, operation: str, address: AlignedGuestAddress[Any], value: int,
                order: Ordering) -> Any:
@@ -555,8 +582,12 @@ class GuestMemory:
             raise NotAtomicAccess(kind.name, f"fetch_{operation} is not defined for bool")
         checked = kind.check_value(value)
         if functions is None:
-            return region.atomic_fetch(operation, offset, kind, checked, int(order))
-        return functions.fetch[operation](host, checked, order)
+            old = region.atomic_fetch(operation, offset, kind, checked, int(order))
+        else:
+            old = functions.fetch[operation](host, checked, order)
+        if region.dirty is not None:
+            region.dirty.mark(offset, kind.size)
+        return old
 
     def fetch_add(self, address: AlignedGuestAddress[AtomicInteger], value: int,
                   order: Ordering = _SEQ_CST) -> int:
@@ -574,7 +605,7 @@ class GuestMemory:
                     base = region.host_address
                     if base is not None and offset + size <= region.length \
                             and not region.read_only and not (base + offset) & (size - 1) \
-                            and not kind.is_bool:
+                            and region.dirty is None and not kind.is_bool:
                         return functions.fetch_add(base + offset, value, order)  # type: ignore[no-any-return]
         return self._fetch("add", address, value, order)  # type: ignore[no-any-return]
 
@@ -616,7 +647,178 @@ class GuestMemory:
         """Atomically XOR `value` in; return the old value."""
         return self._fetch("xor", address, value, order)
 
+    # ---- Views ---------------------------------------------------------------------
+
+    def get_slice(self, address: GuestAddress, length: int) -> VolatileSlice:
+        """A view of `[address, address + length)`, which must lie in one region."""
+        length = check_u64(length, "length")
+        region, offset = self._locate(self._checked_start(address, length, "get_slice"),
+                                      length)
+        return VolatileSlice(self, region, offset, length)
+
+    def get_slices(self, address: GuestAddress, length: int) -> list[VolatileSlice]:
+        """Views covering `[address, address + length)` across regions, in order.
+
+        Raises `PartialBuffer` (and returns nothing) if a hole or the end cuts the range.
+        """
+        length = check_u64(length, "length")
+        value = self._checked_start(address, length, "get_slices")
+        spans = self._spans(value, length)
+        covered = sum(count for _, _, count in spans)
+        if covered < length:
+            raise PartialBuffer(value, length, 0, covered)
+        return [VolatileSlice(self, region, offset, count) for region, offset, count in spans]
+
+    # ---- Hot-plug: new immutable objects -------------------------------------------
+
+    def insert_region(self, region: GuestMemoryRegion) -> Self:
+        """A new memory object with `region` added (`RegionOverlap` if it collides)."""
+        return self._with_regions((*self._regions, region))
+
+    def remove_region(self, address: GuestAddress,
+                      length: int) -> tuple[Self, GuestMemoryRegion]:
+        """A new memory object without the region `[address, +length)`, and that region.
+
+        The removed region stays mapped for as long as anything (an old snapshot, a
+        view) still refers to it.
+        """
+        for region in self._regions:
+            if region.start == address and region.length == length:
+                remaining = tuple(other for other in self._regions if other is not region)
+                return self._with_regions(remaining), region
+        raise InvalidRange(address.raw_value(), length, "no region has exactly this range")
+
+    def _with_regions(self, regions: tuple[GuestMemoryRegion, ...]) -> Self:
+        return type(self)(regions)
+
+    # ---- Dirty-page tracking -------------------------------------------------------
+
+    def track_dirty_pages(self, page_size: int = DEFAULT_PAGE_SIZE) -> None:
+        """Mark, from now on, every page written through this library in every region."""
+        for region in self._regions:
+            region.track_dirty_pages(page_size)
+
+    def dirty_pages(self) -> list[GuestAddress]:
+        """The start addresses of the pages marked dirty, without clearing them."""
+        return [GuestAddress(region.start_value + page * region.dirty.page_size)
+                for region in self._regions if region.dirty is not None
+                for page in region.dirty.dirty_pages()]
+
+    def take_dirty_pages(self) -> list[GuestAddress]:
+        """The dirty pages' start addresses, clearing exactly the marks returned.
+
+        Safe beside concurrent writers: a page written meanwhile is either returned now
+        or stays marked for the next call.
+        """
+        return [GuestAddress(region.start_value + page * region.dirty.page_size)
+                for region in self._regions if region.dirty is not None
+                for page in region.dirty.take_dirty_pages()]
+
+    # ---- Zero-copy stream I/O ------------------------------------------------------
+
+    def _io_spans(self, address: GuestAddress, count: int, method: str,
+                  *, into_guest: bool) -> list[tuple[GuestMemoryRegion, int, int]]:
+        count = check_u64(count, "count")
+        value = self._checked_start(address, count, method)
+        spans = self._spans(value, count)
+        if count and not spans:
+            raise InvalidGuestAddress(value)
+        if into_guest:
+            for region, offset, length in spans:
+                if region.read_only:
+                    raise ReadOnlyRegion(region.start_value + offset, length)
+        return spans
+
+    def read_from(self, address: GuestAddress, source: StreamSource, count: int, *,
+                  file_offset: int | None = None) -> int:
+        """Read up to `count` bytes from `source` straight into guest memory.
+
+        `source` is a file descriptor (one `readv`/`preadv` scattering over the
+        regions), a socket (`recvmsg_into`) or a binary file object (`readinto`). One
+        call, like `os.read`: the count is what arrived, stopping at a hole or the end of
+        guest memory; 0 at end of stream.
+        """
+        spans = self._io_spans(address, count, "read_from", into_guest=True)
+        views, bounce = _span_views(spans)
+        done = scatter_read(source, views, file_offset)
+        if bounce:
+            _flush_bounce(spans, views, done)
+        _mark_written(spans, done)
+        return done
+
+    def write_to(self, address: GuestAddress, destination: StreamSource, count: int, *,
+                 file_offset: int | None = None) -> int:
+        """Write up to `count` bytes of guest memory to `destination` in one gathered call.
+
+        `destination` is a file descriptor (`writev`/`pwritev`), a socket (`sendmsg`) or
+        a binary file object (`write`). Returns the count written.
+        """
+        spans = self._io_spans(address, count, "write_to", into_guest=False)
+        views, bounce = _span_views(spans)
+        if bounce:
+            for (region, offset, _), view in zip(spans, views, strict=True):
+                if region.buffer is None:
+                    region.read_into(offset, view)
+        return gather_write(destination, views, file_offset)
+
+    def read_exact_from(self, address: GuestAddress, source: StreamSource, count: int) -> None:
+        """Read exactly `count` bytes into guest memory, or raise `PartialBuffer`."""
+        done = 0
+        while done < count:
+            step = self.read_from(GuestAddress(address.raw_value() + done), source,
+                                  count - done)
+            if step == 0:
+                raise PartialBuffer(address.raw_value(), count, done,
+                                    self._covered(address.raw_value(), count))
+            done += step
+
+    def write_all_to(self, address: GuestAddress, destination: StreamSource,
+                     count: int) -> None:
+        """Write exactly `count` bytes of guest memory, or raise `PartialBuffer`."""
+        done = 0
+        while done < count:
+            step = self.write_to(GuestAddress(address.raw_value() + done), destination,
+                                 count - done)
+            if step == 0:
+                raise PartialBuffer(address.raw_value(), count, done,
+                                    self._covered(address.raw_value(), count))
+            done += step
+
     def __repr__(self) -> str:
         inner = ", ".join(repr(region) for region in self._regions)
         return f"{type(self).__name__}([{inner}])"
 
+
+
+def _span_views(spans: list[tuple[GuestMemoryRegion, int, int]]) -> tuple[list[memoryview],
+                                                                            bool]:
+    """A buffer per span: the region's own memory, or a bounce buffer if it has none."""
+    views: list[memoryview] = []
+    bounce = False
+    for region, offset, count in spans:
+        if region.buffer is not None:
+            views.append(region.buffer[offset:offset + count])
+        else:
+            views.append(memoryview(bytearray(count)))
+            bounce = True
+    return views, bounce
+
+
+def _flush_bounce(spans: list[tuple[GuestMemoryRegion, int, int]], views: list[memoryview],
+                  done: int) -> None:
+    """Copy what arrived in bounce buffers into regions that have no host memory."""
+    for (region, offset, count), view in zip(spans, views, strict=True):
+        if done <= 0:
+            break
+        if region.buffer is None:
+            region.write_from(offset, view[:min(count, done)])
+        done -= count
+
+
+def _mark_written(spans: list[tuple[GuestMemoryRegion, int, int]], done: int) -> None:
+    for region, offset, count in spans:
+        if done <= 0:
+            break
+        if region.dirty is not None:
+            region.dirty.mark(offset, min(count, done))
+        done -= count

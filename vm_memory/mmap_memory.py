@@ -7,7 +7,7 @@ from typing import cast
 
 from vm_memory.address import GuestAddress
 from vm_memory.guest_memory import GuestMemory
-from vm_memory.mmap_region import GuestRegionMmap, MmapRegion
+from vm_memory.mmap_region import FileOffset, GuestRegionMmap, MmapRegion
 
 
 class GuestMemoryMmap(GuestMemory):
@@ -33,6 +33,24 @@ class GuestMemoryMmap(GuestMemory):
     def from_ranges_memfd(cls, ranges: Iterable[tuple[GuestAddress, int]]) -> GuestMemoryMmap:
         """Each (start, size) in its own sealed memfd, ready to share with another process."""
         return cls(GuestRegionMmap(MmapRegion.memfd(size), start) for start, size in ranges)
+
+    @classmethod
+    def from_ranges_with_files(
+        cls, ranges: Iterable[tuple[GuestAddress, int, FileOffset | None]], *,
+        shared: bool = True, read_only: bool = False,
+    ) -> GuestMemoryMmap:
+        """Each (start, size, file) mapped from `file` (fd and offset), or anonymous if None.
+
+        A file shorter than its range is refused (`MappingPastEof`) before anything is
+        mapped for it.
+        """
+        return cls(
+            GuestRegionMmap(
+                MmapRegion.anonymous(size, shared=shared) if file is None else
+                MmapRegion.from_file(file.fd, size, offset=file.offset, read_only=read_only,
+                                     shared=shared),
+                start)
+            for start, size, file in ranges)
 
     @classmethod
     def from_regions(cls, regions: Iterable[GuestRegionMmap]) -> GuestMemoryMmap:

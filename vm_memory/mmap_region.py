@@ -14,16 +14,27 @@ import fcntl
 import mmap
 import os
 import weakref
+from dataclasses import dataclass
 from typing import Final
 
 from vm_memory.address import GuestAddress
-from vm_memory.errors import InvalidRange, MappingError
+from vm_memory.errors import InvalidRange, MappingError, MappingPastEof, RegionInUse
 from vm_memory.region import GuestMemoryRegion
 
 PAGE_SIZE: Final = mmap.PAGESIZE
 
+MAP_NORESERVE: Final = getattr(mmap, "MAP_NORESERVE", 0x4000)
+MAP_HUGETLB: Final = getattr(mmap, "MAP_HUGETLB", 0x40000)
 _MEMFD_SEALS: Final = getattr(os, "F_SEAL_SHRINK", 0x2) | getattr(os, "F_SEAL_GROW", 0x4)
 _F_ADD_SEALS: Final = getattr(os, "F_ADD_SEALS", 1033)
+
+
+@dataclass(frozen=True)
+class FileOffset:
+    """An open file and the offset in it where a region's bytes start."""
+
+    fd: int
+    offset: int = 0
 
 
 class _PyBuffer(ctypes.Structure):
@@ -81,14 +92,28 @@ class MmapRegion:
         self._finalizer = weakref.finalize(self, _unpin, export, fd if owns_fd else None)
 
     @classmethod
-    def anonymous(cls, size: int, *, shared: bool = False) -> MmapRegion:
-        """Zero-filled anonymous memory, private to this process (or shared with children)."""
+    def anonymous(cls, size: int, *, shared: bool = False, no_reserve: bool = False,
+                  huge_pages: bool = False) -> MmapRegion:
+        """Zero-filled anonymous memory, private to this process (or shared with children).
+
+        `no_reserve` maps without reserving swap (MAP_NORESERVE): a huge sparse guest
+        commits only the pages it touches. `huge_pages` asks for hugetlbfs pages
+        (MAP_HUGETLB); the host must have some reserved.
+        """
         _check_size(size)
         flags = mmap.MAP_SHARED if shared else mmap.MAP_PRIVATE
+        if no_reserve:
+            flags |= MAP_NORESERVE
+        if huge_pages:
+            flags |= MAP_HUGETLB
         try:
             mapping = mmap.mmap(-1, size, flags=flags)
         except OSError as error:
-            raise MappingError(size, error.strerror or str(error)) from None
+            reason = error.strerror or str(error)
+            if huge_pages:
+                reason += ("; huge pages need a reservation: see /proc/sys/vm/nr_hugepages "
+                           "and the size must be a multiple of the huge page size")
+            raise MappingError(size, reason) from None
         return cls(mapping, read_only=False, shared=shared)
 
     @classmethod
@@ -123,8 +148,7 @@ class MmapRegion:
                                              f"{mmap.ALLOCATIONGRANULARITY}")
         file_size = os.fstat(fd).st_size
         if file_size < offset + size:
-            raise MappingError(size, f"the file has {file_size} bytes, fewer than "
-                                     f"offset {offset} + size {size}")
+            raise MappingPastEof(size, offset, file_size)
         own = os.dup(fd)
         flags = mmap.MAP_SHARED if shared else mmap.MAP_PRIVATE
         prot = mmap.PROT_READ | (0 if read_only else mmap.PROT_WRITE)
@@ -135,6 +159,18 @@ class MmapRegion:
             raise MappingError(size, error.strerror or str(error)) from None
         return cls(mapping, read_only=read_only, shared=shared, fd=own, file_offset=offset,
                    owns_fd=True)
+
+    @property
+    def closed(self) -> bool:
+        """Whether `close` has unmapped the memory."""
+        return not self._finalizer.alive
+
+    def close(self) -> None:
+        """Unmap now (normally the mapping lives as long as anything refers to it)."""
+        if self._finalizer.alive:
+            self.view.release()
+            self._finalizer()
+            self.mapping.close()
 
     def __repr__(self) -> str:
         backing = "anonymous" if self.fd is None else f"fd {self.fd}@{self.file_offset:#x}"
@@ -153,9 +189,21 @@ class GuestRegionMmap(GuestMemoryRegion):
     __slots__ = ("mapping",)
 
     def __init__(self, mapping: MmapRegion, start: GuestAddress) -> None:
+        if mapping.closed:
+            raise MappingError(mapping.size, "the mapping is closed")
         super().__init__(start, mapping.size, read_only=mapping.read_only,
                          buffer=mapping.view, host_address=mapping.host_address)
         self.mapping = mapping
+
+    def close(self) -> None:
+        """Unmap the region now; refused with `RegionInUse` while a memory object or a
+        view still holds it (they would otherwise touch unmapped memory)."""
+        users = len(self.users)
+        if users:
+            raise RegionInUse(self.start_value, users)
+        self.buffer = None
+        self.host_address = None
+        self.mapping.close()
 
     @property
     def kind(self) -> str:

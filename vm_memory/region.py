@@ -9,10 +9,12 @@ and, if it can, the atomic primitives. The defaults of those refuse with
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 from vm_memory.address import GuestAddress, MemoryRegionAddress
 from vm_memory.atomic_access import AtomicKind
+from vm_memory.bitmap import DEFAULT_PAGE_SIZE, DirtyBitmap
 from vm_memory.errors import AtomicAccessUnsupported, InvalidRange, ReadOnlyRegion
 
 
@@ -24,13 +26,15 @@ class GuestMemoryRegion:
     reads them.
     """
 
-    __slots__ = ("__weakref__", "buffer", "host_address", "length", "read_only",
-                 "start", "start_value")
+    __slots__ = ("__weakref__", "buffer", "dirty", "host_address", "length", "read_only",
+                 "start", "start_value", "users")
 
     buffer: memoryview | None
     """A byte view of the whole region when it lives in this process's memory."""
     host_address: int | None
     """The host virtual address of offset 0, or None for a region with no host memory."""
+    dirty: DirtyBitmap | None
+    """The pages this library has written, when dirty tracking is on."""
 
     def __init__(self, start: GuestAddress, length: int, *, read_only: bool,
                  buffer: memoryview | None = None, host_address: int | None = None) -> None:
@@ -46,6 +50,15 @@ class GuestMemoryRegion:
         self.read_only = read_only
         self.buffer = buffer
         self.host_address = host_address
+        self.dirty = None
+        self.users: weakref.WeakSet[object] = weakref.WeakSet()
+        """The memory objects holding this region (views hold those)."""
+
+    def track_dirty_pages(self, page_size: int = DEFAULT_PAGE_SIZE) -> DirtyBitmap:
+        """Start marking every page written through this library; returns the bitmap."""
+        if self.dirty is None or self.dirty.page_size != page_size:
+            self.dirty = DirtyBitmap(self.length, page_size)
+        return self.dirty
 
     @property
     def last_addr(self) -> GuestAddress:

@@ -1,0 +1,202 @@
+"""Views into guest memory: `VolatileSlice` (bytes in one region) and `VolatileRef[T]` /
+`VolatileArrayRef[T]` (typed values at fixed addresses).
+
+A view is a guest address range bound to a memory object; every access goes through
+that object's access table, so bounds, read-only regions, atomicity and dirty tracking
+behave exactly as on `GuestMemory`. A view keeps its memory object, and so the mapping,
+alive: it can never outlive the memory it points into.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
+
+from vm_memory.address import GuestAddress, check_u64
+from vm_memory.aligned_address import AlignedGuestAddress
+from vm_memory.atomic_access import AtomicInteger
+from vm_memory.byte_valued import Aggregate, ScalarValue, layout_of
+from vm_memory.errors import InvalidRange, NoHostAddress
+from vm_memory.ordering import Ordering
+from vm_memory.region import GuestMemoryRegion
+
+if TYPE_CHECKING:
+    from vm_memory.guest_memory import GuestMemory
+
+_T_co = TypeVar("_T_co", covariant=True)
+_V = TypeVar("_V")
+_A = TypeVar("_A", bound=Aggregate)
+_SEQ_CST = Ordering.SEQ_CST
+
+
+class VolatileSlice:
+    """`length` bytes of guest memory inside one region, starting at `address`."""
+
+    __slots__ = ("address", "length", "memory", "offset", "region")
+
+    def __init__(self, memory: GuestMemory, region: GuestMemoryRegion, offset: int,
+                 length: int) -> None:
+        """Made by `GuestMemory.get_slice`/`get_slices`; the range is already checked."""
+        self.memory = memory
+        self.region = region
+        self.offset = offset
+        self.length = length
+        self.address = GuestAddress(region.start_value + offset)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __repr__(self) -> str:
+        return f"VolatileSlice({self.address.raw_value():#x}, length={self.length:#x})"
+
+    def _checked(self, offset: int, length: int) -> GuestAddress:
+        check_u64(offset, "offset")
+        check_u64(length, "length")
+        if offset + length > self.length:
+            raise InvalidRange(self.address.raw_value() + offset, length,
+                               f"outside the slice of {self.length} bytes")
+        return GuestAddress(self.address.raw_value() + offset)
+
+    def subslice(self, offset: int, length: int) -> VolatileSlice:
+        """The part `[offset, offset + length)` of this slice."""
+        self._checked(offset, length)
+        return VolatileSlice(self.memory, self.region, self.offset + offset, length)
+
+    def split_at(self, middle: int) -> tuple[VolatileSlice, VolatileSlice]:
+        """The slice cut in two at `middle`."""
+        self._checked(middle, 0)
+        return self.subslice(0, middle), self.subslice(middle, self.length - middle)
+
+    def read(self, offset: int, buffer: Any) -> None:
+        """Fill `buffer` from the slice at `offset`; all or nothing."""
+        view = memoryview(buffer).cast("B")
+        self.memory.read_slice(self._checked(offset, len(view)), view)
+
+    def write(self, offset: int, data: Any) -> None:
+        """Copy all of `data` into the slice at `offset`; all or nothing."""
+        view = memoryview(data).cast("B")
+        self.memory.write_slice(self._checked(offset, len(view)), view)
+
+    def copy_to(self, buffer: Any) -> int:
+        """Copy as much of the slice as fits into `buffer`; returns the count."""
+        view = memoryview(buffer).cast("B")
+        count = min(len(view), self.length)
+        self.memory.read_slice(self.address, view[:count])
+        return count
+
+    def copy_from(self, data: Any) -> int:
+        """Copy as much of `data` as fits into the slice; returns the count."""
+        view = memoryview(data).cast("B")
+        count = min(len(view), self.length)
+        self.memory.write_slice(self.address, view[:count])
+        return count
+
+    def to_bytes(self) -> bytes:
+        """The slice's bytes, copied."""
+        return self.memory.read_bytes(self.address, self.length)
+
+    def as_memoryview(self) -> memoryview:
+        """The slice as a buffer, zero-copy (host-backed regions only).
+
+        Writes through it bypass the library: call `mark_dirty` after writing if dirty
+        tracking is on. A read-only region gives a read-only view.
+        """
+        buffer = self.region.buffer
+        if buffer is None:
+            raise NoHostAddress(self.address.raw_value(), self.region.kind)
+        return buffer[self.offset:self.offset + self.length]
+
+    def mark_dirty(self) -> None:
+        """Mark the slice's pages dirty (after writing through `as_memoryview`)."""
+        if self.region.dirty is not None and self.length:
+            self.region.dirty.mark(self.offset, self.length)
+
+    def get_ref(self, ctype: type[_V], offset: int) -> VolatileRef[_V]:
+        """A typed reference to the `ctype` value at `offset` (aligned for it)."""
+        size = layout_of(ctype).size
+        address = self._checked(offset, size)
+        return VolatileRef(self.memory, AlignedGuestAddress.new(ctype, address))
+
+    def get_array_ref(self, ctype: type[_V], offset: int, count: int) -> VolatileArrayRef[_V]:
+        """A typed reference to `count` consecutive `ctype` values at `offset`."""
+        size = layout_of(ctype).size
+        address = self._checked(offset, size * check_u64(count, "count"))
+        return VolatileArrayRef(self.memory, AlignedGuestAddress.new(ctype, address), count)
+
+
+class VolatileRef(Generic[_T_co]):
+    """The value of type T at one aligned guest address, with typed and atomic access."""
+
+    __slots__ = ("address", "memory")
+
+    def __init__(self, memory: GuestMemory, address: AlignedGuestAddress[_T_co]) -> None:
+        self.memory = memory
+        self.address = address
+
+    def __repr__(self) -> str:
+        return f"VolatileRef({self.address!r})"
+
+    @overload
+    def load(self: VolatileRef[_A]) -> _A: ...
+    @overload
+    def load(self: VolatileRef[ScalarValue[_V]]) -> _V: ...
+    def load(self) -> Any:
+        """The value (`read_obj`: not atomic)."""
+        address: AlignedGuestAddress[Any] = self.address
+        return self.memory.read_obj(address)
+
+    @overload
+    def store(self: VolatileRef[_A], value: _A) -> None: ...
+    @overload
+    def store(self: VolatileRef[ScalarValue[_V]], value: _V) -> None: ...
+    def store(self, value: Any) -> None:
+        """Store the value (`write_obj`: not atomic)."""
+        address: AlignedGuestAddress[Any] = self.address
+        self.memory.write_obj(address, value)
+
+    def read_atomic(self: VolatileRef[AtomicInteger], order: Ordering = _SEQ_CST) -> int:
+        """One hardware-atomic load."""
+        return self.memory.read_atomic(self.address, order)
+
+    def write_atomic(self: VolatileRef[AtomicInteger], value: int,
+                     order: Ordering = _SEQ_CST) -> None:
+        """One hardware-atomic store."""
+        self.memory.write_atomic(self.address, value, order)
+
+    def fetch_add(self: VolatileRef[AtomicInteger], value: int, order: Ordering = _SEQ_CST) -> int:
+        """Atomic add; returns the old value."""
+        return self.memory.fetch_add(self.address, value, order)
+
+    def swap(self: VolatileRef[AtomicInteger], value: int, order: Ordering = _SEQ_CST) -> int:
+        """Atomic exchange; returns the old value."""
+        return self.memory.swap(self.address, value, order)
+
+    def compare_exchange(self: VolatileRef[AtomicInteger], expected: int, desired: int,
+                         success: Ordering = _SEQ_CST,
+                         failure: Ordering = _SEQ_CST) -> tuple[bool, int]:
+        """Atomic compare-and-swap; returns (stored, value seen)."""
+        return self.memory.compare_exchange(self.address, expected, desired, success,
+                                            failure)
+
+
+class VolatileArrayRef(Generic[_T_co]):
+    """`count` consecutive values of type T starting at an aligned guest address."""
+
+    __slots__ = ("address", "count", "memory")
+
+    def __init__(self, memory: GuestMemory, address: AlignedGuestAddress[_T_co],
+                 count: int) -> None:
+        self.memory = memory
+        self.address = address
+        self.count = count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int) -> VolatileRef[_T_co]:
+        if not -self.count <= index < self.count:
+            raise IndexError(f"index {index} outside an array of {self.count}")
+        return VolatileRef(self.memory, self.address.offset(index % self.count))
+
+    def __iter__(self) -> Iterator[VolatileRef[_T_co]]:
+        return (self[index] for index in range(self.count))
