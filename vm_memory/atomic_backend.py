@@ -29,6 +29,9 @@ class HostAtomics:
     """The libatomic functions for one AtomicKind, typed for its width and sign."""
 
     kind: AtomicKind
+    size: int
+    mask: int
+    """size - 1: a host address `a` is aligned when `a & mask == 0`."""
     load: Callable[[int, int], Any]
     store: Callable[[int, Any, int], None]
     exchange: Callable[[int, Any, int], Any]
@@ -84,6 +87,8 @@ def host_atomics(kind: AtomicKind) -> HostAtomics:
              for operation in FETCH_OPERATIONS}
     atomics = HostAtomics(
         kind=kind,
+        size=size,
+        mask=size - 1,
         load=function("load", value, pointer, order),
         store=function("store", None, pointer, value, order),
         exchange=function("exchange", value, pointer, value, order),

@@ -65,6 +65,10 @@ class TypeLayout:
     """(buffer, offset) -> Python value; scalars give int/float/bool, aggregates a copy."""
     pack_into: Callable[[Any, int, Any], None]
     """(buffer, offset, value) -> None; raises ValueOutOfRange or TypeError, writing nothing."""
+    struct_unpack: Callable[[Any, int], tuple[Any, ...]] | None = None
+    """For struct-coded scalars: the codec's own `unpack_from`, for the hot read paths."""
+    struct_pack: Callable[[Any, int, Any], None] | None = None
+    """For struct-coded scalars but bool: the codec's own `pack_into` (errors unmapped)."""
 
 
 _LAYOUTS: dict[type[Any], TypeLayout] = {}
@@ -217,7 +221,8 @@ def _scalar_layout(ctype: type[Any], name: str) -> TypeLayout:
             raise TypeError(f"{name} cannot hold a {type(value).__name__}") from None
 
     return TypeLayout(ctype, name, size, alignment, True, is_integer, is_bool, native,
-                      minimum, maximum, unpack_from, pack_into)
+                      minimum, maximum, unpack_from, pack_into, unpack,
+                      None if is_bool else pack)
 
 
 def _ctypes_scalar_layout(ctype: type[Any], name: str, size: int, alignment: int,

@@ -20,6 +20,7 @@ types' value slots directly: every guest access goes through here.
 from __future__ import annotations
 
 import ctypes
+import struct
 from bisect import bisect_right
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import pairwise
@@ -43,13 +44,16 @@ from vm_memory.errors import (
 )
 from vm_memory.ordering import (
     FAILURE_ORDERINGS,
+    LOAD_ORDERING_MEMBERS,
     LOAD_ORDERINGS,
+    READ_MODIFY_WRITE_ORDERING_MEMBERS,
     READ_MODIFY_WRITE_ORDERINGS,
+    STORE_ORDERING_MEMBERS,
     STORE_ORDERINGS,
     Ordering,
     check_ordering,
 )
-from vm_memory.region import GuestMemoryRegion
+from vm_memory.region import GuestMemoryRegion, NoRegion
 from vm_memory.stream_io import StreamSource, gather_write, scatter_read
 from vm_memory.volatile import VolatileSlice
 
@@ -57,7 +61,8 @@ _V = TypeVar("_V")
 _A = TypeVar("_A", bound=Aggregate)
 
 _SEQ_CST: Final = Ordering.SEQ_CST
-_HOST_ATOMICS: dict[type[Any] | None, HostAtomics] = {}
+_NO_REGION: Final = NoRegion()
+_HOST_ATOMICS: dict[type[Any], HostAtomics] = {}
 """HostAtomics by ctype, filled on first use (the hot atomic paths' one lookup)."""
 
 
@@ -81,10 +86,12 @@ def _byte_view(buffer: Any, writable: bool) -> memoryview:
 class GuestMemory:
     """Guest physical memory made of regions; immutable (hot-plug returns new objects)."""
 
-    __slots__ = ("__weakref__", "_regions", "_starts")
+    __slots__ = ("__weakref__", "_last", "_regions", "_starts")
 
     _regions: tuple[GuestMemoryRegion, ...]
     _starts: list[int]
+    _last: GuestMemoryRegion
+    """The region the last atomic access hit (any region of this memory is a valid guess)."""
 
     def __init__(self, regions: Iterable[GuestMemoryRegion]) -> None:
         ordered = sorted(regions, key=lambda region: region.start_value)
@@ -99,6 +106,17 @@ class GuestMemory:
         self._starts = [region.start_value for region in ordered]
         for region in ordered:
             region.users.add(self)
+        self._last = _NO_REGION
+
+    def _region_at(self, value: int) -> GuestMemoryRegion:
+        """The region holding `value` (remembered for the next access), or `_NO_REGION`."""
+        index = bisect_right(self._starts, value) - 1
+        if index >= 0:
+            region = self._regions[index]
+            if value < region.end_value:
+                self._last = region
+                return region
+        return _NO_REGION
 
     # ---- Layout --------------------------------------------------------------------
 
@@ -315,6 +333,8 @@ class GuestMemory:
         return bytes(buffer)
 
     # ---- Typed, not atomic ---------------------------------------------------------
+    # Fast paths: one region with a buffer, a struct-coded scalar. Everything else, and
+    # every error, goes through the general path below each.
 
     @overload
     def read_obj_unaligned(self, address: GuestAddress, ctype: type[_A]) -> _A: ...
@@ -323,17 +343,21 @@ class GuestMemory:
                            ctype: type[ScalarValue[_V]]) -> _V: ...
     def read_obj_unaligned(self, address: GuestAddress, ctype: type[Any]) -> Any:
         """A value of ByteValued `ctype` at any address, possibly across regions."""
-        layout = _LAYOUTS.get(ctype) or layout_of(ctype)
         try:
+            layout = _LAYOUTS[ctype]
             value = address._value
-        except AttributeError:
-            raise _not_address(address, "read_obj_unaligned") from None
+        except (KeyError, TypeError, AttributeError):
+            layout = layout_of(ctype)
+            value = self._checked_start(address, layout.size, "read_obj_unaligned")
         index = bisect_right(self._starts, value) - 1
         if index >= 0:
             region = self._regions[index]
             offset = value - region.start_value
             buffer = region.buffer
             if buffer is not None and offset + layout.size <= region.length:
+                unpack = layout.struct_unpack
+                if unpack is not None:
+                    return unpack(buffer, offset)[0]
                 return layout.unpack_from(buffer, offset)
         scratch = bytearray(layout.size)
         self.read_slice(address, scratch)
@@ -348,23 +372,8 @@ class GuestMemory:
     def write_obj_unaligned(self, address: GuestAddress, ctype: type[Any], value: Any) -> None:
         """Store `value` as ByteValued `ctype` at any address, possibly across regions."""
         layout = _LAYOUTS.get(ctype) or layout_of(ctype)
-        try:
-            raw = address._value
-        except AttributeError:
-            raise _not_address(address, "write_obj_unaligned") from None
-        index = bisect_right(self._starts, raw) - 1
-        if index >= 0:
-            region = self._regions[index]
-            offset = raw - region.start_value
-            buffer = region.buffer
-            if buffer is not None and offset + layout.size <= region.length \
-                    and not region.read_only:
-                layout.pack_into(buffer, offset, value)
-                if region.dirty is not None:
-                    region.dirty.mark(offset, layout.size)
-                return
         scratch = bytearray(layout.size)
-        layout.pack_into(scratch, 0, value)
+        layout.pack_into(scratch, 0, value)  # validates the value before any store
         self.write_slice(address, scratch)
 
     @overload
@@ -384,6 +393,9 @@ class GuestMemory:
             offset = value - region.start_value
             buffer = region.buffer
             if buffer is not None and offset + layout.size <= region.length:
+                unpack = layout.struct_unpack
+                if unpack is not None:
+                    return unpack(buffer, offset)[0]
                 return layout.unpack_from(buffer, offset)
         region, offset = self._locate(value, layout.size)
         scratch = bytearray(layout.size)
@@ -406,50 +418,91 @@ class GuestMemory:
             region = self._regions[index]
             offset = raw - region.start_value
             buffer = region.buffer
-            if buffer is not None and offset + layout.size <= region.length \
-                    and not region.read_only:
-                layout.pack_into(buffer, offset, value)
-                if region.dirty is not None:
-                    region.dirty.mark(offset, layout.size)
-                return
+            pack = layout.struct_pack
+            if pack is not None and buffer is not None and not region.read_only \
+                    and offset + layout.size <= region.length and region.dirty is None:
+                try:
+                    pack(buffer, offset, value)  # struct converts before it stores
+                    return
+                except (struct.error, OverflowError, TypeError):
+                    pass  # the general path raises the typed error
         region, offset = self._locate(raw, layout.size)
         if region.read_only:
             raise ReadOnlyRegion(raw, layout.size)
         scratch = bytearray(layout.size)
         layout.pack_into(scratch, 0, value)
-        region.write_from(offset, memoryview(scratch))
+        if region.buffer is not None:
+            region.buffer[offset:offset + layout.size] = scratch
+        else:
+            region.write_from(offset, memoryview(scratch))
         if region.dirty is not None:
             region.dirty.mark(offset, layout.size)
 
     # ---- Atomic --------------------------------------------------------------------
+    # Fast paths: a known AtomicAccess type, an allowed ordering, a host-backed region.
+    # They fall back to `_atomic` for everything else, which checks everything in
+    # order and raises the typed error, before any memory is touched.
 
-    def _atomic_target(self, address: AlignedGuestAddress[Any], method: str, *,
-                       store: bool) -> tuple[GuestMemoryRegion, int, AtomicKind,
-                                             HostAtomics | None, int]:
-        """Resolve an atomic access: (region, offset, kind, host functions, host address).
-
-        Checks everything before any memory is touched: the type, the region bounds,
-        read-only regions for stores, and the host address's alignment.
-        """
+    def _atomic(self, operation: str, address: AlignedGuestAddress[Any], order: Ordering,
+                *operands: Any) -> Any:
+        """Any atomic operation, fully checked. `operands` are the values it stores."""
         try:
             ctype = address._type
         except AttributeError:
-            raise _not_aligned_address(address, method) from None
+            raise _not_aligned_address(address, operation) from None
+        if operation == "read_atomic":
+            check_ordering(operation, order, LOAD_ORDERINGS)
+        elif operation == "write_atomic":
+            check_ordering(operation, order, STORE_ORDERINGS)
+        elif operation == "compare_exchange":
+            check_ordering("compare_exchange success", order, READ_MODIFY_WRITE_ORDERINGS)
+            check_ordering("compare_exchange failure", operands[2], FAILURE_ORDERINGS)
+        else:
+            check_ordering(operation, order, READ_MODIFY_WRITE_ORDERINGS)
         kind = atomic_kind(ctype)
+        fetch = operation[6:] if operation.startswith("fetch_") else ""
+        if kind.is_bool and fetch in ("add", "sub"):
+            raise NotAtomicAccess(kind.name, f"{operation} is not defined for bool")
+        values = [kind.check_value(operand) for operand in operands[:2]]
         value = address._value
         region, offset = self._locate(value, kind.size)
-        if store and region.read_only:
+        stores = operation != "read_atomic"
+        if stores and region.read_only:
             raise ReadOnlyRegion(value, kind.size)
+        c_order = int(order)
         base = region.host_address
         if base is None:
-            return region, offset, kind, None, 0
-        functions = _HOST_ATOMICS.get(ctype)
-        if functions is None:
-            functions = _HOST_ATOMICS[ctype] = host_atomics(kind)
-        host = base + offset
-        if host & (kind.size - 1):
-            raise MisalignedAddress(host, kind.size, kind.name, "host")
-        return region, offset, kind, functions, host
+            result = self._region_atomic(region, operation, fetch, offset, kind, c_order,
+                                         values, operands)
+        else:
+            functions = _HOST_ATOMICS.get(ctype)
+            if functions is None:
+                functions = _HOST_ATOMICS[ctype] = host_atomics(kind)
+            host = base + offset
+            if host & functions.mask:
+                raise MisalignedAddress(host, kind.size, kind.name, "host")
+            result = _host_atomic(functions, operation, fetch, host, c_order, values,
+                                  operands)
+        if stores and region.dirty is not None and \
+                (operation != "compare_exchange" or result[0]):
+            region.dirty.mark(offset, kind.size)
+        return result
+
+    @staticmethod
+    def _region_atomic(region: GuestMemoryRegion, operation: str, fetch: str, offset: int,
+                       kind: AtomicKind, order: int, values: list[int],
+                       operands: tuple[Any, ...]) -> Any:
+        if operation == "read_atomic":
+            return region.atomic_load(offset, kind, order)
+        if operation == "write_atomic":
+            region.atomic_store(offset, kind, values[0], order)
+            return None
+        if operation == "swap":
+            return region.atomic_exchange(offset, kind, values[0], order)
+        if operation == "compare_exchange":
+            return region.atomic_compare_exchange(offset, kind, values[0], values[1], order,
+                                                  int(operands[2]))
+        return region.atomic_fetch(fetch, offset, kind, values[0], order)
 
     @overload
     def read_atomic(self, address: AlignedGuestAddress[ctypes.c_bool],
@@ -459,25 +512,20 @@ class GuestMemory:
                     order: Ordering = _SEQ_CST) -> int: ...
     def read_atomic(self, address: AlignedGuestAddress[Any], order: Ordering = _SEQ_CST) -> Any:
         """One hardware-atomic load with `order` (RELAXED, ACQUIRE or SEQ_CST)."""
-        if order not in LOAD_ORDERINGS:
-            check_ordering("read_atomic", order, LOAD_ORDERINGS)
-        functions = _HOST_ATOMICS.get(getattr(address, "_type", None))
-        if functions is not None:  # fast path: a host-backed region
+        try:
+            functions = _HOST_ATOMICS[address._type]
             value = address._value
-            size = functions.kind.size
-            index = bisect_right(self._starts, value) - 1
-            if index >= 0:
-                region = self._regions[index]
-                offset = value - region.start_value
-                base = region.host_address
-                if base is not None and offset + size <= region.length \
-                        and not (base + offset) & (size - 1):
-                    return functions.load(base + offset, order)
-        region, offset, kind, functions, host = self._atomic_target(
-            address, "read_atomic", store=False)
-        if functions is None:
-            return region.atomic_load(offset, kind, int(order))
-        return functions.load(host, order)
+        except (KeyError, AttributeError):
+            return self._atomic("read_atomic", address, order)
+        region = self._last
+        if not region.start_value <= value < region.end_value:
+            region = self._region_at(value)
+        delta = region.host_delta
+        if delta is not None and value + functions.size <= region.end_value \
+                and not (value + delta) & functions.mask \
+                and (order is _SEQ_CST or order in LOAD_ORDERING_MEMBERS):
+            return functions.load(value + delta, order)
+        return self._atomic("read_atomic", address, order)
 
     @overload
     def write_atomic(self, address: AlignedGuestAddress[ctypes.c_bool], value: bool,
@@ -488,34 +536,25 @@ class GuestMemory:
     def write_atomic(self, address: AlignedGuestAddress[Any], value: int,
                      order: Ordering = _SEQ_CST) -> None:
         """One hardware-atomic store with `order` (RELAXED, RELEASE or SEQ_CST)."""
-        if order not in STORE_ORDERINGS:
-            check_ordering("write_atomic", order, STORE_ORDERINGS)
-        functions = _HOST_ATOMICS.get(getattr(address, "_type", None))
-        if functions is not None:  # fast path: a writable host-backed region
-            kind = functions.kind
-            if type(value) is int and kind.minimum <= value <= kind.maximum:
-                raw = address._value
-                size = kind.size
-                index = bisect_right(self._starts, raw) - 1
-                if index >= 0:
-                    region = self._regions[index]
-                    offset = raw - region.start_value
-                    base = region.host_address
-                    if base is not None and offset + size <= region.length \
-                            and not region.read_only and not (base + offset) & (size - 1):
-                        functions.store(base + offset, value, order)
-                        if region.dirty is not None:
-                            region.dirty.mark(offset, size)
-                        return
-        region, offset, kind, functions, host = self._atomic_target(
-            address, "write_atomic", store=True)
-        checked = kind.check_value(value)
-        if functions is None:
-            region.atomic_store(offset, kind, checked, int(order))
-        else:
-            functions.store(host, checked, order)
-        if region.dirty is not None:
-            region.dirty.mark(offset, kind.size)
+        try:
+            functions = _HOST_ATOMICS[address._type]
+            raw = address._value
+        except (KeyError, AttributeError):
+            self._atomic("write_atomic", address, order, value)
+            return
+        region = self._last
+        if not region.start_value <= raw < region.end_value:
+            region = self._region_at(raw)
+        delta = region.host_delta
+        kind = functions.kind
+        if delta is not None and raw + functions.size <= region.end_value \
+                and not (raw + delta) & functions.mask and region.dirty is None \
+                and not region.read_only and type(value) is int \
+                and kind.minimum <= value <= kind.maximum \
+                and (order is _SEQ_CST or order in STORE_ORDERING_MEMBERS):
+            functions.store(raw + delta, value, order)
+            return
+        self._atomic("write_atomic", address, order, value)
 
     @overload
     def swap(self, address: AlignedGuestAddress[ctypes.c_bool], value: bool,
@@ -526,17 +565,7 @@ class GuestMemory:
     def swap(self, address: AlignedGuestAddress[Any], value: int,
              order: Ordering = _SEQ_CST) -> Any:
         """Atomically store `value` and return the previous value."""
-        check_ordering("swap", order, READ_MODIFY_WRITE_ORDERINGS)
-        region, offset, kind, functions, host = self._atomic_target(address, "swap",
-                                                                    store=True)
-        checked = kind.check_value(value)
-        if functions is None:
-            old = region.atomic_exchange(offset, kind, checked, int(order))
-        else:
-            old = functions.exchange(host, checked, order)
-        if region.dirty is not None:
-            region.dirty.mark(offset, kind.size)
-        return old
+        return self._atomic("swap", address, order, value)
 
     @overload
     def compare_exchange(self, address: AlignedGuestAddress[ctypes.c_bool], expected: bool,
@@ -554,65 +583,34 @@ class GuestMemory:
         Returns (whether it was stored, the value found). A read-only region refuses
         even a compare-exchange that would fail: the instruction writes either way.
         """
-        check_ordering("compare_exchange success", success, READ_MODIFY_WRITE_ORDERINGS)
-        check_ordering("compare_exchange failure", failure, FAILURE_ORDERINGS)
-        region, offset, kind, functions, host = self._atomic_target(
-            address, "compare_exchange", store=True)
-        checked_expected = kind.check_value(expected)
-        checked_desired = kind.check_value(desired)
-        if functions is None:
-            stored, seen = region.atomic_compare_exchange(
-                offset, kind, checked_expected, checked_desired, int(success), int(failure))
-        else:
-            box = kind.value_type(checked_expected)
-            stored = bool(functions.compare_exchange(host, ctypes.byref(box), checked_desired,
-                                                     success, failure))
-            seen = box.value
-        if stored and region.dirty is not None:
-            region.dirty.mark(offset, kind.size)
-        return stored, seen
-
-    def _fetch(self, operation: str, address: AlignedGuestAddress[Any], value: int,
-               order: Ordering) -> Any:
-        if order not in READ_MODIFY_WRITE_ORDERINGS:
-            check_ordering(f"fetch_{operation}", order, READ_MODIFY_WRITE_ORDERINGS)
-        region, offset, kind, functions, host = self._atomic_target(
-            address, f"fetch_{operation}", store=True)
-        if kind.is_bool and operation in ("add", "sub"):
-            raise NotAtomicAccess(kind.name, f"fetch_{operation} is not defined for bool")
-        checked = kind.check_value(value)
-        if functions is None:
-            old = region.atomic_fetch(operation, offset, kind, checked, int(order))
-        else:
-            old = functions.fetch[operation](host, checked, order)
-        if region.dirty is not None:
-            region.dirty.mark(offset, kind.size)
-        return old
+        return self._atomic(  # type: ignore[no-any-return]
+            "compare_exchange", address, success, expected, desired, failure)
 
     def fetch_add(self, address: AlignedGuestAddress[AtomicInteger], value: int,
                   order: Ordering = _SEQ_CST) -> int:
         """Atomically add `value` (wrapping at the type's width); return the old value."""
-        functions = _HOST_ATOMICS.get(getattr(address, "_type", None))
-        if functions is not None and order in READ_MODIFY_WRITE_ORDERINGS:  # fast path
-            kind = functions.kind
-            if type(value) is int and kind.minimum <= value <= kind.maximum:
-                raw = address._value
-                size = kind.size
-                index = bisect_right(self._starts, raw) - 1
-                if index >= 0:
-                    region = self._regions[index]
-                    offset = raw - region.start_value
-                    base = region.host_address
-                    if base is not None and offset + size <= region.length \
-                            and not region.read_only and not (base + offset) & (size - 1) \
-                            and region.dirty is None and not kind.is_bool:
-                        return functions.fetch_add(base + offset, value, order)  # type: ignore[no-any-return]
-        return self._fetch("add", address, value, order)  # type: ignore[no-any-return]
+        try:
+            functions = _HOST_ATOMICS[address._type]
+            raw = address._value
+        except (KeyError, AttributeError):
+            return self._atomic("fetch_add", address, order, value)  # type: ignore[no-any-return]
+        region = self._last
+        if not region.start_value <= raw < region.end_value:
+            region = self._region_at(raw)
+        delta = region.host_delta
+        kind = functions.kind
+        if delta is not None and raw + functions.size <= region.end_value \
+                and not (raw + delta) & functions.mask and region.dirty is None \
+                and not region.read_only and type(value) is int \
+                and kind.minimum <= value <= kind.maximum and not kind.is_bool \
+                and (order is _SEQ_CST or order in READ_MODIFY_WRITE_ORDERING_MEMBERS):
+            return functions.fetch_add(raw + delta, value, order)  # type: ignore[no-any-return]
+        return self._atomic("fetch_add", address, order, value)  # type: ignore[no-any-return]
 
     def fetch_sub(self, address: AlignedGuestAddress[AtomicInteger], value: int,
                   order: Ordering = _SEQ_CST) -> int:
         """Atomically subtract `value` (wrapping); return the old value."""
-        return self._fetch("sub", address, value, order)  # type: ignore[no-any-return]
+        return self._atomic("fetch_sub", address, order, value)  # type: ignore[no-any-return]
 
     @overload
     def fetch_and(self, address: AlignedGuestAddress[ctypes.c_bool], value: bool,
@@ -623,7 +621,7 @@ class GuestMemory:
     def fetch_and(self, address: AlignedGuestAddress[Any], value: int,
                   order: Ordering = _SEQ_CST) -> Any:
         """Atomically AND `value` in; return the old value."""
-        return self._fetch("and", address, value, order)
+        return self._atomic("fetch_and", address, order, value)
 
     @overload
     def fetch_or(self, address: AlignedGuestAddress[ctypes.c_bool], value: bool,
@@ -634,7 +632,7 @@ class GuestMemory:
     def fetch_or(self, address: AlignedGuestAddress[Any], value: int,
                  order: Ordering = _SEQ_CST) -> Any:
         """Atomically OR `value` in; return the old value."""
-        return self._fetch("or", address, value, order)
+        return self._atomic("fetch_or", address, order, value)
 
     @overload
     def fetch_xor(self, address: AlignedGuestAddress[ctypes.c_bool], value: bool,
@@ -645,7 +643,7 @@ class GuestMemory:
     def fetch_xor(self, address: AlignedGuestAddress[Any], value: int,
                   order: Ordering = _SEQ_CST) -> Any:
         """Atomically XOR `value` in; return the old value."""
-        return self._fetch("xor", address, value, order)
+        return self._atomic("fetch_xor", address, order, value)
 
     # ---- Views ---------------------------------------------------------------------
 
@@ -822,3 +820,21 @@ def _mark_written(spans: list[tuple[GuestMemoryRegion, int, int]], done: int) ->
         if region.dirty is not None:
             region.dirty.mark(offset, min(count, done))
         done -= count
+
+
+def _host_atomic(functions: HostAtomics, operation: str, fetch: str, host: int, order: int,
+                 values: list[int], operands: tuple[Any, ...]) -> Any:
+    """Run a checked atomic operation through libatomic at `host`."""
+    if operation == "read_atomic":
+        return functions.load(host, order)
+    if operation == "write_atomic":
+        functions.store(host, values[0], order)
+        return None
+    if operation == "swap":
+        return functions.exchange(host, values[0], order)
+    if operation == "compare_exchange":
+        box = functions.kind.value_type(values[0])
+        stored = functions.compare_exchange(host, ctypes.byref(box), values[1], order,
+                                            int(operands[2]))
+        return bool(stored), box.value
+    return functions.fetch[fetch](host, values[0], order)

@@ -203,6 +203,7 @@ class GuestRegionMmap(GuestMemoryRegion):
             raise RegionInUse(self.start_value, users)
         self.buffer = None
         self.host_address = None
+        self.host_delta = None
         self.mapping.close()
 
     @property

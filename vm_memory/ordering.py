@@ -27,6 +27,12 @@ READ_MODIFY_WRITE_ORDERINGS: Final = frozenset(Ordering)
 FAILURE_ORDERINGS: Final = LOAD_ORDERINGS
 """Orderings the failure side of a compare-exchange may use: a failure is a load."""
 
+# The same sets as tuples, for the hot paths: `x in tuple` tries identity first, while
+# hashing an enum member for a set lookup runs Python code.
+LOAD_ORDERING_MEMBERS: Final = tuple(sorted(LOAD_ORDERINGS))
+STORE_ORDERING_MEMBERS: Final = tuple(sorted(STORE_ORDERINGS))
+READ_MODIFY_WRITE_ORDERING_MEMBERS: Final = tuple(Ordering)
+
 
 def check_ordering(operation: str, ordering: object, allowed: frozenset[Ordering]) -> int:
     """Return `ordering` as its C value if allowed for `operation`, else raise."""

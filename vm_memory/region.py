@@ -26,13 +26,14 @@ class GuestMemoryRegion:
     reads them.
     """
 
-    __slots__ = ("__weakref__", "buffer", "dirty", "host_address", "length", "read_only",
-                 "start", "start_value", "users")
+    __slots__ = ("__weakref__", "buffer", "dirty", "end_value", "host_address", "host_delta",
+                 "length", "read_only", "start", "start_value", "users")
 
     buffer: memoryview | None
     """A byte view of the whole region when it lives in this process's memory."""
     host_address: int | None
     """The host virtual address of offset 0, or None for a region with no host memory."""
+    host_delta: int | None
     dirty: DirtyBitmap | None
     """The pages this library has written, when dirty tracking is on."""
 
@@ -50,6 +51,10 @@ class GuestMemoryRegion:
         self.read_only = read_only
         self.buffer = buffer
         self.host_address = host_address
+        self.end_value = self.start_value + length
+        """One past the last guest address, as an int."""
+        self.host_delta = None if host_address is None else host_address - self.start_value
+        """host address = guest address + host_delta (None: no host memory)."""
         self.dirty = None
         self.users: weakref.WeakSet[object] = weakref.WeakSet()
         """The memory objects holding this region (views hold those)."""
@@ -123,3 +128,14 @@ class GuestMemoryRegion:
                      order: int) -> Any:
         """Atomically apply `operation` ('add', 'sub', 'and', 'or', 'xor'); return the old."""
         raise self._unsupported(offset)
+
+
+class NoRegion(GuestMemoryRegion):
+    """Matches no address: the empty starting point of a memory object's lookup cache."""
+
+    __slots__ = ()
+
+    def __init__(self) -> None:
+        super().__init__(GuestAddress(0), 1, read_only=True)
+        self.start_value = 1
+        self.end_value = 0
