@@ -17,8 +17,7 @@ from typing import Final
 
 import pytest
 
-from vm_memory import AlignedGuestAddress, GuestAddress, GuestMemoryMmap, Ordering
-from vm_memory import guest_programs
+from vm_memory import AlignedGuestAddress, GuestAddress, GuestMemoryMmap, Ordering, guest_programs
 from vm_memory.kvm import KvmVm, kvm_unavailable_reason
 
 MEMORY_SIZE: Final = 0x2_0000
