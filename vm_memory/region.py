@@ -33,9 +33,14 @@ class GuestMemoryRegion:
     """A byte view of the whole region when it lives in this process's memory."""
     host_address: int | None
     """The host virtual address of offset 0, or None for a region with no host memory."""
-    host_delta: int | None
     dirty: DirtyBitmap | None
     """The pages this library has written, when dirty tracking is on."""
+    users: weakref.WeakSet[object]
+    """The memory objects holding this region (views hold those): `close` checks it."""
+    # Derived once, for the hot paths: one past the last guest address, and the
+    # difference host address - guest address (None without host memory).
+    end_value: int
+    host_delta: int | None
 
     def __init__(self, start: GuestAddress, length: int, *, read_only: bool,
                  buffer: memoryview | None = None, host_address: int | None = None) -> None:
@@ -52,12 +57,9 @@ class GuestMemoryRegion:
         self.buffer = buffer
         self.host_address = host_address
         self.end_value = self.start_value + length
-        """One past the last guest address, as an int."""
         self.host_delta = None if host_address is None else host_address - self.start_value
-        """host address = guest address + host_delta (None: no host memory)."""
         self.dirty = None
-        self.users: weakref.WeakSet[object] = weakref.WeakSet()
-        """The memory objects holding this region (views hold those)."""
+        self.users = weakref.WeakSet()
 
     def track_dirty_pages(self, page_size: int = DEFAULT_PAGE_SIZE) -> DirtyBitmap:
         """Start marking every page written through this library; returns the bitmap."""
