@@ -7,7 +7,7 @@ accident, and every arithmetic method states what happens at the 2**64 edge.
 
 from __future__ import annotations
 
-from typing import Any, Final, Self
+from typing import Any, ClassVar, Final, Self
 
 from vm_memory.errors import AddressOutOfRange, AddressOverflow
 
@@ -38,16 +38,18 @@ def _check_power_of_two(power: int) -> int:
 class _Address64:
     """Shared behaviour of the 64-bit address types (comparison only within one type)."""
 
-    __slots__ = ("_value",)
-    _value: int
+    # Each subclass keeps its value in a slot of its own name, so code that reads the
+    # slot of one address type directly (GuestMemory's hot paths) refuses the other.
+    __slots__ = ()
+    _VALUE_SLOT: ClassVar[str]
 
     def __init__(self, value: int) -> None:
-        object.__setattr__(self, "_value", check_u64(value))
+        object.__setattr__(self, self._VALUE_SLOT, check_u64(value))
 
     @classmethod
     def _unchecked(cls, value: int) -> Self:
         address = object.__new__(cls)
-        object.__setattr__(address, "_value", value)
+        object.__setattr__(address, cls._VALUE_SLOT, value)
         return address
 
     def __setattr__(self, name: str, value: object) -> None:
@@ -57,58 +59,59 @@ class _Address64:
         raise AttributeError(f"{type(self).__name__} is immutable")
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self._value,))
+        return (type(self), (self.raw_value(),))
 
     def raw_value(self) -> int:
         """The address as an int."""
-        return self._value
+        value: int = getattr(self, self._VALUE_SLOT)
+        return value
 
     def mask(self, mask: int) -> int:
         """The address bits selected by `mask`."""
-        return self._value & check_u64(mask, "mask")
+        return self.raw_value() & check_u64(mask, "mask")
 
     # Arithmetic. Offsets are unsigned 64-bit values, as in the Rust crate.
 
     def checked_add(self, offset: int) -> Self | None:
         """`self + offset`, or None if it passes 2**64 - 1."""
-        result = self._value + check_u64(offset, "offset")
+        result = self.raw_value() + check_u64(offset, "offset")
         return self._unchecked(result) if result <= _MASK else None
 
     def checked_sub(self, offset: int) -> Self | None:
         """`self - offset`, or None if it goes below 0."""
-        result = self._value - check_u64(offset, "offset")
+        result = self.raw_value() - check_u64(offset, "offset")
         return self._unchecked(result) if result >= 0 else None
 
     def overflowing_add(self, offset: int) -> tuple[Self, bool]:
         """`self + offset` wrapped to 64 bits, and whether it wrapped."""
-        result = self._value + check_u64(offset, "offset")
+        result = self.raw_value() + check_u64(offset, "offset")
         return self._unchecked(result & _MASK), result > _MASK
 
     def overflowing_sub(self, offset: int) -> tuple[Self, bool]:
         """`self - offset` wrapped to 64 bits, and whether it wrapped."""
-        result = self._value - check_u64(offset, "offset")
+        result = self.raw_value() - check_u64(offset, "offset")
         return self._unchecked(result & _MASK), result < 0
 
     def wrapping_add(self, offset: int) -> Self:
         """`self + offset` modulo 2**64."""
-        return self._unchecked((self._value + check_u64(offset, "offset")) & _MASK)
+        return self._unchecked((self.raw_value() + check_u64(offset, "offset")) & _MASK)
 
     def wrapping_sub(self, offset: int) -> Self:
         """`self - offset` modulo 2**64."""
-        return self._unchecked((self._value - check_u64(offset, "offset")) & _MASK)
+        return self._unchecked((self.raw_value() - check_u64(offset, "offset")) & _MASK)
 
     def unchecked_add(self, offset: int) -> Self:
         """`self + offset`, raising `AddressOverflow` past 2**64 - 1."""
-        result = self._value + check_u64(offset, "offset")
+        result = self.raw_value() + check_u64(offset, "offset")
         if result > _MASK:
-            raise AddressOverflow(self._value, "+", offset)
+            raise AddressOverflow(self.raw_value(), "+", offset)
         return self._unchecked(result)
 
     def unchecked_sub(self, offset: int) -> Self:
         """`self - offset`, raising `AddressOverflow` below 0."""
-        result = self._value - check_u64(offset, "offset")
+        result = self.raw_value() - check_u64(offset, "offset")
         if result < 0:
-            raise AddressOverflow(self._value, "-", offset)
+            raise AddressOverflow(self.raw_value(), "-", offset)
         return self._unchecked(result)
 
     def __add__(self, offset: int) -> Self:
@@ -121,75 +124,87 @@ class _Address64:
         """The distance `self - base`; raises `AddressOverflow` if `base` is above."""
         if type(base) is not type(self):
             raise TypeError(f"offset_from needs a {type(self).__name__}")
-        if base._value > self._value:
-            raise AddressOverflow(self._value, "-", base._value)
-        return self._value - base._value
+        if base.raw_value() > self.raw_value():
+            raise AddressOverflow(self.raw_value(), "-", base.raw_value())
+        return self.raw_value() - base.raw_value()
 
     def checked_align_up(self, alignment: int) -> Self | None:
         """The next multiple of `alignment` (a power of two) at or above, or None."""
         alignment = _check_power_of_two(alignment)
-        result = (self._value + alignment - 1) & ~(alignment - 1)
+        result = (self.raw_value() + alignment - 1) & ~(alignment - 1)
         return self._unchecked(result) if result <= _MASK else None
 
     def align_up(self, alignment: int) -> Self:
         """The next multiple of `alignment` at or above; raises `AddressOverflow`."""
         aligned = self.checked_align_up(alignment)
         if aligned is None:
-            raise AddressOverflow(self._value, "align_up", alignment)
+            raise AddressOverflow(self.raw_value(), "align_up", alignment)
         return aligned
 
     def align_down(self, alignment: int) -> Self:
         """The multiple of `alignment` (a power of two) at or below."""
-        return self._unchecked(self._value & ~(_check_power_of_two(alignment) - 1))
+        return self._unchecked(self.raw_value() & ~(_check_power_of_two(alignment) - 1))
 
     def is_aligned(self, alignment: int) -> bool:
         """Whether the address is a multiple of `alignment` (a power of two)."""
-        return self._value & (_check_power_of_two(alignment) - 1) == 0
+        return self.raw_value() & (_check_power_of_two(alignment) - 1) == 0
 
     # Value semantics: comparison and hashing within one address type only.
 
     def __eq__(self, other: object) -> bool:
         if type(other) is type(self):
-            return self._value == other._value
+            return self.raw_value() == other.raw_value()
         return NotImplemented
 
     def __hash__(self) -> int:
-        return hash(self._value)
+        return hash(self.raw_value())
 
     def __lt__(self, other: Self) -> bool:
         if type(other) is type(self):
-            return self._value < other._value
+            return self.raw_value() < other.raw_value()
         return NotImplemented
 
     def __le__(self, other: Self) -> bool:
         if type(other) is type(self):
-            return self._value <= other._value
+            return self.raw_value() <= other.raw_value()
         return NotImplemented
 
     def __gt__(self, other: Self) -> bool:
         if type(other) is type(self):
-            return self._value > other._value
+            return self.raw_value() > other.raw_value()
         return NotImplemented
 
     def __ge__(self, other: Self) -> bool:
         if type(other) is type(self):
-            return self._value >= other._value
+            return self.raw_value() >= other.raw_value()
         return NotImplemented
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self._value:#x})"
+        return f"{type(self).__name__}({self.raw_value():#x})"
 
     def __format__(self, spec: str) -> str:
-        return format(self._value, spec) if spec else repr(self)
+        return format(self.raw_value(), spec) if spec else repr(self)
 
 
 class GuestAddress(_Address64):
     """A guest physical address."""
 
-    __slots__ = ()
+    __slots__ = ("_guest_value",)
+    _VALUE_SLOT = "_guest_value"
+    _guest_value: int
+
+    def raw_value(self) -> int:
+        """The address as an int."""
+        return self._guest_value
 
 
 class MemoryRegionAddress(_Address64):
     """An offset inside one region, as a 64-bit address."""
 
-    __slots__ = ()
+    __slots__ = ("_region_offset",)
+    _VALUE_SLOT = "_region_offset"
+    _region_offset: int
+
+    def raw_value(self) -> int:
+        """The offset as an int."""
+        return self._region_offset

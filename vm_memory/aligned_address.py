@@ -41,8 +41,8 @@ def _as_address_value(address: GuestAddress | int) -> int:
 class AlignedGuestAddress(Generic[_T_co]):
     """A guest address aligned for `T`; build it with `AlignedGuestAddress.new(T, address)`."""
 
-    __slots__ = ("_alignment", "_layout", "_type", "_value")
-    _value: int
+    __slots__ = ("_alignment", "_guest_value", "_layout", "_type")
+    _guest_value: int
     _type: type[Any]
     _alignment: int
     _layout: TypeLayout
@@ -58,7 +58,7 @@ class AlignedGuestAddress(Generic[_T_co]):
               alignment: int) -> AlignedGuestAddress[_T]:
         address = cast("AlignedGuestAddress[_T]", object.__new__(AlignedGuestAddress))
         setattr_ = object.__setattr__
-        setattr_(address, "_value", value)
+        setattr_(address, "_guest_value", value)
         setattr_(address, "_type", ctype)
         setattr_(address, "_alignment", alignment)
         setattr_(address, "_layout", layout)
@@ -108,7 +108,7 @@ class AlignedGuestAddress(Generic[_T_co]):
     @property
     def addr(self) -> GuestAddress:
         """The plain guest address."""
-        return GuestAddress(self._value)
+        return GuestAddress(self._guest_value)
 
     @property
     def type(self) -> type[_T_co]:
@@ -122,19 +122,19 @@ class AlignedGuestAddress(Generic[_T_co]):
 
     def raw_value(self) -> int:
         """The address as an int."""
-        return self._value
+        return self._guest_value
 
     def offset(self, elements: int) -> AlignedGuestAddress[_T_co]:
         """The address `elements` values of T further (negative: back); stays aligned."""
-        value = self._value + elements * self._layout.size
+        value = self._guest_value + elements * self._layout.size
         if not 0 <= value < ADDRESS_SPACE_SIZE:
-            raise AddressOverflow(self._value, "+" if elements >= 0 else "-",
+            raise AddressOverflow(self._guest_value, "+" if elements >= 0 else "-",
                                   abs(elements) * self._layout.size)
         return self._make(self._type, value, self._layout, self._alignment)
 
     def __add__(self, offset: int) -> AlignedGuestAddress[_T_co] | GuestAddress:
         """`+` of a multiple of the alignment keeps the type; any other offset does not."""
-        result = GuestAddress(self._value).unchecked_add(offset)
+        result = GuestAddress(self._guest_value).unchecked_add(offset)
         if offset % self._alignment:
             return result
         return self._make(self._type, result.raw_value(), self._layout,
@@ -142,7 +142,7 @@ class AlignedGuestAddress(Generic[_T_co]):
 
     def __sub__(self, offset: int) -> AlignedGuestAddress[_T_co] | GuestAddress:
         """`-` of a multiple of the alignment keeps the type; any other offset does not."""
-        result = GuestAddress(self._value).unchecked_sub(offset)
+        result = GuestAddress(self._guest_value).unchecked_sub(offset)
         if offset % self._alignment:
             return result
         return self._make(self._type, result.raw_value(), self._layout,
@@ -153,17 +153,17 @@ class AlignedGuestAddress(Generic[_T_co]):
 
     def __eq__(self, other: object) -> bool:
         if type(other) is AlignedGuestAddress:
-            return (self._value, self._type) == (other._value, other._type)
+            return (self._guest_value, self._type) == (other._guest_value, other._type)
         return NotImplemented
 
     def __hash__(self) -> int:
-        return hash((self._value, self._type))
+        return hash((self._guest_value, self._type))
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_restore, (self._type, self._value))
+        return (_restore, (self._type, self._guest_value))
 
     def __repr__(self) -> str:
-        return f"AlignedGuestAddress[{self._type.__name__}]({self._value:#x})"
+        return f"AlignedGuestAddress[{self._type.__name__}]({self._guest_value:#x})"
 
 
 def _restore(ctype: type[_T], value: int) -> AlignedGuestAddress[_T]:

@@ -13,14 +13,18 @@ from __future__ import annotations
 
 import ctypes
 import mmap
+from collections.abc import Iterator
 from typing import Final
 
 from vm_memory.atomic_access import atomic_kind
 from vm_memory.atomic_backend import host_atomics
 from vm_memory.errors import InvalidRange
+from vm_memory.ordering import Ordering
 
 DEFAULT_PAGE_SIZE: Final = mmap.PAGESIZE
 _WORD: Final = 8
+_SCAN_CHUNK: Final = 1 << 20
+"""Pages scanned per copy of the map: bounds the memory a scan of a huge guest takes."""
 
 
 class DirtyBitmap:
@@ -55,25 +59,38 @@ class DirtyBitmap:
         """Whether page number `page` is marked."""
         return bool(self.view[page])
 
+    def _marked(self) -> Iterator[int]:
+        """Page numbers whose mark is set, found chunk by chunk (no copy of the whole map)."""
+        for chunk_start in range(0, self.page_count, _SCAN_CHUNK):
+            chunk = self.view[chunk_start:min(chunk_start + _SCAN_CHUNK, self.page_count)]
+            data = chunk.tobytes()
+            position = data.find(1)
+            while position >= 0:
+                yield chunk_start + position
+                position = data.find(1, position + 1)
+
     def dirty_pages(self) -> list[int]:
         """Page numbers marked dirty, without clearing them."""
-        data = self.view.tobytes()
-        return [page for page in range(self.page_count) if data[page]]
+        return list(self._marked())
 
     def take_dirty_pages(self) -> list[int]:
-        """Page numbers marked dirty, clearing exactly those marks atomically."""
+        """Page numbers marked dirty, clearing exactly those marks atomically.
+
+        Each 8-page word seen marked is swapped to zero with one atomic exchange, and the
+        pages are taken from what the exchange returned, so a mark set meanwhile is
+        either taken now or left for the next call.
+        """
         exchange = host_atomics(atomic_kind(ctypes.c_uint64)).exchange
-        data = self.view.tobytes()
         pages: list[int] = []
-        start = 0
-        while True:
-            page = data.find(1, start)
-            if page < 0 or page >= self.page_count:
-                break
+        last_word = -1
+        for page in self._marked():
             word = page - page % _WORD
-            taken = exchange(self._map_address + word, 0, 5).to_bytes(_WORD, "little")
-            pages.extend(word + index for index in range(_WORD) if taken[index])
-            start = word + _WORD
+            if word == last_word:
+                continue
+            last_word = word
+            taken = exchange(self._map_address + word, 0, Ordering.SEQ_CST)
+            pages.extend(word + index for index in range(_WORD)
+                         if taken >> (8 * index) & 0xFF)
         return pages
 
     def clear(self) -> None:

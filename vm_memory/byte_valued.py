@@ -68,7 +68,8 @@ class TypeLayout:
     struct_unpack: Callable[[Any, int], tuple[Any, ...]] | None = None
     """For struct-coded scalars: the codec's own `unpack_from`, for the hot read paths."""
     struct_pack: Callable[[Any, int, Any], None] | None = None
-    """For struct-coded scalars but bool: the codec's own `pack_into` (errors unmapped)."""
+    """For integers: the codec's own `pack_into`. Only for an int already checked to be in
+    [minimum, maximum]: on an error, struct has already zeroed the destination."""
 
 
 _LAYOUTS: dict[type[Any], TypeLayout] = {}
@@ -216,13 +217,13 @@ def _scalar_layout(ctype: type[Any], name: str) -> TypeLayout:
         except (struct.error, OverflowError) as error:
             if is_integer and isinstance(value, int):
                 raise ValueOutOfRange(name, value, f"not in [{minimum}, {maximum}]") from None
-            if isinstance(value, float | int) and not isinstance(value, bool):
+            if not is_integer and isinstance(value, float | int) and not isinstance(value, bool):
                 raise ValueOutOfRange(name, value, str(error)) from None
             raise TypeError(f"{name} cannot hold a {type(value).__name__}") from None
 
     return TypeLayout(ctype, name, size, alignment, True, is_integer, is_bool, native,
                       minimum, maximum, unpack_from, pack_into, unpack,
-                      None if is_bool else pack)
+                      pack if is_integer else None)
 
 
 def _ctypes_scalar_layout(ctype: type[Any], name: str, size: int, alignment: int,

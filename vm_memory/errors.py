@@ -244,12 +244,15 @@ class MappingPastEof(MappingError):
 class RegionInUse(GuestMemoryError):
     """An explicit close of a region that a memory object (or a view of one) still uses."""
 
-    def __init__(self, start: int, users: int) -> None:
+    def __init__(self, start: int, users: int, exported_buffers: bool = False) -> None:
         self.start = start
         self.users = users
-        self._init_args = (start, users)
-        super().__init__(f"region at {_hex(start)} is still used by {users} memory "
-                         "object(s) or views; drop them before closing it")
+        self.exported_buffers = exported_buffers
+        self._init_args = (start, users, exported_buffers)
+        holders = "buffers exported from it (as_memoryview)" if exported_buffers else \
+            f"{users} memory object(s) or views"
+        super().__init__(f"region at {_hex(start)} is still used by {holders}; "
+                         "drop them before closing it")
 
 
 class AlignedAddressConstruction(GuestMemoryError, TypeError):

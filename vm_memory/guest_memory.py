@@ -20,9 +20,8 @@ types' value slots directly: every guest access goes through here.
 from __future__ import annotations
 
 import ctypes
-import struct
 from bisect import bisect_right
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import pairwise
 from typing import Any, Final, Self, TypeVar, overload
 
@@ -35,6 +34,7 @@ from vm_memory.byte_valued import _LAYOUTS, Aggregate, ScalarValue, TypeLayout, 
 from vm_memory.errors import (
     InvalidGuestAddress,
     InvalidRange,
+    MappingError,
     MisalignedAddress,
     NoHostAddress,
     NotAtomicAccess,
@@ -62,6 +62,9 @@ _A = TypeVar("_A", bound=Aggregate)
 
 _SEQ_CST: Final = Ordering.SEQ_CST
 _NO_REGION: Final = NoRegion()
+_PAGE_SHIFT: Final = 12
+_SMALL_REGION_PAGES: Final = 16
+"""Regions of at most this many pages go in the page table."""
 _HOST_ATOMICS: dict[type[Any], HostAtomics] = {}
 """HostAtomics by ctype, filled on first use (the hot atomic paths' one lookup)."""
 
@@ -76,6 +79,14 @@ def _not_address(address: object, method: str) -> TypeError:
     return TypeError(f"{method} takes a GuestAddress, not {type(address).__name__}")
 
 
+def _guest_value(address: GuestAddress, method: str) -> int:
+    """The int behind a guest address; anything else (an int, a region offset) refused."""
+    try:
+        return address._guest_value
+    except AttributeError:
+        raise _not_address(address, method) from None
+
+
 def _byte_view(buffer: Any, writable: bool) -> memoryview:
     view = memoryview(buffer)
     if writable and view.readonly:
@@ -86,37 +97,52 @@ def _byte_view(buffer: Any, writable: bool) -> memoryview:
 class GuestMemory:
     """Guest physical memory made of regions; immutable (hot-plug returns new objects)."""
 
-    __slots__ = ("__weakref__", "_last", "_regions", "_starts")
+    __slots__ = ("__weakref__", "_last", "_pages", "_regions", "_starts")
 
     _regions: tuple[GuestMemoryRegion, ...]
     _starts: list[int]
+    # Lookup, fastest first: the region the last typed access hit (any region of this
+    # memory is a valid guess, so threads may race on it harmlessly); a page table of the
+    # small regions, so thousands of them cost one dict probe; a binary search.
     _last: GuestMemoryRegion
-    """The region the last atomic access hit (any region of this memory is a valid guess)."""
+    _pages: dict[int, GuestMemoryRegion]
 
     def __init__(self, regions: Iterable[GuestMemoryRegion]) -> None:
-        ordered = sorted(regions, key=lambda region: region.start_value)
-        for region in ordered:
+        regions = list(regions)
+        for region in regions:
             if not isinstance(region, GuestMemoryRegion):
                 raise TypeError(f"{region!r} is not a GuestMemoryRegion")
+            if region.closed:
+                raise MappingError(region.length, f"{region!r} is closed")
+        ordered = sorted(regions, key=lambda region: region.start_value)
         for before, after in pairwise(ordered):
             if before.start_value + before.length > after.start_value:
                 raise RegionOverlap(before.start_value, before.length, after.start_value,
                                     after.length)
         self._regions = tuple(ordered)
         self._starts = [region.start_value for region in ordered]
+        self._pages = {}
         for region in ordered:
             region.users.add(self)
+            first = region.start_value >> _PAGE_SHIFT
+            last = (region.end_value - 1) >> _PAGE_SHIFT
+            if last - first < _SMALL_REGION_PAGES:
+                for page in range(first, last + 1):
+                    self._pages.setdefault(page, region)
         self._last = _NO_REGION
 
     def _region_at(self, value: int) -> GuestMemoryRegion:
         """The region holding `value` (remembered for the next access), or `_NO_REGION`."""
-        index = bisect_right(self._starts, value) - 1
-        if index >= 0:
+        region = self._pages.get(value >> _PAGE_SHIFT)
+        if region is None or not region.start_value <= value < region.end_value:
+            index = bisect_right(self._starts, value) - 1
+            if index < 0:
+                return _NO_REGION
             region = self._regions[index]
-            if value < region.end_value:
-                self._last = region
-                return region
-        return _NO_REGION
+            if value >= region.end_value:
+                return _NO_REGION
+        self._last = region
+        return region
 
     # ---- Layout --------------------------------------------------------------------
 
@@ -133,7 +159,7 @@ class GuestMemory:
 
     def find_region(self, address: GuestAddress) -> GuestMemoryRegion | None:
         """The region containing `address`, or None."""
-        value = address._value
+        value = _guest_value(address, "find_region")
         index = bisect_right(self._starts, value) - 1
         if index >= 0:
             region = self._regions[index]
@@ -158,7 +184,7 @@ class GuestMemory:
     def check_range(self, address: GuestAddress, length: int) -> bool:
         """Whether all of `[address, address + length)` is backed, holes and all."""
         length = check_u64(length, "length")
-        return self._covered(address._value, length) == length
+        return self._covered(_guest_value(address, "check_range"), length) == length
 
     def to_region_addr(
         self, address: GuestAddress
@@ -167,16 +193,16 @@ class GuestMemory:
         region = self.find_region(address)
         if region is None:
             return None
-        return region, MemoryRegionAddress(address._value - region.start_value)
+        return region, MemoryRegionAddress(address._guest_value - region.start_value)
 
     def get_host_address(self, address: GuestAddress) -> int:
         """The host virtual address behind `address`, for passing to KVM or a device."""
         region = self.find_region(address)
         if region is None:
-            raise InvalidGuestAddress(address._value)
+            raise InvalidGuestAddress(address._guest_value)
         if region.host_address is None:
-            raise NoHostAddress(address._value, region.kind)
-        return region.host_address + address._value - region.start_value
+            raise NoHostAddress(address._guest_value, region.kind)
+        return region.host_address + address._guest_value - region.start_value
 
     def _locate(self, value: int, size: int) -> tuple[GuestMemoryRegion, int]:
         """The region holding all of `[value, value + size)` and the offset, or raise."""
@@ -246,7 +272,7 @@ class GuestMemory:
 
     def _checked_start(self, address: GuestAddress, length: int, method: str) -> int:
         try:
-            value: int = address._value
+            value: int = address._guest_value
         except AttributeError:
             raise _not_address(address, method) from None
         if value + length > ADDRESS_SPACE_SIZE:
@@ -345,20 +371,19 @@ class GuestMemory:
         """A value of ByteValued `ctype` at any address, possibly across regions."""
         try:
             layout = _LAYOUTS[ctype]
-            value = address._value
+            value = address._guest_value
         except (KeyError, TypeError, AttributeError):
             layout = layout_of(ctype)
             value = self._checked_start(address, layout.size, "read_obj_unaligned")
-        index = bisect_right(self._starts, value) - 1
-        if index >= 0:
-            region = self._regions[index]
-            offset = value - region.start_value
-            buffer = region.buffer
-            if buffer is not None and offset + layout.size <= region.length:
-                unpack = layout.struct_unpack
-                if unpack is not None:
-                    return unpack(buffer, offset)[0]
-                return layout.unpack_from(buffer, offset)
+        region = self._last
+        if not region.start_value <= value < region.end_value:
+            region = self._region_at(value)
+        buffer = region.buffer
+        if buffer is not None and value + layout.size <= region.end_value:
+            unpack = layout.struct_unpack
+            if unpack is not None:
+                return unpack(buffer, value - region.start_value)[0]
+            return layout.unpack_from(buffer, value - region.start_value)
         scratch = bytearray(layout.size)
         self.read_slice(address, scratch)
         return layout.unpack_from(scratch, 0)
@@ -371,7 +396,23 @@ class GuestMemory:
                             value: _V) -> None: ...
     def write_obj_unaligned(self, address: GuestAddress, ctype: type[Any], value: Any) -> None:
         """Store `value` as ByteValued `ctype` at any address, possibly across regions."""
-        layout = _LAYOUTS.get(ctype) or layout_of(ctype)
+        try:
+            layout = _LAYOUTS[ctype]
+            raw = address._guest_value
+        except (KeyError, TypeError, AttributeError):
+            layout = layout_of(ctype)
+            raw = self._checked_start(address, layout.size, "write_obj_unaligned")
+        pack = layout.struct_pack
+        if pack is not None:
+            region = self._last
+            if not region.start_value <= raw < region.end_value:
+                region = self._region_at(raw)
+            buffer = region.buffer
+            if buffer is not None and raw + layout.size <= region.end_value \
+                    and not region.read_only and region.dirty is None \
+                    and type(value) is int and layout.minimum <= value <= layout.maximum:
+                pack(buffer, raw - region.start_value, value)
+                return
         scratch = bytearray(layout.size)
         layout.pack_into(scratch, 0, value)  # validates the value before any store
         self.write_slice(address, scratch)
@@ -384,19 +425,18 @@ class GuestMemory:
         """The value at an aligned address: bounds-checked, not guaranteed atomic."""
         try:
             layout: TypeLayout = address._layout
+            value = address._guest_value
         except AttributeError:
             raise _not_aligned_address(address, "read_obj") from None
-        value = address._value
-        index = bisect_right(self._starts, value) - 1
-        if index >= 0:
-            region = self._regions[index]
-            offset = value - region.start_value
-            buffer = region.buffer
-            if buffer is not None and offset + layout.size <= region.length:
-                unpack = layout.struct_unpack
-                if unpack is not None:
-                    return unpack(buffer, offset)[0]
-                return layout.unpack_from(buffer, offset)
+        region = self._last
+        if not region.start_value <= value < region.end_value:
+            region = self._region_at(value)
+        buffer = region.buffer
+        if buffer is not None and value + layout.size <= region.end_value:
+            unpack = layout.struct_unpack
+            if unpack is not None:
+                return unpack(buffer, value - region.start_value)[0]
+            return layout.unpack_from(buffer, value - region.start_value)
         region, offset = self._locate(value, layout.size)
         scratch = bytearray(layout.size)
         region.read_into(offset, memoryview(scratch))
@@ -410,22 +450,20 @@ class GuestMemory:
         """Store at an aligned address: bounds-checked, not guaranteed atomic."""
         try:
             layout: TypeLayout = address._layout
+            raw = address._guest_value
         except AttributeError:
             raise _not_aligned_address(address, "write_obj") from None
-        raw = address._value
-        index = bisect_right(self._starts, raw) - 1
-        if index >= 0:
-            region = self._regions[index]
-            offset = raw - region.start_value
+        pack = layout.struct_pack
+        if pack is not None:
+            region = self._last
+            if not region.start_value <= raw < region.end_value:
+                region = self._region_at(raw)
             buffer = region.buffer
-            pack = layout.struct_pack
-            if pack is not None and buffer is not None and not region.read_only \
-                    and offset + layout.size <= region.length and region.dirty is None:
-                try:
-                    pack(buffer, offset, value)  # struct converts before it stores
-                    return
-                except (struct.error, OverflowError, TypeError):
-                    pass  # the general path raises the typed error
+            if buffer is not None and raw + layout.size <= region.end_value \
+                    and not region.read_only and region.dirty is None \
+                    and type(value) is int and layout.minimum <= value <= layout.maximum:
+                pack(buffer, raw - region.start_value, value)
+                return
         region, offset = self._locate(raw, layout.size)
         if region.read_only:
             raise ReadOnlyRegion(raw, layout.size)
@@ -464,7 +502,7 @@ class GuestMemory:
         if kind.is_bool and fetch in ("add", "sub"):
             raise NotAtomicAccess(kind.name, f"{operation} is not defined for bool")
         values = [kind.check_value(operand) for operand in operands[:2]]
-        value = address._value
+        value = address._guest_value
         region, offset = self._locate(value, kind.size)
         stores = operation != "read_atomic"
         if stores and region.read_only:
@@ -514,15 +552,14 @@ class GuestMemory:
         """One hardware-atomic load with `order` (RELAXED, ACQUIRE or SEQ_CST)."""
         try:
             functions = _HOST_ATOMICS[address._type]
-            value = address._value
+            value = address._guest_value
         except (KeyError, AttributeError):
             return self._atomic("read_atomic", address, order)
         region = self._last
         if not region.start_value <= value < region.end_value:
             region = self._region_at(value)
-        delta = region.host_delta
+        delta = region.aligned_host_delta
         if delta is not None and value + functions.size <= region.end_value \
-                and not (value + delta) & functions.mask \
                 and (order is _SEQ_CST or order in LOAD_ORDERING_MEMBERS):
             return functions.load(value + delta, order)
         return self._atomic("read_atomic", address, order)
@@ -538,18 +575,17 @@ class GuestMemory:
         """One hardware-atomic store with `order` (RELAXED, RELEASE or SEQ_CST)."""
         try:
             functions = _HOST_ATOMICS[address._type]
-            raw = address._value
+            raw = address._guest_value
         except (KeyError, AttributeError):
             self._atomic("write_atomic", address, order, value)
             return
         region = self._last
         if not region.start_value <= raw < region.end_value:
             region = self._region_at(raw)
-        delta = region.host_delta
+        delta = region.aligned_host_delta
         kind = functions.kind
         if delta is not None and raw + functions.size <= region.end_value \
-                and not (raw + delta) & functions.mask and region.dirty is None \
-                and not region.read_only and type(value) is int \
+                and region.dirty is None and not region.read_only and type(value) is int \
                 and kind.minimum <= value <= kind.maximum \
                 and (order is _SEQ_CST or order in STORE_ORDERING_MEMBERS):
             functions.store(raw + delta, value, order)
@@ -591,17 +627,16 @@ class GuestMemory:
         """Atomically add `value` (wrapping at the type's width); return the old value."""
         try:
             functions = _HOST_ATOMICS[address._type]
-            raw = address._value
+            raw = address._guest_value
         except (KeyError, AttributeError):
             return self._atomic("fetch_add", address, order, value)  # type: ignore[no-any-return]
         region = self._last
         if not region.start_value <= raw < region.end_value:
             region = self._region_at(raw)
-        delta = region.host_delta
+        delta = region.aligned_host_delta
         kind = functions.kind
         if delta is not None and raw + functions.size <= region.end_value \
-                and not (raw + delta) & functions.mask and region.dirty is None \
-                and not region.read_only and type(value) is int \
+                and region.dirty is None and not region.read_only and type(value) is int \
                 and kind.minimum <= value <= kind.maximum and not kind.is_bool \
                 and (order is _SEQ_CST or order in READ_MODIFY_WRITE_ORDERING_MEMBERS):
             return functions.fetch_add(raw + delta, value, order)  # type: ignore[no-any-return]
@@ -670,7 +705,14 @@ class GuestMemory:
     # ---- Hot-plug: new immutable objects -------------------------------------------
 
     def insert_region(self, region: GuestMemoryRegion) -> Self:
-        """A new memory object with `region` added (`RegionOverlap` if it collides)."""
+        """A new memory object with `region` added (`RegionOverlap` if it collides).
+
+        If this memory tracks dirty pages, the new region is tracked too, from the start.
+        """
+        for tracked in self._regions:
+            if tracked.dirty is not None:
+                region.track_dirty_pages(tracked.dirty.page_size)
+                break
         return self._with_regions((*self._regions, region))
 
     def remove_region(self, address: GuestAddress,
@@ -760,27 +802,33 @@ class GuestMemory:
         return gather_write(destination, views, file_offset)
 
     def read_exact_from(self, address: GuestAddress, source: StreamSource, count: int) -> None:
-        """Read exactly `count` bytes into guest memory, or raise `PartialBuffer`."""
-        done = 0
-        while done < count:
-            step = self.read_from(GuestAddress(address.raw_value() + done), source,
-                                  count - done)
-            if step == 0:
-                raise PartialBuffer(address.raw_value(), count, done,
-                                    self._covered(address.raw_value(), count))
-            done += step
+        """Read exactly `count` bytes into guest memory, or raise `PartialBuffer`.
+
+        Reads only as far as guest memory is backed, so the stream is never consumed
+        past what could be stored; the error says how much arrived (`completed`).
+        """
+        self._exact_io(address, count, "read_exact_from",
+                       lambda at, remaining: self.read_from(at, source, remaining))
 
     def write_all_to(self, address: GuestAddress, destination: StreamSource,
                      count: int) -> None:
         """Write exactly `count` bytes of guest memory, or raise `PartialBuffer`."""
+        self._exact_io(address, count, "write_all_to",
+                       lambda at, remaining: self.write_to(at, destination, remaining))
+
+    def _exact_io(self, address: GuestAddress, count: int, method: str,
+                  step: Callable[[GuestAddress, int], int]) -> None:
+        count = check_u64(count, "count")
+        start = self._checked_start(address, count, method)
+        available = self._covered(start, count)
         done = 0
-        while done < count:
-            step = self.write_to(GuestAddress(address.raw_value() + done), destination,
-                                 count - done)
-            if step == 0:
-                raise PartialBuffer(address.raw_value(), count, done,
-                                    self._covered(address.raw_value(), count))
-            done += step
+        while done < available:
+            moved = step(GuestAddress(start + done), available - done)
+            if moved == 0:
+                break
+            done += moved
+        if done < count:
+            raise PartialBuffer(start, count, done, available)
 
     def __repr__(self) -> str:
         inner = ", ".join(repr(region) for region in self._regions)

@@ -66,8 +66,10 @@ def _pin(mapping: mmap.mmap) -> tuple[_PyBuffer, int]:
     return export, export.buf
 
 
-def _unpin(export: _PyBuffer, fd: int | None) -> None:
-    _release_buffer(ctypes.byref(export))
+def _unpin(pins: list[_PyBuffer], fd: int | None) -> None:
+    """Release the pin (if still held) and close the fd we own."""
+    while pins:
+        _release_buffer(ctypes.byref(pins.pop()))
     if fd is not None:
         os.close(fd)
 
@@ -75,7 +77,7 @@ def _unpin(export: _PyBuffer, fd: int | None) -> None:
 class MmapRegion:
     """One host mapping: its `mmap`, a byte view, host address and backing file."""
 
-    __slots__ = ("__weakref__", "_finalizer", "fd", "file_offset", "host_address",
+    __slots__ = ("__weakref__", "_finalizer", "_pins", "fd", "file_offset", "host_address",
                  "mapping", "read_only", "shared", "size", "view")
 
     def __init__(self, mapping: mmap.mmap, *, read_only: bool, shared: bool,
@@ -89,7 +91,8 @@ class MmapRegion:
         self.file_offset = file_offset
         export, self.host_address = _pin(mapping)
         self.view = memoryview(mapping).cast("B")
-        self._finalizer = weakref.finalize(self, _unpin, export, fd if owns_fd else None)
+        self._pins = [export]
+        self._finalizer = weakref.finalize(self, _unpin, self._pins, fd if owns_fd else None)
 
     @classmethod
     def anonymous(cls, size: int, *, shared: bool = False, no_reserve: bool = False,
@@ -166,11 +169,24 @@ class MmapRegion:
         return not self._finalizer.alive
 
     def close(self) -> None:
-        """Unmap now (normally the mapping lives as long as anything refers to it)."""
-        if self._finalizer.alive:
-            self.view.release()
-            self._finalizer()
+        """Unmap now (normally the mapping lives as long as anything refers to it).
+
+        Raises `BufferError`, with the mapping still mapped and pinned (and `view`
+        replaced by a fresh one), while anything else holds a buffer of it.
+        """
+        if not self._finalizer.alive:
+            return
+        _unpin(self._pins, None)
+        self.view.release()
+        try:
             self.mapping.close()
+        except BufferError:
+            export, address = _pin(self.mapping)
+            assert address == self.host_address
+            self._pins.append(export)
+            self.view = memoryview(self.mapping).cast("B")
+            raise
+        self._finalizer()
 
     def __repr__(self) -> str:
         backing = "anonymous" if self.fd is None else f"fd {self.fd}@{self.file_offset:#x}"
@@ -195,16 +211,25 @@ class GuestRegionMmap(GuestMemoryRegion):
                          buffer=mapping.view, host_address=mapping.host_address)
         self.mapping = mapping
 
+    @property
+    def closed(self) -> bool:
+        return self.mapping.closed
+
     def close(self) -> None:
-        """Unmap the region now; refused with `RegionInUse` while a memory object or a
-        view still holds it (they would otherwise touch unmapped memory)."""
+        """Unmap the region now; refused with `RegionInUse` while a memory object, a view
+        or an exported buffer still holds it (they would otherwise touch unmapped memory).
+        """
         users = len(self.users)
         if users:
             raise RegionInUse(self.start_value, users)
-        self.buffer = None
+        try:
+            self.mapping.close()
+        except BufferError:
+            self.buffer = self.mapping.view
+            raise RegionInUse(self.start_value, 0, exported_buffers=True) from None
         self.host_address = None
         self.host_delta = None
-        self.mapping.close()
+        self.aligned_host_delta = None
 
     @property
     def kind(self) -> str:

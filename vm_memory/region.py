@@ -26,8 +26,9 @@ class GuestMemoryRegion:
     reads them.
     """
 
-    __slots__ = ("__weakref__", "buffer", "dirty", "end_value", "host_address", "host_delta",
-                 "length", "read_only", "start", "start_value", "users")
+    __slots__ = ("__weakref__", "aligned_host_delta", "buffer", "dirty", "end_value",
+                 "host_address", "host_delta", "length", "read_only", "start", "start_value",
+                 "users")
 
     buffer: memoryview | None
     """A byte view of the whole region when it lives in this process's memory."""
@@ -37,10 +38,13 @@ class GuestMemoryRegion:
     """The pages this library has written, when dirty tracking is on."""
     users: weakref.WeakSet[object]
     """The memory objects holding this region (views hold those): `close` checks it."""
-    # Derived once, for the hot paths: one past the last guest address, and the
-    # difference host address - guest address (None without host memory).
+    # Derived once, for the hot paths: one past the last guest address; the difference
+    # host address - guest address (None without host memory); and that difference
+    # again only if it is a multiple of 8, so that a guest address aligned for an atomic
+    # access is aligned on the host too (None: check the host address each time).
     end_value: int
     host_delta: int | None
+    aligned_host_delta: int | None
 
     def __init__(self, start: GuestAddress, length: int, *, read_only: bool,
                  buffer: memoryview | None = None, host_address: int | None = None) -> None:
@@ -58,19 +62,33 @@ class GuestMemoryRegion:
         self.host_address = host_address
         self.end_value = self.start_value + length
         self.host_delta = None if host_address is None else host_address - self.start_value
+        self.aligned_host_delta = self.host_delta if self.host_delta is not None \
+            and self.host_delta % 8 == 0 else None
         self.dirty = None
         self.users = weakref.WeakSet()
 
     def track_dirty_pages(self, page_size: int = DEFAULT_PAGE_SIZE) -> DirtyBitmap:
-        """Start marking every page written through this library; returns the bitmap."""
-        if self.dirty is None or self.dirty.page_size != page_size:
+        """Start marking every page written through this library; returns the bitmap.
+
+        Already tracking with another page size is an error: switching would drop the
+        marks not yet taken.
+        """
+        if self.dirty is None:
             self.dirty = DirtyBitmap(self.length, page_size)
+        elif self.dirty.page_size != page_size:
+            raise InvalidRange(self.start_value, self.length,
+                               f"already tracking dirty pages of {self.dirty.page_size} bytes")
         return self.dirty
 
     @property
     def last_addr(self) -> GuestAddress:
         """The last guest address inside the region."""
         return GuestAddress(self.start_value + self.length - 1)
+
+    @property
+    def closed(self) -> bool:
+        """Whether the region's memory is gone (an explicit close); it can't be used then."""
+        return False
 
     @property
     def kind(self) -> str:

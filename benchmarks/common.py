@@ -1,0 +1,246 @@
+"""Timing helpers shared by the benchmarks: interleaved best-of-N samples, ratios, tables.
+
+Every figure is a ratio to a raw baseline measured in the same run on the same memory.
+On a shared, noisy machine absolute numbers drift, so the two sides of a comparison are
+sampled alternately (drift hits both alike) and the best of several samples is kept.
+Each sample is net of its own empty loop (`overhead_stmt`, timed the same way), so a
+ratio compares the cost of the operations, not of the benchmark's loop. Every name of a
+case's namespace is bound to a local variable before the loop, on both sides alike.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import sys
+import time
+import timeit
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+RatioKind = Literal["slowdown", "bandwidth"]
+"""`slowdown`: ours / baseline time (lower is better); `bandwidth`: baseline / ours time,
+the fraction of the raw bandwidth we reach (higher is better)."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How hard to measure: samples per case and the minimum length of one sample."""
+
+    repeats: int
+    min_sample_ns: int
+    quick: bool
+
+
+# Many short samples beat a few long ones on a loaded machine: a 2 ms sample often runs
+# without being preempted, so the best of 31 is close to the undisturbed cost.
+FULL = Settings(repeats=31, min_sample_ns=2_000_000, quick=False)
+QUICK = Settings(repeats=3, min_sample_ns=500_000, quick=True)
+
+
+@dataclass(frozen=True)
+class Case:
+    """A timed statement: `stmt` runs after `setup` in `namespace`; it performs
+    `ops_per_stmt` operations. `overhead_stmt` is the same loop doing nothing."""
+
+    label: str
+    stmt: str
+    namespace: dict[str, Any]
+    setup: str = "pass"
+    ops_per_stmt: int = 1
+    overhead_stmt: str = "pass"
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Our operation against a raw baseline doing the same work on the same memory."""
+
+    operation: str
+    ours: Case
+    baseline: Case
+    kind: RatioKind = "slowdown"
+    target: float | None = None
+    bytes_per_op: int = 0
+    """For bulk copies: bytes moved per operation, to print bandwidths."""
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A row that could not be measured here, and why."""
+
+    operation: str
+    reason: str
+
+
+class _Sampler:
+    """Times one Case: calibrates the loop count, then collects samples on demand."""
+
+    def __init__(self, case: Case, min_sample_ns: int) -> None:
+        self.case = case
+        setup = "\n".join([*(f"{name} = globals()[{name!r}]" for name in case.namespace),
+                           case.setup])
+        self._timer = timeit.Timer(case.stmt, setup, timer=time.perf_counter_ns,
+                                   globals=case.namespace)
+        self._overhead = timeit.Timer(case.overhead_stmt, setup,
+                                      timer=time.perf_counter_ns, globals=case.namespace)
+        self.number = 1
+        while True:
+            elapsed = self._timer.timeit(self.number)
+            if elapsed >= min_sample_ns:
+                break
+            grow = min_sample_ns / max(elapsed, 1) * 1.2
+            self.number = max(self.number * 2, int(self.number * min(grow, 100)))
+        self.samples: list[float] = []
+        self.overheads: list[float] = []
+
+    def sample(self) -> None:
+        self.samples.append(self._timer.timeit(self.number))
+        self.overheads.append(self._overhead.timeit(self.number))
+
+    def _per_op(self, total: float) -> float:
+        loop = min(self.overheads)
+        return max(total - loop, 0.0) / (self.number * self.case.ops_per_stmt)
+
+    @property
+    def best_ns(self) -> float:
+        return self._per_op(min(self.samples))
+
+    @property
+    def median_ns(self) -> float:
+        return self._per_op(statistics.median(self.samples))
+
+
+@dataclass(frozen=True)
+class Row:
+    """One measured comparison."""
+
+    operation: str
+    baseline: str
+    ours_ns: float
+    baseline_ns: float
+    ours_median_ns: float
+    baseline_median_ns: float
+    kind: RatioKind
+    target: float | None
+    bytes_per_op: int = 0
+    samples: int = field(default=0)
+
+    @property
+    def ratio(self) -> float:
+        """ours/baseline time (slowdown) or baseline/ours time (bandwidth fraction)."""
+        if self.kind == "slowdown":
+            return self.ours_ns / self.baseline_ns if self.baseline_ns else float("inf")
+        return self.baseline_ns / self.ours_ns if self.ours_ns else float("inf")
+
+    @property
+    def within_target(self) -> bool | None:
+        if self.target is None:
+            return None
+        if self.kind == "slowdown":
+            return self.ratio <= self.target
+        return self.ratio >= self.target
+
+    @property
+    def target_text(self) -> str:
+        if self.target is None:
+            return "none (reported)"
+        return f"≤ {self.target:g}" if self.kind == "slowdown" else f"≥ {self.target:g}"
+
+    @property
+    def note(self) -> str:
+        if not self.bytes_per_op:
+            return ""
+        return (f"ours {self.bytes_per_op / self.ours_ns:.2f} GB/s, "
+                f"raw {self.bytes_per_op / self.baseline_ns:.2f} GB/s")
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "operation": self.operation, "baseline": self.baseline,
+            "ours_ns": self.ours_ns, "baseline_ns": self.baseline_ns,
+            "ours_median_ns": self.ours_median_ns,
+            "baseline_median_ns": self.baseline_median_ns,
+            "ratio": self.ratio, "ratio_kind": self.kind, "target": self.target,
+            "within_target": self.within_target, "bytes_per_op": self.bytes_per_op,
+            "samples": self.samples,
+        }
+
+
+def measure(comparisons: Sequence[Comparison], settings: Settings) -> list[Row]:
+    """Time every comparison, interleaving ours and the baseline sample by sample."""
+    pairs = [(_Sampler(c.ours, settings.min_sample_ns),
+              _Sampler(c.baseline, settings.min_sample_ns)) for c in comparisons]
+    for repeat in range(settings.repeats):
+        for ours, baseline in pairs:
+            first, second = (ours, baseline) if repeat % 2 == 0 else (baseline, ours)
+            first.sample()
+            second.sample()
+    return [
+        Row(c.operation, c.baseline.label, ours.best_ns, baseline.best_ns, ours.median_ns,
+            baseline.median_ns, c.kind, c.target, c.bytes_per_op, settings.repeats)
+        for c, (ours, baseline) in zip(comparisons, pairs, strict=True)
+    ]
+
+
+def format_ns(value: float) -> str:
+    """ns with a precision that suits its size."""
+    return f"{value:,.0f}" if value >= 1000 else f"{value:.1f}"
+
+
+def format_ratio(row: Row) -> str:
+    return f"{row.ratio:.2f}"
+
+
+HEADER = ("operation", "ours (ns/op)", "baseline", "baseline (ns/op)", "ratio", "target",
+          "within target", "note")
+
+
+def markdown_table(rows: Sequence[Row]) -> str:
+    """The rows as a Markdown table (ratio: see `RatioKind`)."""
+    lines = ["| " + " | ".join(HEADER) + " |",
+             "|" + "|".join(["---", "---:", "---", "---:", "---:", "---", "---", "---"]) + "|"]
+    for row in rows:
+        within = {None: "n/a", True: "yes", False: "no"}[row.within_target]
+        cells = (row.operation, format_ns(row.ours_ns), row.baseline,
+                 format_ns(row.baseline_ns), format_ratio(row), row.target_text, within,
+                 row.note)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def describe_run(settings: Settings) -> str:
+    """One line saying how the figures were taken."""
+    return (f"Python {platform.python_version()} on {platform.machine()}, "
+            f"best of {settings.repeats} interleaved samples of ≥ "
+            f"{settings.min_sample_ns / 1e6:g} ms each, net of the empty loop"
+            + (" (--quick: a smoke run, figures are rough)" if settings.quick else ""))
+
+
+def report(title: str, rows: Sequence[Row], skipped: Sequence[Skipped],
+           settings: Settings) -> str:
+    """The whole Markdown report: title, how measured, the table, skipped rows."""
+    parts = [f"## {title}", "", describe_run(settings) + ".",
+             "ratio: for times, ours / baseline (lower is better); for bulk copies "
+             "(target ≥), baseline time / ours = the fraction of raw bandwidth reached.",
+             "", markdown_table(rows)]
+    if skipped:
+        parts += ["", "Not measured here:"]
+        parts += [f"- {item.operation}: {item.reason}" for item in skipped]
+    return "\n".join(parts)
+
+
+def write_json(path: str, rows: Sequence[Row], skipped: Sequence[Skipped],
+               settings: Settings) -> None:
+    """The results, machine-readable."""
+    document = {
+        "python": sys.version, "machine": platform.machine(), "platform": platform.platform(),
+        "quick": settings.quick, "repeats": settings.repeats,
+        "min_sample_ns": settings.min_sample_ns,
+        "statistic": "best sample, net of the empty loop; medians alongside",
+        "rows": [row.as_json() for row in rows],
+        "skipped": [{"operation": s.operation, "reason": s.reason} for s in skipped],
+    }
+    with open(path, "w", encoding="utf-8") as stream:
+        json.dump(document, stream, indent=2)
+        stream.write("\n")

@@ -1,0 +1,81 @@
+"""The benchmark suite runs: `python -m benchmarks.run_all --quick` exits 0 and prints
+every row of the performance table with a numeric ratio, and `--json` agrees with it.
+
+A smoke test only: figures are never compared with their targets here (performance is
+the benchmarks' report, not a timed assertion).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+EXPECTED_ROWS = [
+    *(f"{method} {width}" for width in ("u32", "u64")
+      for method in ("read_obj_unaligned", "write_obj_unaligned")),
+    *(f"{method} {size}" for size in ("4 KiB", "1 MiB", "64 MiB")
+      for method in ("read_slice", "write_slice")),
+    "lookup: read_obj_unaligned u32, 100 regions",
+    "lookup: read_obj_unaligned u32, 10,000 regions",
+    "memory system: Struct.unpack_from, 10,000 one-page mmaps vs one mmap",
+    *(f"{method} {width}" for width in ("u32", "u64")
+      for method in ("read_atomic", "write_atomic", "fetch_add", "swap", "compare_exchange",
+                     "read_obj", "write_obj")),
+    *(f"{method} 64 MiB over 4 regions" for method in (
+        "read_from fd (preadv),", "read_from file object (readinto),",
+        "write_to fd (pwritev),", "write_to file object (write),")),
+    *(f"{method}: dirty tracking overhead"
+      for method in ("write_slice 4 KiB", "write_obj u64", "fetch_add u64")),
+]
+OPTIONAL_ROW_PREFIXES = ("unicorn ", "atomics package ")
+
+
+def table_rows(output: str) -> dict[str, list[str]]:
+    """Markdown table rows of the report, by operation (header and rule excluded)."""
+    rows: dict[str, list[str]] = {}
+    for line in output.splitlines():
+        if not line.startswith("| ") or line.startswith("| operation "):
+            continue
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        rows[cells[0]] = cells
+    return rows
+
+
+def test_quick_run_prints_every_row_with_a_numeric_ratio(tmp_path: Path) -> None:
+    json_path = tmp_path / "results.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run_all", "--quick", "--json", str(json_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    rows = table_rows(result.stdout)
+    missing = [name for name in EXPECTED_ROWS if name not in rows]
+    assert not missing, f"rows missing from the table: {missing}\n{result.stdout}"
+    unexpected = [name for name in rows if name not in EXPECTED_ROWS
+                  and not name.startswith(OPTIONAL_ROW_PREFIXES)]
+    assert not unexpected, f"rows nobody expects: {unexpected}"
+    for name, cells in rows.items():
+        assert len(cells) == 8, f"{name}: {cells}"
+        ours, baseline, ratio = (float(cells[i].replace(",", "")) for i in (1, 3, 4))
+        assert math.isfinite(ratio) and ratio > 0, f"{name}: ratio {cells[4]!r}"
+        assert ours > 0 and baseline > 0, f"{name}: {cells}"
+        assert cells[6] in {"yes", "no", "n/a"}, f"{name}: {cells[6]!r}"
+
+    document = json.loads(json_path.read_text(encoding="utf-8"))
+    assert document["quick"] is True
+    by_name = {row["operation"]: row for row in document["rows"]}
+    assert set(by_name) == set(rows)
+    for name, cells in rows.items():
+        row = by_name[name]
+        assert f"{row['ratio']:.2f}" == cells[4]
+        expected = {None: "n/a", True: "yes", False: "no"}[row["within_target"]]
+        assert expected == cells[6]
+    # An optional alternative that is not installed is named as skipped, never dropped.
+    reported = set(by_name) | {item["operation"] for item in document["skipped"]}
+    for prefix in OPTIONAL_ROW_PREFIXES:
+        assert any(name.startswith(prefix) for name in reported), prefix
