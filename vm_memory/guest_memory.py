@@ -409,9 +409,11 @@ class GuestMemory:
                 region = self._region_at(raw)
             buffer = region.buffer
             if buffer is not None and raw + layout.size <= region.end_value \
-                    and not region.read_only and region.dirty is None \
+                    and not region.read_only \
                     and type(value) is int and layout.minimum <= value <= layout.maximum:
                 pack(buffer, raw - region.start_value, value)
+                if region.dirty is not None:
+                    region.dirty.mark(raw - region.start_value, layout.size)
                 return
         scratch = bytearray(layout.size)
         layout.pack_into(scratch, 0, value)  # validates the value before any store
@@ -460,9 +462,11 @@ class GuestMemory:
                 region = self._region_at(raw)
             buffer = region.buffer
             if buffer is not None and raw + layout.size <= region.end_value \
-                    and not region.read_only and region.dirty is None \
+                    and not region.read_only \
                     and type(value) is int and layout.minimum <= value <= layout.maximum:
                 pack(buffer, raw - region.start_value, value)
+                if region.dirty is not None:
+                    region.dirty.mark(raw - region.start_value, layout.size)
                 return
         region, offset = self._locate(raw, layout.size)
         if region.read_only:
@@ -585,10 +589,12 @@ class GuestMemory:
         delta = region.aligned_host_delta
         kind = functions.kind
         if delta is not None and raw + functions.size <= region.end_value \
-                and region.dirty is None and not region.read_only and type(value) is int \
+                and not region.read_only and type(value) is int \
                 and kind.minimum <= value <= kind.maximum \
                 and (order is _SEQ_CST or order in STORE_ORDERING_MEMBERS):
             functions.store(raw + delta, value, order)
+            if region.dirty is not None:
+                region.dirty.mark(raw - region.start_value, functions.size)
             return
         self._atomic("write_atomic", address, order, value)
 
@@ -636,10 +642,13 @@ class GuestMemory:
         delta = region.aligned_host_delta
         kind = functions.kind
         if delta is not None and raw + functions.size <= region.end_value \
-                and region.dirty is None and not region.read_only and type(value) is int \
+                and not region.read_only and type(value) is int \
                 and kind.minimum <= value <= kind.maximum and not kind.is_bool \
                 and (order is _SEQ_CST or order in READ_MODIFY_WRITE_ORDERING_MEMBERS):
-            return functions.fetch_add(raw + delta, value, order)  # type: ignore[no-any-return]
+            old: int = functions.fetch_add(raw + delta, value, order)
+            if region.dirty is not None:
+                region.dirty.mark(raw - region.start_value, functions.size)
+            return old
         return self._atomic("fetch_add", address, order, value)  # type: ignore[no-any-return]
 
     def fetch_sub(self, address: AlignedGuestAddress[AtomicInteger], value: int,
