@@ -354,6 +354,7 @@ class GuestMemory:
     def read_bytes(self, address: GuestAddress, length: int) -> bytes:
         """`length` bytes from guest memory, or raise `PartialBuffer`."""
         length = check_u64(length, "length")
+        self._checked_start(address, length, "read_bytes")
         buffer = bytearray(length)
         self.read_slice(address, buffer)
         return bytes(buffer)
