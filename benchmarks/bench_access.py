@@ -130,7 +130,7 @@ def lookup_case(memory: GuestMemoryMmap, addresses: list[int], label: str) -> Ca
 
 def raw_touch_case(memory: GuestMemoryMmap, addresses: list[int], label: str) -> Case:
     """The same reads with the mmap already known: what the memory system alone costs."""
-    targets = []
+    targets: list[tuple[mmap.mmap, int]] = []
     for value in addresses:
         region = memory.find_region(GuestAddress(value))
         assert region is not None
