@@ -280,9 +280,9 @@ def test_alignment_must_be_a_power_of_two(alignment: int) -> None:
 
 def test_aligned_address_cannot_be_constructed_directly() -> None:
     with pytest.raises(AlignedAddressConstruction):
-        AlignedGuestAddress()  # type: ignore[call-arg]
+        AlignedGuestAddress()  # type: ignore[vm-memory-aligned-construction]
     with pytest.raises(AlignedAddressConstruction):
-        AlignedGuestAddress(ctypes.c_uint32, 0)  # type: ignore[call-arg, arg-type]
+        AlignedGuestAddress(ctypes.c_uint32, 0)  # type: ignore[vm-memory-aligned-construction]
 
 
 class Descriptor(ctypes.Structure):

@@ -79,3 +79,16 @@ def test_quick_run_prints_every_row_with_a_numeric_ratio(tmp_path: Path) -> None
     reported = set(by_name) | {item["operation"] for item in document["skipped"]}
     for prefix in OPTIONAL_ROW_PREFIXES:
         assert any(name.startswith(prefix) for name in reported), prefix
+
+
+def test_plugin_benchmark_runs_and_reports_a_ratio() -> None:
+    """A small run of the mypy-plugin benchmark: both configurations type-check the
+    generated module cleanly and the row carries a numeric ratio."""
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench_plugin", "--lines", "300", "--repeats", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    row = next(line for line in result.stdout.splitlines()
+               if line.startswith("| generated user module"))
+    ratio = float(row.split("|")[5])
+    assert ratio > 0
