@@ -91,7 +91,8 @@ def measure(lines: int, repeats: int) -> tuple[int, float, float]:
         plugged = folder / "plugin.ini"
         plugged.write_text("[mypy]\nstrict = True\nplugins = vm_memory_mypy.plugin\n\n"
                            "[vm_memory_mypy]\ntarget = x86_64\n")
-        without, with_plugin = [], []
+        without: list[float] = []
+        with_plugin: list[float] = []
         for _ in range(repeats):
             without.append(mypy_seconds(module, plain))
             with_plugin.append(mypy_seconds(module, plugged))
