@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Final
 
 import pytest
+from vm_memory_mypy import MINIMUM_MYPY
 
 ROOT: Final = Path(__file__).resolve().parent.parent
 CASES: Final = ROOT / "tests" / "plugin_cases"
@@ -56,9 +57,10 @@ def mypy_environment() -> dict[str, str]:
     return environment
 
 
-def run_mypy(config: Path, files: list[Path], cache: Path) -> subprocess.CompletedProcess[str]:
+def run_mypy(config: Path, files: list[Path], cache: Path,
+             python: str = sys.executable) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "mypy", "--config-file", str(config), "--cache-dir",
+        [python, "-m", "mypy", "--config-file", str(config), "--cache-dir",
          str(cache), "--show-error-codes", "--no-pretty", *map(str, files)],
         cwd=CASES, capture_output=True, text=True, env=mypy_environment(), timeout=600,
         check=False)
@@ -187,3 +189,20 @@ def test_plugin_version_carries_a_digest_of_the_target(tmp_path: Path) -> None:
         versions.append(result.stdout.strip())
     assert versions[0] != versions[1]
     assert all(version.startswith("0.1.0+") for version in versions)
+
+
+@pytest.mark.long
+def test_the_oldest_supported_mypy_gives_the_same_verdicts(tmp_path: Path) -> None:
+    """`MINIMUM_MYPY`, installed in a fresh virtual environment, passes every case."""
+    environment = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(environment)], check=True)
+    python = str(environment / "bin" / "python")
+    subprocess.run([python, "-m", "pip", "install", "--quiet", f"mypy=={MINIMUM_MYPY}",
+                    "typing_extensions"], check=True, timeout=600)
+    for target, files in sorted(FILES_BY_TARGET.items()):
+        result = run_mypy(ini_config(tmp_path, target), files, tmp_path / f"cache-{target}",
+                          python)
+        expected: Expected = set()
+        for path in files:
+            expected |= expected_errors(path, target)
+        assert reported_errors(result.stdout) == expected, result.stdout + result.stderr

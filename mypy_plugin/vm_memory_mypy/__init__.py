@@ -5,3 +5,6 @@ Enable it with `plugins = ["vm_memory_mypy.plugin"]`; configure the target in
 See `vm_memory_mypy.plugin` for the checks and `vm_memory_mypy.targets` for the table of
 targets.
 """
+
+MINIMUM_MYPY = "1.19.1"
+"""The oldest mypy the plugin is tested with (`pytest -m long tests/test_mypy_plugin.py`)."""

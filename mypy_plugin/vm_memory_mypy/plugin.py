@@ -80,7 +80,6 @@ PLUGIN_VERSION: Final = "0.1.0"
 __version__ = PLUGIN_VERSION
 """Completed with a digest of the configuration when the plugin loads (see `_configure`)."""
 
-MINIMUM_MYPY: Final = "1.19"
 
 SECTION: Final = "vm_memory_mypy"
 METADATA_KEY: Final = "vm_memory_mypy"
