@@ -361,7 +361,9 @@ class GuestMemory:
 
     # ---- Typed, not atomic ---------------------------------------------------------
     # Fast paths: one region with a buffer, a struct-coded scalar. Everything else, and
-    # every error, goes through the general path below each.
+    # every error, goes through the general path below each. The fast paths are written
+    # out in each method on purpose: a shared helper would cost a Python call (about
+    # 60 ns), a third of the whole operation.
 
     @overload
     def read_obj_unaligned(self, address: GuestAddress, ctype: type[_A]) -> _A: ...
