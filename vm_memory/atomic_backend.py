@@ -29,6 +29,8 @@ class HostAtomics:
     """The libatomic functions for one AtomicKind, typed for its width and sign."""
 
     kind: AtomicKind
+    minimum: int
+    maximum: int
     size: int
     mask: int
     """size - 1: a host address `a` is aligned when `a & mask == 0`."""
@@ -38,8 +40,9 @@ class HostAtomics:
     compare_exchange: Callable[[int, Any, Any, int, int], bool]
     """(address, byref(expected), desired, success, failure) -> succeeded."""
     fetch: dict[str, Callable[[int, Any, int], Any]]
-    fetch_add: Callable[[int, Any, int], Any]
-    """The same as fetch["add"], one lookup less on the hottest read-modify-write."""
+    fetch_add: Callable[[int, Any, int], Any] | None
+    """The same as fetch["add"], one lookup less on the hottest read-modify-write; None
+    for c_bool, which has no add."""
 
 
 _library: ctypes.CDLL | None = None
@@ -90,6 +93,8 @@ def host_atomics(kind: AtomicKind) -> HostAtomics:
              for operation in FETCH_OPERATIONS}
     atomics = HostAtomics(
         kind=kind,
+        minimum=kind.minimum,
+        maximum=kind.maximum,
         size=size,
         mask=size - 1,
         load=function("load", value, pointer, order),
@@ -98,7 +103,7 @@ def host_atomics(kind: AtomicKind) -> HostAtomics:
         compare_exchange=function("compare_exchange", ctypes.c_bool, pointer,
                                   ctypes.POINTER(value), value, order, order),
         fetch=fetch,
-        fetch_add=fetch["add"],
+        fetch_add=None if kind.is_bool else fetch["add"],
     )
     _by_value_type[value] = atomics
     return atomics

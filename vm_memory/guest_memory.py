@@ -206,15 +206,13 @@ class GuestMemory:
 
     def _locate(self, value: int, size: int) -> tuple[GuestMemoryRegion, int]:
         """The region holding all of `[value, value + size)` and the offset, or raise."""
-        index = bisect_right(self._starts, value) - 1
-        if index >= 0:
-            region = self._regions[index]
-            offset = value - region.start_value
-            if offset + size <= region.length:
-                return region, offset
-            if offset < region.length:
-                raise InvalidRange(value, size, f"the access crosses the end of {region!r}")
-        raise InvalidGuestAddress(value)
+        region = self._region_at(value)
+        if region is _NO_REGION:
+            raise InvalidGuestAddress(value)
+        offset = value - region.start_value
+        if offset + size > region.length:
+            raise InvalidRange(value, size, f"the access crosses the end of {region!r}")
+        return region, offset
 
     def _spans(self, value: int, length: int) -> list[tuple[GuestMemoryRegion, int, int]]:
         """(region, offset, count) pieces covering `[value, value + length)` up to a hole."""
@@ -379,13 +377,12 @@ class GuestMemory:
             layout = layout_of(ctype)
             value = self._checked_start(address, layout.size, "read_obj_unaligned")
         region = self._last
-        if not region.start_value <= value < region.end_value:
-            region = self._region_at(value)
+        unpack = layout.struct_unpack
+        if region.start_value <= value < region.read_limit and unpack is not None:
+            return unpack(region.buffer, value - region.start_value)[0]
+        region = self._region_at(value)
         buffer = region.buffer
         if buffer is not None and value + layout.size <= region.end_value:
-            unpack = layout.struct_unpack
-            if unpack is not None:
-                return unpack(buffer, value - region.start_value)[0]
             return layout.unpack_from(buffer, value - region.start_value)
         scratch = bytearray(layout.size)
         self.read_slice(address, scratch)
@@ -405,19 +402,13 @@ class GuestMemory:
         except (KeyError, TypeError, AttributeError):
             layout = layout_of(ctype)
             raw = self._checked_start(address, layout.size, "write_obj_unaligned")
+        region = self._last
         pack = layout.struct_pack
-        if pack is not None:
-            region = self._last
-            if not region.start_value <= raw < region.end_value:
-                region = self._region_at(raw)
-            buffer = region.buffer
-            if buffer is not None and raw + layout.size <= region.end_value \
-                    and not region.read_only \
-                    and type(value) is int and layout.minimum <= value <= layout.maximum:
-                pack(buffer, raw - region.start_value, value)
-                if region.dirty is not None:
-                    region.dirty.mark(raw - region.start_value, layout.size)
-                return
+        if region.start_value <= raw < region.write_limit and pack is not None \
+                and value.__class__ is int and layout.minimum <= value <= layout.maximum:
+            pack(region.buffer, raw - region.start_value, value)  # checked: cannot fail
+            return
+        self._region_at(raw)  # remember the region for the next access
         scratch = bytearray(layout.size)
         layout.pack_into(scratch, 0, value)  # validates the value before any store
         self.write_slice(address, scratch)
@@ -434,13 +425,12 @@ class GuestMemory:
         except AttributeError:
             raise _not_aligned_address(address, "read_obj") from None
         region = self._last
-        if not region.start_value <= value < region.end_value:
-            region = self._region_at(value)
+        unpack = layout.struct_unpack
+        if region.start_value <= value < region.read_limit and unpack is not None:
+            return unpack(region.buffer, value - region.start_value)[0]
+        region = self._region_at(value)
         buffer = region.buffer
         if buffer is not None and value + layout.size <= region.end_value:
-            unpack = layout.struct_unpack
-            if unpack is not None:
-                return unpack(buffer, value - region.start_value)[0]
             return layout.unpack_from(buffer, value - region.start_value)
         region, offset = self._locate(value, layout.size)
         scratch = bytearray(layout.size)
@@ -458,19 +448,12 @@ class GuestMemory:
             raw = address._guest_value
         except AttributeError:
             raise _not_aligned_address(address, "write_obj") from None
+        region = self._last
         pack = layout.struct_pack
-        if pack is not None:
-            region = self._last
-            if not region.start_value <= raw < region.end_value:
-                region = self._region_at(raw)
-            buffer = region.buffer
-            if buffer is not None and raw + layout.size <= region.end_value \
-                    and not region.read_only \
-                    and type(value) is int and layout.minimum <= value <= layout.maximum:
-                pack(buffer, raw - region.start_value, value)
-                if region.dirty is not None:
-                    region.dirty.mark(raw - region.start_value, layout.size)
-                return
+        if region.start_value <= raw < region.write_limit and pack is not None \
+                and value.__class__ is int and layout.minimum <= value <= layout.maximum:
+            pack(region.buffer, raw - region.start_value, value)  # checked: cannot fail
+            return
         region, offset = self._locate(raw, layout.size)
         if region.read_only:
             raise ReadOnlyRegion(raw, layout.size)
@@ -563,12 +546,9 @@ class GuestMemory:
         except (KeyError, AttributeError):
             return self._atomic("read_atomic", address, order)
         region = self._last
-        if not region.start_value <= value < region.end_value:
-            region = self._region_at(value)
-        delta = region.aligned_host_delta
-        if delta is not None and value + functions.size <= region.end_value \
+        if region.start_value <= value < region.atomic_read_limit \
                 and (order is _SEQ_CST or order in LOAD_ORDERING_MEMBERS):
-            return functions.load(value + delta, order)
+            return functions.load(value + region.atomic_delta, order)
         return self._atomic("read_atomic", address, order)
 
     @overload
@@ -583,22 +563,15 @@ class GuestMemory:
         try:
             functions = _HOST_ATOMICS[address._type]
             raw = address._guest_value
-        except (KeyError, AttributeError):
-            self._atomic("write_atomic", address, order, value)
-            return
-        region = self._last
-        if not region.start_value <= raw < region.end_value:
-            region = self._region_at(raw)
-        delta = region.aligned_host_delta
-        kind = functions.kind
-        if delta is not None and raw + functions.size <= region.end_value \
-                and not region.read_only and type(value) is int \
-                and kind.minimum <= value <= kind.maximum \
-                and (order is _SEQ_CST or order in STORE_ORDERING_MEMBERS):
-            functions.store(raw + delta, value, order)
-            if region.dirty is not None:
-                region.dirty.mark(raw - region.start_value, functions.size)
-            return
+            region = self._last
+            if region.start_value <= raw < region.atomic_write_limit \
+                    and functions.minimum <= value <= functions.maximum \
+                    and (order is _SEQ_CST or order in STORE_ORDERING_MEMBERS):
+                # ctypes refuses a non-int before the call: nothing is stored then.
+                functions.store(raw + region.atomic_delta, value, order)
+                return
+        except (KeyError, AttributeError, TypeError, ctypes.ArgumentError):
+            pass  # the general path raises the typed error
         self._atomic("write_atomic", address, order, value)
 
     @overload
@@ -637,21 +610,17 @@ class GuestMemory:
         try:
             functions = _HOST_ATOMICS[address._type]
             raw = address._guest_value
-        except (KeyError, AttributeError):
-            return self._atomic("fetch_add", address, order, value)  # type: ignore[no-any-return]
-        region = self._last
-        if not region.start_value <= raw < region.end_value:
-            region = self._region_at(raw)
-        delta = region.aligned_host_delta
-        kind = functions.kind
-        if delta is not None and raw + functions.size <= region.end_value \
-                and not region.read_only and type(value) is int \
-                and kind.minimum <= value <= kind.maximum and not kind.is_bool \
-                and (order is _SEQ_CST or order in READ_MODIFY_WRITE_ORDERING_MEMBERS):
-            old: int = functions.fetch_add(raw + delta, value, order)
-            if region.dirty is not None:
-                region.dirty.mark(raw - region.start_value, functions.size)
-            return old
+            region = self._last
+            fetch_add = functions.fetch_add
+            if region.start_value <= raw < region.atomic_write_limit \
+                    and functions.minimum <= value <= functions.maximum \
+                    and fetch_add is not None \
+                    and (order is _SEQ_CST or order in READ_MODIFY_WRITE_ORDERING_MEMBERS):
+                # ctypes refuses a non-int before the call: nothing is changed then.
+                old: int = fetch_add(raw + region.atomic_delta, value, order)
+                return old
+        except (KeyError, AttributeError, TypeError, ctypes.ArgumentError):
+            pass  # the general path raises the typed error
         return self._atomic("fetch_add", address, order, value)  # type: ignore[no-any-return]
 
     def fetch_sub(self, address: AlignedGuestAddress[AtomicInteger], value: int,

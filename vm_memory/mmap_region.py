@@ -227,9 +227,9 @@ class GuestRegionMmap(GuestMemoryRegion):
         except BufferError:
             self.buffer = self.mapping.view
             raise RegionInUse(self.start_value, 0, exported_buffers=True) from None
+        self.buffer = None
         self.host_address = None
-        self.host_delta = None
-        self.aligned_host_delta = None
+        self._derive_fast_paths()
 
     @property
     def kind(self) -> str:

@@ -26,9 +26,10 @@ class GuestMemoryRegion:
     reads them.
     """
 
-    __slots__ = ("__weakref__", "aligned_host_delta", "buffer", "dirty", "end_value",
-                 "host_address", "host_delta", "length", "read_only", "start", "start_value",
-                 "users")
+    __slots__ = ("__weakref__", "aligned_host_delta", "atomic_delta", "atomic_read_limit",
+                 "atomic_write_limit", "buffer", "dirty", "end_value", "host_address",
+                 "host_delta", "length", "read_limit", "read_only", "start", "start_value",
+                 "users", "write_limit")
 
     buffer: memoryview | None
     """A byte view of the whole region when it lives in this process's memory."""
@@ -38,13 +39,24 @@ class GuestMemoryRegion:
     """The pages this library has written, when dirty tracking is on."""
     users: weakref.WeakSet[object]
     """The memory objects holding this region (views hold those): `close` checks it."""
-    # Derived once, for the hot paths: one past the last guest address; the difference
-    # host address - guest address (None without host memory); and that difference
-    # again only if it is a multiple of 8, so that a guest address aligned for an atomic
-    # access is aligned on the host too (None: check the host address each time).
+    # Derived by `_derive_fast_paths`, for the hot paths of GuestMemory:
+    # - one past the last guest address;
+    # - host address - guest address (None without host memory), and the same again
+    #   only if it is a multiple of 8, so that a guest address aligned for an atomic
+    #   access is aligned on the host too (None: the host address is checked each time);
+    # - limits: `start_value <= value < limit` proves that a scalar of up to 8 bytes at
+    #   `value` can be read (`read_limit`), written (`write_limit`), or accessed
+    #   atomically through `value + atomic_delta` (`atomic_read_limit`,
+    #   `atomic_write_limit`); -1 where the fast path does not apply at all (the write
+    #   limits also while dirty tracking is on: the general paths mark the pages).
     end_value: int
     host_delta: int | None
     aligned_host_delta: int | None
+    atomic_delta: int
+    read_limit: int
+    write_limit: int
+    atomic_read_limit: int
+    atomic_write_limit: int
 
     def __init__(self, start: GuestAddress, length: int, *, read_only: bool,
                  buffer: memoryview | None = None, host_address: int | None = None) -> None:
@@ -60,12 +72,24 @@ class GuestMemoryRegion:
         self.read_only = read_only
         self.buffer = buffer
         self.host_address = host_address
-        self.end_value = self.start_value + length
-        self.host_delta = None if host_address is None else host_address - self.start_value
-        self.aligned_host_delta = self.host_delta if self.host_delta is not None \
-            and self.host_delta % 8 == 0 else None
         self.dirty = None
         self.users = weakref.WeakSet()
+        self._derive_fast_paths()
+
+    def _derive_fast_paths(self) -> None:
+        """Recompute the derived hot-path fields (after construction or a close)."""
+        self.end_value = self.start_value + self.length
+        host = self.host_address
+        self.host_delta = None if host is None else host - self.start_value
+        aligned = self.host_delta is not None and self.host_delta % 8 == 0
+        self.aligned_host_delta = self.host_delta if aligned else None
+        self.atomic_delta = self.host_delta if self.host_delta is not None and aligned else 0
+        scalar_limit = self.end_value - 7
+        plain_writes = not self.read_only and self.dirty is None  # tracked writes mark
+        self.read_limit = scalar_limit if self.buffer is not None else -1
+        self.write_limit = self.read_limit if plain_writes else -1
+        self.atomic_read_limit = scalar_limit if aligned else -1
+        self.atomic_write_limit = self.atomic_read_limit if plain_writes else -1
 
     def track_dirty_pages(self, page_size: int = DEFAULT_PAGE_SIZE) -> DirtyBitmap:
         """Start marking every page written through this library; returns the bitmap.
@@ -75,6 +99,7 @@ class GuestMemoryRegion:
         """
         if self.dirty is None:
             self.dirty = DirtyBitmap(self.length, page_size)
+            self._derive_fast_paths()
         elif self.dirty.page_size != page_size:
             raise InvalidRange(self.start_value, self.length,
                                f"already tracking dirty pages of {self.dirty.page_size} bytes")
@@ -158,4 +183,4 @@ class NoRegion(GuestMemoryRegion):
     def __init__(self) -> None:
         super().__init__(GuestAddress(0), 1, read_only=True)
         self.start_value = 1
-        self.end_value = 0
+        self._derive_fast_paths()
