@@ -20,6 +20,7 @@ EXPECTED_ROWS = [
       for method in ("read_obj_unaligned", "write_obj_unaligned")),
     *(f"{method} {size}" for size in ("4 KiB", "1 MiB", "64 MiB")
       for method in ("read_slice", "write_slice")),
+    "floor for 4 KiB: a Python function that only copies",
     "lookup: read_obj_unaligned u32, 100 regions",
     "lookup: read_obj_unaligned u32, 10,000 regions",
     "memory system: Struct.unpack_from, 10,000 one-page mmaps vs one mmap",

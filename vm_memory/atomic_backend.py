@@ -29,8 +29,6 @@ class HostAtomics:
     """The libatomic functions for one AtomicKind, typed for its width and sign."""
 
     kind: AtomicKind
-    minimum: int
-    maximum: int
     size: int
     mask: int
     """size - 1: a host address `a` is aligned when `a & mask == 0`."""
@@ -93,8 +91,6 @@ def host_atomics(kind: AtomicKind) -> HostAtomics:
              for operation in FETCH_OPERATIONS}
     atomics = HostAtomics(
         kind=kind,
-        minimum=kind.minimum,
-        maximum=kind.maximum,
         size=size,
         mask=size - 1,
         load=function("load", value, pointer, order),

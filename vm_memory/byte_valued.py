@@ -70,6 +70,12 @@ class TypeLayout:
     struct_pack: Callable[[Any, int, Any], None] | None = None
     """For integers: the codec's own `pack_into`. Only for an int already checked to be in
     [minimum, maximum]: on an error, struct has already zeroed the destination."""
+    native_code: str | None = None
+    """For native-endian integers: the `memoryview` format of the same size and sign, so
+    a region's typed view reads and writes the value in one C-level subscript (which,
+    unlike struct, checks the value before it stores anything)."""
+    shift: int = 0
+    """log2 of the size: a typed view's index is the byte offset >> shift."""
 
 
 _LAYOUTS: dict[type[Any], TypeLayout] = {}
@@ -221,9 +227,13 @@ def _scalar_layout(ctype: type[Any], name: str) -> TypeLayout:
                 raise ValueOutOfRange(name, value, str(error)) from None
             raise TypeError(f"{name} cannot hold a {type(value).__name__}") from None
 
+    native_code = None
+    if is_integer and native:
+        native_code = _STRUCT_INTEGER_FORMATS[size]
+        native_code = native_code if minimum < 0 else native_code.upper()
     return TypeLayout(ctype, name, size, alignment, True, is_integer, is_bool, native,
                       minimum, maximum, unpack_from, pack_into, unpack,
-                      pack if is_integer else None)
+                      pack if is_integer else None, native_code, size.bit_length() - 1)
 
 
 def _ctypes_scalar_layout(ctype: type[Any], name: str, size: int, alignment: int,

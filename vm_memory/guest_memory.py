@@ -66,6 +66,11 @@ _PAGE_SHIFT: Final = 12
 _SMALL_REGION_PAGES: Final = 16
 """Regions of at most this many pages go in the page table."""
 _HOST_ATOMICS: dict[type[Any], HostAtomics] = {}
+# Per operation, by ctype, what its fast path needs and nothing else (a dict lookup and
+# a tuple unpack cost less than attribute loads on `HostAtomics`).
+_HOST_LOADS: dict[type[Any], Callable[[int, int], Any]] = {}
+_HOST_STORES: dict[type[Any], tuple[Callable[[int, Any, int], None], int, int]] = {}
+_HOST_FETCH_ADDS: dict[type[Any], tuple[Callable[[int, Any, int], Any], int, int]] = {}
 """HostAtomics by ctype, filled on first use (the hot atomic paths' one lookup)."""
 
 
@@ -425,9 +430,16 @@ class GuestMemory:
         except AttributeError:
             raise _not_aligned_address(address, "read_obj") from None
         region = self._last
-        unpack = layout.struct_unpack
-        if region.start_value <= value < region.read_limit and unpack is not None:
-            return unpack(region.buffer, value - region.start_value)[0]
+        if region.start_value <= value < region.read_limit:
+            try:  # the typed view: one subscript, for an aligned native integer
+                return region.typed_views[layout.native_code][  # type: ignore[index]
+                    (value - region.start_value) >> layout.shift]
+            except KeyError:
+                unpack = layout.struct_unpack
+                if unpack is not None:
+                    if layout.native_code is not None:
+                        region.typed_view(layout.native_code, layout.size)
+                    return unpack(region.buffer, value - region.start_value)[0]
         region = self._region_at(value)
         buffer = region.buffer
         if buffer is not None and value + layout.size <= region.end_value:
@@ -449,11 +461,21 @@ class GuestMemory:
         except AttributeError:
             raise _not_aligned_address(address, "write_obj") from None
         region = self._last
-        pack = layout.struct_pack
-        if region.start_value <= raw < region.write_limit and pack is not None \
-                and value.__class__ is int and layout.minimum <= value <= layout.maximum:
-            pack(region.buffer, raw - region.start_value, value)  # checked: cannot fail
-            return
+        if region.start_value <= raw < region.write_limit:
+            try:  # the typed view checks the value, then stores it, in one subscript
+                region.typed_views[layout.native_code][  # type: ignore[index]
+                    (raw - region.start_value) >> layout.shift] = value
+                return
+            except KeyError:
+                pack = layout.struct_pack
+                if pack is not None and value.__class__ is int \
+                        and layout.minimum <= value <= layout.maximum:
+                    if layout.native_code is not None:
+                        region.typed_view(layout.native_code, layout.size)
+                    pack(region.buffer, raw - region.start_value, value)  # cannot fail
+                    return
+            except (TypeError, ValueError):
+                pass  # the general path raises the typed error
         region, offset = self._locate(raw, layout.size)
         if region.read_only:
             raise ReadOnlyRegion(raw, layout.size)
@@ -506,6 +528,11 @@ class GuestMemory:
             functions = _HOST_ATOMICS.get(ctype)
             if functions is None:
                 functions = _HOST_ATOMICS[ctype] = host_atomics(kind)
+                _HOST_LOADS[ctype] = functions.load
+                _HOST_STORES[ctype] = (functions.store, kind.minimum, kind.maximum)
+                if functions.fetch_add is not None:
+                    _HOST_FETCH_ADDS[ctype] = (functions.fetch_add, kind.minimum,
+                                               kind.maximum)
             host = base + offset
             if host & functions.mask:
                 raise MisalignedAddress(host, kind.size, kind.name, "host")
@@ -541,14 +568,14 @@ class GuestMemory:
     def read_atomic(self, address: AlignedGuestAddress[Any], order: Ordering = _SEQ_CST) -> Any:
         """One hardware-atomic load with `order` (RELAXED, ACQUIRE or SEQ_CST)."""
         try:
-            functions = _HOST_ATOMICS[address._type]
+            load = _HOST_LOADS[address._type]
             value = address._guest_value
         except (KeyError, AttributeError):
             return self._atomic("read_atomic", address, order)
         region = self._last
         if region.start_value <= value < region.atomic_read_limit \
                 and (order is _SEQ_CST or order in LOAD_ORDERING_MEMBERS):
-            return functions.load(value + region.atomic_delta, order)
+            return load(value + region.atomic_delta, order)
         return self._atomic("read_atomic", address, order)
 
     @overload
@@ -561,14 +588,14 @@ class GuestMemory:
                      order: Ordering = _SEQ_CST) -> None:
         """One hardware-atomic store with `order` (RELAXED, RELEASE or SEQ_CST)."""
         try:
-            functions = _HOST_ATOMICS[address._type]
+            store, minimum, maximum = _HOST_STORES[address._type]
             raw = address._guest_value
             region = self._last
             if region.start_value <= raw < region.atomic_write_limit \
-                    and functions.minimum <= value <= functions.maximum \
+                    and minimum <= value <= maximum \
                     and (order is _SEQ_CST or order in STORE_ORDERING_MEMBERS):
                 # ctypes refuses a non-int before the call: nothing is stored then.
-                functions.store(raw + region.atomic_delta, value, order)
+                store(raw + region.atomic_delta, value, order)
                 return
         except (KeyError, AttributeError, TypeError, ctypes.ArgumentError):
             pass  # the general path raises the typed error
@@ -608,13 +635,11 @@ class GuestMemory:
                   order: Ordering = _SEQ_CST) -> int:
         """Atomically add `value` (wrapping at the type's width); return the old value."""
         try:
-            functions = _HOST_ATOMICS[address._type]
+            fetch_add, minimum, maximum = _HOST_FETCH_ADDS[address._type]
             raw = address._guest_value
             region = self._last
-            fetch_add = functions.fetch_add
             if region.start_value <= raw < region.atomic_write_limit \
-                    and functions.minimum <= value <= functions.maximum \
-                    and fetch_add is not None \
+                    and minimum <= value <= maximum \
                     and (order is _SEQ_CST or order in READ_MODIFY_WRITE_ORDERING_MEMBERS):
                 # ctypes refuses a non-int before the call: nothing is changed then.
                 old: int = fetch_add(raw + region.atomic_delta, value, order)

@@ -222,6 +222,7 @@ class GuestRegionMmap(GuestMemoryRegion):
         users = len(self.users)
         if users:
             raise RegionInUse(self.start_value, users)
+        self.release_typed_views()
         try:
             self.mapping.close()
         except BufferError:

@@ -29,7 +29,7 @@ class GuestMemoryRegion:
     __slots__ = ("__weakref__", "aligned_host_delta", "atomic_delta", "atomic_read_limit",
                  "atomic_write_limit", "buffer", "dirty", "end_value", "host_address",
                  "host_delta", "length", "read_limit", "read_only", "start", "start_value",
-                 "users", "write_limit")
+                 "typed_views", "users", "write_limit")
 
     buffer: memoryview | None
     """A byte view of the whole region when it lives in this process's memory."""
@@ -39,6 +39,8 @@ class GuestMemoryRegion:
     """The pages this library has written, when dirty tracking is on."""
     users: weakref.WeakSet[object]
     """The memory objects holding this region (views hold those): `close` checks it."""
+    typed_views: dict[str, memoryview]
+    """`buffer` cast to integer formats, made on first use by `typed_view`."""
     # Derived by `_derive_fast_paths`, for the hot paths of GuestMemory:
     # - one past the last guest address;
     # - host address - guest address (None without host memory), and the same again
@@ -74,7 +76,23 @@ class GuestMemoryRegion:
         self.host_address = host_address
         self.dirty = None
         self.users = weakref.WeakSet()
+        self.typed_views = {}
         self._derive_fast_paths()
+
+    def typed_view(self, code: str, size: int) -> memoryview | None:
+        """The buffer as an array of `code` items (for aligned scalar access), or None
+        when the region has no buffer or does not start on a multiple of `size`."""
+        view = self.typed_views.get(code)
+        if view is None and self.buffer is not None and self.start_value % size == 0:
+            usable: Any = self.buffer[:self.length - self.length % size]
+            view = self.typed_views[code] = usable.cast(code)  # a format known at run time
+        return view
+
+    def release_typed_views(self) -> None:
+        """Drop the typed views (they hold buffer exports, which would stop an unmap)."""
+        for view in self.typed_views.values():
+            view.release()
+        self.typed_views.clear()
 
     def _derive_fast_paths(self) -> None:
         """Recompute the derived hot-path fields (after construction or a close)."""
