@@ -385,7 +385,9 @@ class GuestMemory:
         unpack = layout.struct_unpack
         if region.start_value <= value < region.read_limit and unpack is not None:
             return unpack(region.buffer, value - region.start_value)[0]
-        region = self._region_at(value)
+        region = self._region_at(value)  # another region: found, and remembered
+        if region.start_value <= value < region.read_limit and unpack is not None:
+            return unpack(region.buffer, value - region.start_value)[0]
         buffer = region.buffer
         if buffer is not None and value + layout.size <= region.end_value:
             return layout.unpack_from(buffer, value - region.start_value)
