@@ -45,6 +45,9 @@ def raw_functions(library: ctypes.CDLL, ctype: type[Any], size: int) -> dict[str
 
     return {
         "load": function("load", ctype, pointer, order),
+        # The calling convention vm_memory uses (the GIL kept over the instruction):
+        "load_keeping_gil": ctypes.PYFUNCTYPE(ctype, pointer, order)(
+            (f"__atomic_load_{size}", library)),
         "store": function("store", None, pointer, ctype, order),
         "exchange": function("exchange", ctype, pointer, ctype, order),
         "fetch_add": function("fetch_add", ctype, pointer, ctype, order),
@@ -114,6 +117,9 @@ def atomic_comparisons() -> tuple[list[Comparison], list[Skipped]]:
         comparisons += [
             atomic("read_atomic", "op(address)", "read_atomic", "load(host, order)",
                    ATOMIC_TARGET, f"__atomic_load_{size}"),
+            atomic("read_atomic, same calling convention", "op(address)", "read_atomic",
+                   "load_keeping_gil(host, order)", None,
+                   f"PYFUNCTYPE __atomic_load_{size}"),
             atomic("write_atomic", "op(address, 1)", "write_atomic",
                    "store(host, 1, order)", ATOMIC_TARGET, f"__atomic_store_{size}"),
             atomic("fetch_add", "op(address, 1)", "fetch_add", "fetch_add(host, 1, order)",

@@ -25,7 +25,8 @@ EXPECTED_ROWS = [
     "lookup: read_obj_unaligned u32, 10,000 regions",
     "memory system: Struct.unpack_from, 10,000 one-page mmaps vs one mmap",
     *(f"{method} {width}" for width in ("u32", "u64")
-      for method in ("read_atomic", "write_atomic", "fetch_add", "swap", "compare_exchange",
+      for method in ("read_atomic", "read_atomic, same calling convention", "write_atomic",
+                     "fetch_add", "swap", "compare_exchange",
                      "read_obj", "write_obj")),
     *(f"{method} 64 MiB over 4 regions" for method in (
         "read_from fd (preadv),", "read_from file object (readinto),",
