@@ -385,9 +385,12 @@ class GuestMemory:
         unpack = layout.struct_unpack
         if region.start_value <= value < region.read_limit and unpack is not None:
             return unpack(region.buffer, value - region.start_value)[0]
-        region = self._region_at(value)  # another region: found, and remembered
+        # Another region: the page table's guess first (no Python call), else a search.
+        region = self._pages.get(value >> _PAGE_SHIFT) or self._region_at(value)
         if region.start_value <= value < region.read_limit and unpack is not None:
+            self._last = region
             return unpack(region.buffer, value - region.start_value)[0]
+        region = self._region_at(value)
         buffer = region.buffer
         if buffer is not None and value + layout.size <= region.end_value:
             return layout.unpack_from(buffer, value - region.start_value)
