@@ -22,7 +22,7 @@ import struct
 import sys
 from typing import Any
 
-from benchmarks.common import FULL, QUICK, Case, Comparison, Skipped, measure, report
+from benchmarks.common import Case, Comparison, Skipped, run_module
 from vm_memory import GuestAddress, GuestMemoryMmap
 
 PAGE = mmap.PAGESIZE
@@ -225,13 +225,5 @@ def access_comparisons() -> tuple[list[Comparison], list[Skipped]]:
             + alternatives, skipped)
 
 
-def main(argv: list[str]) -> int:
-    settings = QUICK if "--quick" in argv else FULL
-    comparisons, skipped = access_comparisons()
-    rows = measure(comparisons, settings)
-    print(report("Plain access (issue 2)", rows, skipped, settings))
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(run_module("Plain access (issue 2)", access_comparisons, sys.argv[1:]))

@@ -18,7 +18,7 @@ import struct
 import sys
 from typing import Any
 
-from benchmarks.common import FULL, QUICK, Case, Comparison, Skipped, measure, report
+from benchmarks.common import Case, Comparison, Skipped, run_module
 from vm_memory import AlignedGuestAddress, GuestAddress, GuestMemoryMmap
 
 MEMORY_START = 0x10_0000
@@ -140,13 +140,5 @@ def atomic_comparisons() -> tuple[list[Comparison], list[Skipped]]:
     return comparisons + alternatives, skipped
 
 
-def main(argv: list[str]) -> int:
-    settings = QUICK if "--quick" in argv else FULL
-    comparisons, skipped = atomic_comparisons()
-    rows = measure(comparisons, settings)
-    print(report("Atomic and aligned access (issue 3)", rows, skipped, settings))
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(run_module("Atomic and aligned access (issue 3)", atomic_comparisons, sys.argv[1:]))

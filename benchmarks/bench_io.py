@@ -23,14 +23,13 @@ from typing import Any
 
 from benchmarks.common import (
     FULL,
-    QUICK,
     Case,
     Comparison,
     Row,
     Settings,
     Skipped,
     measure,
-    report,
+    run_module,
 )
 from vm_memory import AlignedGuestAddress, GuestAddress, GuestMemoryMmap
 
@@ -132,13 +131,5 @@ def io_rows(settings: Settings = FULL) -> list[Row]:
     return measure(comparisons, settings)
 
 
-def main(argv: list[str]) -> int:
-    settings = QUICK if "--quick" in argv else FULL
-    comparisons, skipped = io_comparisons()
-    rows = measure(comparisons, settings)
-    print(report("Stream I/O and dirty tracking (issue 5)", rows, skipped, settings))
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(run_module("Stream I/O and dirty tracking (issue 5)", io_comparisons, sys.argv[1:]))

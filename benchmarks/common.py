@@ -16,7 +16,7 @@ import statistics
 import sys
 import time
 import timeit
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -244,3 +244,13 @@ def write_json(path: str, rows: Sequence[Row], skipped: Sequence[Skipped],
     with open(path, "w", encoding="utf-8") as stream:
         json.dump(document, stream, indent=2)
         stream.write("\n")
+
+
+def run_module(title: str,
+               comparisons: Callable[[], tuple[list[Comparison], list[Skipped]]],
+               argv: Sequence[str]) -> int:
+    """The `__main__` of one benchmark module: measure its comparisons, print the table."""
+    settings = QUICK if "--quick" in argv else FULL
+    measured, skipped = comparisons()
+    print(report(title, measure(measured, settings), skipped, settings))
+    return 0

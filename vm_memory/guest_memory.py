@@ -602,6 +602,13 @@ class GuestMemory:
                 # ctypes refuses a non-int before the call: nothing is stored then.
                 store(raw + region.atomic_delta, value, order)
                 return
+            dirty = region.dirty
+            if dirty is not None and region.start_value <= raw < region.atomic_read_limit \
+                    and not region.read_only and minimum <= value <= maximum \
+                    and (order is _SEQ_CST or order in STORE_ORDERING_MEMBERS):
+                store(raw + region.atomic_delta, value, order)
+                dirty.mark(raw - region.start_value, 1)  # aligned: never crosses a page
+                return
         except (KeyError, AttributeError, TypeError, ctypes.ArgumentError):
             pass  # the general path raises the typed error
         self._atomic("write_atomic", address, order, value)
@@ -648,6 +655,13 @@ class GuestMemory:
                     and (order is _SEQ_CST or order in READ_MODIFY_WRITE_ORDERING_MEMBERS):
                 # ctypes refuses a non-int before the call: nothing is changed then.
                 old: int = fetch_add(raw + region.atomic_delta, value, order)
+                return old
+            dirty = region.dirty
+            if dirty is not None and region.start_value <= raw < region.atomic_read_limit \
+                    and not region.read_only and minimum <= value <= maximum \
+                    and (order is _SEQ_CST or order in READ_MODIFY_WRITE_ORDERING_MEMBERS):
+                old = fetch_add(raw + region.atomic_delta, value, order)
+                dirty.mark(raw - region.start_value, 1)  # aligned: never crosses a page
                 return old
         except (KeyError, AttributeError, TypeError, ctypes.ArgumentError):
             pass  # the general path raises the typed error
