@@ -181,11 +181,8 @@ def _require_little_endian() -> None:
                            "atomics, which needs a little-endian host")
 
 
-class SplitRingDevice:
-    """The device side: takes chains from the available ring, returns them on the used ring.
-
-    One device object per queue, used from one thread.
-    """
+class _RingSide:
+    """What both sides of a queue hold: the memory, the layout, every ring address."""
 
     def __init__(self, memory: GuestMemory, layout: SplitRingLayout) -> None:
         _require_little_endian()
@@ -193,13 +190,20 @@ class SplitRingDevice:
         self.layout = layout
         self._avail_idx = layout.avail_idx()
         self._used_idx = layout.used_idx()
-        # Every address this side touches, built once: checked address construction is
+        # Every address a side touches, built once: checked address construction is
         # most of the cost of a ring operation in Python.
         self._descriptors = [layout.descriptor(index) for index in range(layout.size)]
         self._avail_entries = [layout.avail_entry(index) for index in range(layout.size)]
         self._used_entries = [layout.used_entry(index) for index in range(layout.size)]
         self._next_avail = 0
         self._next_used = 0
+
+
+class SplitRingDevice(_RingSide):
+    """The device side: takes chains from the available ring, returns them on the used ring.
+
+    One device object per queue, used from one thread.
+    """
 
     def available(self) -> int:
         """How many chains the driver has published that this side has not popped."""
@@ -249,23 +253,14 @@ class SplitRingDevice:
         self.memory.write_atomic(self._used_idx, self._next_used, Ordering.RELEASE)
 
 
-class SplitRingDriver:
+class SplitRingDriver(_RingSide):
     """The driver side: publishes buffer chains, collects the used ones.
 
     Descriptors come from a free list; one driver object per queue, used from one thread.
     """
 
     def __init__(self, memory: GuestMemory, layout: SplitRingLayout) -> None:
-        _require_little_endian()
-        self.memory = memory
-        self.layout = layout
-        self._avail_idx = layout.avail_idx()
-        self._used_idx = layout.used_idx()
-        self._descriptors = [layout.descriptor(index) for index in range(layout.size)]
-        self._avail_entries = [layout.avail_entry(index) for index in range(layout.size)]
-        self._used_entries = [layout.used_entry(index) for index in range(layout.size)]
-        self._next_avail = 0
-        self._next_used = 0
+        super().__init__(memory, layout)
         self._free = list(range(layout.size - 1, -1, -1))
         self._chains: dict[int, list[int]] = {}  # head -> descriptor indices in flight
         memory.write_obj(AlignedGuestAddress.new(VirtqRingHeader, layout.avail_ring),
