@@ -201,4 +201,5 @@ class NoRegion(GuestMemoryRegion):
     def __init__(self) -> None:
         super().__init__(GuestAddress(0), 1, read_only=True)
         self.start_value = 1
+        self.length = 0  # [1, 1): no address is inside
         self._derive_fast_paths()
