@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any, Final
 
-from test_mypy_plugin import mypy_environment, reported_errors
+from test_plugin_config import errors, mypy_environment
 
 ROOT: Final = Path(__file__).resolve().parent.parent
 CASES: Final = ROOT / "tests" / "typing_cases"
@@ -31,7 +31,7 @@ def mypy_lines(path: Path, tmp_path: Path, *, plugin: bool) -> set[int]:
          str(tmp_path / "cache"), "--show-error-codes", "--no-pretty", str(path)],
         capture_output=True, text=True, env=mypy_environment(), timeout=600, check=False)
     assert "error:" in result.stdout or result.returncode == 0, result.stdout + result.stderr
-    return {line for _, line, _ in reported_errors(result.stdout)}
+    return {line for line, _ in errors(result.stdout)}
 
 
 def pyright_lines(path: Path, tmp_path: Path) -> set[int]:

@@ -55,27 +55,31 @@ def scalar_size(fullname: str, target: Target) -> int | None:
     if fullname in POINTER_SIZED_TYPES:
         return target.architecture.pointer_size
     if fullname == "ctypes.c_longdouble":
-        return target.architecture.long_double_size
+        return target.long_double_size
     if fullname == "ctypes.c_wchar":
         return target.wchar_size
     return None
 
 
 def scalar_alignment(fullname: str, target: Target) -> int | None:
-    """Natural alignment the library requires of a scalar: its size (a power of two)."""
-    if fullname == "ctypes.c_longdouble":
-        return target.architecture.long_double_alignment
+    """The alignment `AlignedGuestAddress` requires of a scalar, as the run time computes
+    it (`aligned_address.required_alignment`): its size when that is a power of two (what
+    an atomic access needs), else its C alignment (i686's 12-byte long double: 4)."""
     size = scalar_size(fullname, target)
     if size is None:
         return None
-    return size if size & (size - 1) == 0 else None
+    if size & (size - 1) == 0:
+        return size
+    return field_alignment(fullname, target)
 
 
 def field_alignment(fullname: str, target: Target) -> int | None:
-    """Alignment of a scalar as a Structure field (the C ABI's, e.g. 4 for i686 int64)."""
+    """Alignment of a scalar as a Structure field: the C ABI's (4 for i686 int64)."""
+    if fullname == "ctypes.c_longdouble":
+        return target.long_double_alignment
     size = scalar_size(fullname, target)
     if size is None:
         return None
-    if target.architecture.pointer_size == 4 and target.architecture.name == "i686":
-        return min(size, 4)
-    return scalar_alignment(fullname, target)
+    if size == 8:
+        return target.eight_byte_field_alignment
+    return size

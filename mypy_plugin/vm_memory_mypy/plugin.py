@@ -19,6 +19,7 @@ import tomllib
 from collections.abc import Callable
 from typing import Any, Final
 
+from mypy import errorcodes as codes
 from mypy.constant_fold import constant_fold_expr
 from mypy.errorcodes import ErrorCode
 from mypy.maptype import map_instance_to_supertype
@@ -28,6 +29,7 @@ from mypy.nodes import (
     AssignmentStmt,
     CallExpr,
     Expression,
+    FuncItem,
     IntExpr,
     ListExpr,
     NameExpr,
@@ -48,6 +50,7 @@ from mypy.plugin import (
     Plugin,
     ReportConfigContext,
 )
+from mypy.subtypes import is_subtype
 from mypy.typeops import try_getting_int_literals_from_type
 from mypy.types import (
     AnyType,
@@ -60,6 +63,8 @@ from mypy.types import (
     Type,
     TypeOfAny,
     TypeType,
+    TypeVarId,
+    TypeVarType,
     UnionType,
     get_proper_type,
 )
@@ -83,6 +88,7 @@ __version__ = PLUGIN_VERSION
 
 SECTION: Final = "vm_memory_mypy"
 METADATA_KEY: Final = "vm_memory_mypy"
+WIDENED_NAMESPACE: Final = "vm_memory_mypy.widened"
 
 CATEGORY: Final = "vm-memory"
 ALIGNED_CONSTRUCTION: Final = ErrorCode(
@@ -132,6 +138,9 @@ VOLATILE_REF_ATOMICS: Final = {
     "compare_exchange": {"success": ANY_ORDER, "failure": LOADS},
     "fetch_add": {"order": ANY_ORDER},
 }
+MEMORY_OBJECT_METHODS: Final = frozenset({"read_obj", "write_obj", "read_obj_unaligned",
+                                          "write_obj_unaligned"})
+VOLATILE_METHODS: Final = frozenset({"load", "get_ref", "get_array_ref"})
 CHECKED_CONSTRUCTORS: Final = ("new", "try_new", "align_up", "align_down")
 ALIGNED_VALUE_CONSTRUCTORS: Final = ("new", "try_new")
 """The constructors for which a misaligned constant is a bug (the others align it)."""
@@ -142,6 +151,10 @@ class VmMemoryPlugin(Plugin):
 
     def __init__(self, options: Options) -> None:
         super().__init__(options)
+        self._owners: dict[str, tuple[str, str]] = {}
+        self._widened_calls: set[int] = set()
+        """Atomic calls whose signature was widened, so mypy no longer checks a c_bool
+        address's values: `_atomic_result` does."""
         try:
             self.target, self.config = _configure(options)
         except ValueError as error:  # a configuration mistake, not a crash of mypy
@@ -149,6 +162,9 @@ class VmMemoryPlugin(Plugin):
             raise SystemExit(2) from None
 
     def report_config_data(self, ctx: ReportConfigContext) -> dict[str, str]:
+        """The target, stored with each module in mypy's cache: a module checked for
+        another target is stale. (`__version__` carries a digest of the same data, which
+        dmypy compares; mypy also drops the whole cache when that changes.)"""
         return self.config
 
     # -- hook selection ------------------------------------------------------------
@@ -169,15 +185,25 @@ class VmMemoryPlugin(Plugin):
         self, fullname: str
     ) -> Callable[[MethodSigContext], FunctionLike] | None:
         owner, method = self._owner_and_method(fullname)
-        if (owner == GUEST_MEMORY and method in ATOMIC_METHODS) or \
-                (owner == VOLATILE_REF and method in VOLATILE_REF_ATOMICS):
+        if owner == GUEST_MEMORY and method in ATOMIC_METHODS:
             return self._widen_atomic_signature
         return None
 
     def _owner_and_method(self, fullname: str) -> tuple[str, str]:
         """The vm_memory class a method hook name belongs to: mypy names hooks after the
-        receiver's static class (`GuestMemoryMmap.read_atomic`), not the defining one."""
+        receiver's static class (`GuestMemoryMmap.read_atomic`), not the defining one.
+        mypy asks for every method call of the program, so the answers are memoized."""
+        known = self._owners.get(fullname)
+        if known is None:
+            known = self._owners[fullname] = self._find_owner(fullname)
+        return known
+
+    def _find_owner(self, fullname: str) -> tuple[str, str]:
         owner, _, method = fullname.rpartition(".")
+        if not fullname.startswith("vm_memory") and \
+                method not in ATOMIC_METHODS and method not in MEMORY_OBJECT_METHODS and \
+                method not in VOLATILE_METHODS:
+            return owner, method  # not one of the hooked names: no lookup needed
         if owner in (GUEST_MEMORY, VOLATILE_REF, VOLATILE_SLICE, ALIGNED_ADDRESS):
             return owner, method
         symbol = self.lookup_fully_qualified(owner) if owner else None
@@ -188,6 +214,12 @@ class VmMemoryPlugin(Plugin):
         return owner, method
 
     def get_method_hook(self, fullname: str) -> Callable[[MethodContext], Type] | None:
+        hook = self._method_hook(fullname)
+        return None if hook is None else _outside_library(hook)
+
+    def _method_hook(self, fullname: str) -> Callable[[MethodContext], Type] | None:
+        if fullname == "builtins.object.__new__":
+            return self._object_new
         owner, method = self._owner_and_method(fullname)
         if owner == GUEST_MEMORY:
             if method in ATOMIC_METHODS:
@@ -231,6 +263,11 @@ class VmMemoryPlugin(Plugin):
         return ctx.default_return_type
 
     def _object_new(self, ctx: MethodContext) -> Type:
+        """`AlignedGuestAddress.__new__(...)` and `object.__new__(AlignedGuestAddress)`."""
+        if ctx.arg_types and ctx.arg_types[0]:
+            info = _class_of(ctx.arg_types[0][0])
+            if info is None or info.fullname != ALIGNED_ADDRESS:
+                return ctx.default_return_type
         if not _inside_library(ctx.api):
             ctx.api.fail(
                 "AlignedGuestAddress cannot be constructed with __new__; use "
@@ -290,16 +327,36 @@ class VmMemoryPlugin(Plugin):
     def _widen_atomic_signature(self, ctx: MethodSigContext) -> FunctionLike:
         """Let any AlignedGuestAddress through overload matching: `_atomic_call` decides,
         with this plugin's own error codes and the target's widths."""
+        if _inside_library(ctx.api):
+            return ctx.default_signature
+        self._widened_calls.add(id(ctx.context))
+        known = _known_address_argument(ctx)
+        if known is not None:  # cheap: no type variable for mypy to solve
+            return _map_items(ctx.default_signature,
+                              lambda item: _with_address_type(item, known))
         return _map_items(ctx.default_signature, self._widen_item)
 
     def _widen_item(self, item: CallableType) -> CallableType:
+        """`address: AlignedGuestAddress[_W]` with a type variable of its own, so mypy
+        infers `_W` from the argument itself (an inline `AlignedGuestAddress.new(T, ...)`
+        keeps its T; with `Any` or `object` the context would win)."""
         if not item.arg_types:
             return item
         first = get_proper_type(item.arg_types[0])
-        if isinstance(first, Instance) and first.type.fullname == ALIGNED_ADDRESS:
-            widened = first.copy_modified(args=[AnyType(TypeOfAny.special_form)])  # pyright: ignore[reportUnknownMemberType]
-            return item.copy_modified(arg_types=[widened, *item.arg_types[1:]])  # pyright: ignore[reportUnknownMemberType]
-        return item
+        if not isinstance(first, Instance) or first.type.fullname != ALIGNED_ADDRESS:
+            return item
+        object_type = self._object_type()
+        variable = TypeVarType(
+            "_W", "vm_memory_mypy._W", TypeVarId(-90_001, namespace=WIDENED_NAMESPACE), [],
+            object_type, AnyType(TypeOfAny.from_omitted_generics))
+        widened = first.copy_modified(args=[variable])  # pyright: ignore[reportUnknownMemberType]
+        return item.copy_modified(  # pyright: ignore[reportUnknownMemberType]
+            arg_types=[widened, *item.arg_types[1:]], variables=[*item.variables, variable])
+
+    def _object_type(self) -> Instance:
+        symbol = self.lookup_fully_qualified("builtins.object")
+        assert symbol is not None and isinstance(symbol.node, TypeInfo)
+        return Instance(symbol.node, [])
 
     def _atomic_call(self, ctx: MethodContext, method: str,
                      orderings: dict[str, frozenset[str]]) -> Type:
@@ -329,11 +386,15 @@ class VmMemoryPlugin(Plugin):
             return AnyType(TypeOfAny.from_error)
         assert fullname is not None
         if fullname == "ctypes.c_bool" and method in ("fetch_add", "fetch_sub"):
-            ctx.api.fail(f"{method} is not defined for c_bool", context, code=ATOMIC_TYPE)
+            ctx.api.fail(f"{method} is not defined for c_bool: use fetch_or/fetch_and, or "
+                         "an integer type", context, code=ATOMIC_TYPE)
             return AnyType(TypeOfAny.from_error)
+        if fullname == "ctypes.c_bool" and id(ctx.context) in self._widened_calls:
+            _check_bool_values(ctx, method)
         size = scalar_size(fullname, self.target)
         width = self.target.architecture.atomic_width
-        if size is not None and size > width:
+        if size is not None and size > width and \
+                not _in_constrained_expansion(ctx.api, info):
             ctx.api.fail(
                 f"{info.name} is {size} bytes on {self.target.describe()}, which accesses "
                 f"at most {width} bytes atomically: use a type of at most {width} bytes",
@@ -505,9 +566,60 @@ def _module_of(api: Any) -> str:
     return str(module or "")
 
 
-def _inside_library(api: Any) -> bool:
-    module = _module_of(api)
+def _is_library_module(module: str) -> bool:
     return module == "vm_memory" or module.startswith("vm_memory.")
+
+
+def _inside_library(api: Any) -> bool:
+    return _is_library_module(_module_of(api))
+
+
+def _outside_library(hook: Callable[[MethodContext], Type]) -> Callable[[MethodContext], Type]:
+    """`hook`, but a no-op inside vm_memory: the library is generic over T, and its
+    verdicts then do not depend on the target (see `report_config_data`)."""
+    def checked(ctx: MethodContext) -> Type:
+        if _inside_library(ctx.api):
+            return ctx.default_return_type
+        return hook(ctx)
+    return checked
+
+
+def _in_constrained_expansion(api: Any, info: TypeInfo) -> bool:
+    """Whether the call sits in a function generic over a value-constrained TypeVar (such
+    as `AtomicInteger`) that has `info` among its values: mypy checks such a body once per
+    value, and the width then depends on which value a caller picks, not on this call."""
+    scope = getattr(api, "scope", None)
+    for frame in getattr(scope, "stack", ()):
+        variables: list[Any] = []
+        if isinstance(frame, TypeInfo):
+            variables = list(frame.defn.type_vars)
+        elif isinstance(frame, FuncItem) and isinstance(frame.type, CallableType):
+            variables = list(frame.type.variables)
+        for variable in variables:
+            if isinstance(variable, TypeVarType) and any(
+                    _class_of(value) is info for value in variable.values):
+                return True
+    return False
+
+
+BOOL_VALUE_PARAMETERS: Final = ("value", "expected", "desired")
+
+
+def _check_bool_values(ctx: MethodContext, method: str) -> None:
+    """A c_bool atomic takes bools: the widened signature no longer says so."""
+    bool_type = ctx.api.named_generic_type("builtins.bool", [])
+    for parameter in BOOL_VALUE_PARAMETERS:
+        if parameter not in ctx.callee_arg_names:
+            continue
+        index = ctx.callee_arg_names.index(parameter)
+        if index >= len(ctx.arg_types) or not ctx.arg_types[index]:
+            continue
+        given = ctx.arg_types[index][0]
+        if not is_subtype(given, bool_type):
+            ctx.api.fail(
+                f'Argument "{parameter}" to "{method}" of "GuestMemory" has incompatible '
+                f'type "{given}"; expected "bool" (the address is for c_bool)',
+                ctx.args[index][0], code=codes.ARG_TYPE)
 
 
 def _accept_anything(ctx: FunctionSigContext) -> FunctionLike:
@@ -520,6 +632,30 @@ def _accept_anything(ctx: FunctionSigContext) -> FunctionLike:
     return signature.copy_modified(arg_types=[any_type, any_type],  # pyright: ignore[reportUnknownMemberType]
                                    arg_kinds=[ARG_STAR, ARG_STAR2], arg_names=[None, None],
                                    ret_type=returned, variables=[])
+
+
+def _known_address_argument(ctx: MethodSigContext) -> Instance | None:
+    """The type of the address argument when it is a variable already known to be an
+    `AlignedGuestAddress[T]`: the widened signature can then name that type exactly, and
+    mypy has no type variable to solve for the call."""
+    if not ctx.args or not ctx.args[0]:
+        return None
+    expression = ctx.args[0][0]
+    if not isinstance(expression, RefExpr) or not isinstance(expression.node, Var) or \
+            expression.node.type is None:
+        return None
+    address = get_proper_type(expression.node.type)
+    if not isinstance(address, Instance) or address.type.fullname != ALIGNED_ADDRESS or \
+            not address.args:
+        return None
+    return address
+
+
+def _with_address_type(item: CallableType, address: Instance) -> CallableType:
+    first = get_proper_type(item.arg_types[0]) if item.arg_types else None
+    if not isinstance(first, Instance) or first.type.fullname != ALIGNED_ADDRESS:
+        return item
+    return item.copy_modified(arg_types=[address, *item.arg_types[1:]])  # pyright: ignore[reportUnknownMemberType]
 
 
 def _map_items(signature: FunctionLike,
@@ -569,15 +705,16 @@ def _scalar_fullname(info: TypeInfo) -> str | None:
 _ANY_TARGET: Final = make_target("x86_64")
 
 
-def _not_byte_valued_reason(info: TypeInfo, depth: int = 0) -> str | None:
+def _not_byte_valued_reason(info: TypeInfo) -> str | None:
+    """Why `info` is not ByteValued, if its class or a base (inherited `_fields_`) says so."""
     for base in info.mro:
         if base.fullname in NOT_BYTE_VALUED:
             return NOT_BYTE_VALUED[base.fullname]
         if base.fullname in NOT_BYTE_VALUED_BASES:
             return NOT_BYTE_VALUED_BASES[base.fullname]
-    record = info.metadata.get(METADATA_KEY)
-    if record and record.get("bad"):
-        return str(record["bad"])
+        record = base.metadata.get(METADATA_KEY)
+        if record and record.get("bad"):
+            return str(record["bad"])
     return None
 
 

@@ -5,18 +5,24 @@ The plugin checks code for the configured target, not for the machine running my
 `c_ulong` is 8 bytes on LP64 but 4 on LLP64 and ILP32, and a 64-bit atomic is a single
 instruction on x86_64 but impossible on riscv32.
 
-| target | data model | pointer | atomic width | long double | where the figures come from |
+| target | data model | pointer | atomic width | long double (size/align) | where the figures come from |
 |---|---|---|---|---|---|
-| x86_64 | LP64 (LLP64 on Windows) | 8 | 8 | 16 | SysV AMD64 psABI; GCC `__GCC_ATOMIC_LLONG_LOCK_FREE` = 2; 16 bytes needs cmpxchg16b and libatomic does not report it lock-free (measured) |
-| aarch64 | LP64 (LLP64 on Windows) | 8 | 8 | 16 | AAPCS64; GCC `__GCC_ATOMIC_LLONG_LOCK_FREE` = 2 (LDXR/STXR, LSE) |
-| i686 | ILP32 | 4 | 8 | 12 | i386 psABI; GCC `__GCC_ATOMIC_LLONG_LOCK_FREE` = 2 with `-march=i686` (cmpxchg8b) |
-| armv7 | ILP32 | 4 | 8 | 8 | AAPCS; ARMv7-A LDREXD/STREXD: GCC `__GCC_ATOMIC_LLONG_LOCK_FREE` = 2 |
-| riscv64 | LP64 | 8 | 8 | 16 | RISC-V psABI; the A extension has 64-bit AMOs on RV64 |
-| riscv32 | ILP32 | 4 | 4 | 16 | RISC-V psABI; RV32A has no 64-bit AMO or LR/SC: `__GCC_ATOMIC_LLONG_LOCK_FREE` = 1 |
-| ppc64le | LP64 | 8 | 8 | 16 | ELFv2 ABI; ldarx/stdcx. |
-| s390x | LP64 | 8 | 8 | 16 | s390x ELF ABI; CSG (compare and swap 64) |
-| mips | ILP32 (o32) | 4 | 4 | 8 | MIPS o32 ABI; MIPS32 LL/SC is 32-bit only: `__GCC_ATOMIC_LLONG_LOCK_FREE` = 1 |
-| mips64 | LP64 (n64) | 8 | 8 | 16 | MIPS n64 ABI; LLD/SCD |
+| x86_64 | LP64 (LLP64 on Windows) | 8 | 8 | 16/16 (8/8 on Windows) | SysV AMD64 psABI §3.1.2; GCC `__GCC_ATOMIC_LLONG_LOCK_FREE` = 2; 16 bytes needs cmpxchg16b, which libatomic does not report lock-free (measured, see NOTES) |
+| aarch64 | LP64 (LLP64 on Windows) | 8 | 8 | 16/16 (8/8 on macOS and Windows) | AAPCS64 §5.1; GCC `__GCC_ATOMIC_LLONG_LOCK_FREE` = 2 (LDXR/STXR, LSE CAS) |
+| i686 | ILP32 | 4 | 8 | 12/4 (8/8 on Windows) | i386 SysV psABI (64-bit scalars 4-aligned in structures); GCC `__GCC_ATOMIC_LLONG_LOCK_FREE` = 2 from `-march=i586` (cmpxchg8b) |
+| armv7 | ILP32 | 4 | 8 | 8/8 | AAPCS §4.1 (64-bit scalars 8-aligned); ARMv7-A LDREXD/STREXD: GCC `__GCC_ATOMIC_LLONG_LOCK_FREE` = 2 |
+| riscv64 | LP64 | 8 | 8 | 16/16 | RISC-V psABI (LP64D); the A extension has 64-bit AMOs and LR/SC on RV64 |
+| riscv32 | ILP32 | 4 | 4 | 16/16 | RISC-V psABI (ILP32D, long double is binary128); RV32A has no 64-bit AMO or LR/SC: `__GCC_ATOMIC_LLONG_LOCK_FREE` = 1 |
+| ppc64le | LP64 | 8 | 8 | 16/16 | 64-bit ELF ABI v2 (long double is IBM double-double or binary128, 16 bytes); ldarx/stdcx. |
+| s390x | LP64 | 8 | 8 | 16/8 | s390x ELF ABI supplement; CSG (64-bit compare and swap) |
+| mips | ILP32 (o32) | 4 | 4 | 8/8 | MIPS o32 ABI; MIPS32 LL/SC is 32-bit only: `__GCC_ATOMIC_LLONG_LOCK_FREE` = 1 |
+| mips64 | LP64 (n64) | 8 | 8 | 16/16 | MIPS n64 ABI; LLD/SCD |
+
+`atomic width` is the widest integer the target accesses lock-free: the figure is GCC's
+predefined `__GCC_ATOMIC_<TYPE>_LOCK_FREE` macro (2 = always lock-free) for `long long`,
+as printed by `gcc -dM -E -x c /dev/null` for the target's default `-march`. A width that
+is not lock-free goes through libatomic's lock table, which is not atomic against another
+process or a vCPU, so the library refuses it at run time and the plugin statically.
 
 Sizes of the data-model types: `c_long`/`c_ulong` are 8 bytes on LP64, 4 on ILP32 and
 LLP64; `c_size_t`/`c_ssize_t` are the pointer size; `c_wchar` is 2 bytes on Windows, 4
@@ -33,6 +39,8 @@ from typing import Final
 
 @dataclass(frozen=True)
 class Architecture:
+    """One row of the table above (the `long_double_*` figures are Linux's)."""
+
     name: str
     pointer_size: int
     atomic_width: int
@@ -77,6 +85,31 @@ class Target:
     @property
     def long_size(self) -> int:
         return 8 if self.data_model == "LP64" else 4
+
+    @property
+    def long_double_size(self) -> int:
+        """`long double` is plain `double` with MSVC and on Apple arm64."""
+        if self._long_double_is_double:
+            return 8
+        return self.architecture.long_double_size
+
+    @property
+    def long_double_alignment(self) -> int:
+        if self._long_double_is_double:
+            return 8
+        return self.architecture.long_double_alignment
+
+    @property
+    def _long_double_is_double(self) -> bool:
+        return self.operating_system == "windows" or (
+            self.operating_system == "macos" and self.architecture.name == "aarch64")
+
+    @property
+    def eight_byte_field_alignment(self) -> int:
+        """Alignment of an 8-byte scalar inside a Structure: 4 in the i386 SysV ABI."""
+        if self.architecture.name == "i686" and self.operating_system != "windows":
+            return 4
+        return 8
 
     @property
     def wchar_size(self) -> int:
