@@ -26,9 +26,9 @@ class GuestMemoryRegion:
     reads them.
     """
 
-    __slots__ = ("__weakref__", "aligned_host_delta", "atomic_delta", "atomic_read_limit",
+    __slots__ = ("__weakref__", "atomic_delta", "atomic_read_limit",
                  "atomic_write_limit", "buffer", "dirty", "end_value", "host_address",
-                 "host_delta", "length", "read_limit", "read_only", "start", "start_value",
+                 "length", "read_limit", "read_only", "start", "start_value",
                  "typed_views", "users", "write_limit")
 
     buffer: memoryview | None
@@ -43,17 +43,14 @@ class GuestMemoryRegion:
     """`buffer` cast to integer formats, made on first use by `typed_view`."""
     # Derived by `_derive_fast_paths`, for the hot paths of GuestMemory:
     # - one past the last guest address;
-    # - host address - guest address (None without host memory), and the same again
-    #   only if it is a multiple of 8, so that a guest address aligned for an atomic
-    #   access is aligned on the host too (None: the host address is checked each time);
+    # - `atomic_delta`, host address - guest address, when it is a multiple of 8, so a
+    #   guest address aligned for an atomic access is aligned on the host too;
     # - limits: `start_value <= value < limit` proves that a scalar of up to 8 bytes at
     #   `value` can be read (`read_limit`), written (`write_limit`), or accessed
     #   atomically through `value + atomic_delta` (`atomic_read_limit`,
     #   `atomic_write_limit`); -1 where the fast path does not apply at all (the write
     #   limits also while dirty tracking is on: the general paths mark the pages).
     end_value: int
-    host_delta: int | None
-    aligned_host_delta: int | None
     atomic_delta: int
     read_limit: int
     write_limit: int
@@ -98,10 +95,9 @@ class GuestMemoryRegion:
         """Recompute the derived hot-path fields (after construction or a close)."""
         self.end_value = self.start_value + self.length
         host = self.host_address
-        self.host_delta = None if host is None else host - self.start_value
-        aligned = self.host_delta is not None and self.host_delta % 8 == 0
-        self.aligned_host_delta = self.host_delta if aligned else None
-        self.atomic_delta = self.host_delta if self.host_delta is not None and aligned else 0
+        delta = None if host is None else host - self.start_value
+        aligned = delta is not None and delta % 8 == 0
+        self.atomic_delta = delta if delta is not None and aligned else 0
         scalar_limit = self.end_value - 7
         plain_writes = not self.read_only and self.dirty is None  # tracked writes mark
         self.read_limit = scalar_limit if self.buffer is not None else -1
