@@ -39,8 +39,8 @@ BLOCK: Final = '''
 
 def block_{n}() -> int:
     word = AlignedGuestAddress.new(ctypes.c_uint32, GuestAddress({base:#x}))
-    quad = AlignedGuestAddress.new(ctypes.c_uint64, {base8:#x})
-    slot = AlignedGuestAddress.new(Descriptor, {base8:#x} + 0x40)
+    quad = AlignedGuestAddress.new(ctypes.c_uint64, GuestAddress({base8:#x}))
+    slot = AlignedGuestAddress.new(Descriptor, GuestAddress({base8:#x} + 0x40))
     memory.write_atomic(word, {n} % 1000, Ordering.RELEASE)
     total = memory.fetch_add(quad, 1) + memory.read_atomic(word, Ordering.ACQUIRE)
     ok, seen = memory.compare_exchange(quad, 1, 2, Ordering.ACQ_REL, Ordering.ACQUIRE)

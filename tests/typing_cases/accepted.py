@@ -18,9 +18,9 @@ class Descriptor(ctypes.Structure):
 
 def exercise(memory: GuestMemory) -> tuple[int, bool, float, Descriptor, int]:
     counter = AlignedGuestAddress.new(ctypes.c_uint64, GuestAddress(0x100))
-    flag = AlignedGuestAddress.new(ctypes.c_bool, 0x108)
-    real = AlignedGuestAddress.new(ctypes.c_double, 0x110)
-    slot = AlignedGuestAddress.new(Descriptor, 0x200)
+    flag = AlignedGuestAddress.new(ctypes.c_bool, GuestAddress(0x108))
+    real = AlignedGuestAddress.new(ctypes.c_double, GuestAddress(0x110))
+    slot = AlignedGuestAddress.new(Descriptor, GuestAddress(0x200))
     memory.write_atomic(counter, 1, Ordering.RELEASE)
     count: int = memory.fetch_add(counter, 1)
     ok, seen = memory.compare_exchange(counter, 2, 3, Ordering.ACQ_REL, Ordering.ACQUIRE)

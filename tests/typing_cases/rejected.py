@@ -10,11 +10,11 @@ class Header(ctypes.Structure):
 
 
 memory = GuestMemoryMmap.from_ranges([(GuestAddress(0), 0x1000)])
-header = AlignedGuestAddress.new(Header, 0x100)
-real = AlignedGuestAddress.new(ctypes.c_float, 0x108)
-swapped = AlignedGuestAddress.new(Be32, 0x10C)
-small = AlignedGuestAddress.new(Le16, 0x110)
-word = AlignedGuestAddress.new(ctypes.c_uint32, 0x114)
+header = AlignedGuestAddress.new(Header, GuestAddress(0x100))
+real = AlignedGuestAddress.new(ctypes.c_float, GuestAddress(0x108))
+swapped = AlignedGuestAddress.new(Be32, GuestAddress(0x10C))
+small = AlignedGuestAddress.new(Le16, GuestAddress(0x110))
+word = AlignedGuestAddress.new(ctypes.c_uint32, GuestAddress(0x114))
 
 memory.read_atomic(header)  # rejected: a Structure is not AtomicAccess
 memory.fetch_add(real, 1)  # rejected: a float is not AtomicAccess
