@@ -24,11 +24,13 @@ from mypy.nodes import (
     CallExpr,
     Expression,
     IntExpr,
+    MemberExpr,
     NameExpr,
     OperatorAssignmentStmt,
     OpExpr,
     RefExpr,
     Statement,
+    TypeInfo,
     UnaryExpr,
     Var,
 )
@@ -80,9 +82,22 @@ def evaluate(expression: Expression, api: Any, depth: int) -> int | None:
     if isinstance(expression, CallExpr) and isinstance(expression.callee, RefExpr) and \
             expression.callee.fullname == GUEST_ADDRESS and len(expression.args) == 1:
         return evaluate(expression.args[0], api, depth)
-    if isinstance(expression, RefExpr) and isinstance(expression.node, Var):
-        return _name_value(expression.node, api, depth - 1)
+    if isinstance(expression, RefExpr):
+        var = expression.node if isinstance(expression.node, Var) else _class_member(expression)
+        if var is not None:
+            return _name_value(var, api, depth - 1)
     return None
+
+
+def _class_member(expression: RefExpr) -> Var | None:
+    """The Var of `Class.NAME` (mypy binds no node to a class attribute reference)."""
+    if not isinstance(expression, MemberExpr) or not isinstance(expression.expr, RefExpr):
+        return None
+    owner = expression.expr.node
+    if not isinstance(owner, TypeInfo):
+        return None
+    member = owner.get(expression.name)
+    return member.node if member is not None and isinstance(member.node, Var) else None
 
 
 def _name_value(var: Var, api: Any, depth: int) -> int | None:

@@ -37,12 +37,12 @@ from mypy.nodes import (
 )
 from mypy.plugin import ClassDefContext
 from mypy.subtypes import is_same_type
-from mypy.types import Instance, Type
+from mypy.types import Instance, TupleType, Type, get_proper_type
 
 from vm_memory_mypy.ctypes_model import NOT_BYTE_VALUED, NOT_BYTE_VALUED_BASES, POINTER_FACTORIES
 from vm_memory_mypy.errorcodes import FIELD_TYPE
 from vm_memory_mypy.names import METADATA_KEY
-from vm_memory_mypy.typeutil import ARRAY, class_of, current_tree, is_aggregate, value_type
+from vm_memory_mypy.typeutil import ARRAY, class_of, current_tree, value_type
 
 DEPTH: Final = 8
 """How many names deep `_fields_` or a field type may be defined through others."""
@@ -153,6 +153,8 @@ class _Reader:
     def read_fields(self, expression: Expression, described: str) -> None:
         entries = self.entries(expression, DEPTH)
         if entries is None:
+            if self.read_typed_fields(expression):
+                return
             self.record["fields"] = None
             self.record["unknown"] = f"its _fields_ ({described}) cannot be read statically"
             return
@@ -176,6 +178,32 @@ class _Reader:
                 self.attributes[name] = typ
             elif name is not None and typ is not None:  # a bit field reads back an int
                 self.attributes[name] = self.api.named_type("builtins.int")
+
+    def read_typed_fields(self, expression: Expression) -> bool:
+        """`_fields_` bound to another module's name whose type is a tuple of
+        `(str, type[T])` pairs: the field types are in the type."""
+        node = self.resolve(expression)
+        typ = get_proper_type(node.type) if isinstance(node, Var) else None
+        if not isinstance(typ, TupleType):
+            return False
+        classes: list[TypeInfo] = []
+        for item in map(get_proper_type, typ.items):
+            if not isinstance(item, TupleType) or len(item.items) < 2:
+                return False
+            info = class_of(item.items[1])
+            if info is None:
+                return False
+            classes.append(info)
+        for info in classes:
+            kind, detail, _ = self.classify_class(info)
+            if kind == "bad" and self.record["bad"] is None:
+                self.record["bad"] = f"a field is {detail}"
+            if self.record["fields"] is not None:
+                if kind == "type":
+                    self.record["fields"].append(detail)
+                else:
+                    self.record["fields"] = None
+        return True
 
     def classify(self, expression: Expression, depth: int) -> tuple[str, str, Type | None]:
         """("type", element fullname, value type) for a plain-data field type, ("bad",
@@ -306,7 +334,32 @@ def record_fields(ctx: ClassDefContext) -> None:
     metadata.pop("fields", None)
     metadata.update(reader.record)
     reader.declare_attributes()
+    _declare_fields_as_ctypes_does(ctx)
 
 
-def is_structure(info: TypeInfo) -> bool:
-    return is_aggregate(info) and not info.has_base(ARRAY)
+def _declare_fields_as_ctypes_does(ctx: ClassDefContext) -> None:
+    """Give a class's own `_fields_` the type typeshed declares on Structure/Union (as if
+    annotated) instead of its literal's tuple type, so a subclass may add fields without
+    an incompatible-assignment error."""
+    info = ctx.cls.info
+    own = info.names.get("_fields_")
+    if own is None or not isinstance(own.node, Var) or not own.node.is_inferred:
+        return
+    declared_type = None
+    for base in info.mro[1:]:
+        declared = base.names.get("_fields_")
+        if declared is not None and isinstance(declared.node, Var) and \
+                not declared.node.is_inferred and declared.node.type is not None:
+            declared_type = declared.node.type
+            break
+    if declared_type is None:
+        return
+    for statement in ctx.cls.defs.body:
+        if isinstance(statement, AssignmentStmt) and statement.type is None and \
+                len(statement.lvalues) == 1 and isinstance(statement.lvalues[0], NameExpr) \
+                and statement.lvalues[0].name == "_fields_":
+            statement.type = declared_type
+            statement.lvalues[0].is_inferred_def = False
+    own.node.type = declared_type
+    own.node.is_inferred = False
+    own.node.is_classvar = True

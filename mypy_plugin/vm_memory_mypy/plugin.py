@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from typing import Final
 
-from mypy.nodes import FuncBase
+from mypy.nodes import FUNC_NO_INFO, FuncBase
 from mypy.options import Options
 from mypy.plugin import (
     ClassDefContext,
@@ -27,7 +28,7 @@ from mypy.plugin import (
     Plugin,
     ReportConfigContext,
 )
-from mypy.types import FunctionLike, Type
+from mypy.types import FunctionLike, Type, TypeVarType, get_proper_type
 
 from vm_memory_mypy import config, fields
 from vm_memory_mypy.checks import atomics, byte_valued, construction, inference, misalignment
@@ -43,7 +44,7 @@ from vm_memory_mypy.names import (
     RECEIVERS,
 )
 from vm_memory_mypy.state import MethodHook, State
-from vm_memory_mypy.typeutil import inside_library
+from vm_memory_mypy.typeutil import inside_library, reported_through_overload_matching
 
 CHECKS: Final = (construction, byte_valued, misalignment, ordering_check, atomics, inference)
 """In the order they run on one call; each gets the type the previous one gave."""
@@ -105,8 +106,12 @@ class VmMemoryPlugin(Plugin):
         def run(ctx: MethodContext) -> Type:
             if inside_library(ctx.api):  # generic over T: no verdict may depend on it
                 return ctx.default_return_type
-            for hook in hooks:
-                ctx = ctx._replace(default_return_type=hook(state, ctx))
+            matching: AbstractContextManager[None] = \
+                reported_through_overload_matching(ctx.api) \
+                if isinstance(get_proper_type(ctx.type), TypeVarType) else nullcontext()
+            with matching:
+                for hook in hooks:
+                    ctx = ctx._replace(default_return_type=hook(state, ctx))
             return ctx.default_return_type
         return run
 
@@ -147,13 +152,26 @@ class VmMemoryPlugin(Plugin):
     def _generic_helper(self, fullname: str) -> atomics.CallSiteHook | None:
         """A user function generic over AtomicInteger: the width check at its callers."""
         if fullname not in self._generic:
-            symbol = self.lookup_fully_qualified(fullname) if "." in fullname else None
-            node = symbol.node if symbol is not None else None
-            positions: list[int] = atomics.atomic_integer_parameters(node.type) \
-                if isinstance(node, FuncBase) else []
+            node = self._definition(fullname)
+            positions: list[int] = []
+            if isinstance(node, FuncBase):
+                positions = atomics.atomic_integer_parameters(node.type)
+                if node.info is not FUNC_NO_INFO and not node.is_static:  # `self` is bound
+                    positions = [position - 1 for position in positions if position]
             self._generic[fullname] = atomics.generic_call_site(self.state, positions) \
                 if positions else None
         return self._generic[fullname]
+
+
+    def _definition(self, fullname: str) -> object:
+        """The node a function's or a method's fullname names."""
+        symbol = self.lookup_fully_qualified(fullname) if "." in fullname else None
+        if symbol is not None:
+            return symbol.node
+        owner, _, name = fullname.rpartition(".")
+        info = self.state.info(owner) if owner else None
+        member = info.get(name) if info is not None else None
+        return member.node if member is not None else None
 
 
 def plugin(version: str) -> type[Plugin]:

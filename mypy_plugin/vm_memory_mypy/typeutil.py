@@ -3,7 +3,8 @@ back as, whether a call sits inside the library or in a constrained expansion.""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Generator
+from contextlib import contextmanager
 from typing import Any, Final
 
 from mypy.maptype import map_instance_to_supertype
@@ -135,6 +136,28 @@ def in_constrained_expansion(api: Any, info: TypeInfo) -> bool:
                     class_of(value) is info for value in variable.values):
                 return True
     return False
+
+
+@contextmanager
+def reported_through_overload_matching(api: Any) -> Generator[None]:
+    """Errors reported inside reach the user even while mypy matches overloads.
+
+    On a TypeVar receiver mypy gives the plugin no signature hook, so it cannot widen an
+    atomic method's overloads; while mypy tries each item it silences errors, and an
+    item on which the plugin reported one (a width, an ordering) would count as not
+    matching — mypy would then add a false argument error. Reported around the silencing,
+    the item matches and the verdict is the plugin's alone (repeats are merged by mypy).
+    """
+    errors = getattr(getattr(api, "msg", None), "errors", None)
+    watchers = getattr(errors, "_watchers", None)
+    if not isinstance(watchers, list) or not watchers:
+        yield
+        return
+    errors._watchers = []  # type: ignore[union-attr]
+    try:
+        yield
+    finally:
+        errors._watchers = watchers  # type: ignore[union-attr]
 
 
 def map_items(signature: FunctionLike,

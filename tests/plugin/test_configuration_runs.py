@@ -115,6 +115,46 @@ def test_changing_the_target_changes_an_incremental_verdict(
     assert verdicts == [WIDE_ATOMIC_ERRORS, NO_ERRORS, WIDE_ATOMIC_ERRORS]
 
 
+LAYOUT: Final = '''\
+import ctypes
+import enum
+from typing import Final
+
+MMIO_BASE: Final = 0xD000_0000
+
+
+class Reg(enum.IntEnum):
+    STATUS = 0x12
+
+
+class Linked(ctypes.Structure):
+    _fields_ = (("value", ctypes.c_uint32), ("next", ctypes.c_void_p))
+'''
+USES_LAYOUT: Final = '''\
+import ctypes
+from vm_memory import AlignedGuestAddress, GuestAddress
+from layout import MMIO_BASE, Linked, Reg
+
+AlignedGuestAddress.new(ctypes.c_uint32, GuestAddress(MMIO_BASE + Reg.STATUS))
+AlignedGuestAddress.new(Linked, GuestAddress(MMIO_BASE))
+'''
+
+
+def test_another_modules_facts_give_the_same_verdict_from_a_warm_cache(
+        tmp_path: Path) -> None:
+    """Constants and Structure fields of a module loaded from the incremental cache
+    (which keeps no syntax tree) give the verdict a cold run gives."""
+    (tmp_path / "layout.py").write_text(LAYOUT)
+    source = tmp_path / "uses.py"
+    source.write_text(USES_LAYOUT)
+    config = ini_config(tmp_path, "target = x86_64")
+    cold = run_mypy(config, source, tmp_path / "cache")
+    source.write_text(USES_LAYOUT + "# edited: this module is checked again, layout is not\n")
+    warm = run_mypy(config, source, tmp_path / "cache")
+    assert errors(cold.stdout) == {(5, "vm-memory-misaligned"), (6, "vm-memory-byte-valued")}
+    assert errors(warm.stdout) == errors(cold.stdout), warm.stdout
+
+
 def daemon_verdicts(command: str, source: Path, tmp_path: Path) -> list[Verdict]:
     """The daemon's verdicts on `source` as the target goes mips, x86_64, mips, asked
     with `dmypy run` or `dmypy check` (the daemon started by the first `run`)."""
