@@ -23,7 +23,7 @@ import ctypes
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import pairwise
-from typing import Any, Final, Self, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Final, Self, TypeVar, overload
 
 from vm_memory.address import ADDRESS_SPACE_SIZE, GuestAddress, MemoryRegionAddress, check_u64
 from vm_memory.aligned_address import AlignedGuestAddress
@@ -56,6 +56,9 @@ from vm_memory.ordering import (
 from vm_memory.region import GuestMemoryRegion, NoRegion
 from vm_memory.stream_io import StreamSource, gather_write, scatter_read
 from vm_memory.volatile import VolatileSlice
+
+if TYPE_CHECKING:
+    from vm_memory.buffers import Buffer, WritableBuffer
 
 _V = TypeVar("_V")
 _A = TypeVar("_A", bound=Aggregate)
@@ -92,7 +95,7 @@ def _guest_value(address: GuestAddress, method: str) -> int:
         raise _not_address(address, method) from None
 
 
-def _byte_view(buffer: Any, writable: bool) -> memoryview:
+def _byte_view(buffer: Buffer, writable: bool) -> memoryview:
     view = memoryview(buffer)
     if writable and view.readonly:
         raise TypeError("the destination buffer is read-only")
@@ -282,7 +285,7 @@ class GuestMemory:
             raise InvalidRange(value, length, "the range passes 2**64")
         return value
 
-    def read(self, address: GuestAddress, buffer: Any) -> int:
+    def read(self, address: GuestAddress, buffer: WritableBuffer) -> int:
         """Copy guest memory into `buffer`, stopping at a hole; returns the bytes copied.
 
         Raises `InvalidGuestAddress` if nothing at `address` is backed (and `buffer`
@@ -298,7 +301,7 @@ class GuestMemory:
             raise InvalidGuestAddress(value)
         return self._read_spans(spans, destination)
 
-    def write(self, address: GuestAddress, data: Any) -> int:
+    def write(self, address: GuestAddress, data: Buffer) -> int:
         """Copy `data` into guest memory, stopping at a hole; returns the bytes copied.
 
         A read-only region anywhere in the reachable span refuses the whole write.
@@ -313,7 +316,7 @@ class GuestMemory:
             raise InvalidGuestAddress(value)
         return self._write_spans(value, spans, source)
 
-    def read_slice(self, address: GuestAddress, buffer: Any) -> None:
+    def read_slice(self, address: GuestAddress, buffer: WritableBuffer) -> None:
         """Fill `buffer` from guest memory, or raise `PartialBuffer` having copied nothing."""
         destination = _byte_view(buffer, writable=True)
         length = len(destination)
@@ -332,7 +335,7 @@ class GuestMemory:
             raise PartialBuffer(value, length, 0, covered)
         self._read_spans(spans, destination)
 
-    def write_slice(self, address: GuestAddress, data: Any) -> None:
+    def write_slice(self, address: GuestAddress, data: Buffer) -> None:
         """Copy all of `data` into guest memory, or raise having written nothing."""
         source = _byte_view(data, writable=False)
         length = len(source)

@@ -9,6 +9,7 @@ alive: it can never outlive the memory it points into.
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
@@ -21,11 +22,13 @@ from vm_memory.ordering import Ordering
 from vm_memory.region import GuestMemoryRegion
 
 if TYPE_CHECKING:
+    from vm_memory.buffers import Buffer, WritableBuffer
     from vm_memory.guest_memory import GuestMemory
 
 _T_co = TypeVar("_T_co", covariant=True)
 _V = TypeVar("_V")
 _A = TypeVar("_A", bound=Aggregate)
+_E = TypeVar("_E", bound="ctypes._CData")  # pyright: ignore[reportPrivateUsage]
 _SEQ_CST = Ordering.SEQ_CST
 
 
@@ -67,24 +70,24 @@ class VolatileSlice:
         self._checked(middle, 0)
         return self.subslice(0, middle), self.subslice(middle, self.length - middle)
 
-    def read(self, offset: int, buffer: Any) -> None:
+    def read(self, offset: int, buffer: WritableBuffer) -> None:
         """Fill `buffer` from the slice at `offset`; all or nothing."""
         view = memoryview(buffer).cast("B")
         self.memory.read_slice(self._checked(offset, len(view)), view)
 
-    def write(self, offset: int, data: Any) -> None:
+    def write(self, offset: int, data: Buffer) -> None:
         """Copy all of `data` into the slice at `offset`; all or nothing."""
         view = memoryview(data).cast("B")
         self.memory.write_slice(self._checked(offset, len(view)), view)
 
-    def copy_to(self, buffer: Any) -> int:
+    def copy_to(self, buffer: WritableBuffer) -> int:
         """Copy as much of the slice as fits into `buffer`; returns the count."""
         view = memoryview(buffer).cast("B")
         count = min(len(view), self.length)
         self.memory.read_slice(self.address, view[:count])
         return count
 
-    def copy_from(self, data: Any) -> int:
+    def copy_from(self, data: Buffer) -> int:
         """Copy as much of `data` as fits into the slice; returns the count."""
         view = memoryview(data).cast("B")
         count = min(len(view), self.length)
@@ -136,10 +139,17 @@ class VolatileRef(Generic[_T_co]):
     def __repr__(self) -> str:
         return f"VolatileRef({self.address!r})"
 
+    # Arrays, then scalars, then Structures and Unions: plain mypy does not hold a
+    # `self` type's TypeVar to its bound, so an aggregate overload first would bind a
+    # scalar's `self` to it and return the ctype. (A Structure answers any attribute,
+    # `value` too: under plain mypy its `load()` is Any; pyright and the plugin give the
+    # Structure.)
     @overload
-    def load(self: VolatileRef[_A]) -> _A: ...
+    def load(self: VolatileRef[ctypes.Array[_E]]) -> ctypes.Array[_E]: ...
     @overload
     def load(self: VolatileRef[ScalarValue[_V]]) -> _V: ...
+    @overload
+    def load(self: VolatileRef[_A]) -> _A: ...
     def load(self) -> Any:
         """The value (`read_obj`: not atomic)."""
         address: AlignedGuestAddress[Any] = self.address
