@@ -108,11 +108,11 @@ def _name_value(var: Var, api: Any, depth: int) -> int | None:
         recorded = var.info.metadata.get(METADATA_KEY, {}).get("constants", {})
         if var.name in recorded:
             return int(recorded[var.name])
-    definition = _single_definition(var, api)
+    definition = single_definition(var, api)
     return None if definition is None else evaluate(definition, api, depth)
 
 
-def _single_definition(var: Var, api: Any) -> Expression | None:
+def single_definition(var: Var, api: Any) -> Expression | None:
     """The right-hand side of the one assignment that defines `var` where it lives (a
     module's or a class's top level), or None if it is assigned more than once."""
     body: Iterable[Statement]

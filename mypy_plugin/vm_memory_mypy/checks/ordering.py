@@ -4,11 +4,13 @@ store cannot acquire, a compare-exchange failure is a load (`names` holds the ru
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
+from mypy.nodes import Expression, MemberExpr, RefExpr, Var
 from mypy.plugin import MethodContext
 from mypy.types import Instance, LiteralType, Type, get_proper_type
 
+from vm_memory_mypy.constants import single_definition
 from vm_memory_mypy.errorcodes import ORDERING
 from vm_memory_mypy.names import (
     GUEST_MEMORY,
@@ -31,6 +33,18 @@ def ordering_literal(typ: Type) -> str | None:
     return None
 
 
+def ordering_of(expression: Expression, typ: Type, api: Any) -> str | None:
+    """The member name of an `Ordering` known statically: by its type, or a name of the
+    module being checked assigned once to a member (`Acquire = Ordering.ACQUIRE`)."""
+    name = ordering_literal(typ)
+    if name is None and isinstance(expression, RefExpr) and isinstance(expression.node, Var):
+        definition = single_definition(expression.node, api)
+        if isinstance(definition, MemberExpr) and isinstance(definition.expr, RefExpr) and \
+                definition.expr.fullname == ORDERING_ENUM:
+            return definition.name
+    return name
+
+
 def orderings_of(method: str, rules: dict[str, frozenset[str]]) -> MethodHook:
     def hook(state: State, ctx: MethodContext) -> Type:
         for parameter, allowed in rules.items():
@@ -39,7 +53,7 @@ def orderings_of(method: str, rules: dict[str, frozenset[str]]) -> MethodHook:
             index = ctx.callee_arg_names.index(parameter)
             if index >= len(ctx.args) or not ctx.args[index]:
                 continue
-            name = ordering_literal(ctx.arg_types[index][0])
+            name = ordering_of(ctx.args[index][0], ctx.arg_types[index][0], ctx.api)
             if name is not None and name not in allowed:
                 what = method if parameter == "order" else f"{method} {parameter}"
                 ctx.api.fail(
