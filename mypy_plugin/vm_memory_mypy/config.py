@@ -17,8 +17,8 @@ from __future__ import annotations
 import configparser
 import hashlib
 import json
-import tomllib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Final
 
 from vm_memory_mypy.targets import Target, host_target, make_target
@@ -26,6 +26,18 @@ from vm_memory_mypy.targets import Target, host_target, make_target
 SECTION: Final = "vm_memory_mypy"
 KEYS: Final = ("target", "os", "data_model")
 PLUGIN_VERSION: Final = "0.2.0"
+
+
+def _sources_digest() -> str:
+    """A digest of the plugin's own modules: mypy hashes only the entry module, so an
+    edit of a check elsewhere in the package would otherwise leave cached verdicts."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.rglob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+SOURCES_DIGEST: Final = _sources_digest()
 
 
 class ConfigurationError(ValueError):
@@ -41,7 +53,8 @@ class Configuration:
     @property
     def data(self) -> dict[str, str]:
         return {"target": self.target.architecture.name, "os": self.target.operating_system,
-                "data_model": self.target.data_model, "plugin": PLUGIN_VERSION}
+                "data_model": self.target.data_model, "plugin": PLUGIN_VERSION,
+                "sources": SOURCES_DIGEST}
 
     @property
     def digest(self) -> str:
@@ -58,6 +71,8 @@ def read_section(path: str | None) -> dict[str, str]:
     if not path:
         return {}
     if path.endswith(".toml"):
+        import tomllib  # only here: an INI configuration does not pay for it
+
         with open(path, "rb") as file:
             section = tomllib.load(file).get("tool", {}).get(SECTION, {})
         return {key: str(value) for key, value in section.items()}

@@ -12,9 +12,9 @@ of `vm_memory_mypy.checks` whose `METHOD_HOOKS` say which library methods it loo
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
 from typing import Final
 
 from mypy.nodes import FUNC_NO_INFO, FuncBase
@@ -28,7 +28,7 @@ from mypy.plugin import (
     Plugin,
     ReportConfigContext,
 )
-from mypy.types import FunctionLike, Type, TypeVarType, get_proper_type
+from mypy.types import FunctionLike, Type
 
 from vm_memory_mypy import config, fields
 from vm_memory_mypy.checks import atomics, byte_valued, construction, inference, misalignment
@@ -75,6 +75,10 @@ class VmMemoryPlugin(Plugin):
         self.state = State(self.configuration.target, self.lookup_fully_qualified)
         self._owners: dict[str, tuple[str, str]] = {}
         self._generic: dict[str, atomics.CallSiteHook | None] = {}
+        self._method_hooks: dict[str, Callable[[MethodContext], Type] | None] = {}
+        self._widening = {method: functools.partial(atomics.widen_signature, self.state,
+                                                    method=method)
+                          for method in GUEST_MEMORY_ATOMICS}
 
     def report_config_data(self, ctx: ReportConfigContext) -> dict[str, str]:
         """Stored with each module in the cache: a module checked for another target is
@@ -94,25 +98,33 @@ class VmMemoryPlugin(Plugin):
             self, fullname: str) -> Callable[[MethodSigContext], FunctionLike] | None:
         owner, method = self._owner_and_method(fullname)
         if owner == GUEST_MEMORY and method in GUEST_MEMORY_ATOMICS:
-            return lambda ctx: atomics.widen_signature(self.state, ctx)
+            return self._widening[method]
         return None
 
     def get_method_hook(self, fullname: str) -> Callable[[MethodContext], Type] | None:
-        hooks = METHOD_HOOKS.get(self._owner_and_method(fullname))
-        if hooks is None:
-            return self._generic_helper(fullname)
+        """mypy asks for every method call of the program: the hooks are memoized."""
+        if fullname not in self._method_hooks:
+            hooks = METHOD_HOOKS.get(self._owner_and_method(fullname))
+            self._method_hooks[fullname] = self._generic_helper(fullname) if hooks is None \
+                else self._chain(hooks)
+        return self._method_hooks[fullname]
+
+    def _chain(self, hooks: tuple[MethodHook, ...]) -> Callable[[MethodContext], Type]:
+        """The checks of one method, run in order, each given the type the last gave."""
         state = self.state
+
+        def checks(ctx: MethodContext) -> Type:
+            for hook in hooks:
+                returned = hook(state, ctx)
+                if returned is not ctx.default_return_type:
+                    ctx = ctx._replace(default_return_type=returned)
+            return ctx.default_return_type
 
         def run(ctx: MethodContext) -> Type:
             if inside_library(ctx.api):  # generic over T: no verdict may depend on it
                 return ctx.default_return_type
-            matching: AbstractContextManager[None] = \
-                reported_through_overload_matching(ctx.api) \
-                if isinstance(get_proper_type(ctx.type), TypeVarType) else nullcontext()
-            with matching:
-                for hook in hooks:
-                    ctx = ctx._replace(default_return_type=hook(state, ctx))
-            return ctx.default_return_type
+            with reported_through_overload_matching(ctx.api):
+                return checks(ctx)
         return run
 
     def get_base_class_hook(self, fullname: str) -> Callable[[ClassDefContext], None] | None:

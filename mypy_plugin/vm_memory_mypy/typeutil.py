@@ -28,6 +28,9 @@ from vm_memory_mypy.names import ALIGNED_ADDRESS
 from vm_memory_mypy.targets import make_target
 
 _ANY_TARGET: Final = make_target("x86_64")
+_KNOWN_SCALARS: Final = frozenset(
+    name for name in (*FIXED_SIZES, *ATOMIC_TYPES, "ctypes.c_longdouble", "ctypes.c_wchar")
+    if scalar_size(name, _ANY_TARGET) is not None or name in ATOMIC_TYPES)
 SIMPLE_DATA: Final = "_ctypes._SimpleCData"
 ARRAY: Final = "_ctypes.Array"
 
@@ -54,6 +57,8 @@ def first_argument_class(typ: Type, fullname: str) -> TypeInfo | None:
         proper = get_proper_type(proper.upper_bound)
     if not isinstance(proper, Instance):
         return None
+    if proper.type.fullname == fullname:
+        return class_of(proper.args[0]) if proper.args else None
     base = next((info for info in proper.type.mro if info.fullname == fullname), None)
     if base is None:
         return None
@@ -70,9 +75,10 @@ def aligned_type_argument(ctx: MethodContext) -> TypeInfo | None:
 
 def scalar_fullname(info: TypeInfo) -> str | None:
     """The fullname of the known scalar `info` is or derives from, if any."""
+    if info.fullname in _KNOWN_SCALARS:
+        return info.fullname
     for base in info.mro:
-        if scalar_size(base.fullname, _ANY_TARGET) is not None or \
-                base.fullname in ATOMIC_TYPES:
+        if base.fullname in _KNOWN_SCALARS:
             return base.fullname
     return None
 
@@ -100,8 +106,9 @@ def is_fixed_scalar(fullname: str) -> bool:
 def module_of(api: Any) -> str:
     """The module being checked (the checker and the semantic analyzer differ)."""
     tree = getattr(api, "tree", None)
-    module = getattr(tree, "fullname", None) or getattr(api, "cur_mod_id", "")
-    return str(module or "")
+    if tree is not None:
+        return str(tree.fullname)
+    return str(getattr(api, "cur_mod_id", "") or "")
 
 
 def current_tree(api: Any) -> MypyFile | None:
@@ -116,7 +123,10 @@ def is_library_module(module: str) -> bool:
 
 def inside_library(api: Any) -> bool:
     """vm_memory itself is generic over T: its verdicts must not depend on the target."""
-    return is_library_module(module_of(api))
+    tree = getattr(api, "tree", None)
+    module = tree.fullname if tree is not None else getattr(api, "cur_mod_id", "")
+    return module.startswith("vm_memory") and (module == "vm_memory"
+                                               or module.startswith("vm_memory."))
 
 
 def in_constrained_expansion(api: Any, info: TypeInfo) -> bool:
@@ -142,11 +152,12 @@ def in_constrained_expansion(api: Any, info: TypeInfo) -> bool:
 def reported_through_overload_matching(api: Any) -> Generator[None]:
     """Errors reported inside reach the user even while mypy matches overloads.
 
-    On a TypeVar receiver mypy gives the plugin no signature hook, so it cannot widen an
-    atomic method's overloads; while mypy tries each item it silences errors, and an
-    item on which the plugin reported one (a width, an ordering) would count as not
-    matching — mypy would then add a false argument error. Reported around the silencing,
-    the item matches and the verdict is the plugin's alone (repeats are merged by mypy).
+    While mypy tries each item of an overloaded method it silences errors, and an item
+    on which the plugin reported one (a width, an ordering) would count as not matching:
+    mypy would then try the next item and add a false argument error of its own.
+    Reported around the silencing, the right item matches and the verdict is the
+    plugin's alone. The checks depend only on the call's arguments, not on the item
+    tried, so an item tried in vain repeats the same errors, which mypy merges.
     """
     errors = getattr(getattr(api, "msg", None), "errors", None)
     watchers = getattr(errors, "_watchers", None)

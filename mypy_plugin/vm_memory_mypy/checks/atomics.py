@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from mypy import errorcodes as codes
-from mypy.nodes import RefExpr, TypeInfo, Var
+from mypy.nodes import CallExpr, MemberExpr, RefExpr, TypeInfo, Var
 from mypy.plugin import FunctionContext, MethodContext, MethodSigContext
 from mypy.subtypes import is_subtype
 from mypy.types import (
@@ -35,6 +35,7 @@ from vm_memory_mypy.errorcodes import ATOMIC_TYPE, ATOMIC_WIDTH
 from vm_memory_mypy.names import (
     ALIGNED_ADDRESS,
     ATOMIC_INTEGER,
+    CHECKED_CONSTRUCTORS,
     GUEST_MEMORY,
     GUEST_MEMORY_ATOMICS,
     VOLATILE_REF,
@@ -52,18 +53,24 @@ from vm_memory_mypy.typeutil import (
 )
 
 WIDENED_NAMESPACE: Final = "vm_memory_mypy.widened"
+INTEGER_ONLY_METHODS: Final = frozenset({"fetch_add", "fetch_sub"})
+"""The atomic methods with no c_bool overload."""
+INTEGER_ONLY: Final = ATOMIC_TYPES - {"ctypes.c_bool"}
 BOOL_VALUE_PARAMETERS: Final = ("value", "expected", "desired")
 
 # -- the signature: let every AlignedGuestAddress through overload matching -----------
 
 
-def widen_signature(state: State, ctx: MethodSigContext) -> FunctionLike:
+def widen_signature(state: State, ctx: MethodSigContext, method: str) -> FunctionLike:
     """`address: AlignedGuestAddress[_W]` for any `_W`: the atomic check then decides,
     with this plugin's codes and the target's widths, instead of a plain overload error."""
-    if inside_library(ctx.api):
+    accepted = INTEGER_ONLY if method in INTEGER_ONLY_METHODS else ATOMIC_TYPES
+    if inside_library(ctx.api) or _inline_address_type(ctx) in accepted:
         return ctx.default_signature
-    state.widened_calls.add(id(ctx.context))
     known = _known_address(ctx)
+    if known is not None and scalar_fullname_of(known.args[0]) in accepted:
+        return ctx.default_signature  # the declared overloads already fit: mypy is faster
+    state.widened_calls.add(id(ctx.context))
     if known is not None:  # cheap: no type variable for mypy to solve
         return map_items(ctx.default_signature, lambda item: _with_address(item, known))
     object_type = state.info("builtins.object")
@@ -86,6 +93,29 @@ def _known_address(ctx: MethodSigContext) -> Instance | None:
             not address.args:
         return None
     return address
+
+
+def scalar_fullname_of(typ: Type) -> str | None:
+    info = class_of(typ)
+    return scalar_fullname(info) if info is not None else None
+
+
+def _inline_address_type(ctx: MethodSigContext) -> str | None:
+    """The scalar T of an address argument written `AlignedGuestAddress.new(T, ...)` (or
+    another checked constructor) with T named directly."""
+    if not ctx.args or not ctx.args[0]:
+        return None
+    call = ctx.args[0][0]
+    if not isinstance(call, CallExpr) or not isinstance(call.callee, MemberExpr) or \
+            call.callee.name not in CHECKED_CONSTRUCTORS or not call.args:
+        return None
+    owner = call.callee.expr
+    if not isinstance(owner, RefExpr) or owner.fullname != ALIGNED_ADDRESS:
+        return None
+    kind = call.args[0]
+    if isinstance(kind, RefExpr) and isinstance(kind.node, TypeInfo):
+        return scalar_fullname(kind.node)
+    return None
 
 
 def _with_address(item: CallableType, address: Instance) -> CallableType:
