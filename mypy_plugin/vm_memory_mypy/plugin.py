@@ -123,8 +123,7 @@ class VmMemoryPlugin(Plugin):
         def run(ctx: MethodContext) -> Type:
             if inside_library(ctx.api):  # generic over T: no verdict may depend on it
                 return ctx.default_return_type
-            with reported_through_overload_matching(ctx.api):
-                return checks(ctx)
+            return reported_through_overload_matching(ctx.api, checks, ctx)
         return run
 
     def get_base_class_hook(self, fullname: str) -> Callable[[ClassDefContext], None] | None:

@@ -3,8 +3,7 @@ back as, whether a call sits inside the library or in a constrained expansion.""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any, Final
 
 from mypy.maptype import map_instance_to_supertype
@@ -148,9 +147,9 @@ def in_constrained_expansion(api: Any, info: TypeInfo) -> bool:
     return False
 
 
-@contextmanager
-def reported_through_overload_matching(api: Any) -> Generator[None]:
-    """Errors reported inside reach the user even while mypy matches overloads.
+def reported_through_overload_matching(api: Any, check: Callable[[MethodContext], Type],
+                                       ctx: MethodContext) -> Type:
+    """`check(ctx)`, whose errors reach the user even while mypy matches overloads.
 
     While mypy tries each item of an overloaded method it silences errors, and an item
     on which the plugin reported one (a width, an ordering) would count as not matching:
@@ -158,15 +157,15 @@ def reported_through_overload_matching(api: Any) -> Generator[None]:
     Reported around the silencing, the right item matches and the verdict is the
     plugin's alone. The checks depend only on the call's arguments, not on the item
     tried, so an item tried in vain repeats the same errors, which mypy merges.
+    (A plain try/finally: this runs on every checked call.)
     """
     errors = getattr(getattr(api, "msg", None), "errors", None)
     watchers = getattr(errors, "_watchers", None)
     if not isinstance(watchers, list) or not watchers:
-        yield
-        return
+        return check(ctx)
     errors._watchers = []  # type: ignore[union-attr]
     try:
-        yield
+        return check(ctx)
     finally:
         errors._watchers = watchers  # type: ignore[union-attr]
 
