@@ -28,7 +28,7 @@ import tempfile
 from pathlib import Path
 
 from vm_memory import GuestAddress, GuestMemoryMmap, receive_memory, send_memory
-from vm_memory.split_ring import Buffer, SplitRingDevice, SplitRingDriver, SplitRingLayout
+from vm_memory_tools.split_ring import Buffer, SplitRingDevice, SplitRingDriver, SplitRingLayout
 
 QUEUE_SIZE = 8
 RING_BASE = GuestAddress(0x1000)

@@ -1,4 +1,4 @@
-"""The demo (``python -m vm_memory demo``) and the split ring it runs on.
+"""The demo (``vm-memory demo``) and the split ring it runs on.
 
 The demo runs in subprocesses, as a user runs it: with a real KVM guest where /dev/kvm
 works and with a second process as the guest. Each mode must verify every message, and
@@ -21,8 +21,8 @@ from typing import Final
 import pytest
 
 from vm_memory import AlignedGuestAddress, GuestAddress, GuestMemoryMmap, Ordering
-from vm_memory.demo import DeviceModel, run_demo
-from vm_memory.demo_guest import (
+from vm_memory_tools.demo import DeviceModel, run_demo
+from vm_memory_tools.demo_guest import (
     MESSAGE_BYTES,
     QUEUE_LAYOUT,
     REQUEST_MAGIC,
@@ -33,8 +33,8 @@ from vm_memory.demo_guest import (
     request_checksum,
     ring_driver_program,
 )
-from vm_memory.kvm import kvm_unavailable_reason
-from vm_memory.split_ring import (
+from vm_memory_tools.kvm import kvm_unavailable_reason
+from vm_memory_tools.split_ring import (
     VIRTQ_DESC_F_NEXT,
     Buffer,
     RingError,
@@ -54,7 +54,7 @@ MODES: Final = [pytest.param([], id="kvm", marks=needs_kvm),
 
 
 def run_cli(*arguments: str, prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*prefix, sys.executable, "-m", "vm_memory", *arguments],
+    return subprocess.run([*prefix, sys.executable, "-m", "vm_memory_tools", *arguments],
                           cwd=REPO_ROOT, capture_output=True, text=True,
                           timeout=TIMEOUT_SECONDS, check=False)
 
@@ -106,7 +106,7 @@ def test_demo_says_so_and_falls_back_where_kvm_is_unusable() -> None:
     if probe.returncode != 0:
         pytest.skip(f"cannot create a mount namespace here: {probe.stderr.decode().strip()}")
     script = (f"mount --bind /dev/null /dev/kvm 2>/dev/null || true; "
-              f"exec {sys.executable} -m vm_memory demo --messages 50")
+              f"exec {sys.executable} -m vm_memory_tools demo --messages 50")
     result = subprocess.run([unshare, "--mount", "sh", "-c", script], cwd=REPO_ROOT,
                             capture_output=True, text=True, timeout=TIMEOUT_SECONDS,
                             check=False)
@@ -239,7 +239,7 @@ def test_device_model_catches_a_skipped_sequence_number() -> None:
 def test_demo_survives_the_16_bit_index_wrap(mode: list[str]) -> None:
     """70,000 messages: the guest's and the device's 16-bit ring indices wrap once."""
     messages = 70_000
-    result = subprocess.run([sys.executable, "-m", "vm_memory", "demo", "--messages",
+    result = subprocess.run([sys.executable, "-m", "vm_memory_tools", "demo", "--messages",
                              str(messages), *mode], cwd=REPO_ROOT, capture_output=True,
                             text=True, timeout=600, check=False)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -20,8 +20,8 @@ from typing import Final
 import pytest
 
 from vm_memory import GuestAddress, ReadOnlyRegion
-from vm_memory.__main__ import main
-from vm_memory.inspect_tool import InspectError, open_ram_file, parse_layout, parse_number
+from vm_memory_tools.cli import main
+from vm_memory_tools.inspector import InspectError, open_ram_file, parse_layout, parse_number
 
 PAGE: Final = 0x1000
 REPO_ROOT: Final = Path(__file__).resolve().parents[1]
@@ -229,11 +229,11 @@ def test_parsers() -> None:
 
 def test_command_line_in_a_subprocess(ram_file: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "vm_memory", "inspect", str(ram_file), "read", "u64", "0x100"],
+        [sys.executable, "-m", "vm_memory_tools", "inspect", str(ram_file), "read", "u64", "0x100"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "0x100  u64  1234605616436508552  0x1122334455667788"
-    usage = subprocess.run([sys.executable, "-m", "vm_memory", "inspect", str(ram_file)],
+    usage = subprocess.run([sys.executable, "-m", "vm_memory_tools", "inspect", str(ram_file)],
                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
                            check=False)
     assert usage.returncode == 2 and "required" in usage.stderr

@@ -17,8 +17,9 @@ from typing import Final
 
 import pytest
 
-from vm_memory import AlignedGuestAddress, GuestAddress, GuestMemoryMmap, Ordering, guest_programs
-from vm_memory.kvm import KvmVm, kvm_unavailable_reason
+from vm_memory import AlignedGuestAddress, GuestAddress, GuestMemoryMmap, Ordering
+from vm_memory_tools import guest_programs
+from vm_memory_tools.kvm import KvmVm, kvm_unavailable_reason
 
 MEMORY_SIZE: Final = 0x2_0000
 CODE_ADDRESS: Final = 0x1000

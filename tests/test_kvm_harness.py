@@ -1,4 +1,4 @@
-"""Tests of the KVM harness (`vm_memory.kvm`) and the guest programs, on real /dev/kvm.
+"""Tests of the KVM harness (`vm_memory_tools.kvm`) and the guest programs, on real /dev/kvm.
 
 Guest memory is a plain anonymous mmap; the harness gets its raw host address. The
 contention tests are the point: a guest vCPU running ``lock``-prefixed instructions
@@ -26,8 +26,8 @@ from typing import Final
 
 import pytest
 
-from vm_memory import guest_programs
-from vm_memory.kvm import (
+from vm_memory_tools import guest_programs
+from vm_memory_tools.kvm import (
     ExitReason,
     IoDirection,
     KvmError,
@@ -283,8 +283,8 @@ def test_kick_from_another_thread_interrupts_run(guest: Guest) -> None:
 
 _CRASH_CHILD: Final = """
 import ctypes, mmap, pickle, sys
-from vm_memory import guest_programs
-from vm_memory.kvm import KvmError, KvmVm
+from vm_memory_tools import guest_programs
+from vm_memory_tools.kvm import KvmError, KvmVm
 
 case, size, code_address, unbacked, timeout = sys.argv[1], *map(float, sys.argv[2:])
 memory = mmap.mmap(-1, int(size))

@@ -23,7 +23,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 ROOT: Final = Path(__file__).resolve().parent.parent
-INSTALL: Final = re.compile(r"python3? -m pip install -e \.(?=\s|$)")
+INSTALL: Final = re.compile(r"\S*python3? -m pip install -e \.(?=\s|$)")
 
 USER_CODE: Final = '''\
 import ctypes
@@ -52,8 +52,9 @@ def readme_install_command() -> str:
     readme = (ROOT / "README.md").read_text()
     for block in re.findall(r"```(?:sh|bash|console)\n(.*?)```", readme, flags=re.DOTALL):
         for segment in re.split(r"&&|\n|;", block):
-            if INSTALL.search(segment):
-                return segment.strip()
+            found = INSTALL.search(segment)
+            if found:
+                return found.group(0)
     raise AssertionError("the README has no `python3 -m pip install -e .` command")
 
 
@@ -67,7 +68,11 @@ def user(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]
                    if key not in ("PYTHONPATH", "VIRTUAL_ENV", "MYPYPATH")}
     environment["PATH"] = os.pathsep.join([str(venv / "bin"), environment.get("PATH", "")])
     environment["VIRTUAL_ENV"] = str(venv)
-    install = subprocess.run(shlex.split(readme_install_command()), cwd=ROOT,
+    # The README's command as written, run by this fresh environment's interpreter
+    # (the README names its own `.venv`).
+    interpreter, *arguments = shlex.split(readme_install_command())
+    assert Path(interpreter).name.startswith("python"), interpreter
+    install = subprocess.run([str(venv / "bin" / "python"), *arguments], cwd=ROOT,
                              env=environment, capture_output=True, text=True, timeout=900,
                              check=False)
     assert install.returncode == 0, install.stdout + install.stderr

@@ -13,13 +13,19 @@ Scalars read back as Python `int`, `float`, `bool`, `bytes` (`c_char`) or `str`
 from __future__ import annotations
 
 import ctypes
+import operator
 import struct
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, TypeVar
 
-from vm_memory.errors import NotByteValued, ValueOutOfRange
+from vm_memory.errors import (
+    InvalidArgumentType,
+    InvalidGuestValue,
+    NotByteValued,
+    ValueOutOfRange,
+)
 
 _V_co = TypeVar("_V_co", covariant=True)
 
@@ -64,7 +70,8 @@ class TypeLayout:
     unpack_from: Callable[[Any, int], Any]
     """(buffer, offset) -> Python value; scalars give int/float/bool, aggregates a copy."""
     pack_into: Callable[[Any, int, Any], None]
-    """(buffer, offset, value) -> None; raises ValueOutOfRange or TypeError, writing nothing."""
+    """(buffer, offset, value) -> None; raises ValueOutOfRange or InvalidArgumentType,
+    writing nothing."""
     struct_unpack: Callable[[Any, int], tuple[Any, ...]] | None = None
     """For struct-coded scalars: the codec's own `unpack_from`, for the hot read paths."""
     struct_pack: Callable[[Any, int, Any], None] | None = None
@@ -115,8 +122,24 @@ def _byte_order_of(ctype: type[Any]) -> str:
     return sys.byteorder
 
 
+def _own_fields(ctype: type[Any]) -> list[tuple[Any, ...]]:
+    """Every field of a Structure/Union, the inherited ones first (ctypes lays a subclass's
+    `_fields_` after its bases'), or raise if the type is incomplete."""
+    fields: list[tuple[Any, ...]] = []
+    complete = False
+    for cls in reversed(ctype.__mro__):
+        declared = vars(cls).get("_fields_")
+        if declared is not None:
+            fields.extend(declared)
+            complete = True
+    if not complete:
+        raise NotByteValued(type_name(ctype), "it has no _fields_ (an incomplete type)")
+    return fields
+
+
 def _check_fields(ctype: type[Any]) -> None:
-    """Validate every field of a Structure/Union, or the element type of an Array."""
+    """Validate every field of a Structure/Union (inherited ones too), or the element
+    type of an Array."""
     if _derives(ctype, ctypes.Array):
         element: object = ctype._type_
         try:
@@ -125,10 +148,7 @@ def _check_fields(ctype: type[Any]) -> None:
             raise NotByteValued(type_name(ctype), f"its element type is not: {error.reason}")\
                 from None
         return
-    fields = getattr(ctype, "_fields_", None)
-    if fields is None:
-        raise NotByteValued(type_name(ctype), "it has no _fields_ (an incomplete type)")
-    for field in fields:
+    for field in _own_fields(ctype):
         name, field_type = field[0], field[1]
         try:
             layout_of(field_type)
@@ -175,7 +195,7 @@ def _aggregate_layout(ctype: type[Any], name: str) -> TypeLayout:
 
     def pack_into(buffer: Any, offset: int, value: Any) -> None:
         if type(value) is not ctype:
-            raise TypeError(f"expected a {name} instance, got {type(value).__name__}")
+            raise InvalidArgumentType(f"a {name} value", f"a {name} instance", value)
         buffer[offset:offset + size] = bytes(value)
 
     return TypeLayout(ctype, name, size, ctypes.alignment(ctype), False, False, False, True,
@@ -216,16 +236,18 @@ def _scalar_layout(ctype: type[Any], name: str) -> TypeLayout:
         return unpack(buffer, offset)[0]
 
     def pack_into(buffer: Any, offset: int, value: Any) -> None:
-        if is_bool and value is not True and value is not False and value not in (0, 1):
-            raise ValueOutOfRange(name, value, "a bool is True, False, 0 or 1")
+        if is_integer or is_bool:  # converted once with operator.index, then checked
+            number = value if type(value) is int else _as_integer(value, name)
+            if not minimum <= number <= maximum:
+                raise ValueOutOfRange(name, number, f"not in [{minimum}, {maximum}]")
+            pack(buffer, offset, number)
+            return
         try:
             pack(buffer, offset, value)
-        except (struct.error, OverflowError) as error:
-            if is_integer and isinstance(value, int):
-                raise ValueOutOfRange(name, value, f"not in [{minimum}, {maximum}]") from None
-            if not is_integer and isinstance(value, float | int) and not isinstance(value, bool):
-                raise ValueOutOfRange(name, value, str(error)) from None
-            raise TypeError(f"{name} cannot hold a {type(value).__name__}") from None
+        except OverflowError as error:
+            raise ValueOutOfRange(name, value, str(error)) from None
+        except struct.error:
+            raise InvalidArgumentType(f"a {name} value", "a float", value) from None
 
     native_code = None
     if is_integer and native:
@@ -236,12 +258,22 @@ def _scalar_layout(ctype: type[Any], name: str) -> TypeLayout:
                       pack if is_integer else None, native_code, size.bit_length() - 1)
 
 
+def _as_integer(value: object, name: str) -> int:
+    try:
+        return operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise InvalidArgumentType(f"a {name} value", "an int", value) from None
+
+
 def _ctypes_scalar_layout(ctype: type[Any], name: str, size: int, alignment: int,
                           native: bool) -> TypeLayout:
     from_buffer_copy = ctype.from_buffer_copy
 
     def unpack_from(buffer: Any, offset: int) -> Any:
-        return from_buffer_copy(buffer, offset).value
+        try:
+            return from_buffer_copy(buffer, offset).value
+        except ValueError as error:  # c_wchar: not every bit pattern is a character
+            raise InvalidGuestValue(offset, name, str(error)) from None
 
     def pack_into(buffer: Any, offset: int, value: Any) -> None:
         try:

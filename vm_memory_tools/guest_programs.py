@@ -1,6 +1,6 @@
 """Hand-assembled 16-bit real-mode x86 guest programs, built as ``bytes``.
 
-The programs drive the KVM tests and demos (`vm_memory.kvm`): a guest that stores a
+The programs drive the KVM tests and demos (`vm_memory_tools.kvm`): a guest that stores a
 value, talks to an I/O port, hammers a counter with locked read-modify-writes, or
 rewrites a location as fast as it can. No assembler is needed at run time; each
 instruction is encoded by hand and commented with its assembly.

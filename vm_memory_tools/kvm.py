@@ -3,8 +3,8 @@
 It exists so tests and demos can run a real guest vCPU on the same host memory the
 library manages: a guest executing ``lock``-prefixed instructions is the strongest
 check that host-side atomics really are atomic. It works on raw host addresses and
-imports nothing else from ``vm_memory``, so it sits on top of the library with no
-coupling (x86-64 Linux only).
+imports nothing from ``vm_memory``: a caller passes the host address of memory it pins
+(x86-64 Linux only).
 
 Typical use::
 

@@ -1,4 +1,4 @@
-"""``python -m vm_memory`` / ``vm-memory``: the demo and the RAM-file inspector.
+"""``vm-memory`` (``python -m vm_memory_tools``): the demo and the RAM-file inspector.
 
     vm-memory demo [--messages N] [--no-kvm]
     vm-memory inspect FILE [--layout START:SIZE[@OFFSET],...] {map,hexdump,read,search,write}
@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from vm_memory.demo import add_demo_arguments, demo_main, guest_process_main
-from vm_memory.inspect_tool import add_inspect_arguments, inspect_main
+from vm_memory_tools.demo import add_demo_arguments, demo_main, guest_process_main
+from vm_memory_tools.inspector import add_inspect_arguments, inspect_main
 
 _GUEST_COMMAND = "demo-guest"  # internal: the demo's second-process guest
 
@@ -47,6 +47,3 @@ def main(argv: list[str] | None = None) -> int:
         return demo_main(parsed)
     return inspect_main(parsed)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

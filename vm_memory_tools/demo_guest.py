@@ -3,7 +3,7 @@
 Both sides of the demo agree on what is here: where the queue and the buffers live in
 guest memory, what a request and a reply hold, and how a message is checked. The guest
 program `ring_driver_program` is the driver of a virtio-style split ring
-(`vm_memory.split_ring`): for each sequence number it fills a request, chains a reply
+(`vm_memory_tools.split_ring`): for each sequence number it fills a request, chains a reply
 buffer behind it, publishes the chain on the available ring, collects replies from the
 used ring and checks each one; then it reports on an I/O port and halts. No assembler
 is needed: every instruction is encoded by hand and commented with its assembly.
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, ClassVar, Final
 
 from vm_memory.address import GuestAddress
 from vm_memory.endian import Le32
-from vm_memory.split_ring import SplitRingLayout
+from vm_memory_tools.split_ring import SplitRingLayout
 
 __all__ = [
     "CODE_ADDRESS",

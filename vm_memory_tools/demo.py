@@ -1,7 +1,7 @@
 """The demo: a guest driver and a Python device exchange messages through a split ring.
 
 `run_demo` builds 1 MiB of guest RAM in a sealed memfd (`GuestMemoryMmap`), puts a
-virtio-style split ring in it (`vm_memory.split_ring`, layout in `vm_memory.demo_guest`)
+virtio-style split ring in it (`vm_memory_tools.split_ring`, layout in `vm_memory_tools.demo_guest`)
 and runs the two sides at once:
 
 - the driver ("the guest"): a real KVM vCPU running the hand-encoded real-mode program
@@ -32,7 +32,11 @@ from typing import Final, TextIO
 
 from vm_memory.address import GuestAddress
 from vm_memory.aligned_address import AlignedGuestAddress
-from vm_memory.demo_guest import (
+from vm_memory.errors import GuestMemoryError
+from vm_memory.guest_memory import GuestMemory
+from vm_memory.mmap_memory import GuestMemoryMmap
+from vm_memory.sharing import receive_memory, send_memory
+from vm_memory_tools.demo_guest import (
     CODE_ADDRESS,
     DONE_PORT,
     DONE_VALUE,
@@ -53,12 +57,8 @@ from vm_memory.demo_guest import (
     request_checksum,
     ring_driver_program,
 )
-from vm_memory.errors import GuestMemoryError
-from vm_memory.guest_memory import GuestMemory
-from vm_memory.kvm import IoDirection, KvmError, KvmVm, VcpuExit, kvm_unavailable_reason
-from vm_memory.mmap_memory import GuestMemoryMmap
-from vm_memory.sharing import receive_memory, send_memory
-from vm_memory.split_ring import (
+from vm_memory_tools.kvm import IoDirection, KvmError, KvmVm, VcpuExit, kvm_unavailable_reason
+from vm_memory_tools.split_ring import (
     Buffer,
     DescriptorChain,
     RingError,
@@ -268,7 +268,7 @@ def _process_guest(memory: GuestMemoryMmap, messages: int, model: DeviceModel,
     with ours:
         with theirs:
             child = subprocess.Popen(
-                [sys.executable, "-m", "vm_memory", "demo-guest", "--socket-fd",
+                [sys.executable, "-m", "vm_memory_tools", "demo-guest", "--socket-fd",
                  str(theirs.fileno()), "--messages", str(messages)],
                 pass_fds=(theirs.fileno(),))
         print(f"  guest    second process (pid {child.pid}): the same memfd, received with "
