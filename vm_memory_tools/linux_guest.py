@@ -169,7 +169,9 @@ INIT_PROLOGUE: Final = """#!/bin/busybox sh
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
-for module in {modules}; do insmod /lib/modules/$module.ko || echo "GUEST-ERROR insmod $module"; done
+for module in {modules}; do
+  insmod /lib/modules/$module.ko || echo "GUEST-ERROR insmod $module"
+done
 for disk in {disks}; do
   tries=0
   while [ ! -b /dev/$disk ] && [ $tries -lt 300 ]; do sleep 0.1; tries=$((tries + 1)); done
@@ -286,8 +288,8 @@ def wait_for_socket(path: str, timeout: float,
 def results(console: str) -> dict[str, str]:
     """The guest's `RESULT name value...` lines, by name."""
     found: dict[str, str] = {}
-    for line in console.splitlines():
-        line = line.strip()
+    for raw in console.splitlines():
+        line = raw.strip()
         if line.startswith("RESULT "):
             _, _, rest = line.partition(" ")
             name, _, value = rest.partition(" ")

@@ -37,19 +37,6 @@ from collections.abc import Callable
 from typing import Final
 
 from vm_memory import GuestAddress, GuestMemoryError, MmapRegion
-
-from vm_memory_virtio import (
-    VIRTIO_RING_F_EVENT_IDX,
-    VIRTIO_RING_F_INDIRECT_DESC,
-    MAX_QUEUE_SIZE,
-    QueueLayout,
-    SplitQueue,
-    VirtqueueError,
-    avail_ring_bytes,
-    feature,
-    used_ring_bytes,
-)
-
 from vm_memory_vhost.device import VirtioDevice
 from vm_memory_vhost.errors import MalformedMessage, VhostUserError
 from vm_memory_vhost.inflight import InflightArea, InflightQueue, queue_area_size
@@ -71,6 +58,17 @@ from vm_memory_vhost.protocol import (
     Message,
     ProtocolFeature,
     Request,
+)
+from vm_memory_virtio import (
+    MAX_QUEUE_SIZE,
+    VIRTIO_RING_F_EVENT_IDX,
+    VIRTIO_RING_F_INDIRECT_DESC,
+    QueueLayout,
+    SplitQueue,
+    VirtqueueError,
+    avail_ring_bytes,
+    feature,
+    used_ring_bytes,
 )
 
 log = logging.getLogger("vm_memory_vhost")
@@ -154,7 +152,7 @@ class QueueWorker(threading.Thread):
                 if self.stopping:
                     break
                 for fd, _ in poller.poll(None if kick is not None else 1):
-                    if fd == kick:
+                    if kick is not None and fd == kick:
                         with contextlib.suppress(BlockingIOError):
                             os.read(kick, 8)
         except VirtqueueError as error:
@@ -426,7 +424,7 @@ class VhostUserBackend:
             raise MalformedMessage(message.name, f"{count} regions, at most {MAX_MEM_SLOTS}")
         message.expect_size(MEMORY_HEADER.size + count * MEMORY_REGION.size)
         message.expect_fds(count)
-        rows = []
+        rows: list[tuple[int, int, int, int, int]] = []
         for index in range(count):
             guest, size, user, offset = MEMORY_REGION.unpack_from(
                 message.payload, MEMORY_HEADER.size + index * MEMORY_REGION.size)

@@ -23,7 +23,7 @@ import struct
 from typing import TYPE_CHECKING, ClassVar, Final
 
 from vm_memory import AlignedGuestAddress, GuestMemory, Le32, Le64
-
+from vm_memory_vhost.errors import VhostUserError
 from vm_memory_virtio import (
     VIRTIO_F_VERSION_1,
     VIRTIO_RING_F_EVENT_IDX,
@@ -39,8 +39,6 @@ from vm_memory_virtio import (
     take,
     write_bytes,
 )
-
-from vm_memory_vhost.errors import VhostUserError
 
 SECTOR: Final = 512
 VIRTIO_BLK_T_IN: Final = 0

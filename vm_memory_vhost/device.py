@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Protocol
 
 from vm_memory import GuestMemory
-
 from vm_memory_virtio import DescriptorChain
 
 

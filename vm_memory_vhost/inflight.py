@@ -27,7 +27,6 @@ import ctypes
 from typing import TYPE_CHECKING, ClassVar, Final
 
 from vm_memory import AlignedGuestAddress, GuestAddress, GuestMemoryMmap, GuestRegionMmap
-
 from vm_memory_vhost.errors import VhostUserError
 from vm_memory_vhost.memory import map_peer_fd
 

@@ -15,6 +15,7 @@ covers.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 from vm_memory import (
@@ -25,7 +26,6 @@ from vm_memory import (
     GuestRegionMmap,
     MmapRegion,
 )
-
 from vm_memory_vhost.errors import UnmappedAddress, VhostUserError
 
 MAX_MEM_SLOTS = 32
@@ -86,7 +86,7 @@ class MemoryTable:
 
     def _check_user_overlap(self, request: str, rows: list[RegionRow]) -> None:
         ordered = sorted(rows, key=lambda row: row.user_address)
-        for before, after in zip(ordered, ordered[1:], strict=False):
+        for before, after in itertools.pairwise(ordered):
             if before.user_address + before.size > after.user_address:
                 raise VhostUserError(request, f"regions at user addresses "
                                               f"{before.user_address:#x} and "
@@ -142,6 +142,6 @@ class MemoryTable:
         """The guest address of a front-end virtual address range (all in one row)."""
         for row in self.rows:
             offset = user_address - row.user_address
-            if 0 <= offset and offset + length <= row.size:
+            if offset >= 0 and offset + length <= row.size:
                 return row.guest_address + offset
         raise UnmappedAddress(request, user_address, length, "front-end virtual")

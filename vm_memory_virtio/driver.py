@@ -12,7 +12,6 @@ from __future__ import annotations
 import ctypes
 
 from vm_memory import AlignedGuestAddress, GuestAddress, GuestMemory, Ordering
-
 from vm_memory_virtio.chain import Segment
 from vm_memory_virtio.layout import (
     DESC_SIZE,

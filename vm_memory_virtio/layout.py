@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Final
 
 from vm_memory import AlignedGuestAddress, GuestAddress, Le16, Le32, Le64
-
 from vm_memory_virtio.errors import InvalidQueueLayout
 
 # Descriptor flags.

@@ -32,7 +32,6 @@ from bisect import bisect_right
 from typing import Any, Protocol
 
 from vm_memory import AlignedGuestAddress, GuestAddress, GuestMemory, GuestMemoryError, Ordering
-
 from vm_memory_virtio.chain import DescriptorChain, Segment
 from vm_memory_virtio.errors import InvalidAvailIndex, InvalidChain, InvalidQueueLayout
 from vm_memory_virtio.layout import (
@@ -111,7 +110,7 @@ class SplitQueue:
         self._used_event = layout.used_event
         self._avail_event = layout.avail_event
         self._indirect_types: dict[int, type[ctypes.Array[VirtqDesc]]] = {}
-        self.memory = memory
+        self.memory: GuestMemory = memory
         self._bounds = _Bounds(memory)
         for name, address, length in layout.parts():
             if not self._bounds.contains(address.raw_value(), length):
