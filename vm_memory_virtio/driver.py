@@ -83,6 +83,10 @@ class DriverQueue:
         self.set_avail_idx((self.next_avail + 1) & 0xFFFF)
         return head
 
+    def free_count(self) -> int:
+        """Descriptors not in any chain in flight."""
+        return len(self._free)
+
     def used(self) -> list[tuple[int, int]]:
         """Every (head, written length) the device returned since the last call."""
         published = to_le16(self.memory.read_atomic(self.layout.used_idx, Ordering.ACQUIRE))
