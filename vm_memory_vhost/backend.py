@@ -577,10 +577,9 @@ class VhostUserBackend:
                 tracker = self.inflight.queue(vring.index, vring.size)
                 used_idx = queue.used_idx()
                 resubmit = tracker.recover(used_idx)
-                queue.next_avail = (used_idx + len(resubmit)) & 0xFFFF
-                queue.next_used = used_idx
+                queue.set_indices(used_idx + len(resubmit), used_idx)
             else:
-                queue.next_used = queue.used_idx()
+                queue.set_indices(vring.base, queue.used_idx())
         except (VhostUserError, VirtqueueError) as error:
             log.error("queue %d cannot start: %s", vring.index, error)
             vring.signal("err")

@@ -116,10 +116,18 @@ class SplitQueue:
             if not self._bounds.contains(address.raw_value(), length):
                 raise InvalidQueueLayout(index, f"{name} [{address.raw_value():#x}, "
                                                 f"+{length:#x}) is not in guest memory")
-        self.next_avail = next_avail & 0xFFFF
-        self.next_used = (next_avail if next_used is None else next_used) & 0xFFFF
-        self._cached_avail = self.next_avail
+        self.next_avail = 0
+        self._cached_avail = 0
+        self.next_used = 0
+        self.set_indices(next_avail, next_avail if next_used is None else next_used)
         self._signalled_used: int | None = None
+
+    def set_indices(self, next_avail: int, next_used: int) -> None:
+        """Where to continue: the next available entry to take, the next used entry to
+        fill (after a restart). Only this may move them from outside."""
+        self.next_avail = next_avail & 0xFFFF
+        self._cached_avail = self.next_avail
+        self.next_used = next_used & 0xFFFF
 
     def set_memory(self, memory: GuestMemory) -> None:
         """Use a new memory snapshot from now on (after a hot-plug)."""
