@@ -289,9 +289,9 @@ def results(console: str) -> dict[str, str]:
     """The guest's `RESULT name value...` lines, by name."""
     found: dict[str, str] = {}
     for raw in console.splitlines():
-        line = raw.strip()
-        if line.startswith("RESULT "):
-            _, _, rest = line.partition(" ")
+        at = raw.find("RESULT ")  # a console escape sequence may come first
+        if at >= 0:
+            _, _, rest = raw[at:].strip().partition(" ")
             name, _, value = rest.partition(" ")
             found[name] = value.strip()
     return found

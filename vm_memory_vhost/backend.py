@@ -82,6 +82,9 @@ _REPLYING: Final = frozenset({
     Request.GET_QUEUE_NUM, Request.GET_CONFIG, Request.GET_INFLIGHT_FD,
     Request.GET_MAX_MEM_SLOTS})
 _ONE: Final = (1).to_bytes(8, "little")
+MAX_INDIRECT: Final = 1024
+"""Descriptors one indirect table may hold (QEMU's VIRTQUEUE_MAX_SIZE; a virtio-blk
+driver puts seg_max + 2 there)."""
 
 
 class Vring:
@@ -348,6 +351,9 @@ class VhostUserBackend:
         """Forget the front-end: stop every queue, close its fds, unmap its memory."""
         for vring in self.vrings:
             self._stop_vring(vring)
+        log.info("requests per queue: %s",
+                 ", ".join(str(vring.requests) for vring in self.vrings))
+        for vring in self.vrings:
             vring.close_fds()
             self._retired_requests += vring.requests
         self.vrings = [Vring(index) for index in range(len(self.vrings))]
@@ -570,7 +576,7 @@ class VhostUserBackend:
                                event_idx=bool(self.features & feature(VIRTIO_RING_F_EVENT_IDX)),
                                indirect=bool(self.features &
                                              feature(VIRTIO_RING_F_INDIRECT_DESC)),
-                               next_avail=vring.base)
+                               max_indirect=MAX_INDIRECT, next_avail=vring.base)
             tracker: InflightQueue | None = None
             resubmit: list[int] = []
             if self.inflight is not None:

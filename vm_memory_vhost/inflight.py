@@ -91,6 +91,14 @@ class InflightArea:
         return InflightQueue(self.memory, index * queue_area_size(queue_size), queue_size)
 
 
+    def pending(self, index: int) -> list[int]:
+        """The heads queue `index`'s log marks in flight (read only: for inspection)."""
+        base = index * queue_area_size(self.queue_size) + ctypes.sizeof(InflightHeader)
+        first = AlignedGuestAddress.new(DescState, base)
+        return [head for head in range(self.queue_size)
+                if self.memory.read_obj(first.offset(head)).inflight]
+
+
 class InflightQueue:
     """One queue's inflight log; a `UsedTracker` for `SplitQueue.add_used`."""
 

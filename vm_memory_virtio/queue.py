@@ -88,18 +88,23 @@ class _Bounds:
 class SplitQueue:
     """One split virtqueue, device side; used from one thread at a time.
 
+    The spec bounds a chain by the queue size; Linux nevertheless puts up to `seg_max`
+    + 2 descriptors in one indirect table, so a device that advertises a larger
+    `seg_max` accepts indirect tables up to `max_indirect` (QEMU's devices: 1024).
+
     `memory` is the snapshot the queue reads and writes; swap it with `set_memory`
     between requests (hot-plug): ring addresses are guest addresses and stay valid.
     """
 
     def __init__(self, memory: GuestMemory, layout: QueueLayout, *, index: int = 0,
-                 event_idx: bool = False, indirect: bool = False,
+                 event_idx: bool = False, indirect: bool = False, max_indirect: int = 0,
                  next_avail: int = 0, next_used: int | None = None) -> None:
         self.index = index
         self.layout = layout
         self.size = layout.size
         self.event_idx = event_idx
         self.indirect = indirect
+        self.max_indirect = max(max_indirect, layout.size)
         self._descriptors = layout.descriptors()
         self._avail_entries = layout.avail_entries()
         self._used_entries = layout.used_entries()
@@ -227,10 +232,10 @@ class SplitQueue:
                                f"indirect table of {length} bytes is not a whole, non-zero "
                                "number of descriptors")
         count = length // DESC_SIZE
-        if count > self.size:
+        if count > self.max_indirect:
             raise InvalidChain(self.index, head, index,
                                f"indirect table of {count} descriptors is longer than the "
-                               f"queue ({self.size})")
+                               f"{self.max_indirect} allowed")
         array_type = self._indirect_types.get(count)
         if array_type is None:
             array_type = self._indirect_types[count] = VirtqDesc * count

@@ -158,8 +158,8 @@ HOSTILE = {
                            "INDIRECT together with NEXT"),
     "indirect of zero bytes": ({0: VirtqDesc(0x30000, 0, INDIRECT, 0)}, 0, "non-zero"),
     "indirect not whole": ({0: VirtqDesc(0x30000, 24, INDIRECT, 0)}, 0, "whole"),
-    "indirect longer than queue": ({0: VirtqDesc(0x30000, 16 * (SIZE + 1), INDIRECT, 0)}, 0,
-                                   "longer than the queue"),
+    "indirect longer than allowed": ({0: VirtqDesc(0x30000, 16 * (SIZE + 1), INDIRECT, 0)},
+                                     0, "longer than the 16 allowed"),
     "indirect table outside memory": ({0: VirtqDesc(MEMORY_SIZE - 16, 32, INDIRECT, 0)}, 0,
                                       "indirect table unreadable"),
 }
