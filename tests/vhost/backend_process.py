@@ -52,13 +52,14 @@ class BackendProcess:
 
 def start_backend(directory: Path, *, image_bytes: bytes | None = None,
                   sectors: int = 2048, queues: int = 2, read_only: bool = False,
-                  name: str = "backend", image: Path | None = None) -> BackendProcess:
+                  name: str = "backend", image: Path | None = None,
+                  socket_path: str | None = None) -> BackendProcess:
     """Start `vm-memory vhost-user-blk` on a new (or given) image; waits for its socket."""
     if image is None:
         image = directory / f"{name}.img"
         image.write_bytes(image_bytes if image_bytes is not None else
                           bytes((index * 13) & 0xFF for index in range(sectors * 512)))
-    socket_path = str(directory / f"{name}.sock")
+    socket_path = socket_path or str(directory / f"{name}.sock")
     log = directory / f"{name}.log"
     command = [sys.executable, "-m", "vm_memory_tools", "vhost-user-blk",
                "--socket", socket_path, "--image", str(image), "--queues", str(queues),

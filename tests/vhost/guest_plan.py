@@ -129,15 +129,15 @@ def correctness_plan(initial: bytes, read_only_image: bytes) -> Plan:
 
 
 def reconnect_plan(initial: bytes) -> Plan:
-    """Four writers on two vCPUs rewriting 8 MiB in 16 KiB O_DIRECT requests, three
-    passes, with start and end markers for the test that kills the back-end meanwhile."""
+    """Four writers on two vCPUs rewriting 4 MiB in 16 KiB O_DIRECT requests,
+    twenty passes, with start and end markers for the test that kills the back-end meanwhile."""
     plan = Plan(bytearray(initial))
     add = plan.lines.append
     dd = "dd 2>/dev/null"
     add("export D=/dev/vda")
     add("echo RECONNECT-START")
     for writer in range(4):
-        add(f"(for pass in 1 2 3; do taskset {1 << (writer % 2)} {dd} if=/data/big of=$D "
+        add(f"(for pass in $(seq 20); do taskset {1 << (writer % 2)} {dd} if=/data/big of=$D "
             f"bs=16k skip={writer * 64} count=64 seek={writer * 64} oflag=direct "
             f"conv=notrunc || echo GUEST-ERROR writer{writer}; done) &")
         plan.write(writer * 64 * 16384, "big", writer * 64 * 16384, 64 * 16384)

@@ -172,7 +172,7 @@ def test_backend_killed_mid_io_resumes_without_losing_a_byte(tmp_path: Path) -> 
         for _ in range(200):  # sample until a stop catches chains in flight
             if "RECONNECT-WRITES-DONE" in console.read_text(errors="replace"):
                 break
-            time.sleep(0.05)
+            time.sleep(0.02)
             backend.process.send_signal(signal.SIGSTOP)
             if _inflight_heads(backend) > 0:
                 backend.process.kill()
@@ -181,7 +181,8 @@ def test_backend_killed_mid_io_resumes_without_losing_a_byte(tmp_path: Path) -> 
                 break
             backend.process.send_signal(signal.SIGCONT)
         assert killed_mid_io, "no sample caught the back-end with chains in flight"
-        backend = start_backend(tmp_path, image=image, queues=2, name="restarted")
+        backend = start_backend(tmp_path, image=image, queues=2, name="restarted",
+                                socket_path=backend.socket)
         restarted.append(backend)
         output = wait_guest(guest, console, GUEST_TIMEOUT)
     finally:
