@@ -13,9 +13,6 @@ import socket
 from dataclasses import dataclass
 
 from vm_memory import GuestAddress, GuestMemoryMmap, GuestRegionMmap
-
-from vm_memory_virtio import DriverQueue, QueueLayout
-
 from vm_memory_vhost.errors import MalformedMessage
 from vm_memory_vhost.protocol import (
     CONFIG_HEADER,
@@ -31,6 +28,7 @@ from vm_memory_vhost.protocol import (
     Connection,
     Request,
 )
+from vm_memory_virtio import DriverQueue, QueueLayout
 
 
 @dataclass

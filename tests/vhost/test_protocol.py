@@ -364,20 +364,20 @@ def test_fuzzed_messages_never_break_the_backend(backend: BackendProcess, reques
     _fuzz_one(backend, request_code, flags, payload, fd_count, lie_about_size)
 
 
+@pytest.fixture(scope="module")
+def long_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackendProcess]:
+    process = start_backend(tmp_path_factory.mktemp("fuzz"))
+    yield process
+    assert process.stop() == 0, process.log_text()
+
+
 @pytest.mark.long
+@settings(settings.get_profile("long"))
 @given(_requests, st.integers(0, 15), st.binary(max_size=300), st.integers(0, 4),
        st.booleans())
-def test_fuzzed_messages_long(tmp_path_factory: pytest.TempPathFactory, request_code: int,
-                              flags: int, payload: bytes, fd_count: int,
-                              lie_about_size: bool) -> None:
-    global _LONG_BACKEND  # noqa: PLW0603 - one back-end for the whole long run
-    if _LONG_BACKEND is None:
-        _LONG_BACKEND = start_backend(tmp_path_factory.mktemp("fuzz"))
-    _fuzz_one(_LONG_BACKEND, request_code, flags, payload, fd_count, lie_about_size)
-
-
-test_fuzzed_messages_long = settings(settings.get_profile("long"))(test_fuzzed_messages_long)
-_LONG_BACKEND: BackendProcess | None = None
+def test_fuzzed_messages_long(long_backend: BackendProcess, request_code: int, flags: int,
+                              payload: bytes, fd_count: int, lie_about_size: bool) -> None:
+    _fuzz_one(long_backend, request_code, flags, payload, fd_count, lie_about_size)
 
 
 _IDLE_FDS: dict[int, int] = {}

@@ -140,7 +140,7 @@ def publish_raw(driver: DriverQueue, descriptors: dict[int, VirtqDesc], head: in
 
 
 NEXT, WRITE, INDIRECT = VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, VIRTQ_DESC_F_INDIRECT
-HOSTILE = {
+HOSTILE: dict[str, tuple[dict[int, VirtqDesc], int, str]] = {
     "loop": ({0: VirtqDesc(0x10000, 16, NEXT, 1), 1: VirtqDesc(0x10000, 16, NEXT, 0)}, 0,
              "longer than its table"),
     "self loop": ({0: VirtqDesc(0x10000, 16, NEXT, 0)}, 0, "longer than its table"),
