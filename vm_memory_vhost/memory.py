@@ -35,11 +35,11 @@ MAX_MEM_SLOTS = 32
 def map_peer_fd(fd: int, size: int, offset: int) -> MmapRegion:
     """Map `size` bytes of a front-end's fd at `offset`, shared (the fd is duplicated).
 
-    The one place peer memory is mapped: the library's `MmapRegion.from_peer_fd`
-    (which also insists the fd is sealed against shrinking) replaces `from_file` here
-    when it lands.
+    The one place peer memory is mapped. `MmapRegion.from_peer_fd` refuses an fd not
+    sealed against shrinking (`UnsealedMemory`): a front-end that could truncate the file
+    under us would turn our accesses into SIGBUS. QEMU's `memory-backend-memfd` seals.
     """
-    return MmapRegion.from_file(fd, size, offset=offset, shared=True)
+    return MmapRegion.from_peer_fd(fd, size, offset=offset)
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ messages (table-driven and fuzzed), hostile rings, signals."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import struct
@@ -253,9 +254,11 @@ def test_hostile_ring_stops_only_its_queue(backend: BackendProcess) -> None:
 
 # ---- malformed messages ---------------------------------------------------------------------
 
-def _memfd(size: int = MIB) -> int:
-    fd = os.memfd_create("test", os.MFD_CLOEXEC)
+def _memfd(size: int = MIB, *, sealed: bool = True) -> int:
+    fd = os.memfd_create("test", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     os.ftruncate(fd, size)
+    if sealed:
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW)
     return fd
 
 
@@ -282,6 +285,9 @@ MALFORMED: dict[str, tuple[bytes, int, str]] = {
     "region past the file": (
         _header(Request.ADD_MEM_REG, 40) + SINGLE_REGION.pack(0, 0, 4 * MIB, 0x7000_0000, 0),
         1, "cannot map region"),
+    "region unsealed": (
+        _header(Request.ADD_MEM_REG, 40) + SINGLE_REGION.pack(0, 0, MIB, 0x7000_0000, 0),
+        1, "not sealed against shrinking"),
     "region too many fds": (
         _header(Request.ADD_MEM_REG, 40) + SINGLE_REGION.pack(0, 0, MIB, 0x7000_0000, 0),
         3, "3 fds attached"),
@@ -311,7 +317,7 @@ def test_malformed_message_is_refused_cleanly(backend: BackendProcess, case: str
     then serves the next front-end."""
     data, fd_count, reason = MALFORMED[case]
     baseline = backend.fd_count()
-    fds = [_memfd() for _ in range(fd_count)]
+    fds = [_memfd(sealed=case != "region unsealed") for _ in range(fd_count)]
     with Frontend(backend.socket) as frontend:
         if case == "ring addresses unmapped":  # well-formed messages, nonsense addresses
             frontend.negotiate()
