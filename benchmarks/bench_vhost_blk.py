@@ -29,6 +29,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from vm_memory_tools.linux_guest import (
     Disk,
@@ -36,7 +37,6 @@ from vm_memory_tools.linux_guest import (
     build_initramfs,
     guest_parts,
     init_script,
-    nice,
     start_guest,
     storage_daemon,
     wait_for_socket,
@@ -72,7 +72,7 @@ def workloads(queues: int, quick: bool) -> list[Workload]:
 def guest_body(loads: list[Workload]) -> str:
     lines = ["cat /dev/vda > /dev/null  # warm the host's page cache for both back-ends"]
     for number, load in enumerate(loads):
-        lines.append(f"S0=$(cat /sys/block/vda/stat); T0=$(cut -d' ' -f1 /proc/uptime)")
+        lines.append("S0=$(cat /sys/block/vda/stat); T0=$(cut -d' ' -f1 /proc/uptime)")
         lines.append(f"echo BENCH-START {number}")
         lines += [f"{command} &" for command in load.commands]
         lines.append("wait")
@@ -130,7 +130,7 @@ def run(backend: str, queues: int, quick: bool, work: Path,
         server.terminate()
         server.wait(60)
     text = console.read_text(errors="replace")
-    measured = []
+    measured: list[Measured] = []
     for number in range(len(loads)):
         line = next(line[line.find("RESULT"):] for line in text.splitlines()
                     if f"RESULT w{number} " in line)
@@ -154,12 +154,12 @@ def categorize(profile_prefix: str) -> dict[str, float]:
         if name.startswith(prefix + "."):
             path = os.path.join(directory, name)
             stats = pstats.Stats(path) if stats is None else stats.add(path) or stats
-    shares = dict.fromkeys(CATEGORIES, 0.0)
+    shares: dict[str, float] = dict.fromkeys(CATEGORIES, 0.0)
     if stats is None:
         return shares
-    table = stats.stats  # type: ignore[attr-defined]
+    table: dict[tuple[str, int, str], tuple[Any, ...]] = getattr(stats, "stats")  # noqa: B009
     for (filename, _, function), row in table.items():
-        own = row[2]
+        own = float(row[2])
         if "/vm_memory/" in filename or "_ctypes" in function or "CFuncPtr" in function:
             shares[CATEGORIES[0]] += own
         elif "vm_memory_virtio" in filename or "vm_memory_vhost" in filename:

@@ -34,6 +34,7 @@ import selectors
 import socket
 import stat
 import threading
+import time
 from collections.abc import Callable
 from typing import Final
 
@@ -84,7 +85,7 @@ _REPLYING: Final = frozenset({
     Request.GET_MAX_MEM_SLOTS})
 _ONE: Final = (1).to_bytes(8, "little")
 PROFILE_VARIABLE: Final = "VM_MEMORY_VHOST_PROFILE"
-"""If set, each queue thread runs under cProfile and writes its stats to
+"""If set, each queue thread runs under cProfile (thread CPU time) and writes its stats to
 `$VM_MEMORY_VHOST_PROFILE.<pid>.<queue>.<thread>` when it stops (for the benchmark's
 breakdown of where the CPU time goes)."""
 MAX_INDIRECT: Final = 1024
@@ -152,7 +153,7 @@ class QueueWorker(threading.Thread):
         if not profile_path:
             self._run()
             return
-        profiler = cProfile.Profile()
+        profiler = cProfile.Profile(time.thread_time)  # CPU time, not time waiting
         profiler.runcall(self._run)
         profiler.dump_stats(f"{profile_path}.{os.getpid()}.{self.vring.index}."
                             f"{threading.get_ident()}")

@@ -86,8 +86,7 @@ class Frontend:
 
     def reply(self, request: int, timeout: float = 30.0) -> tuple[bytes, list[int]]:
         """The back-end's reply to `request`: its payload and fds."""
-        ready, _, _ = select.select([self.sock], [], [], timeout)
-        if not ready:
+        if not _readable(self.sock.fileno(), timeout):
             raise TimeoutError(f"no reply to {Request(request).name} in {timeout} s")
         data, fds, _, _ = socket.recv_fds(self.sock, HEADER.size, 8)
         if len(data) < HEADER.size:
@@ -122,8 +121,7 @@ class Frontend:
 
     def closed_by_peer(self, timeout: float = 30.0) -> bool:
         """Whether the back-end closed the connection (within `timeout` s)."""
-        ready, _, _ = select.select([self.sock], [], [], timeout)
-        if not ready:
+        if not _readable(self.sock.fileno(), timeout):
             return False
         try:
             data, fds, _, _ = socket.recv_fds(self.sock, 4096, 8)
@@ -238,9 +236,15 @@ class Frontend:
                           INFLIGHT.pack(size, 0, num_queues, queue_size), (fd,))
 
 
+def _readable(fd: int, timeout: float) -> bool:
+    """Whether `fd` becomes readable within `timeout` s (poll: any fd number works)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(timeout * 1000))
+
+
 def _wait_eventfd(fd: int, timeout: float) -> bool:
-    ready, _, _ = select.select([fd], [], [], timeout)
-    if not ready:
+    if not _readable(fd, timeout):
         return False
     try:
         os.eventfd_read(fd)
