@@ -92,11 +92,22 @@ class InflightArea:
 
 
     def pending(self, index: int) -> list[int]:
-        """The heads queue `index`'s log marks in flight (read only: for inspection)."""
-        base = index * queue_area_size(self.queue_size) + ctypes.sizeof(InflightHeader)
-        first = AlignedGuestAddress.new(DescState, base)
+        """The heads queue `index`'s log marks in flight (read only: for inspection).
+
+        The head at `last_batch_head` may be one whose used entry was already published
+        (a back-end stopped between steps 3 and 4): recovery settles that one; every
+        other head listed here is certainly unfinished.
+        """
+        base = index * queue_area_size(self.queue_size)
+        first = AlignedGuestAddress.new(DescState, base + ctypes.sizeof(InflightHeader))
         return [head for head in range(self.queue_size)
                 if self.memory.read_obj(first.offset(head)).inflight]
+
+    def last_batch_head(self, index: int) -> int:
+        """The head whose used entry queue `index` wrote last."""
+        header = self.memory.read_obj(AlignedGuestAddress.new(
+            InflightHeader, index * queue_area_size(self.queue_size)))
+        return header.last_batch_head
 
 
 class InflightQueue:
