@@ -240,30 +240,40 @@ def test_command_line_in_a_subprocess(ram_file: Path) -> None:
 
 
 QEMU: Final = shutil.which("qemu-system-x86_64")
-QEMU_RUN_SECONDS: Final = 3.0
+QEMU_WAIT_SECONDS: Final = 300.0
 
 
-@pytest.mark.skipif(QEMU is None, reason="qemu-system-x86_64 is not installed")
 def test_real_qemu_ram_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """QEMU boots its firmware into a memory-backend-file; the ACPI RSDP the firmware
-    leaves in the F segment (below 1 MiB) is found and read through the inspector."""
-    assert QEMU is not None
+    leaves in the F segment (below 1 MiB) is found and read through the inspector.
+    Without QEMU this skips off CI and fails on CI (which installs it)."""
+    if QEMU is None:
+        reason = "qemu-system-x86_64 is not installed (Debian: apt-get install qemu-system-x86)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI must run this test: {reason}")
+        pytest.skip(reason)
     ram = tmp_path / "guest-ram"
     size = 64 << 20
     process = subprocess.Popen(
-        [QEMU, "-machine", "pc,accel=tcg,memory-backend=ram", "-m", "64M",
+        ["nice", "-n", "10", QEMU, "-machine", "pc,accel=tcg,memory-backend=ram", "-m", "64M",
          "-object", f"memory-backend-file,id=ram,size={size},mem-path={ram},share=on",
          "-display", "none", "-serial", "none", "-monitor", "none", "-nodefaults",
          "-no-reboot"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        time.sleep(QEMU_RUN_SECONDS)  # firmware runs; no disk, so it then waits for boot
-        assert process.poll() is None, process.communicate()[1].decode()
-        assert ram.stat().st_size == size
-        code, out, _ = run(capsys, str(ram), "search", "--text", "RSD PTR ")
-        assert code == 0, out
-        addresses = [int(line.split()[0], 16) for line in out.splitlines()
-                     if line.startswith("0x")]
-        rsdp = [address for address in addresses if 0xE0000 <= address < 0x100000]
+        # The firmware runs for a moment, then waits for a boot device it will not find;
+        # poll (bounded) until its tables are in RAM rather than guess a delay.
+        deadline = time.monotonic() + QEMU_WAIT_SECONDS
+        rsdp: list[int] = []
+        out = ""
+        while not rsdp and time.monotonic() < deadline:
+            time.sleep(0.5)
+            assert process.poll() is None, process.communicate()[1].decode()
+            if not ram.exists() or ram.stat().st_size != size:
+                continue
+            code, out, _ = run(capsys, str(ram), "search", "--text", "RSD PTR ")
+            addresses = [int(line.split()[0], 16) for line in out.splitlines()
+                         if line.startswith("0x")]
+            rsdp = [address for address in addresses if 0xE0000 <= address < 0x100000]
         assert rsdp, out
         code, out, _ = run(capsys, str(ram), "hexdump", hex(rsdp[0]), "8")
         assert code == 0 and "|RSD PTR |" in out
