@@ -22,7 +22,7 @@ import os
 import struct
 from typing import TYPE_CHECKING, ClassVar, Final
 
-from vm_memory import AlignedGuestAddress, GuestMemory, Le32, Le64
+from vm_memory import AlignedGuestAddress, GuestAddress, GuestMemory, Le32, Le64
 from vm_memory_vhost.errors import VhostUserError
 from vm_memory_virtio import (
     VIRTIO_F_VERSION_1,
@@ -128,7 +128,7 @@ class BlkDevice:
                                "no device-writable byte for the request status")
         data_out = take(chain.writable, chain.writable_bytes - 1)
         status, written = self._serve(memory, chain, data_out)
-        memory.write_obj(AlignedGuestAddress.new(ctypes.c_uint8, status_at), status)
+        memory.write_obj(AlignedGuestAddress.new(ctypes.c_uint8, GuestAddress(status_at)), status)
         return written + 1
 
     def _serve(self, memory: GuestMemory, chain: DescriptorChain,

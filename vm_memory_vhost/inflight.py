@@ -99,14 +99,15 @@ class InflightArea:
         other head listed here is certainly unfinished.
         """
         base = index * queue_area_size(self.queue_size)
-        first = AlignedGuestAddress.new(DescState, base + ctypes.sizeof(InflightHeader))
+        first = AlignedGuestAddress.new(DescState,
+                                        GuestAddress(base + ctypes.sizeof(InflightHeader)))
         return [head for head in range(self.queue_size)
                 if self.memory.read_obj(first.offset(head)).inflight]
 
     def last_batch_head(self, index: int) -> int:
         """The head whose used entry queue `index` wrote last."""
         header = self.memory.read_obj(AlignedGuestAddress.new(
-            InflightHeader, index * queue_area_size(self.queue_size)))
+            InflightHeader, GuestAddress(index * queue_area_size(self.queue_size))))
         return header.last_batch_head
 
 
@@ -116,13 +117,13 @@ class InflightQueue:
     def __init__(self, memory: GuestMemoryMmap, base: int, queue_size: int) -> None:
         self.memory = memory
         self.queue_size = queue_size
-        self._header = AlignedGuestAddress.new(InflightHeader, base)
+        self._header = AlignedGuestAddress.new(InflightHeader, GuestAddress(base))
         header_size = ctypes.sizeof(InflightHeader)
-        self._last_batch_head = AlignedGuestAddress.new(ctypes.c_uint16, base + 12)
-        self._used_idx = AlignedGuestAddress.new(ctypes.c_uint16, base + 14)
-        first = AlignedGuestAddress.new(DescState, base + header_size)
+        self._last_batch_head = AlignedGuestAddress.new(ctypes.c_uint16, GuestAddress(base + 12))
+        self._used_idx = AlignedGuestAddress.new(ctypes.c_uint16, GuestAddress(base + 14))
+        first = AlignedGuestAddress.new(DescState, GuestAddress(base + header_size))
         self._states = [first.offset(index) for index in range(queue_size)]
-        self._flags = [AlignedGuestAddress.new(ctypes.c_uint8, state.raw_value())
+        self._flags = [AlignedGuestAddress.new(ctypes.c_uint8, GuestAddress(state.raw_value()))
                        for state in self._states]
         self.counter = 0
         header = memory.read_obj(self._header)

@@ -81,7 +81,7 @@ def read_struct(memory: GuestMemory, segments: list[Segment], ctype: type[_S]) -
     size = ctypes.sizeof(ctype)
     address, length = segments[0]
     if length >= size:
-        aligned = AlignedGuestAddress.try_new(ctype, address)
+        aligned = AlignedGuestAddress.try_new(ctype, GuestAddress(address))
         if aligned is not None:
             return memory.read_obj(aligned)
         return memory.read_obj_unaligned(GuestAddress(address), ctype)

@@ -134,4 +134,4 @@ class DriverQueue:
 
     def read_status(self, address: int) -> int:
         """One byte the device wrote (a request's status)."""
-        return self.memory.read_obj(AlignedGuestAddress.new(ctypes.c_uint8, address))
+        return self.memory.read_obj(AlignedGuestAddress.new(ctypes.c_uint8, GuestAddress(address)))

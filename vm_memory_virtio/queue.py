@@ -240,7 +240,7 @@ class SplitQueue:
         if array_type is None:
             array_type = self._indirect_types[count] = VirtqDesc * count
         try:
-            aligned = AlignedGuestAddress.try_new(array_type, address)
+            aligned = AlignedGuestAddress.try_new(array_type, GuestAddress(address))
             if aligned is not None:
                 return self.memory.read_obj(aligned)
             return self.memory.read_obj_unaligned(GuestAddress(address), array_type)

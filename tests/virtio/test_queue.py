@@ -311,7 +311,7 @@ PAYLOAD = 0x20000
 def _driver_process(memory: GuestMemoryMmap, results: multiprocessing.Queue[str]) -> None:
     layout = QueueLayout.contiguous(SIZE, GuestAddress(0x1000))
     driver = DriverQueue(memory, layout)
-    flag = AlignedGuestAddress.new(ctypes.c_uint32, 0x3F000)
+    flag = AlignedGuestAddress.new(ctypes.c_uint32, GuestAddress(0x3F000))
     memory.write_atomic(flag, 1, Ordering.RELEASE)  # rings zeroed: the device may start
     done = 0
     published = 0
@@ -337,7 +337,7 @@ def test_device_and_driver_in_two_processes_agree_on_every_chain() -> None:
     results: multiprocessing.Queue[str] = context.Queue()
     child = context.Process(target=_driver_process, args=(memory, results))
     child.start()
-    flag = AlignedGuestAddress.new(ctypes.c_uint32, 0x3F000)
+    flag = AlignedGuestAddress.new(ctypes.c_uint32, GuestAddress(0x3F000))
     while memory.read_atomic(flag, Ordering.ACQUIRE) == 0:
         pass
     queue = SplitQueue(memory, QueueLayout.contiguous(SIZE, GuestAddress(0x1000)))
