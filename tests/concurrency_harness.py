@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from support import python_environment
+
 from vm_memory import (
     AlignedGuestAddress,
     GuestAddress,
@@ -37,9 +39,6 @@ from vm_memory import (
     MmapRegion,
     Ordering,
 )
-
-ROOT: Final = Path(__file__).resolve().parent.parent
-"""The repository root: workers import `vm_memory` from here."""
 
 PAGE: Final = 4096
 REGION_STARTS: Final = (0, PAGE)
@@ -136,14 +135,11 @@ class WorkerGroup:
         self.memory = memory
         self.count = count
         specs = region_specs(memory)
-        environment = dict(os.environ)
-        environment["PYTHONPATH"] = os.pathsep.join(
-            [str(ROOT), *filter(None, [environment.get("PYTHONPATH")])])
         self.processes = [
             subprocess.Popen(
                 [sys.executable, str(Path(__file__).resolve()), json.dumps(
                     {"regions": specs, "role": role, "worker": index, "params": params})],
-                pass_fds=[fd for fd, _, _ in specs], env=environment,
+                pass_fds=[fd for fd, _, _ in specs], env=python_environment(),
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for index in range(count)
         ]

@@ -22,9 +22,7 @@ import ctypes
 import gc
 import json
 import mmap
-import os
 import random
-import subprocess
 import sys
 import threading
 import time
@@ -33,6 +31,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import pytest
+from support import run_python
 
 from vm_memory import (
     AlignedGuestAddress,
@@ -50,7 +49,6 @@ from vm_memory import (
     VolatileSlice,
 )
 
-ROOT: Final = Path(__file__).resolve().parent.parent
 PAGE: Final = mmap.PAGESIZE
 SLOT_SIZE: Final = 2 * PAGE
 SLOTS: Final = tuple(0x10_0000 * (index + 1) for index in range(4))
@@ -230,12 +228,7 @@ class StressRun:
 
 
 def run_stress(seconds: float, *, late: bool) -> dict[str, Any]:
-    environment = dict(os.environ)
-    environment["PYTHONPATH"] = os.pathsep.join(
-        [str(ROOT), *filter(None, [environment.get("PYTHONPATH")])])
-    result = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), str(seconds), str(int(late))],
-        env=environment, capture_output=True, text=True, timeout=120, check=False)
+    result = run_python(str(Path(__file__).resolve()), str(seconds), str(int(late)))
     assert result.returncode == 0, f"the stress process died: {result.stderr[-3000:]}"
     report: dict[str, Any] = json.loads(result.stdout)
     return report

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Final
 
 import pytest
+from support import require
 
 from vm_memory import AlignedGuestAddress, GuestAddress, GuestMemoryMmap, Ordering
 from vm_memory_tools import guest_programs
@@ -32,9 +33,7 @@ GUEST_TIMEOUT_SECONDS: Final = 60.0
 
 @pytest.fixture(autouse=True)
 def require_kvm() -> None:
-    reason = kvm_unavailable_reason()
-    if reason is not None:
-        pytest.skip(reason)
+    require(kvm_unavailable_reason())
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import pytest
+from support import python_environment
 
 from vm_memory import (
     AlignedGuestAddress,
@@ -41,7 +42,6 @@ from vm_memory import (
     send_memory,
 )
 
-ROOT: Final = Path(__file__).resolve().parent.parent
 PAGE: Final = mmap.PAGESIZE
 MEMFD_STARTS: Final = (0x10_0000, 0x10_0000 + 2 * PAGE)
 """Two adjacent two-page memfd regions: a write crossing the boundary lands in both."""
@@ -163,12 +163,9 @@ def shared_memory() -> Generator[GuestMemoryMmap]:
 @contextmanager
 def peer_process() -> Generator[tuple[socket.socket, subprocess.Popen[str]]]:
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    environment = dict(os.environ)
-    environment["PYTHONPATH"] = os.pathsep.join(
-        [str(ROOT), *filter(None, [environment.get("PYTHONPATH")])])
     process = subprocess.Popen(
         [sys.executable, str(Path(__file__).resolve()), str(theirs.fileno())],
-        pass_fds=[theirs.fileno()], env=environment, stdout=subprocess.PIPE,
+        pass_fds=[theirs.fileno()], env=python_environment(), stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True)
     theirs.close()
     ours.settimeout(60)

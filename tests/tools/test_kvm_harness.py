@@ -11,7 +11,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import mmap
-import os
 import pickle
 import struct
 import subprocess
@@ -21,10 +20,10 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Final
 
 import pytest
+from support import python_environment, require, unavailable
 
 from vm_memory_tools import guest_programs
 from vm_memory_tools.kvm import (
@@ -65,14 +64,11 @@ CONTROL_ATTEMPTS: Final = 3
 HOST_BATCH: Final = 256  # libatomic calls between looks at the stop flag
 SEQ_CST: Final = 5
 SUBPROCESS_TIMEOUT_SECONDS: Final = 60.0
-REPO_ROOT: Final = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
 def require_kvm() -> None:
-    reason = kvm_unavailable_reason()
-    if reason is not None:
-        pytest.skip(reason)
+    require(kvm_unavailable_reason())
 
 
 @dataclass
@@ -314,8 +310,7 @@ def test_guest_running_off_into_nowhere_raises_kvm_error(case: str) -> None:
         [sys.executable, "-c", _CRASH_CHILD, case, *map(str, arguments)],
         capture_output=True,
         timeout=SUBPROCESS_TIMEOUT_SECONDS,
-        cwd=REPO_ROOT,
-        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        env=python_environment(),
         check=False,
     )
     assert child.returncode == 0, child.stderr.decode()
@@ -348,7 +343,7 @@ def _libatomic_fetch_add(width: int) -> Callable[[int, int, int], int]:
     """``__atomic_fetch_add_N(void *, T, int) -> T`` from libatomic, typed."""
     name = ctypes.util.find_library("atomic")
     if name is None:
-        pytest.skip("libatomic is not installed (Debian: libatomic1, Alpine: libatomic)")
+        unavailable("libatomic is not installed (Debian: libatomic1, Alpine: libatomic)")
     library = ctypes.CDLL(name)
     value_type = {4: ctypes.c_uint32, 8: ctypes.c_uint64}[width]
     function = library[f"__atomic_fetch_add_{width}"]

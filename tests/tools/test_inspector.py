@@ -12,19 +12,18 @@ import os
 import shutil
 import struct
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Final
 
 import pytest
+from support import run_python
 
 from vm_memory import GuestAddress, ReadOnlyRegion
 from vm_memory_tools.cli import main
 from vm_memory_tools.inspector import InspectError, open_ram_file, parse_layout, parse_number
 
 PAGE: Final = 0x1000
-REPO_ROOT: Final = Path(__file__).resolve().parents[1]
 # Guest 0x0000-0x0fff <- file 0x1000 (page B); guest 0x1000-0x1fff <- file 0x0000 (page A);
 # hole; guest 0x100000-0x100fff <- file 0x2000 (page C).
 SWAPPED_LAYOUT: Final = "0:4K@4K,0x1000:4K@0,0x100000:4K@8K"
@@ -228,14 +227,10 @@ def test_parsers() -> None:
 
 
 def test_command_line_in_a_subprocess(ram_file: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "vm_memory_tools", "inspect", str(ram_file), "read", "u64", "0x100"],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=False)
+    result = run_python("-m", "vm_memory_tools", "inspect", str(ram_file), "read", "u64", "0x100")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "0x100  u64  1234605616436508552  0x1122334455667788"
-    usage = subprocess.run([sys.executable, "-m", "vm_memory_tools", "inspect", str(ram_file)],
-                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
-                           check=False)
+    usage = run_python("-m", "vm_memory_tools", "inspect", str(ram_file))
     assert usage.returncode == 2 and "required" in usage.stderr
 
 

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import pytest
-from reference_model import ExpectedError, MemoryModel, ModelRegion
+from reference_model import MemoryModel, ModelRegion
+from support import random_access
 
 from vm_memory import (
     AlignedGuestAddress,
@@ -101,19 +102,6 @@ def mixed() -> Iterator[Mixed]:
                      RO_FILE_START: (read_only.fileno(), FILE_OFFSET)})
 
 
-def agree(library_call: Callable[[], object], model_call: Callable[[], object]) -> None:
-    """The library returns what the model returns, or raises the error (and facts) it names."""
-    try:
-        expected = model_call()
-    except ExpectedError as error:
-        with pytest.raises(error.error_type) as raised:
-            library_call()
-        for name, value in error.facts.items():
-            assert getattr(raised.value, name) == value, (name, raised.value)
-        return
-    assert library_call() == expected
-
-
 def real_bytes(mixed: Mixed) -> tuple[bytes, ...]:
     """Each region's bytes from where they really live: mmap, device array, file."""
     result: list[bytes] = []
@@ -136,32 +124,7 @@ EDGES: Final = (MMAP_START, DEVICE_START, FILE_START, FILE_START + PAGE, RO_DEVI
 def _one_operation(memory: GuestMemory, model: MemoryModel, rng: random.Random) -> None:
     address = rng.choice(EDGES) + rng.randrange(-40, 40)
     length = rng.choice([1, 3, 8, 100, PAGE, 2 * PAGE + 1])
-    data = rng.randbytes(length)
-    operation = rng.randrange(6)
-    if operation == 0:
-        def library_read() -> bytes:
-            buffer = bytearray(length)
-            return bytes(buffer[:memory.read(GuestAddress(address), buffer)])
-        agree(library_read, lambda: model.read(address, length))
-    elif operation == 1:
-        agree(lambda: memory.write(GuestAddress(address), data),
-              lambda: model.write(address, data))
-    elif operation == 2:
-        agree(lambda: memory.read_bytes(GuestAddress(address), length),
-              lambda: model.read_slice(address, length))
-    elif operation == 3:
-        agree(lambda: memory.write_slice(GuestAddress(address), data),
-              lambda: model.write_slice(address, data))
-    elif operation == 4:
-        value = rng.randrange(1 << 16)
-        agree(lambda: memory.write_obj_unaligned(GuestAddress(address), ctypes.c_uint16,
-                                                 value),
-              lambda: model.write_obj_unaligned(address, ctypes.c_uint16, value))
-    else:
-        aligned = address & ~7
-        word = rng.randrange(1 << 64)
-        agree(lambda: memory.write_obj(u64(aligned), word),
-              lambda: model.write_obj(aligned, ctypes.c_uint64, word))
+    random_access(memory, model, rng, address, length)
 
 
 def test_mixed_region_kinds_agree_with_the_model(mixed: Mixed) -> None:
