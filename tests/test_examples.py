@@ -16,11 +16,10 @@ import pytest
 from support import ROOT, run_python
 
 EXAMPLES: Final = ROOT / "examples"
-TIMEOUT_SECONDS: Final = 120
 
 
 def run_example(name: str) -> str:
-    result = run_python(str(EXAMPLES / name), timeout=TIMEOUT_SECONDS)
+    result = run_python(str(EXAMPLES / name))
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
 

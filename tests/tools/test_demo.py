@@ -45,7 +45,10 @@ from vm_memory_tools.split_ring import (
 )
 
 MESSAGES: Final = 300
-TIMEOUT_SECONDS: Final = 120
+EXCHANGE_TIMEOUT: Final = "300"
+"""The demo's own ``--timeout``: generous, as a loaded machine may run it 20 times slower."""
+TIMEOUT_SECONDS: Final = 600
+"""The child process's: a hang guard beyond the demo's own."""
 
 
 @pytest.fixture(params=[pytest.param([], id="kvm"),
@@ -70,7 +73,7 @@ def ok_line(messages: int) -> str:
 
 
 def test_demo_verifies_every_message(mode: list[str]) -> None:
-    result = run_cli("demo", "--messages", str(MESSAGES), *mode)
+    result = run_cli("demo", "--messages", str(MESSAGES), "--timeout", EXCHANGE_TIMEOUT, *mode)
     assert result.returncode == 0, result.stdout + result.stderr
     assert ok_line(MESSAGES) in result.stdout
     expected_mode = "second-process guest" if mode else "KVM guest"
@@ -81,7 +84,8 @@ def test_demo_verifies_every_message(mode: list[str]) -> None:
 
 
 def test_demo_fails_on_a_corrupted_request(mode: list[str]) -> None:
-    result = run_cli("demo", "--messages", str(MESSAGES), "--corrupt-one", *mode)
+    result = run_cli("demo", "--messages", str(MESSAGES), "--timeout", EXCHANGE_TIMEOUT,
+                     "--corrupt-one", *mode)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "FAILED:" in result.stdout
     corrupted = MESSAGES // 2
@@ -91,7 +95,8 @@ def test_demo_fails_on_a_corrupted_request(mode: list[str]) -> None:
 
 def test_demo_fails_on_a_corrupted_reply(mode: list[str]) -> None:
     """The device verifies everything; only the guest's own check can catch this."""
-    result = run_cli("demo", "--messages", str(MESSAGES), "--corrupt-one", "reply", *mode)
+    result = run_cli("demo", "--messages", str(MESSAGES), "--timeout", EXCHANGE_TIMEOUT,
+                     "--corrupt-one", "reply", *mode)
     assert result.returncode == 1, result.stdout + result.stderr
     assert f"{MESSAGES:,} verified by the device" in result.stdout
     assert f"{MESSAGES - 1:,} replies verified by the guest" in result.stdout
@@ -107,7 +112,8 @@ def test_demo_says_so_and_falls_back_where_kvm_is_unusable() -> None:
     if probe.returncode != 0:
         unavailable(f"cannot create a mount namespace here: {probe.stderr.decode().strip()}")
     script = (f"mount --bind /dev/null /dev/kvm 2>/dev/null || true; "
-              f"exec {sys.executable} -m vm_memory_tools demo --messages 50")
+              f"exec {sys.executable} -m vm_memory_tools demo --messages 50 "
+              f"--timeout {EXCHANGE_TIMEOUT}")
     result = subprocess.run([unshare, "--mount", "sh", "-c", script], cwd=ROOT,
                             env=python_environment(), capture_output=True, text=True,
                             timeout=TIMEOUT_SECONDS, check=False)
@@ -119,7 +125,7 @@ def test_demo_says_so_and_falls_back_where_kvm_is_unusable() -> None:
 
 def test_demo_in_process_api_reports_the_same() -> None:
     out = io.StringIO()
-    result = run_demo(40, use_kvm=False, out=out)
+    result = run_demo(40, use_kvm=False, out=out, timeout=float(EXCHANGE_TIMEOUT))
     assert result.ok
     assert (result.guest.sent, result.guest.verified, result.device.verified) == (40, 40, 40)
     assert ok_line(40) in out.getvalue()
@@ -129,6 +135,8 @@ def test_demo_usage_errors_exit_2() -> None:
     result = run_cli("demo", "--messages", "-5")
     assert result.returncode == 2
     assert "is negative" in result.stderr
+    result = run_cli("demo", "--timeout", "0")
+    assert result.returncode == 2 and "is not in (0, 1e6) seconds" in result.stderr
 
 
 def test_guest_program_rejects_counts_it_cannot_hold() -> None:
@@ -239,6 +247,7 @@ def test_device_model_catches_a_skipped_sequence_number() -> None:
 def test_demo_survives_the_16_bit_index_wrap(mode: list[str]) -> None:
     """70,000 messages: the guest's and the device's 16-bit ring indices wrap once."""
     messages = 70_000
-    result = run_cli("demo", "--messages", str(messages), *mode, timeout=600)
+    result = run_cli("demo", "--messages", str(messages), "--timeout", "3000", *mode,
+                     timeout=3600)
     assert result.returncode == 0, result.stdout + result.stderr
     assert ok_line(messages) in result.stdout
