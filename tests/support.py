@@ -27,6 +27,7 @@ from vm_memory import AlignedGuestAddress, GuestAddress, GuestMemory
 __all__ = [
     "ON_CI",
     "ROOT",
+    "ByteDevice",
     "agree",
     "provoke",
     "python_environment",
@@ -50,6 +51,22 @@ ON_CI: Final = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 SUBPROCESS_TIMEOUT: Final = 300.0
 """Seconds after which a child interpreter is a failure, not a hang (generous: the
 machine may be loaded by a parallel run)."""
+
+
+class ByteDevice:
+    """A device model for `DeviceRegion`: a byte array, counting the calls it serves."""
+
+    def __init__(self, content: bytes) -> None:
+        self.data = bytearray(content)
+        self.calls = 0
+
+    def read(self, offset: int, size: int) -> bytes:
+        self.calls += 1
+        return bytes(self.data[offset:offset + size])
+
+    def write(self, offset: int, data: bytes) -> None:
+        self.calls += 1
+        self.data[offset:offset + len(data)] = data
 
 
 def python_environment(**extra: str) -> dict[str, str]:

@@ -20,7 +20,7 @@ from typing import Any, Final
 
 import pytest
 from reference_model import MemoryModel, ModelRegion
-from support import provoke, random_access
+from support import ByteDevice, provoke, random_access
 
 from vm_memory import (
     AlignedGuestAddress,
@@ -45,27 +45,11 @@ RO_FILE_START: Final = RO_DEVICE_START + PAGE
 FILE_OFFSET: Final = 3 * PAGE
 
 
-class Device:
-    """A byte array served as a device window; counts the calls it gets."""
-
-    def __init__(self, content: bytes) -> None:
-        self.data = bytearray(content)
-        self.calls = 0
-
-    def read(self, offset: int, size: int) -> bytes:
-        self.calls += 1
-        return bytes(self.data[offset:offset + size])
-
-    def write(self, offset: int, data: bytes) -> None:
-        self.calls += 1
-        self.data[offset:offset + len(data)] = data
-
-
 @dataclass
 class Mixed:
     memory: GuestMemory
     model: MemoryModel
-    devices: dict[int, Device]
+    devices: dict[int, ByteDevice]
     files: dict[int, tuple[int, int]]
     """Region start -> (fd, file offset)."""
 
@@ -82,8 +66,8 @@ def mixed() -> Iterator[Mixed]:
             backing.flush()
         mapping = MmapRegion.anonymous(PAGE)
         mapping.mapping[:] = contents[MMAP_START]
-        devices = {DEVICE_START: Device(contents[DEVICE_START]),
-                   RO_DEVICE_START: Device(contents[RO_DEVICE_START])}
+        devices = {DEVICE_START: ByteDevice(contents[DEVICE_START]),
+                   RO_DEVICE_START: ByteDevice(contents[RO_DEVICE_START])}
         memory = GuestMemory([
             GuestRegionMmap(mapping, GuestAddress(MMAP_START)),
             DeviceRegion(devices[DEVICE_START], GuestAddress(DEVICE_START), PAGE),
@@ -222,7 +206,7 @@ def test_file_region_past_end_of_file_reads_zeros() -> None:
 
 def test_mmap_memory_takes_only_host_backed_regions() -> None:
     with pytest.raises(TypeError):
-        GuestMemoryMmap([DeviceRegion(Device(bytes(PAGE)), GuestAddress(0), PAGE)])  # type: ignore[list-item]
+        GuestMemoryMmap([DeviceRegion(ByteDevice(bytes(PAGE)), GuestAddress(0), PAGE)])  # type: ignore[list-item]
 
 
 # ---- The device's atomics under contention ------------------------------------------
@@ -248,7 +232,7 @@ def _contend(memory: GuestMemory, increment: Callable[[], object], threads: int,
 def test_device_atomics_lose_no_update_while_plain_increments_do() -> None:
     """fetch_add on a device region is exact under contending threads; the plain
     read-then-write control on the same device loses updates (the harness can fail)."""
-    device = Device(bytes(PAGE))
+    device = ByteDevice(bytes(PAGE))
     memory = GuestMemory([DeviceRegion(device, GuestAddress(0), PAGE)])
     counter, control = u64(0), u64(8)
     threads, per_thread = 4, 5_000

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 import pytest
-from support import provoke
+from support import ByteDevice, provoke
 
 from vm_memory import (
     AlignedGuestAddress,
@@ -52,26 +52,13 @@ def u32(address: int) -> AlignedGuestAddress[ctypes.c_uint32]:
     return AlignedGuestAddress.new(ctypes.c_uint32, GuestAddress(address))
 
 
-class Device:
-    """A byte array served as a device window."""
-
-    def __init__(self, size: int) -> None:
-        self.data = bytearray(size)
-
-    def read(self, offset: int, size: int) -> bytes:
-        return bytes(self.data[offset:offset + size])
-
-    def write(self, offset: int, data: bytes) -> None:
-        self.data[offset:offset + len(data)] = data
-
-
 @pytest.fixture
 def memory() -> GuestMemory:
     """Two adjacent 4-page mmap regions and a 2-page device region, tracked."""
     built = GuestMemory([
         GuestRegionMmap(MmapRegion.anonymous(4 * PAGE), GuestAddress(FIRST)),
         GuestRegionMmap(MmapRegion.anonymous(4 * PAGE), GuestAddress(SECOND)),
-        DeviceRegion(Device(2 * PAGE), GuestAddress(DEVICE), 2 * PAGE),
+        DeviceRegion(ByteDevice(bytes(2 * PAGE)), GuestAddress(DEVICE), 2 * PAGE),
     ])
     built.track_dirty_pages()
     assert built.take_dirty_pages() == []
