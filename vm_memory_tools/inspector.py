@@ -46,6 +46,7 @@ import errno
 import os
 import re
 import stat
+import struct
 import sys
 import time
 from collections.abc import Iterator
@@ -85,8 +86,9 @@ EXIT_INTERRUPTED: Final = 130
 _ADDRESS_LIMIT: Final = 1 << 64
 _CHUNK: Final = 1 << 20
 """Bytes read at a time by hexdump and search (a multiple of the line width)."""
-_ATOMIC_BATCH: Final = 4096
-"""Atomic reads sent to the helper in one request."""
+_BATCH: Final = 4096
+"""Values ``read`` takes at a time: one ``pread`` (or one request to the atomic-read
+helper) for each batch."""
 _HEXDUMP_WIDTH: Final = 16
 _LAYOUT_SHOWN: Final = 4
 """Layout entries named in a message; longer layouts are summarised."""
@@ -468,21 +470,27 @@ def _check_atomic_placement(session: _Session, type_name: str, size: int, addres
 
 def _print_values(session: _Session, type_name: str, address: int, count: int, atomic: bool,
                   prefix: str) -> None:
-    ctype = READ_TYPES[type_name]
     size = type_size(type_name)
     mask = (1 << (8 * size)) - 1
-    for batch_start in range(0, count, _ATOMIC_BATCH):
+    for batch_start in range(0, count, _BATCH):
         addresses = [address + index * size
-                     for index in range(batch_start, min(count, batch_start + _ATOMIC_BATCH))]
+                     for index in range(batch_start, min(count, batch_start + _BATCH))]
         if atomic:
             values = session.atomic_read(type_name, addresses)
-        else:
-            values = [session.ram.memory.read_obj_unaligned(GuestAddress(at), ctype)
-                      for at in addresses]
+        else:  # one read for the batch (it may span regions), decoded at once
+            data = session.ram.memory.read_bytes(GuestAddress(addresses[0]), size * len(addresses))
             session.ram.check_size(f"read {type_name}")
+            values = list(_batch_format(type_name, len(addresses)).unpack(data))
         print("\n".join(f"{prefix}{at:#x}  {type_name}  {value}  "
                         f"{value & mask:#0{2 * size + 2}x}"
                         for at, value in zip(addresses, values, strict=True)), file=session.out)
+
+
+def _batch_format(type_name: str, count: int) -> struct.Struct:
+    """``count`` values of ``type_name`` (``u32``, ``le16``, ``be64``...) as a struct."""
+    order = {"le": "<", "be": ">"}.get(type_name[:2], "=")
+    code = {1: "b", 2: "h", 4: "i", 8: "q"}[type_size(type_name)]
+    return struct.Struct(f"{order}{count}{code if type_name[0] == 'i' else code.upper()}")
 
 
 def _parse_pattern(text: str, as_text: bool) -> bytes:
