@@ -246,11 +246,11 @@ SHRINK_COMMANDS: Final = {
     "read": ["read", "u64", "0x100", "--count", "20000"],
     "hexdump": ["hexdump", "0", "1M"],
     "search": ["search", "deadbeef"],
-    "read --atomic": ["read", "--atomic", "u64", "0", "--count", "0x20000"],
+    "read --atomic": ["read", "--atomic", "u64", "0", "--count", "0x10000"],
     "watch --atomic": ["read", "--atomic", "u64", "0x100", "--watch", "0.001", "--samples",
                        "200"],
 }
-SHRINK_ROUNDS: Final = 3
+SHRINK_ROUNDS: Final = 2
 SHRINK_ATTEMPTS: Final = 10
 
 
