@@ -14,8 +14,6 @@ import io
 import json
 import os
 import socket
-import subprocess
-import sys
 import tempfile
 import textwrap
 import threading
@@ -25,6 +23,7 @@ from typing import Any, Final
 
 import numpy as np
 import pytest
+from support import run_python
 
 from vm_memory import (
     AddressOutOfRange,
@@ -54,7 +53,6 @@ from vm_memory import (
 from vm_memory.stream_io import IOV_MAX
 from vm_memory_tools.split_ring import RingError
 
-ROOT: Final = Path(__file__).resolve().parent.parent
 PAGE: Final = 4096
 
 
@@ -505,9 +503,7 @@ FORK_WHILE_LOCKED: Final = textwrap.dedent('''
 
 
 def test_a_device_region_lock_is_reset_in_a_forked_child() -> None:
-    child = subprocess.run([sys.executable, "-c", FORK_WHILE_LOCKED], capture_output=True,
-                           text=True, timeout=180, check=False,
-                           env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    child = run_python("-c", FORK_WHILE_LOCKED, timeout=180)
     assert child.returncode == 0, child.stderr
     assert child.stdout.strip() == "ok"
 
