@@ -49,6 +49,7 @@ import stat
 import struct
 import sys
 import time
+from bisect import bisect_right
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -277,15 +278,20 @@ class _Session:
     out: TextIO
     err: TextIO
     sampler: AtomicSampler | None = None
+    starts: list[int] = field(init=False)
+    """The regions' guest starts, in order (for `entry_at`)."""
+
+    def __post_init__(self) -> None:
+        self.starts = [entry.start for entry in self.ram.layout]
 
     @property
     def layout(self) -> list[LayoutEntry]:
         return self.ram.layout
 
     def entry_at(self, address: int) -> LayoutEntry | None:
-        for entry in self.layout:
-            if entry.start <= address < entry.end:
-                return entry
+        index = bisect_right(self.starts, address) - 1
+        if index >= 0 and address < self.layout[index].end:
+            return self.layout[index]
         return None
 
     def require_start(self, address: int, what: str) -> LayoutEntry:
