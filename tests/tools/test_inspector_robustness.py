@@ -20,7 +20,6 @@ import struct
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Generator
 from contextlib import contextmanager
 from functools import partial
@@ -29,6 +28,9 @@ from typing import Final
 
 import pytest
 from support import provoke, python_environment, run_python, run_python_code
+
+from vm_memory import GuestAddress
+from vm_memory_tools.inspector import InspectError, open_ram_file
 
 FILE_SIZE: Final = 3 * 0x1000
 VALUE_ADDRESS: Final = 0x100
@@ -325,11 +327,11 @@ def test_a_reader_mapping_the_shrinking_file_itself_dies_of_sigbus(tmp_path: Pat
 def test_the_shrink_check_sees_a_shrink_that_already_happened(ram_file: Path) -> None:
     """Deterministic: a file cut short after it was opened is reported, not read as zeros
     silently (the in-process API, between opening and reading)."""
-    from vm_memory_tools.inspector import InspectError, open_ram_file
-
     with open_ram_file(str(ram_file)) as ram:
-        os.truncate(ram_file, 0x1000)
-        assert ram.memory.read_bytes(ram.memory.regions()[0].start, 8) == bytes(8)
-        with pytest.raises(InspectError, match="shrank to 0x1000 bytes while it was read"):
+        value = GuestAddress(VALUE_ADDRESS)
+        assert ram.memory.read_bytes(value, 8) == VALUE.to_bytes(8, "little")
+        ram.check_size("read")  # whole: no complaint
+        os.truncate(ram_file, VALUE_ADDRESS)
+        assert ram.memory.read_bytes(value, 8) == bytes(8)  # past the end: zeros, silently
+        with pytest.raises(InspectError, match="shrank to 0x100 bytes while it was read"):
             ram.check_size("read")
-    time.sleep(0)  # nothing else: the file is closed with the block
