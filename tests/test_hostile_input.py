@@ -23,7 +23,7 @@ from typing import Any, Final
 
 import numpy as np
 import pytest
-from support import run_python
+from support import ByteDevice, run_python
 
 from vm_memory import (
     AddressOutOfRange,
@@ -72,19 +72,6 @@ class Lying(int):
 
     def __int__(self) -> int:
         return 0
-
-
-class Bytes:
-    """A device model over a bytearray."""
-
-    def __init__(self, size: int) -> None:
-        self.data = bytearray(size)
-
-    def read(self, offset: int, size: int) -> bytes:
-        return bytes(self.data[offset:offset + size])
-
-    def write(self, offset: int, data: bytes) -> None:
-        self.data[offset:offset + len(data)] = data
 
 
 # ---- Forged alignment and escapes --------------------------------------------------------
@@ -315,7 +302,7 @@ def test_overlapping_copies_across_a_region_boundary() -> None:
 
 def _bool_memories() -> list[GuestMemory]:
     return [GuestMemoryMmap.from_ranges([(GuestAddress(0), PAGE)]),
-            GuestMemory([DeviceRegion(Bytes(PAGE), GuestAddress(0), PAGE)])]
+            GuestMemory([DeviceRegion(ByteDevice(bytes(PAGE)), GuestAddress(0), PAGE)])]
 
 
 @pytest.mark.parametrize("kind", ["mmap", "device"])
