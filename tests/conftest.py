@@ -25,10 +25,17 @@ settings.register_profile(
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
+STARTED_FIRST = ("test_static_checks.py", "test_stubtest.py")
+"""The longest single tests (whole-tree checker runs): started first, so that under
+``pytest -n`` they overlap the rest of the suite instead of ending it alone."""
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Refuse test ids that hold a memory address (a default ``repr``): each ``pytest -n``
-    worker would collect different ids, and xdist refuses to run. Use `support.stable_id`."""
+    worker would collect different ids, and xdist refuses to run (use `support.stable_id`).
+    Then move the `STARTED_FIRST` files to the front (a stable, deterministic order)."""
     unstable = unstable_ids(item.nodeid for item in items)
     if unstable:
         raise pytest.UsageError("test ids differ from process to process (a memory address "
                                 "in a repr; use support.stable_id): " + ", ".join(unstable))
+    items.sort(key=lambda item: item.path.name not in STARTED_FIRST)
