@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from support import ROOT
 
 EXPECTED_ROWS = [
     *(f"{method} {width}" for width in ("u32", "u64")

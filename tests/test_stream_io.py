@@ -18,6 +18,7 @@ from contextlib import contextmanager, suppress
 from typing import Final
 
 import pytest
+from support import ByteDevice
 
 from vm_memory import (
     DeviceRegion,
@@ -268,21 +269,10 @@ def test_exact_io_into_a_hole_reports_the_completed_count(memory: GuestMemoryMma
 # ---- Regions without host memory: bounce buffers ---------------------------------------
 
 
-class Device:
-    def __init__(self, size: int) -> None:
-        self.data = bytearray(b"\xdd" * size)
-
-    def read(self, offset: int, size: int) -> bytes:
-        return bytes(self.data[offset:offset + size])
-
-    def write(self, offset: int, data: bytes) -> None:
-        self.data[offset:offset + len(data)] = data
-
-
 @contextmanager
-def mixed_memory() -> Generator[tuple[GuestMemory, Device, int]]:
+def mixed_memory() -> Generator[tuple[GuestMemory, ByteDevice, int]]:
     """mmap [0, P) | device [P, 2P) | file region [2P, 3P) | mmap [3P, 4P)."""
-    device = Device(PAGE)
+    device = ByteDevice(b"\xdd" * PAGE)
     with tempfile.TemporaryFile() as backing:
         backing.write(b"\xff" * (2 * PAGE))
         backing.flush()
