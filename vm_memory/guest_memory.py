@@ -1,7 +1,7 @@
 """GuestMemory: the whole access interface, written once over the region primitives.
 
 A `GuestMemory` is an immutable, sorted collection of non-overlapping regions of any
-kind. A lookup tries, fastest first: the region the last access hit, a page table of the
+info. A lookup tries, fastest first: the region the last access hit, a page table of the
 small regions, then a binary search. Every method takes the address first. The access
 table (see the README):
 
@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Final, Self, TypeVar, overload
 
 from vm_memory.address import ADDRESS_SPACE_SIZE, GuestAddress, MemoryRegionAddress, check_u64
 from vm_memory.aligned_address import AlignedGuestAddress
-from vm_memory.atomic_access import AtomicInteger, atomic_kind
+from vm_memory.atomic_access import AtomicInteger, atomic_type_info
 from vm_memory.atomic_backend import host_atomics, run_host
 from vm_memory.atomic_operations import (
     COMPARE_EXCHANGE,
@@ -57,7 +57,7 @@ from vm_memory.errors import (
 from vm_memory.lifetime import lifetime_lock, register
 from vm_memory.ordering import Ordering, check_ordering
 from vm_memory.region import GuestMemoryRegion, NoRegion
-from vm_memory.stream_io import StreamSource, gather_write, scatter_read
+from vm_memory.stream_io import StreamSink, StreamSource, gather_write, scatter_read
 from vm_memory.volatile import VolatileSlice
 
 if TYPE_CHECKING:
@@ -79,7 +79,7 @@ _OWNED_BUFFERS: Final = (bytes, bytearray)
 """Buffer types that own their memory: never guest memory, so never overlapping it."""
 
 # What each atomic operation's fast path needs, by ctype, filled when the general path
-# first runs the operation's kind on host memory (so the width is known lock-free).
+# first runs the operation on a type on host memory (so its width is known lock-free).
 _FAST_ATOMICS: dict[str, dict[type[Any], Any]] = {name: {} for name in OPERATIONS}
 
 
@@ -591,29 +591,31 @@ class GuestMemory:
         c_failure = c_order
         if operation.failure_orderings:
             c_failure = check_ordering(f"{operation.name} failure", failure,
-                                       operation.failure_orderings, "a load")
-        kind = atomic_kind(ctype)
-        if kind.is_bool and not operation.defined_for_bool:
-            raise NotAtomicAccess(kind.name, f"{operation.name} is not defined for bool")
-        values = tuple(kind.check_value(operand) for operand in operands)
-        region, offset = self._locate(value, kind.size)
+                                       operation.failure_orderings,
+                                       "the side of a compare-exchange that finds another "
+                                       "value and stores nothing")
+        info = atomic_type_info(ctype)
+        if info.is_bool and not operation.defined_for_bool:
+            raise NotAtomicAccess(info.name, f"{operation.name} is not defined for bool")
+        values = tuple(info.check_value(operand) for operand in operands)
+        region, offset = self._locate(value, info.size)
         if operation.stores and region.read_only:
-            raise ReadOnlyRegion(value, kind.size)
+            raise ReadOnlyRegion(value, info.size)
         base = region.host_address
         if base is None:
-            result = region.atomic(operation, offset, kind, values, c_order, c_failure)
+            result = region.atomic(operation, offset, info, values, c_order, c_failure)
         else:
-            atomics = host_atomics(kind)
+            atomics = host_atomics(info)
             host = base + offset
             if host & atomics.mask:
-                raise MisalignedAddress(host, kind.size, kind.name, "host")
-            result = run_host(operation, kind, atomics, host, values, c_order, c_failure)
-            if not kind.is_bool and ctype not in _FAST_ATOMICS[operation.name]:
-                _prime_fast_atomics(ctype, kind.minimum, kind.maximum, atomics.value_type,
+                raise MisalignedAddress(host, info.size, info.name, "host")
+            result = run_host(operation, info, atomics, host, values, c_order, c_failure)
+            if not info.is_bool and ctype not in _FAST_ATOMICS[operation.name]:
+                _prime_fast_atomics(ctype, info.minimum, info.maximum, atomics.value_type,
                                     atomics.functions)
         if operation.stores and region.dirty is not None and \
                 (operation is not COMPARE_EXCHANGE or result[0]):
-            region.dirty.mark(offset, kind.size)
+            region.dirty.mark(offset, info.size)
         return result
 
     if TYPE_CHECKING:
@@ -828,7 +830,7 @@ class GuestMemory:
         _mark(_prefix(spans, done))
         return done
 
-    def write_to(self, address: GuestAddress, destination: StreamSource, count: int, *,
+    def write_to(self, address: GuestAddress, destination: StreamSink, count: int, *,
                  file_offset: int | None = None) -> int:
         """Write up to `count` bytes of guest memory to `destination`, gathered.
 
@@ -856,7 +858,7 @@ class GuestMemory:
         self._exact_io(address, count, "read_exact_from",
                        lambda at, remaining: self.read_from(at, source, remaining))
 
-    def write_all_to(self, address: GuestAddress, destination: StreamSource,
+    def write_all_to(self, address: GuestAddress, destination: StreamSink,
                      count: int) -> None:
         """Write exactly `count` bytes of guest memory, or raise `PartialBuffer`."""
         self._exact_io(address, count, "write_all_to",
