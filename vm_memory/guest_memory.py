@@ -821,14 +821,7 @@ class GuestMemory:
         the next call); an error before any raises.
         """
         spans = self._io_spans(address, count, "read_from", into_guest=True)
-        if file_offset is not None:
-            file_offset = check_u64(file_offset, "file_offset")
-        views, bounce = _span_views(spans)
-        done = scatter_read(source, views, file_offset)
-        if bounce:
-            _flush_bounce(spans, views, done)
-        _mark(_prefix(spans, done))
-        return done
+        return _scatter_into(spans, source, _file_offset(file_offset))
 
     def write_to(self, address: GuestAddress, destination: StreamSink, count: int, *,
                  file_offset: int | None = None) -> int:
@@ -839,14 +832,39 @@ class GuestMemory:
         bytes left returns their count; an error before any raises).
         """
         spans = self._io_spans(address, count, "write_to", into_guest=False)
-        if file_offset is not None:
-            file_offset = check_u64(file_offset, "file_offset")
-        views, bounce = _span_views(spans)
-        if bounce:
-            for (region, offset, _), view in zip(spans, views, strict=True):
-                if region.buffer is None:
-                    region.read_into(offset, view)
-        return gather_write(destination, views, file_offset)
+        return _gather_from(spans, destination, _file_offset(file_offset))
+
+    def _ranges_spans(self, ranges: Iterable[tuple[GuestAddress, int]], method: str, *,
+                      into_guest: bool) -> list[Span]:
+        """The spans of several guest ranges in order; each must be wholly backed (and
+        writable `into_guest`), checked before any byte moves."""
+        spans: list[Span] = []
+        for item in ranges:
+            if not isinstance(item, tuple) or len(item) != 2:  # pyright: ignore[reportUnknownArgumentType]
+                raise InvalidArgumentType(f"a range of {method}", "(GuestAddress, length)",
+                                          item)
+            address, length = item
+            length = check_u64(length, "length")
+            value = self._checked_start(address, length, method)
+            spans.extend(self._whole_spans(value, length, writing=into_guest))
+        return spans
+
+    def read_vectored_from(self, ranges: Iterable[tuple[GuestAddress, int]],
+                           source: StreamSource, *, file_offset: int | None = None) -> int:
+        """Read from `source` into several guest ranges in order (a device request's
+        scatter list) with one system call per `IOV_MAX` buffers; counts and errors as
+        `read_from`. Every range must be wholly backed and writable (else the typed
+        error, before any byte moves)."""
+        spans = self._ranges_spans(ranges, "read_vectored_from", into_guest=True)
+        return _scatter_into(spans, source, _file_offset(file_offset))
+
+    def write_vectored_to(self, ranges: Iterable[tuple[GuestAddress, int]],
+                          destination: StreamSink, *, file_offset: int | None = None) -> int:
+        """Write several guest ranges in order to `destination` (a gather list) with one
+        system call per `IOV_MAX` buffers; counts and errors as `write_to`. Every range
+        must be wholly backed (else `PartialBuffer`, before any byte moves)."""
+        spans = self._ranges_spans(ranges, "write_vectored_to", into_guest=False)
+        return _gather_from(spans, destination, _file_offset(file_offset))
 
     def read_exact_from(self, address: GuestAddress, source: StreamSource, count: int) -> None:
         """Read exactly `count` bytes into guest memory, or raise `PartialBuffer`.
@@ -914,6 +932,31 @@ def _unpack(layout: TypeLayout, buffer: Any, offset: int, address: int) -> Any:
         return layout.unpack_from(buffer, offset)
     except InvalidGuestValue as error:
         raise InvalidGuestValue(address, error.type_name, error.reason) from None
+
+
+def _file_offset(file_offset: object) -> int | None:
+    return None if file_offset is None else check_u64(file_offset, "file_offset")
+
+
+def _scatter_into(spans: list[Span], source: StreamSource, file_offset: int | None) -> int:
+    """Read from `source` into `spans` (bounce buffers for regions without memory of
+    their own), mark what arrived dirty; the count that arrived."""
+    views, bounce = _span_views(spans)
+    done = scatter_read(source, views, file_offset)
+    if bounce:
+        _flush_bounce(spans, views, done)
+    _mark(_prefix(spans, done))
+    return done
+
+
+def _gather_from(spans: list[Span], destination: StreamSink, file_offset: int | None) -> int:
+    """Write `spans` to `destination`; the count written."""
+    views, bounce = _span_views(spans)
+    if bounce:
+        for (region, offset, _), view in zip(spans, views, strict=True):
+            if region.buffer is None:
+                region.read_into(offset, view)
+    return gather_write(destination, views, file_offset)
 
 
 def _span_views(spans: list[Span]) -> tuple[list[memoryview], bool]:
