@@ -17,7 +17,7 @@ from support import ROOT
 
 CHECKERS = {
     "mypy": [sys.executable, "-m", "mypy", "--cache-dir", "{cache}"],
-    "pyright": [sys.executable, "-m", "pyright"],
+    "pyright": [sys.executable, "-m", "pyright", "--pythonpath", sys.executable],
     "ruff": [sys.executable, "-m", "ruff", "check", "--cache-dir", "{cache}", "."],
 }
 
