@@ -20,6 +20,8 @@ from typing import Final
 import pytest
 from vm_memory_mypy import MINIMUM_MYPY
 
+pytestmark = pytest.mark.type_checker  # not in the runtime suite run on foreign ports
+
 ROOT: Final = Path(__file__).resolve().parent.parent
 CASES: Final = ROOT / "tests" / "plugin_cases"
 ERROR_LINE: Final = re.compile(r"^(?P<file>[^:]+):(?P<line>\d+): error: .*\[(?P<code>[\w-]+)\]$")

@@ -19,6 +19,8 @@ import vm_memory_mypy.targets as targets_module
 from vm_memory_mypy import MINIMUM_MYPY
 from vm_memory_mypy.targets import ARCHITECTURES, make_target
 
+pytestmark = pytest.mark.type_checker  # not in the runtime suite run on foreign ports
+
 ROOT: Final = Path(__file__).resolve().parent.parent
 ERROR_LINE: Final = re.compile(r"^(?P<file>[^:]+):(?P<line>\d+): error: .*\[(?P<code>[\w-]+)\]$")
 

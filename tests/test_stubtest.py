@@ -7,6 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.type_checker  # not in the runtime suite run on foreign ports
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -9,7 +9,10 @@ import sys
 from pathlib import Path
 from typing import Any, Final
 
+import pytest
 from test_plugin_config import errors, mypy_environment
+
+pytestmark = pytest.mark.type_checker  # not in the runtime suite run on foreign ports
 
 ROOT: Final = Path(__file__).resolve().parent.parent
 CASES: Final = ROOT / "tests" / "typing_cases"
