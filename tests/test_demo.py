@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Final
 
 import pytest
+from host_assumptions import needs_little_endian_ring
 
 from vm_memory import AlignedGuestAddress, GuestAddress, GuestMemoryMmap, Ordering
 from vm_memory_tools.demo import DeviceModel, run_demo
@@ -65,6 +66,7 @@ def ok_line(messages: int) -> str:
             "0 bad replies")
 
 
+@needs_little_endian_ring
 @pytest.mark.parametrize("mode", MODES)
 def test_demo_verifies_every_message(mode: list[str]) -> None:
     result = run_cli("demo", "--messages", str(MESSAGES), *mode)
@@ -77,6 +79,7 @@ def test_demo_verifies_every_message(mode: list[str]) -> None:
         assert "KVM      not used: --no-kvm given" in result.stdout
 
 
+@needs_little_endian_ring
 @pytest.mark.parametrize("mode", MODES)
 def test_demo_fails_on_a_corrupted_request(mode: list[str]) -> None:
     result = run_cli("demo", "--messages", str(MESSAGES), "--corrupt-one", *mode)
@@ -87,6 +90,7 @@ def test_demo_fails_on_a_corrupted_request(mode: list[str]) -> None:
     assert f"{MESSAGES - 1:,} verified by the device" in result.stdout
 
 
+@needs_little_endian_ring
 @pytest.mark.parametrize("mode", MODES)
 def test_demo_fails_on_a_corrupted_reply(mode: list[str]) -> None:
     """The device verifies everything; only the guest's own check can catch this."""
@@ -97,6 +101,7 @@ def test_demo_fails_on_a_corrupted_reply(mode: list[str]) -> None:
     assert f"guest: 1 bad replies, the first for message {MESSAGES // 2}" in result.stdout
 
 
+@needs_little_endian_ring
 def test_demo_says_so_and_falls_back_where_kvm_is_unusable() -> None:
     """/dev/kvm replaced by /dev/null in a private mount namespace: no KVM there."""
     unshare = shutil.which("unshare")
@@ -116,6 +121,7 @@ def test_demo_says_so_and_falls_back_where_kvm_is_unusable() -> None:
     assert ok_line(50) in result.stdout
 
 
+@needs_little_endian_ring
 def test_demo_in_process_api_reports_the_same() -> None:
     out = io.StringIO()
     result = run_demo(40, use_kvm=False, out=out)
@@ -147,6 +153,7 @@ def message(seq: int) -> list[Buffer]:
             Buffer(reply_buffer(seq), MESSAGE_BYTES, True)]
 
 
+@needs_little_endian_ring
 def test_ring_round_trip_across_index_wrap() -> None:
     """70,000 chains: both 16-bit indices wrap; every chain comes back whole and in order."""
     memory = ring_memory()
@@ -172,6 +179,7 @@ def test_ring_round_trip_across_index_wrap() -> None:
     assert used_idx == seq % 0x10000 and seq > 0x10000
 
 
+@needs_little_endian_ring
 def test_ring_device_refuses_an_index_running_ahead() -> None:
     memory = ring_memory()
     device = SplitRingDevice(memory, QUEUE_LAYOUT)
@@ -180,6 +188,7 @@ def test_ring_device_refuses_an_index_running_ahead() -> None:
         device.pop()
 
 
+@needs_little_endian_ring
 def test_ring_device_refuses_a_looping_chain() -> None:
     memory = ring_memory()
     driver = SplitRingDriver(memory, QUEUE_LAYOUT)
@@ -191,6 +200,7 @@ def test_ring_device_refuses_a_looping_chain() -> None:
         device.pop()
 
 
+@needs_little_endian_ring
 def test_ring_driver_refuses_an_unknown_head_and_a_full_table() -> None:
     memory = ring_memory()
     layout = SplitRingLayout.contiguous(4, GuestAddress(0x1000))
@@ -218,6 +228,7 @@ def test_ring_layout_checks() -> None:
     assert layout.end == layout.used_ring + 4 + 8 * 256 + 2
 
 
+@needs_little_endian_ring
 def test_device_model_catches_a_skipped_sequence_number() -> None:
     """A driver that loses message 1 and sends 2 first: the device names the gap."""
     memory = ring_memory()
