@@ -259,7 +259,7 @@ def not_lock_free_for_8_bytes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # emulator (tests/ports), the host's cc builds for the host; a cross compiler named by
     # the interpreter's multiarch triplet builds for it.
     triplet = sysconfig.get_config_var("MULTIARCH")
-    compilers = [f"{triplet}-gcc"] if triplet else []
+    compilers = [f"{triplet}-gcc", f"{triplet.replace('i386', 'i686')}-gcc"] if triplet else []
     compiler = next(filter(None, map(shutil.which, [*compilers, "cc", "gcc"])), None)
     if compiler is None:
         pytest.skip("no C compiler to build the libatomic stand-in")
