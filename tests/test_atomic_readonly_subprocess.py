@@ -403,7 +403,8 @@ def test_plain_int_orderings_are_refused_like_any_non_member() -> None:
 
 
 def test_values_out_of_the_types_range_are_refused() -> None:
-    """Values that do not fit the type raise ValueOutOfRange (non-integers TypeError)
+    """Values that do not fit the type raise ValueOutOfRange (non-integers
+    InvalidArgumentType, a typed TypeError)
     from every operation taking a value, before anything is written."""
     results = run_child('''
         memory = GuestMemoryMmap.from_regions([memfd_region(0, PAGE)])
@@ -434,7 +435,7 @@ def test_values_out_of_the_types_range_are_refused() -> None:
              or "1.0" in name or "None" in name}
     ranged = {name: outcome for name, outcome in results.items() if name not in typed}
     assert_all_refused(ranged, "ValueOutOfRange", expected_count=8 * 2 * 9 + 2 * 7)
-    assert_all_refused(typed, "TypeError", expected_count=6)
+    assert_all_refused(typed, "InvalidArgumentType", expected_count=6)
 
 
 # ---- Addresses: host misalignment, region ends, holes -----------------------------------

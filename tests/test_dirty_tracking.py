@@ -31,7 +31,7 @@ from vm_memory import (
     GuestMemory,
     GuestMemoryMmap,
     GuestRegionMmap,
-    InvalidRange,
+    InvalidAlignment,
     MmapRegion,
     PartialBuffer,
 )
@@ -244,7 +244,7 @@ def test_page_size_is_configurable() -> None:
     memory.write_slice(GuestAddress(64 * 1024 - 1), b"ab")
     memory.write_obj(u64(200 * 1024), 1)
     assert memory.take_dirty_pages() == pages(0, 64 * 1024, 192 * 1024)
-    with pytest.raises(InvalidRange):
+    with pytest.raises(InvalidAlignment):
         DirtyBitmap(PAGE, 3000)
 
 

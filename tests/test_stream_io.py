@@ -27,6 +27,7 @@ from vm_memory import (
     GuestMemory,
     GuestMemoryMmap,
     GuestRegionMmap,
+    InvalidArgumentType,
     InvalidGuestAddress,
     MmapRegion,
     PartialBuffer,
@@ -135,7 +136,7 @@ def test_file_objects_unbuffered_and_buffered(memory: GuestMemoryMmap) -> None:
         with open(named.name, "rb") as back:
             assert back.read() == memory.read_bytes(GuestAddress(A), 3 * PAGE)
     ours, _ = socket.socketpair()
-    with ours, pytest.raises(ValueError):
+    with ours, pytest.raises(InvalidArgumentType):
         memory.read_from(GuestAddress(A), ours, 1, file_offset=0)
 
 

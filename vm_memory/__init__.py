@@ -31,20 +31,29 @@ from vm_memory.errors import (
     AtomicAccessUnsupported,
     AtomicLibraryMissing,
     AtomicWidthUnsupported,
+    DeviceError,
     GuestMemoryError,
+    InvalidAlignment,
+    InvalidArgumentType,
     InvalidGuestAddress,
+    InvalidGuestValue,
     InvalidOrdering,
     InvalidRange,
+    MalformedMemoryTable,
     MappingError,
     MappingPastEof,
     MisalignedAddress,
     NoHostAddress,
+    NoMemoryRegion,
     NotAtomicAccess,
     NotByteValued,
+    NotShareable,
     PartialBuffer,
     ReadOnlyRegion,
     RegionInUse,
+    RegionIoError,
     RegionOverlap,
+    UnsealedMemory,
     ValueOutOfRange,
 )
 from vm_memory.file_region import FileRegion
@@ -54,8 +63,8 @@ from vm_memory.mmap_memory import GuestMemoryMmap
 from vm_memory.mmap_region import FileOffset, GuestRegionMmap, MmapRegion
 from vm_memory.ordering import Ordering
 from vm_memory.region import GuestMemoryRegion
-from vm_memory.sharing import NotShareable, receive_memory, send_memory
-from vm_memory.volatile import VolatileArrayRef, VolatileRef, VolatileSlice
+from vm_memory.sharing import receive_memory, send_memory
+from vm_memory.volatile import ViewedMemory, VolatileArrayRef, VolatileRef, VolatileSlice
 
 __version__ = "0.1.0"
 
@@ -75,6 +84,7 @@ __all__ = [
     "BeI16",
     "BeI32",
     "BeI64",
+    "DeviceError",
     "DeviceRegion",
     "DirtyBitmap",
     "FileOffset",
@@ -86,7 +96,10 @@ __all__ = [
     "GuestMemoryMmap",
     "GuestMemoryRegion",
     "GuestRegionMmap",
+    "InvalidAlignment",
+    "InvalidArgumentType",
     "InvalidGuestAddress",
+    "InvalidGuestValue",
     "InvalidOrdering",
     "InvalidRange",
     "Le16",
@@ -95,6 +108,7 @@ __all__ = [
     "LeI16",
     "LeI32",
     "LeI64",
+    "MalformedMemoryTable",
     "MappingError",
     "MappingPastEof",
     "MemoryDevice",
@@ -102,6 +116,7 @@ __all__ = [
     "MisalignedAddress",
     "MmapRegion",
     "NoHostAddress",
+    "NoMemoryRegion",
     "NotAtomicAccess",
     "NotByteValued",
     "NotShareable",
@@ -109,9 +124,12 @@ __all__ = [
     "PartialBuffer",
     "ReadOnlyRegion",
     "RegionInUse",
+    "RegionIoError",
     "RegionOverlap",
     "ScalarValue",
+    "UnsealedMemory",
     "ValueOutOfRange",
+    "ViewedMemory",
     "VolatileArrayRef",
     "VolatileRef",
     "VolatileSlice",

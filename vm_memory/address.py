@@ -7,9 +7,15 @@ accident, and every arithmetic method states what happens at the 2**64 edge.
 
 from __future__ import annotations
 
+from operator import index
 from typing import Any, ClassVar, Final, Self
 
-from vm_memory.errors import AddressOutOfRange, AddressOverflow
+from vm_memory.errors import (
+    AddressOutOfRange,
+    AddressOverflow,
+    InvalidAlignment,
+    InvalidArgumentType,
+)
 
 ADDRESS_SPACE_SIZE: Final = 1 << 64
 """Number of addresses in the 64-bit space; every address is below this."""
@@ -17,22 +23,37 @@ ADDRESS_SPACE_SIZE: Final = 1 << 64
 _MASK: Final = ADDRESS_SPACE_SIZE - 1
 
 
-def check_u64(value: object, what: str = "address") -> int:
-    """Return `value` as an int in [0, 2**64), or raise a typed error saying why not."""
+def as_int(value: object, what: str) -> int:
+    """`value` as an exact `int`, converted once with `operator.index` (so an int subclass
+    or a NumPy integer cannot lie later through its own operators); bools and
+    non-integers are refused with `InvalidArgumentType`. Callers use the result."""
     if type(value) is int:
-        if 0 <= value < ADDRESS_SPACE_SIZE:
-            return value
-        raise AddressOutOfRange(value, what)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{what} must be an int, not {type(value).__name__}")
-    return check_u64(int(value), what)
+        return value
+    if isinstance(value, bool):
+        raise InvalidArgumentType(what, "an int", value)
+    try:
+        return index(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise InvalidArgumentType(what, "an int", value) from None
 
 
-def _check_power_of_two(power: int) -> int:
-    power = check_u64(power, "alignment")
-    if power == 0 or power & (power - 1):
-        raise ValueError(f"alignment {power} is not a power of two")
-    return power
+def check_u64(value: object, what: str = "address") -> int:
+    """Return `value` as an exact int in [0, 2**64), or raise a typed error saying why not.
+
+    Callers must use the returned int, never `value` itself.
+    """
+    number = value if type(value) is int else as_int(value, what)
+    if 0 <= number < ADDRESS_SPACE_SIZE:
+        return number
+    raise AddressOutOfRange(number, what)
+
+
+def check_power_of_two(power: object) -> int:
+    """`power` as an int if it is a power of two (an alignment), else `InvalidAlignment`."""
+    number = check_u64(power, "alignment")
+    if number == 0 or number & (number - 1):
+        raise InvalidAlignment(number)
+    return number
 
 
 class _Address64:
@@ -44,7 +65,9 @@ class _Address64:
     _VALUE_SLOT: ClassVar[str]
 
     def __init__(self, value: int) -> None:
-        object.__setattr__(self, self._VALUE_SLOT, check_u64(value))
+        if type(value) is not int or not 0 <= value <= _MASK:
+            value = check_u64(value)
+        object.__setattr__(self, self._VALUE_SLOT, value)
 
     @classmethod
     def _unchecked(cls, value: int) -> Self:
@@ -102,14 +125,16 @@ class _Address64:
 
     def unchecked_add(self, offset: int) -> Self:
         """`self + offset`, raising `AddressOverflow` past 2**64 - 1."""
-        result = self.raw_value() + check_u64(offset, "offset")
+        offset = check_u64(offset, "offset")
+        result = self.raw_value() + offset
         if result > _MASK:
             raise AddressOverflow(self.raw_value(), "+", offset)
         return self._unchecked(result)
 
     def unchecked_sub(self, offset: int) -> Self:
         """`self - offset`, raising `AddressOverflow` below 0."""
-        result = self.raw_value() - check_u64(offset, "offset")
+        offset = check_u64(offset, "offset")
+        result = self.raw_value() - offset
         if result < 0:
             raise AddressOverflow(self.raw_value(), "-", offset)
         return self._unchecked(result)
@@ -123,14 +148,14 @@ class _Address64:
     def offset_from(self, base: Self) -> int:
         """The distance `self - base`; raises `AddressOverflow` if `base` is above."""
         if type(base) is not type(self):
-            raise TypeError(f"offset_from needs a {type(self).__name__}")
+            raise InvalidArgumentType("offset_from's base", f"a {type(self).__name__}", base)
         if base.raw_value() > self.raw_value():
             raise AddressOverflow(self.raw_value(), "-", base.raw_value())
         return self.raw_value() - base.raw_value()
 
     def checked_align_up(self, alignment: int) -> Self | None:
         """The next multiple of `alignment` (a power of two) at or above, or None."""
-        alignment = _check_power_of_two(alignment)
+        alignment = check_power_of_two(alignment)
         result = (self.raw_value() + alignment - 1) & ~(alignment - 1)
         return self._unchecked(result) if result <= _MASK else None
 
@@ -143,11 +168,11 @@ class _Address64:
 
     def align_down(self, alignment: int) -> Self:
         """The multiple of `alignment` (a power of two) at or below."""
-        return self._unchecked(self.raw_value() & ~(_check_power_of_two(alignment) - 1))
+        return self._unchecked(self.raw_value() & ~(check_power_of_two(alignment) - 1))
 
     def is_aligned(self, alignment: int) -> bool:
         """Whether the address is a multiple of `alignment` (a power of two)."""
-        return self.raw_value() & (_check_power_of_two(alignment) - 1) == 0
+        return self.raw_value() & (check_power_of_two(alignment) - 1) == 0
 
     # Value semantics: comparison and hashing within one address type only.
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar, cast, final
 
-from vm_memory.address import ADDRESS_SPACE_SIZE, GuestAddress, check_u64
+from vm_memory.address import ADDRESS_SPACE_SIZE, GuestAddress, as_int, check_u64
 from vm_memory.byte_valued import TypeLayout, layout_of
 from vm_memory.errors import AddressOverflow, AlignedAddressConstruction, MisalignedAddress
 
@@ -126,6 +126,8 @@ class AlignedGuestAddress(Generic[_T_co]):
 
     def offset(self, elements: int) -> AlignedGuestAddress[_T_co]:
         """The address `elements` values of T further (negative: back); stays aligned."""
+        if type(elements) is not int:
+            elements = as_int(elements, "elements")  # converted once, then only the int
         value = self._guest_value + elements * self._layout.size
         if not 0 <= value < ADDRESS_SPACE_SIZE:
             raise AddressOverflow(self._guest_value, "+" if elements >= 0 else "-",
@@ -134,19 +136,23 @@ class AlignedGuestAddress(Generic[_T_co]):
 
     def __add__(self, offset: int) -> AlignedGuestAddress[_T_co] | GuestAddress:
         """`+` of a multiple of the alignment keeps the type; any other offset does not."""
-        result = GuestAddress(self._guest_value).unchecked_add(offset)
+        offset = check_u64(offset, "offset")
+        value = self._guest_value + offset
+        if value >= ADDRESS_SPACE_SIZE:
+            raise AddressOverflow(self._guest_value, "+", offset)
         if offset % self._alignment:
-            return result
-        return self._make(self._type, result.raw_value(), self._layout,
-                          self._alignment)
+            return GuestAddress(value)
+        return self._make(self._type, value, self._layout, self._alignment)
 
     def __sub__(self, offset: int) -> AlignedGuestAddress[_T_co] | GuestAddress:
         """`-` of a multiple of the alignment keeps the type; any other offset does not."""
-        result = GuestAddress(self._guest_value).unchecked_sub(offset)
+        offset = check_u64(offset, "offset")
+        value = self._guest_value - offset
+        if value < 0:
+            raise AddressOverflow(self._guest_value, "-", offset)
         if offset % self._alignment:
-            return result
-        return self._make(self._type, result.raw_value(), self._layout,
-                          self._alignment)
+            return GuestAddress(value)
+        return self._make(self._type, value, self._layout, self._alignment)
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError("AlignedGuestAddress is immutable")

@@ -32,10 +32,16 @@ from ctypes import (
     c_ushort,
 )
 from dataclasses import dataclass
+from operator import index
 from typing import Any, TypeVar
 
 from vm_memory.byte_valued import layout_of, type_name
-from vm_memory.errors import NotAtomicAccess, NotByteValued, ValueOutOfRange
+from vm_memory.errors import (
+    InvalidArgumentType,
+    NotAtomicAccess,
+    NotByteValued,
+    ValueOutOfRange,
+)
 
 AtomicInteger = TypeVar(
     "AtomicInteger",
@@ -75,20 +81,32 @@ class AtomicKind:
     minimum: int
     maximum: int
     value_type: type[Any]
-    """The fixed-width ctypes type (or c_bool) carrying the value across the C call."""
+    """The fixed-width ctypes integer carrying the value across the C call (`c_uint8`
+    for `c_bool`: the raw byte, which `decode` turns into a bool)."""
 
     def check_value(self, value: object) -> int:
-        """`value` as an int if it fits the type, else raise `ValueOutOfRange`."""
-        if self.is_bool:
-            if value is True or value is False or value in {0, 1}:
-                return int(value)  # pyright: ignore[reportArgumentType]
-            raise ValueOutOfRange(self.name, value, "a bool is True, False, 0 or 1")
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise TypeError(f"{self.name} takes an int, not {type(value).__name__}")
+        """`value` as an int if it fits the type, else a typed error. It is converted once
+        with `operator.index` (NumPy integers and int subclasses become plain ints; True
+        and False are 1 and 0); floats and other non-integers are refused."""
+        if type(value) is not int:
+            try:
+                value = index(value)  # type: ignore[arg-type]
+            except TypeError:
+                raise InvalidArgumentType(f"a {self.name} value", "an int", value) from None
         if not self.minimum <= value <= self.maximum:
             raise ValueOutOfRange(self.name, value,
                                   f"not in [{self.minimum}, {self.maximum}]")
         return value
+
+    def decode(self, raw: int) -> Any:
+        """The value of the raw integer read from memory: a bool for `c_bool` (any byte
+        but 0 is True), else the integer itself."""
+        return raw != 0 if self.is_bool else raw
+
+    def wrap(self, number: int) -> int:
+        """`number` wrapped to the type's width, as the hardware's arithmetic does."""
+        span = self.maximum - self.minimum + 1
+        return (number - self.minimum) % span + self.minimum
 
 
 _KINDS: dict[type[Any], AtomicKind] = {}
@@ -113,7 +131,7 @@ def atomic_kind(ctype: object) -> AtomicKind:
     if layout.size not in ATOMIC_WIDTHS:
         raise NotAtomicAccess(name, f"{layout.size}-byte accesses are never atomic here")
     signed = layout.minimum < 0
-    value_type = c_bool if layout.is_bool else _FIXED_TYPES[(layout.size, signed)]
+    value_type = _FIXED_TYPES[(layout.size, signed)]
     kind = AtomicKind(layout.ctype, name, layout.size, layout.is_bool, signed,
                       layout.minimum, layout.maximum, value_type)
     _KINDS[layout.ctype] = kind

@@ -16,31 +16,25 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from vm_memory.atomic_access import AtomicKind
+from vm_memory.atomic_operations import OPERATIONS, AtomicOperation, Shape
 from vm_memory.errors import AtomicLibraryMissing, AtomicWidthUnsupported
+from vm_memory.ordering import Ordering
 
 LIBRARY_ENVIRONMENT_VARIABLE: Final = "VM_MEMORY_LIBATOMIC"
 """Names the atomic library to load instead of `libatomic.so.1` (a path or soname)."""
-
-FETCH_OPERATIONS: Final = ("add", "sub", "and", "or", "xor")
+_RELAXED: Final = int(Ordering.RELAXED)
 
 
 @dataclass(frozen=True, slots=True)
 class HostAtomics:
-    """The libatomic functions for one AtomicKind, typed for its width and sign."""
+    """The libatomic functions for one width and sign, typed for them."""
 
-    kind: AtomicKind
-    size: int
+    value_type: type[Any]
     mask: int
     """size - 1: a host address `a` is aligned when `a & mask == 0`."""
-    load: Callable[[int, int], Any]
-    store: Callable[[int, Any, int], None]
-    exchange: Callable[[int, Any, int], Any]
-    compare_exchange: Callable[[int, Any, Any, int, int], bool]
-    """(address, byref(expected), desired, success, failure) -> succeeded."""
-    fetch: dict[str, Callable[[int, Any, int], Any]]
-    fetch_add: Callable[[int, Any, int], Any] | None
-    """The same as fetch["add"], one lookup less on the hottest read-modify-write; None
-    for c_bool, which has no add."""
+    functions: dict[str, Callable[..., Any]]
+    """By `AtomicOperation.host_function`: load, store, exchange, compare_exchange,
+    fetch_add, ... (compare_exchange takes the expected value by reference)."""
 
 
 _library: ctypes.CDLL | None = None
@@ -81,25 +75,52 @@ def host_atomics(kind: AtomicKind) -> HostAtomics:
     size = kind.size
     pointer, order = ctypes.c_void_p, ctypes.c_int
 
-    def function(name: str, restype: Any, *argtypes: Any) -> Any:
-        # PYFUNCTYPE: the call keeps the GIL. Dropping and retaking it around a single
-        # instruction costs more than the instruction (about 65 ns a call measured),
-        # and a plain `struct` read holds it across a page fault the same way.
-        return ctypes.PYFUNCTYPE(restype, *argtypes)((f"__atomic_{name}_{size}", library))
-
-    fetch = {operation: function(f"fetch_{operation}", value, pointer, value, order)
-             for operation in FETCH_OPERATIONS}
-    atomics = HostAtomics(
-        kind=kind,
-        size=size,
-        mask=size - 1,
-        load=function("load", value, pointer, order),
-        store=function("store", None, pointer, value, order),
-        exchange=function("exchange", value, pointer, value, order),
-        compare_exchange=function("compare_exchange", ctypes.c_bool, pointer,
-                                  ctypes.POINTER(value), value, order, order),
-        fetch=fetch,
-        fetch_add=None if kind.is_bool else fetch["add"],
-    )
+    signatures: dict[Shape, tuple[Any, ...]] = {
+        "load": (value, pointer, order),
+        "store": (None, pointer, value, order),
+        "read-modify-write": (value, pointer, value, order),
+        "compare-exchange": (ctypes.c_bool, pointer, ctypes.POINTER(value), value, order,
+                             order),
+    }
+    # PYFUNCTYPE: the call keeps the GIL. Dropping and retaking it around a single
+    # instruction costs more than the instruction (about 65 ns a call measured), and a
+    # plain `struct` read holds it across a page fault the same way.
+    atomics = HostAtomics(value, size - 1, {
+        operation.host_function: ctypes.PYFUNCTYPE(*signatures[operation.shape])(
+            (f"__atomic_{operation.host_function}_{size}", library))
+        for operation in OPERATIONS.values()})
     _by_value_type[value] = atomics
     return atomics
+
+
+def run_host(operation: AtomicOperation, kind: AtomicKind, atomics: HostAtomics, host: int,
+             operands: tuple[int, ...], order: int, failure: int) -> Any:
+    """Run a checked `operation` on the `kind` value at host address `host` with libatomic.
+
+    Integers: one libatomic call. Bools (raw bytes): a load reads any non-zero byte as
+    True, a store writes 0 or 1, and a read-modify-write is a compare-exchange loop on
+    the byte that computes with `operation.apply`, so a non-canonical byte a guest wrote
+    behaves as True and is replaced by 0 or 1.
+    """
+    functions = atomics.functions
+    shape = operation.shape
+    if shape == "compare-exchange" and not kind.is_bool:
+        expected = atomics.value_type(operands[0])
+        stored = functions["compare_exchange"](host, ctypes.byref(expected), operands[1],
+                                               order, failure)
+        return bool(stored), expected.value
+    function = functions[operation.host_function]
+    if shape == "load":
+        return kind.decode(function(host, order))
+    if shape == "store" or not kind.is_bool:
+        return function(host, operands[0], order)
+    compare_exchange = functions["compare_exchange"]
+    raw = functions["load"](host, failure if operation.failure_orderings else _RELAXED)
+    while True:
+        new, result = operation.apply(raw != 0, operands)
+        if new is None:  # a compare that fails: nothing to store
+            return result
+        expected = atomics.value_type(raw)
+        if compare_exchange(host, ctypes.byref(expected), new, order, _RELAXED):
+            return result
+        raw = expected.value

@@ -13,17 +13,20 @@ from __future__ import annotations
 
 import ctypes
 import mmap
+import sys
 from collections.abc import Iterator
 from typing import Final
 
+from vm_memory.address import check_power_of_two, check_u64
 from vm_memory.atomic_access import atomic_kind
 from vm_memory.atomic_backend import host_atomics
-from vm_memory.errors import InvalidRange
+from vm_memory.errors import InvalidRange, MappingError
 from vm_memory.ordering import Ordering
 
 DEFAULT_PAGE_SIZE: Final = mmap.PAGESIZE
 _WORD: Final = 8
 _SCAN_CHUNK: Final = 1 << 20
+MAX_MAPPING_SIZE: Final = sys.maxsize
 """Pages scanned per copy of the map: bounds the memory a scan of a huge guest takes."""
 
 
@@ -34,30 +37,37 @@ class DirtyBitmap:
                  "page_size", "view")
 
     def __init__(self, length: int, page_size: int = DEFAULT_PAGE_SIZE) -> None:
-        if page_size <= 0 or page_size & (page_size - 1):
-            raise InvalidRange(0, page_size, "the dirty page size must be a power of two")
+        page_size = check_power_of_two(page_size)
+        length = check_u64(length, "length")
+        if length > MAX_MAPPING_SIZE:
+            raise InvalidRange(0, length, "larger than any mapping this host can make")
         self.length = length
         self.page_size = page_size
         self._shift = page_size.bit_length() - 1
         self.page_count = (length + page_size - 1) >> self._shift
         words = (self.page_count + _WORD - 1) // _WORD
-        self._map = mmap.mmap(-1, max(words * _WORD, 1), flags=mmap.MAP_PRIVATE)
+        try:
+            self._map = mmap.mmap(-1, max(words * _WORD, 1), flags=mmap.MAP_PRIVATE)
+        except OSError as error:
+            raise MappingError(words * _WORD, error.strerror or str(error)) from None
         self._pin = ctypes.c_char.from_buffer(self._map)
         self._map_address = ctypes.addressof(self._pin)
         self.view = memoryview(self._map)
 
     def mark(self, offset: int, length: int) -> None:
-        """Mark the pages holding `[offset, offset + length)` dirty."""
+        """Mark the pages holding `[offset, offset + length)` dirty; the part past the end
+        of the tracked memory is ignored (as in Rust vm-memory), and so is an empty range."""
         first = offset >> self._shift
         last = (offset + length - 1) >> self._shift
-        if first == last:
+        if first == last and first < self.page_count and length > 0:
             self.view[first] = 1
-        else:
+        elif length > 0 and first < self.page_count:
+            last = min(last, self.page_count - 1)
             self.view[first:last + 1] = b"\x01" * (last + 1 - first)
 
     def is_dirty(self, page: int) -> bool:
-        """Whether page number `page` is marked."""
-        return bool(self.view[page])
+        """Whether page number `page` is marked (a page past the end never is)."""
+        return 0 <= page < self.page_count and bool(self.view[page])
 
     def _marked(self) -> Iterator[int]:
         """Page numbers whose mark is set, found chunk by chunk (no copy of the whole map)."""
@@ -80,7 +90,7 @@ class DirtyBitmap:
         pages are taken from what the exchange returned, so a mark set meanwhile is
         either taken now or left for the next call.
         """
-        exchange = host_atomics(atomic_kind(ctypes.c_uint64)).exchange
+        exchange = host_atomics(atomic_kind(ctypes.c_uint64)).functions["exchange"]
         pages: list[int] = []
         last_word = -1
         for page in self._marked():

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, TypeVar
 
-from vm_memory.errors import NotByteValued, ValueOutOfRange
+from vm_memory.errors import InvalidGuestValue, NotByteValued, ValueOutOfRange
 
 _V_co = TypeVar("_V_co", covariant=True)
 
@@ -115,8 +115,24 @@ def _byte_order_of(ctype: type[Any]) -> str:
     return sys.byteorder
 
 
+def _own_fields(ctype: type[Any]) -> list[tuple[Any, ...]]:
+    """Every field of a Structure/Union, the inherited ones first (ctypes lays a subclass's
+    `_fields_` after its bases'), or raise if the type is incomplete."""
+    fields: list[tuple[Any, ...]] = []
+    complete = False
+    for cls in reversed(ctype.__mro__):
+        declared = vars(cls).get("_fields_")
+        if declared is not None:
+            fields.extend(declared)
+            complete = True
+    if not complete:
+        raise NotByteValued(type_name(ctype), "it has no _fields_ (an incomplete type)")
+    return fields
+
+
 def _check_fields(ctype: type[Any]) -> None:
-    """Validate every field of a Structure/Union, or the element type of an Array."""
+    """Validate every field of a Structure/Union (inherited ones too), or the element
+    type of an Array."""
     if _derives(ctype, ctypes.Array):
         element: object = ctype._type_
         try:
@@ -125,10 +141,7 @@ def _check_fields(ctype: type[Any]) -> None:
             raise NotByteValued(type_name(ctype), f"its element type is not: {error.reason}")\
                 from None
         return
-    fields = getattr(ctype, "_fields_", None)
-    if fields is None:
-        raise NotByteValued(type_name(ctype), "it has no _fields_ (an incomplete type)")
-    for field in fields:
+    for field in _own_fields(ctype):
         name, field_type = field[0], field[1]
         try:
             layout_of(field_type)
@@ -241,7 +254,10 @@ def _ctypes_scalar_layout(ctype: type[Any], name: str, size: int, alignment: int
     from_buffer_copy = ctype.from_buffer_copy
 
     def unpack_from(buffer: Any, offset: int) -> Any:
-        return from_buffer_copy(buffer, offset).value
+        try:
+            return from_buffer_copy(buffer, offset).value
+        except ValueError as error:  # c_wchar: not every bit pattern is a character
+            raise InvalidGuestValue(offset, name, str(error)) from None
 
     def pack_into(buffer: Any, offset: int, value: Any) -> None:
         try:

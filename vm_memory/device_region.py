@@ -7,15 +7,19 @@ access to it: the atomic table works here without a host pointer. (A lock is the
 tool here, unlike on shared memory: no other process or vCPU can reach the device's
 bytes except through this object.)
 """
+# pyright: reportPrivateUsage=false
 
 from __future__ import annotations
 
+import os
 import threading
+import weakref
 from typing import Any, Protocol
 
 from vm_memory.address import GuestAddress
 from vm_memory.atomic_access import AtomicKind
-from vm_memory.errors import ReadOnlyRegion
+from vm_memory.atomic_operations import AtomicOperation
+from vm_memory.errors import DeviceError, ReadOnlyRegion
 from vm_memory.region import GuestMemoryRegion
 
 
@@ -31,16 +35,16 @@ class MemoryDevice(Protocol):
         ...
 
 
-def _apply(operation: str, old: int, value: int) -> int:
-    if operation == "add":
-        return old + value
-    if operation == "sub":
-        return old - value
-    if operation == "and":
-        return old & value
-    if operation == "or":
-        return old | value
-    return old ^ value
+_DEVICE_REGIONS: weakref.WeakSet[DeviceRegion] = weakref.WeakSet()
+
+
+def _reset_locks_after_fork() -> None:
+    """A child forked while another thread held a device's lock would deadlock on it."""
+    for region in list(_DEVICE_REGIONS):
+        region._reset_lock()
+
+
+os.register_at_fork(after_in_child=_reset_locks_after_fork)
 
 
 class DeviceRegion(GuestMemoryRegion):
@@ -53,6 +57,10 @@ class DeviceRegion(GuestMemoryRegion):
         super().__init__(start, length, read_only=read_only)
         self.device = device
         self._lock = threading.Lock()
+        _DEVICE_REGIONS.add(self)
+
+    def _reset_lock(self) -> None:
+        self._lock = threading.Lock()
 
     @property
     def kind(self) -> str:
@@ -62,7 +70,8 @@ class DeviceRegion(GuestMemoryRegion):
         with self._lock:
             data = self.device.read(offset, len(destination))
         if len(data) != len(destination):
-            raise ValueError(f"device returned {len(data)} bytes, {len(destination)} asked")
+            raise DeviceError(self.start_value + offset, len(destination),
+                              f"the device returned {len(data)} bytes")
         destination[:] = data
 
     def write_from(self, offset: int, source: memoryview) -> None:
@@ -71,42 +80,18 @@ class DeviceRegion(GuestMemoryRegion):
         with self._lock:
             self.device.write(offset, bytes(source))
 
-    # Atomics: read, compute and write back under the lock every access takes.
-
-    def _load(self, offset: int, kind: AtomicKind) -> Any:
-        return kind.value_type.from_buffer_copy(self.device.read(offset, kind.size)).value
-
-    def _store(self, offset: int, kind: AtomicKind, value: int) -> None:
-        self.device.write(offset, bytes(kind.value_type(value)))
-
-    def atomic_load(self, offset: int, kind: AtomicKind, order: int) -> Any:
+    def atomic(self, operation: AtomicOperation, offset: int, kind: AtomicKind,
+               operands: tuple[int, ...], order: int, failure: int) -> Any:
+        """Read, compute (the operation table's `apply`) and write back under the lock
+        every access takes: indivisible against every other access to the device."""
+        value_type = kind.value_type
         with self._lock:
-            return self._load(offset, kind)
-
-    def atomic_store(self, offset: int, kind: AtomicKind, value: int, order: int) -> None:
-        with self._lock:
-            self._store(offset, kind, value)
-
-    def atomic_exchange(self, offset: int, kind: AtomicKind, value: int, order: int) -> Any:
-        with self._lock:
-            old = self._load(offset, kind)
-            self._store(offset, kind, value)
-            return old
-
-    def atomic_compare_exchange(self, offset: int, kind: AtomicKind, expected: int,
-                                desired: int, success: int, failure: int) -> tuple[bool, Any]:
-        with self._lock:
-            old = self._load(offset, kind)
-            if old == expected:
-                self._store(offset, kind, desired)
-                return True, old
-            return False, old
-
-    def atomic_fetch(self, operation: str, offset: int, kind: AtomicKind, value: int,
-                     order: int) -> Any:
-        with self._lock:
-            old = self._load(offset, kind)
-            # Wrap at the type's width, as the hardware would.
-            result = _apply(operation, int(old), value) & ((1 << (kind.size * 8)) - 1)
-            self._store(offset, kind, result)
-            return old
+            data = self.device.read(offset, kind.size)
+            if len(data) != kind.size:
+                raise DeviceError(self.start_value + offset, kind.size,
+                                  f"the device returned {len(data)} bytes")
+            old = kind.decode(value_type.from_buffer_copy(data).value)
+            new, result = operation.apply(old, operands)
+            if new is not None:
+                self.device.write(offset, bytes(value_type(kind.wrap(new))))
+            return result

@@ -264,3 +264,110 @@ class AlignedAddressConstruction(GuestMemoryError, TypeError):
             "AlignedGuestAddress.new(T, address), .try_new(T, address), .align_up(T, address) "
             "or .align_down(T, address)"
         )
+
+
+class InvalidArgumentType(GuestMemoryError, TypeError):
+    """An argument of the wrong Python type (an int where an address is needed, a float
+    where an integer is, a non-contiguous buffer...); nothing was touched."""
+
+    def __init__(self, what: str, expected: str, got: object) -> None:
+        self.what = what
+        self.expected = expected
+        self.got = type(got).__name__
+        """The type name of what was given (the value itself may not be picklable)."""
+        super().__init__(f"{what} must be {expected}, not {self.got}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_argument_type, (self.what, self.expected, self.got))
+
+
+def _rebuild_argument_type(what: str, expected: str, got: str) -> InvalidArgumentType:
+    error = InvalidArgumentType(what, expected, None)
+    error.got = got
+    error.args = (f"{what} must be {expected}, not {got}",)
+    return error
+
+
+class InvalidAlignment(GuestMemoryError, ValueError):
+    """An alignment that is not a power of two (or is zero)."""
+
+    def __init__(self, alignment: int) -> None:
+        self.alignment = alignment
+        self._init_args = (alignment,)
+        super().__init__(f"alignment {alignment} is not a power of two")
+
+
+class InvalidGuestValue(GuestMemoryError, ValueError):
+    """The bytes in guest memory are not a valid value of the type read (a guest wrote
+    them, so they are hostile input)."""
+
+    def __init__(self, address: int, type_name: str, reason: str) -> None:
+        self.address = address
+        self.type_name = type_name
+        self.reason = reason
+        self._init_args = (address, type_name, reason)
+        super().__init__(f"the bytes at {_hex(address)} are not a valid {type_name}: {reason}")
+
+
+class NoMemoryRegion(GuestMemoryError, ValueError):
+    """A memory was built from no ranges at all (use `GuestMemory(())` for an empty start
+    that hot-plug fills)."""
+
+    def __init__(self) -> None:
+        super().__init__("no memory region was given")
+
+
+class UnsealedMemory(MappingError):
+    """A file received from a peer is not sealed against shrinking: the peer could
+    truncate it under the mapping, and the next access would be SIGBUS."""
+
+    def __init__(self, size: int, detail: str) -> None:
+        self.detail = detail
+        super().__init__(size, f"the file is not sealed against shrinking ({detail}); a "
+                               "peer that truncates it would kill this process with SIGBUS. "
+                               "Send a memfd sealed with F_SEAL_SHRINK, or pass "
+                               "trust_unsealed=True for a peer you trust")
+        self._init_args = (size, detail)
+
+
+class MalformedMemoryTable(GuestMemoryError, ValueError):
+    """A memory table received from a peer is not what `send_memory` sends; every fd that
+    came with it has been closed."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        self._init_args = (reason,)
+        super().__init__(f"malformed memory table: {reason}")
+
+
+class NotShareable(GuestMemoryError):
+    """A region has no file behind it (anonymous memory), so it cannot be shared."""
+
+    def __init__(self, start: int) -> None:
+        self.start = start
+        self._init_args = (start,)
+        super().__init__(f"region at {_hex(start)} is anonymous memory with no fd to share; "
+                         "build shared memory with from_ranges_memfd or from a file")
+
+
+class DeviceError(GuestMemoryError):
+    """A device model behind a `DeviceRegion` answered wrongly (e.g. a short read)."""
+
+    def __init__(self, address: int, length: int, reason: str) -> None:
+        self.address = address
+        self.length = length
+        self.reason = reason
+        self._init_args = (address, length, reason)
+        super().__init__(f"device access of {length} bytes at {_hex(address)}: {reason}")
+
+
+class RegionIoError(GuestMemoryError, OSError):
+    """The file or device behind a region failed an I/O (`errno` and `strerror` are the
+    system's); an all-or-nothing access that meets it leaves memory as it was."""
+
+    def __init__(self, address: int, length: int, errno: int, strerror: str) -> None:
+        self.address = address
+        self.length = length
+        self._init_args = (address, length, errno, strerror)
+        OSError.__init__(self, errno, f"I/O of {length} bytes at guest {_hex(address)} "
+                                      f"failed: {strerror}")

@@ -1,7 +1,8 @@
 """GuestMemory: the whole access interface, written once over the region primitives.
 
 A `GuestMemory` is an immutable, sorted collection of non-overlapping regions of any
-kind; lookups are a binary search. Every method takes the address first. The access
+kind. A lookup tries, fastest first: the region the last access hit, a page table of the
+small regions, then a binary search. Every method takes the address first. The access
 table (see the README):
 
 - `read_atomic`/`write_atomic`/`swap`/`compare_exchange`/`fetch_*`: one hardware atomic
@@ -12,8 +13,11 @@ table (see the README):
 - `read`/`write` (partial counts), `read_slice`/`write_slice`/`read_bytes` (all or
   nothing).
 
-The hot paths read the regions' `buffer`/`host_address` attributes and the address
-types' value slots directly: every guest access goes through here.
+One contract on every path: each method has a fast path for the common case (a region
+with a buffer, the region the last access hit, an exact `int`, an `Ordering` member),
+built from the same rules as its general path, which checks everything in order and
+raises the typed error before touching memory. A fast path only ever admits what the
+general path would accept with the same result; everything else falls through to it.
 """
 # pyright: reportPrivateUsage=false
 
@@ -23,16 +27,24 @@ import ctypes
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import pairwise
-from typing import Any, Final, Self, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Final, Self, TypeVar, overload
 
 from vm_memory.address import ADDRESS_SPACE_SIZE, GuestAddress, MemoryRegionAddress, check_u64
 from vm_memory.aligned_address import AlignedGuestAddress
-from vm_memory.atomic_access import AtomicInteger, AtomicKind, atomic_kind
-from vm_memory.atomic_backend import HostAtomics, host_atomics
+from vm_memory.atomic_access import AtomicInteger, atomic_kind
+from vm_memory.atomic_backend import host_atomics, run_host
+from vm_memory.atomic_operations import (
+    COMPARE_EXCHANGE,
+    OPERATIONS,
+    AtomicOperation,
+)
 from vm_memory.bitmap import DEFAULT_PAGE_SIZE
+from vm_memory.buffers import buffer_address, byte_view
 from vm_memory.byte_valued import _LAYOUTS, Aggregate, ScalarValue, TypeLayout, layout_of
 from vm_memory.errors import (
+    InvalidArgumentType,
     InvalidGuestAddress,
+    InvalidGuestValue,
     InvalidRange,
     MappingError,
     MisalignedAddress,
@@ -42,17 +54,8 @@ from vm_memory.errors import (
     ReadOnlyRegion,
     RegionOverlap,
 )
-from vm_memory.ordering import (
-    FAILURE_ORDERINGS,
-    LOAD_ORDERING_MEMBERS,
-    LOAD_ORDERINGS,
-    READ_MODIFY_WRITE_ORDERING_MEMBERS,
-    READ_MODIFY_WRITE_ORDERINGS,
-    STORE_ORDERING_MEMBERS,
-    STORE_ORDERINGS,
-    Ordering,
-    check_ordering,
-)
+from vm_memory.lifetime import lifetime_lock, register
+from vm_memory.ordering import Ordering, check_ordering
 from vm_memory.region import GuestMemoryRegion, NoRegion
 from vm_memory.stream_io import StreamSource, gather_write, scatter_read
 from vm_memory.volatile import VolatileSlice
@@ -60,28 +63,31 @@ from vm_memory.volatile import VolatileSlice
 _V = TypeVar("_V")
 _A = TypeVar("_A", bound=Aggregate)
 
+Span = tuple[GuestMemoryRegion, int, int]
+"""(region, offset in it, byte count): one piece of a range that crosses regions."""
+
 _SEQ_CST: Final = Ordering.SEQ_CST
 _NO_REGION: Final = NoRegion()
-_PAGE_SHIFT: Final = 12
-_SMALL_REGION_PAGES: Final = 16
-"""Regions of at most this many pages go in the page table."""
-_HOST_ATOMICS: dict[type[Any], HostAtomics] = {}
-# Per operation, by ctype, what its fast path needs and nothing else (a dict lookup and
-# a tuple unpack cost less than attribute loads on `HostAtomics`).
-_HOST_LOADS: dict[type[Any], Callable[[int, int], Any]] = {}
-_HOST_STORES: dict[type[Any], tuple[Callable[[int, Any, int], None], int, int]] = {}
-_HOST_FETCH_ADDS: dict[type[Any], tuple[Callable[[int, Any, int], Any], int, int]] = {}
-"""HostAtomics by ctype, filled on first use (the hot atomic paths' one lookup)."""
+_LOOKUP_SHIFT: Final = 12
+"""The page table's granularity (4 KiB slots): a lookup key is `address >> _LOOKUP_SHIFT`."""
+_SMALL_REGION_SLOTS: Final = 16
+"""Regions spanning at most this many slots go in the page table."""
+_OWNED_BUFFERS: Final = (bytes, bytearray)
+"""Buffer types that own their memory: never guest memory, so never overlapping it."""
+
+# What each atomic operation's fast path needs, by ctype, filled when the general path
+# first runs the operation's kind on host memory (so the width is known lock-free).
+_FAST_ATOMICS: dict[str, dict[type[Any], Any]] = {name: {} for name in OPERATIONS}
 
 
-def _not_aligned_address(address: object, method: str) -> TypeError:
-    return TypeError(
-        f"{method} takes an AlignedGuestAddress[T] (build one with "
-        f"AlignedGuestAddress.new(T, address)), not {type(address).__name__}")
+def _not_aligned_address(address: object, method: str) -> InvalidArgumentType:
+    return InvalidArgumentType(
+        f"{method}'s address", "an AlignedGuestAddress[T] (build one with "
+        "AlignedGuestAddress.new(T, address))", address)
 
 
-def _not_address(address: object, method: str) -> TypeError:
-    return TypeError(f"{method} takes a GuestAddress, not {type(address).__name__}")
+def _not_address(address: object, method: str) -> InvalidArgumentType:
+    return InvalidArgumentType(f"{method}'s address", "a GuestAddress", address)
 
 
 def _guest_value(address: GuestAddress, method: str) -> int:
@@ -92,53 +98,142 @@ def _guest_value(address: GuestAddress, method: str) -> int:
         raise _not_address(address, method) from None
 
 
-def _byte_view(buffer: Any, writable: bool) -> memoryview:
-    view = memoryview(buffer)
-    if writable and view.readonly:
-        raise TypeError("the destination buffer is read-only")
-    return view if view.format == "B" and view.ndim == 1 else view.cast("B")
+def _overlaps(buffer: memoryview, spans: list[Span]) -> bool:
+    """Whether the caller's buffer may share bytes with the guest memory of `spans` (a
+    view of guest memory itself): a copy across regions must then go through a bounce
+    buffer, or a piece copied first would overwrite bytes a later piece still reads."""
+    if len(spans) < 2 or type(buffer.obj) in _OWNED_BUFFERS:
+        return False
+    start = buffer_address(buffer)
+    if start is None:
+        return True
+    end = start + len(buffer)
+    return any(region.host_address is not None
+               and region.host_address + offset < end
+               and start < region.host_address + offset + count
+               for region, offset, count in spans)
+
+
+def _mark(spans: Iterable[Span]) -> None:
+    """Mark the pages of `spans` dirty where their regions track writes."""
+    for region, offset, count in spans:
+        if region.dirty is not None and count:
+            region.dirty.mark(offset, count)
+
+
+def _read_spans(spans: list[Span], destination: memoryview) -> None:
+    """Copy `spans` into `destination`. A region without a buffer may fail mid-way:
+    then nothing reaches `destination` (the pieces go through a bounce buffer first)."""
+    bounce = _overlaps(destination, spans) or any(region.buffer is None
+                                                   for region, _, _ in spans)
+    target = memoryview(bytearray(len(destination))) if bounce else destination
+    done = 0
+    for region, offset, count in spans:
+        piece = target[done:done + count]
+        source = region.buffer
+        if source is not None:
+            piece[:] = source[offset:offset + count]
+        else:
+            region.read_into(offset, piece)
+        done += count
+    if bounce:
+        destination[:] = target
+
+
+def _write_spans(spans: list[Span], source: memoryview) -> None:
+    """Copy `source` into `spans`, all or nothing (read-only spans already refused).
+
+    Regions without a buffer (files, devices) can fail, so they are written first; each
+    region's `write_from` is all or nothing, and when two or more such regions are
+    written, the old bytes of each are kept and put back if a later one fails. Memory
+    with a buffer cannot fail, so it is written last.
+    """
+    if _overlaps(source, spans):
+        source = memoryview(bytes(source))
+    pieces: list[tuple[GuestMemoryRegion, int, memoryview]] = []
+    done = 0
+    for region, offset, count in spans:
+        pieces.append((region, offset, source[done:done + count]))
+        done += count
+    fallible = [piece for piece in pieces if piece[0].buffer is None]
+    saved: list[tuple[GuestMemoryRegion, int, memoryview]] = []
+    if len(fallible) > 1:
+        for region, offset, piece in fallible:
+            old = memoryview(bytearray(len(piece)))
+            region.read_into(offset, old)
+            saved.append((region, offset, old))
+    written = 0
+    try:
+        for region, offset, piece in fallible:
+            region.write_from(offset, piece)
+            written += 1
+    except BaseException:
+        for region, offset, old in reversed(saved[:written]):
+            region.write_from(offset, old)
+        raise
+    for region, offset, piece in pieces:
+        target = region.buffer
+        if target is not None:
+            target[offset:offset + len(piece)] = piece
+    _mark(spans)
 
 
 class GuestMemory:
-    """Guest physical memory made of regions; immutable (hot-plug returns new objects)."""
+    """Guest physical memory made of regions; immutable (hot-plug returns new objects).
+
+    `GuestMemory(())` is an empty memory, a starting point for hot-plug.
+    """
 
     __slots__ = ("__weakref__", "_last", "_pages", "_regions", "_starts")
 
     _regions: tuple[GuestMemoryRegion, ...]
     _starts: list[int]
-    # Lookup, fastest first: the region the last typed access hit (any region of this
-    # memory is a valid guess, so threads may race on it harmlessly); a page table of the
-    # small regions, so thousands of them cost one dict probe; a binary search.
+    # Lookup, fastest first: the region the last access hit (any region of this memory is
+    # a valid guess, so threads may race on it harmlessly); a page table of the small
+    # regions, so thousands of them cost one dict probe; a binary search.
     _last: GuestMemoryRegion
     _pages: dict[int, GuestMemoryRegion]
 
     def __init__(self, regions: Iterable[GuestMemoryRegion]) -> None:
-        regions = list(regions)
+        try:
+            regions = list(regions)
+        except TypeError:
+            raise InvalidArgumentType("regions", "an iterable of GuestMemoryRegion",
+                                      regions) from None
         for region in regions:
             if not isinstance(region, GuestMemoryRegion):
-                raise TypeError(f"{region!r} is not a GuestMemoryRegion")
-            if region.closed:
-                raise MappingError(region.length, f"{region!r} is closed")
+                raise InvalidArgumentType("a region", "a GuestMemoryRegion", region)
         ordered = sorted(regions, key=lambda region: region.start_value)
         for before, after in pairwise(ordered):
-            if before.start_value + before.length > after.start_value:
+            if before.end_value > after.start_value:
                 raise RegionOverlap(before.start_value, before.length, after.start_value,
                                     after.length)
         self._regions = tuple(ordered)
         self._starts = [region.start_value for region in ordered]
         self._pages = {}
         for region in ordered:
-            region.users.add(self)
-            first = region.start_value >> _PAGE_SHIFT
-            last = (region.end_value - 1) >> _PAGE_SHIFT
-            if last - first < _SMALL_REGION_PAGES:
+            first = region.start_value >> _LOOKUP_SHIFT
+            last = (region.end_value - 1) >> _LOOKUP_SHIFT
+            if last - first < _SMALL_REGION_SLOTS:
                 for page in range(first, last + 1):
                     self._pages.setdefault(page, region)
         self._last = _NO_REGION
+        with lifetime_lock():  # no close can slip between the check and the registration
+            for region in ordered:
+                if region.closed:
+                    raise MappingError(region.length, f"{region!r} is closed")
+            register(self)
+
+    def holds(self, region: object) -> bool:
+        """Whether `region` (this very object) is one of this memory's regions."""
+        if not isinstance(region, GuestMemoryRegion):
+            return False
+        index = bisect_right(self._starts, region.start_value) - 1
+        return index >= 0 and self._regions[index] is region
 
     def _region_at(self, value: int) -> GuestMemoryRegion:
         """The region holding `value` (remembered for the next access), or `_NO_REGION`."""
-        region = self._pages.get(value >> _PAGE_SHIFT)
+        region = self._pages.get(value >> _LOOKUP_SHIFT)
         if region is None or not region.start_value <= value < region.end_value:
             index = bisect_right(self._starts, value) - 1
             if index < 0:
@@ -164,13 +259,8 @@ class GuestMemory:
 
     def find_region(self, address: GuestAddress) -> GuestMemoryRegion | None:
         """The region containing `address`, or None."""
-        value = _guest_value(address, "find_region")
-        index = bisect_right(self._starts, value) - 1
-        if index >= 0:
-            region = self._regions[index]
-            if value - region.start_value < region.length:
-                return region
-        return None
+        region = self._region_at(_guest_value(address, "find_region"))
+        return None if region is _NO_REGION else region
 
     def last_addr(self) -> GuestAddress:
         """The highest guest address backed by a region; raises if there are none."""
@@ -187,9 +277,11 @@ class GuestMemory:
         return address if self.find_region(address) is not None else None
 
     def check_range(self, address: GuestAddress, length: int) -> bool:
-        """Whether all of `[address, address + length)` is backed, holes and all."""
+        """Whether all of `[address, address + length)` is backed (a range passing 2**64
+        is not)."""
         length = check_u64(length, "length")
-        return self._covered(_guest_value(address, "check_range"), length) == length
+        value = _guest_value(address, "check_range")
+        return _covered(self._spans(value, length)) == length
 
     def to_region_addr(
         self, address: GuestAddress
@@ -202,12 +294,22 @@ class GuestMemory:
 
     def get_host_address(self, address: GuestAddress) -> int:
         """The host virtual address behind `address`, for passing to KVM or a device."""
-        region = self.find_region(address)
-        if region is None:
-            raise InvalidGuestAddress(address._guest_value)
+        value = _guest_value(address, "get_host_address")
+        region = self._region_at(value)
+        if region is _NO_REGION:
+            raise InvalidGuestAddress(value)
         if region.host_address is None:
-            raise NoHostAddress(address._guest_value, region.kind)
-        return region.host_address + address._guest_value - region.start_value
+            raise NoHostAddress(value, region.kind)
+        return region.host_address + value - region.start_value
+
+    # ---- The one lookup and the one span walker -------------------------------------
+
+    def _checked_start(self, address: GuestAddress, length: int, method: str) -> int:
+        """The int behind `address`, checking that `length` bytes from it stay below 2**64."""
+        value = _guest_value(address, method)
+        if value + length > ADDRESS_SPACE_SIZE:
+            raise InvalidRange(value, length, "the range passes 2**64")
+        return value
 
     def _locate(self, value: int, size: int) -> tuple[GuestMemoryRegion, int]:
         """The region holding all of `[value, value + size)` and the offset, or raise."""
@@ -219,9 +321,9 @@ class GuestMemory:
             raise InvalidRange(value, size, f"the access crosses the end of {region!r}")
         return region, offset
 
-    def _spans(self, value: int, length: int) -> list[tuple[GuestMemoryRegion, int, int]]:
-        """(region, offset, count) pieces covering `[value, value + length)` up to a hole."""
-        spans: list[tuple[GuestMemoryRegion, int, int]] = []
+    def _spans(self, value: int, length: int) -> list[Span]:
+        """The pieces covering `[value, value + length)`, in order, up to a hole."""
+        spans: list[Span] = []
         index = bisect_right(self._starts, value) - 1
         regions = self._regions
         remaining = length
@@ -237,50 +339,18 @@ class GuestMemory:
             index += 1
         return spans
 
-    def _covered(self, value: int, length: int) -> int:
-        return sum(count for _, _, count in self._spans(value, length))
+    def _whole_spans(self, value: int, length: int, *, writing: bool) -> list[Span]:
+        """The pieces of `[value, value + length)`, which must all be backed (and
+        writable when `writing`), else the typed error with nothing touched."""
+        spans = self._spans(value, length)
+        covered = _covered(spans)
+        if covered < length:
+            raise PartialBuffer(value, length, 0, covered)
+        if writing:
+            _refuse_read_only(spans)
+        return spans
 
     # ---- Bulk copies ---------------------------------------------------------------
-
-    def _read_spans(self, spans: list[tuple[GuestMemoryRegion, int, int]],
-                    destination: memoryview) -> int:
-        done = 0
-        for region, offset, count in spans:
-            target = destination[done:done + count]
-            source = region.buffer
-            if source is not None:
-                target[:] = source[offset:offset + count]
-            else:
-                region.read_into(offset, target)
-            done += count
-        return done
-
-    def _write_spans(self, address: int, spans: list[tuple[GuestMemoryRegion, int, int]],
-                     source: memoryview) -> int:
-        for region, offset, count in spans:
-            if region.read_only:
-                raise ReadOnlyRegion(region.start_value + offset, count)
-        done = 0
-        for region, offset, count in spans:
-            piece = source[done:done + count]
-            target = region.buffer
-            if target is not None:
-                target[offset:offset + count] = piece
-            else:
-                region.write_from(offset, piece)
-            if region.dirty is not None:
-                region.dirty.mark(offset, count)
-            done += count
-        return done
-
-    def _checked_start(self, address: GuestAddress, length: int, method: str) -> int:
-        try:
-            value: int = address._guest_value
-        except AttributeError:
-            raise _not_address(address, method) from None
-        if value + length > ADDRESS_SPACE_SIZE:
-            raise InvalidRange(value, length, "the range passes 2**64")
-        return value
 
     def read(self, address: GuestAddress, buffer: Any) -> int:
         """Copy guest memory into `buffer`, stopping at a hole; returns the bytes copied.
@@ -288,7 +358,7 @@ class GuestMemory:
         Raises `InvalidGuestAddress` if nothing at `address` is backed (and `buffer`
         is not empty).
         """
-        destination = _byte_view(buffer, writable=True)
+        destination = byte_view(buffer, writable=True, what="read's buffer")
         length = len(destination)
         value = self._checked_start(address, length, "read")
         if length == 0:
@@ -296,14 +366,16 @@ class GuestMemory:
         spans = self._spans(value, length)
         if not spans:
             raise InvalidGuestAddress(value)
-        return self._read_spans(spans, destination)
+        covered = _covered(spans)
+        _read_spans(spans, destination[:covered])
+        return covered
 
     def write(self, address: GuestAddress, data: Any) -> int:
         """Copy `data` into guest memory, stopping at a hole; returns the bytes copied.
 
         A read-only region anywhere in the reachable span refuses the whole write.
         """
-        source = _byte_view(data, writable=False)
+        source = byte_view(data, writable=False, what="write's buffer")
         length = len(source)
         value = self._checked_start(address, length, "write")
         if length == 0:
@@ -311,62 +383,62 @@ class GuestMemory:
         spans = self._spans(value, length)
         if not spans:
             raise InvalidGuestAddress(value)
-        return self._write_spans(value, spans, source)
+        _refuse_read_only(spans)
+        covered = _covered(spans)
+        _write_spans(spans, source[:covered])
+        return covered
 
     def read_slice(self, address: GuestAddress, buffer: Any) -> None:
         """Fill `buffer` from guest memory, or raise `PartialBuffer` having copied nothing."""
-        destination = _byte_view(buffer, writable=True)
+        destination = byte_view(buffer, writable=True, what="read_slice's buffer")
         length = len(destination)
         value = self._checked_start(address, length, "read_slice")
-        index = bisect_right(self._starts, value) - 1
-        if index >= 0:  # fast path: one region with a buffer
-            region = self._regions[index]
-            offset = value - region.start_value
-            source = region.buffer
-            if source is not None and offset + length <= region.length:
-                destination[:] = source[offset:offset + length]
-                return
-        spans = self._spans(value, length)
-        covered = sum(count for _, _, count in spans)
-        if covered < length:
-            raise PartialBuffer(value, length, 0, covered)
-        self._read_spans(spans, destination)
+        region = self._last
+        if not region.start_value <= value < region.end_value:
+            region = self._region_at(value)
+        offset = value - region.start_value
+        source = region.buffer
+        if source is not None and offset + length <= region.length:  # one region's buffer
+            destination[:] = source[offset:offset + length]
+            return
+        _read_spans(self._whole_spans(value, length, writing=False), destination)
 
     def write_slice(self, address: GuestAddress, data: Any) -> None:
         """Copy all of `data` into guest memory, or raise having written nothing."""
-        source = _byte_view(data, writable=False)
+        source = byte_view(data, writable=False, what="write_slice's buffer")
         length = len(source)
         value = self._checked_start(address, length, "write_slice")
-        index = bisect_right(self._starts, value) - 1
-        if index >= 0:  # fast path: one writable region with a buffer
-            region = self._regions[index]
-            offset = value - region.start_value
-            target = region.buffer
-            if target is not None and offset + length <= region.length \
-                    and not region.read_only:
-                target[offset:offset + length] = source
-                if region.dirty is not None:
-                    region.dirty.mark(offset, length)
-                return
-        spans = self._spans(value, length)
-        covered = sum(count for _, _, count in spans)
-        if covered < length:
-            raise PartialBuffer(value, length, 0, covered)
-        self._write_spans(value, spans, source)
+        region = self._last
+        if not region.start_value <= value < region.end_value:
+            region = self._region_at(value)
+        offset = value - region.start_value
+        target = region.buffer
+        if target is not None and offset + length <= region.length and not region.read_only:
+            target[offset:offset + length] = source  # one writable region's buffer
+            if region.dirty is not None and length:
+                region.dirty.mark(offset, length)
+            return
+        _write_spans(self._whole_spans(value, length, writing=True), source)
 
     def read_bytes(self, address: GuestAddress, length: int) -> bytes:
-        """`length` bytes from guest memory, or raise `PartialBuffer`."""
+        """`length` bytes from guest memory, or raise `PartialBuffer` (before allocating)."""
         length = check_u64(length, "length")
-        self._checked_start(address, length, "read_bytes")
+        value = self._checked_start(address, length, "read_bytes")
+        region = self._region_at(value)
+        offset = value - region.start_value
+        source = region.buffer
+        if source is not None and offset + length <= region.length:
+            return source[offset:offset + length].tobytes()
+        spans = self._whole_spans(value, length, writing=False)
         buffer = bytearray(length)
-        self.read_slice(address, buffer)
+        _read_spans(spans, memoryview(buffer))
         return bytes(buffer)
 
     # ---- Typed, not atomic ---------------------------------------------------------
-    # Fast paths: one region with a buffer, a struct-coded scalar. Everything else, and
-    # every error, goes through the general path below each. The fast paths are written
-    # out in each method on purpose: a shared helper would cost a Python call (about
-    # 60 ns), a third of the whole operation.
+    # Fast paths: the region the last access hit, with a buffer, and a struct-coded or
+    # typed-view scalar. Everything else, and every error, goes through the general path
+    # below each. The fast paths are written out in each method on purpose: a shared
+    # helper would cost a Python call (about 60 ns), a third of the whole operation.
 
     @overload
     def read_obj_unaligned(self, address: GuestAddress, ctype: type[_A]) -> _A: ...
@@ -386,17 +458,18 @@ class GuestMemory:
         if region.start_value <= value < region.read_limit and unpack is not None:
             return unpack(region.buffer, value - region.start_value)[0]
         # Another region: the page table's guess first (no Python call), else a search.
-        region = self._pages.get(value >> _PAGE_SHIFT) or self._region_at(value)
+        region = self._pages.get(value >> _LOOKUP_SHIFT) or self._region_at(value)
         if region.start_value <= value < region.read_limit and unpack is not None:
             self._last = region
             return unpack(region.buffer, value - region.start_value)[0]
+        value = self._checked_start(address, layout.size, "read_obj_unaligned")
         region = self._region_at(value)
         buffer = region.buffer
         if buffer is not None and value + layout.size <= region.end_value:
-            return layout.unpack_from(buffer, value - region.start_value)
+            return _unpack(layout, buffer, value - region.start_value, value)
         scratch = bytearray(layout.size)
         self.read_slice(address, scratch)
-        return layout.unpack_from(scratch, 0)
+        return _unpack(layout, scratch, 0, value)
 
     @overload
     def write_obj_unaligned(self, address: GuestAddress, ctype: type[_A], value: _A) -> None:
@@ -417,7 +490,10 @@ class GuestMemory:
         if region.start_value <= raw < region.write_limit and pack is not None \
                 and value.__class__ is int and layout.minimum <= value <= layout.maximum:
             pack(region.buffer, raw - region.start_value, value)  # checked: cannot fail
+            if region.dirty is not None:
+                region.dirty.mark(raw - region.start_value, layout.size)
             return
+        self._checked_start(address, layout.size, "write_obj_unaligned")
         self._region_at(raw)  # remember the region for the next access
         scratch = bytearray(layout.size)
         layout.pack_into(scratch, 0, value)  # validates the value before any store
@@ -445,14 +521,13 @@ class GuestMemory:
                     if layout.native_code is not None:
                         region.typed_view(layout.native_code, layout.size)
                     return unpack(region.buffer, value - region.start_value)[0]
-        region = self._region_at(value)
-        buffer = region.buffer
-        if buffer is not None and value + layout.size <= region.end_value:
-            return layout.unpack_from(buffer, value - region.start_value)
         region, offset = self._locate(value, layout.size)
+        buffer = region.buffer
+        if buffer is not None:
+            return _unpack(layout, buffer, offset, value)
         scratch = bytearray(layout.size)
         region.read_into(offset, memoryview(scratch))
-        return layout.unpack_from(scratch, 0)
+        return _unpack(layout, scratch, 0, value)
 
     @overload
     def write_obj(self, address: AlignedGuestAddress[_A], value: _A) -> None: ...
@@ -466,244 +541,172 @@ class GuestMemory:
         except AttributeError:
             raise _not_aligned_address(address, "write_obj") from None
         region = self._last
-        if region.start_value <= raw < region.write_limit:
-            try:  # the typed view checks the value, then stores it, in one subscript
+        if region.start_value <= raw < region.write_limit and value.__class__ is int \
+                and layout.minimum <= value <= layout.maximum:
+            offset = raw - region.start_value
+            try:  # the typed view: one subscript, for an aligned native integer
                 region.typed_views[layout.native_code][  # type: ignore[index]
-                    (raw - region.start_value) >> layout.shift] = value
-                return
+                    offset >> layout.shift] = value
             except KeyError:
                 pack = layout.struct_pack
-                if pack is not None and value.__class__ is int \
-                        and layout.minimum <= value <= layout.maximum:
+                if pack is None:  # not a struct-coded integer: the general path below
+                    offset = -1
+                else:
                     if layout.native_code is not None:
                         region.typed_view(layout.native_code, layout.size)
-                    pack(region.buffer, raw - region.start_value, value)  # cannot fail
-                    return
-            except (TypeError, ValueError):
-                pass  # the general path raises the typed error
+                    pack(region.buffer, offset, value)  # checked: cannot fail
+            if offset >= 0:
+                if region.dirty is not None:
+                    region.dirty.mark(offset, layout.size)
+                return
         region, offset = self._locate(raw, layout.size)
         if region.read_only:
             raise ReadOnlyRegion(raw, layout.size)
         scratch = bytearray(layout.size)
         layout.pack_into(scratch, 0, value)
-        if region.buffer is not None:
-            region.buffer[offset:offset + layout.size] = scratch
-        else:
-            region.write_from(offset, memoryview(scratch))
-        if region.dirty is not None:
-            region.dirty.mark(offset, layout.size)
+        _write_spans([(region, offset, layout.size)], memoryview(scratch))
 
     # ---- Atomic --------------------------------------------------------------------
-    # Fast paths: a known AtomicAccess type, an allowed ordering, a host-backed region.
-    # They fall back to `_atomic` for everything else, which checks everything in
-    # order and raises the typed error, before any memory is touched.
+    # The public methods are made from the operation table (`atomic_operations`) by
+    # `_atomic_method`, below the class (the type checkers read the declarations in the
+    # TYPE_CHECKING block, whose docstrings are the table's summaries): a fast path (a
+    # known lock-free integer type, an exact int in range, an allowed Ordering member,
+    # the last region hit being host-backed and writable where needed) and `_atomic`,
+    # the general path, for everything else.
 
-    def _atomic(self, operation: str, address: AlignedGuestAddress[Any], order: Ordering,
-                *operands: Any) -> Any:
-        """Any atomic operation, fully checked. `operands` are the values it stores."""
+    def _atomic(self, operation: AtomicOperation, address: AlignedGuestAddress[Any],
+                order: object, operands: tuple[object, ...],
+                failure: object = _SEQ_CST) -> Any:
+        """Any atomic operation, fully checked in order before memory is touched."""
         try:
             ctype = address._type
+            value = address._guest_value
         except AttributeError:
-            raise _not_aligned_address(address, operation) from None
-        if operation == "read_atomic":
-            check_ordering(operation, order, LOAD_ORDERINGS)
-        elif operation == "write_atomic":
-            check_ordering(operation, order, STORE_ORDERINGS)
-        elif operation == "compare_exchange":
-            check_ordering("compare_exchange success", order, READ_MODIFY_WRITE_ORDERINGS)
-            check_ordering("compare_exchange failure", operands[2], FAILURE_ORDERINGS)
-        else:
-            check_ordering(operation, order, READ_MODIFY_WRITE_ORDERINGS)
+            raise _not_aligned_address(address, operation.name) from None
+        c_order = check_ordering(operation.name, order, operation.orderings,
+                                 operation.access)
+        c_failure = c_order
+        if operation.failure_orderings:
+            c_failure = check_ordering(f"{operation.name} failure", failure,
+                                       operation.failure_orderings, "a load")
         kind = atomic_kind(ctype)
-        fetch = operation[6:] if operation.startswith("fetch_") else ""
-        if kind.is_bool and fetch in ("add", "sub"):
-            raise NotAtomicAccess(kind.name, f"{operation} is not defined for bool")
-        values = [kind.check_value(operand) for operand in operands[:2]]
-        value = address._guest_value
+        if kind.is_bool and not operation.defined_for_bool:
+            raise NotAtomicAccess(kind.name, f"{operation.name} is not defined for bool")
+        values = tuple(kind.check_value(operand) for operand in operands)
         region, offset = self._locate(value, kind.size)
-        stores = operation != "read_atomic"
-        if stores and region.read_only:
+        if operation.stores and region.read_only:
             raise ReadOnlyRegion(value, kind.size)
-        c_order = int(order)
         base = region.host_address
         if base is None:
-            result = self._region_atomic(region, operation, fetch, offset, kind, c_order,
-                                         values, operands)
+            result = region.atomic(operation, offset, kind, values, c_order, c_failure)
         else:
-            functions = _HOST_ATOMICS.get(ctype)
-            if functions is None:
-                functions = _HOST_ATOMICS[ctype] = host_atomics(kind)
-                _HOST_LOADS[ctype] = functions.load
-                _HOST_STORES[ctype] = (functions.store, kind.minimum, kind.maximum)
-                if functions.fetch_add is not None:
-                    _HOST_FETCH_ADDS[ctype] = (functions.fetch_add, kind.minimum,
-                                               kind.maximum)
+            atomics = host_atomics(kind)
             host = base + offset
-            if host & functions.mask:
+            if host & atomics.mask:
                 raise MisalignedAddress(host, kind.size, kind.name, "host")
-            result = _host_atomic(functions, operation, fetch, host, c_order, values,
-                                  operands)
-        if stores and region.dirty is not None and \
-                (operation != "compare_exchange" or result[0]):
+            result = run_host(operation, kind, atomics, host, values, c_order, c_failure)
+            if not kind.is_bool and ctype not in _FAST_ATOMICS[operation.name]:
+                _prime_fast_atomics(ctype, kind.minimum, kind.maximum, atomics.value_type,
+                                    atomics.functions)
+        if operation.stores and region.dirty is not None and \
+                (operation is not COMPARE_EXCHANGE or result[0]):
             region.dirty.mark(offset, kind.size)
         return result
 
-    @staticmethod
-    def _region_atomic(region: GuestMemoryRegion, operation: str, fetch: str, offset: int,
-                       kind: AtomicKind, order: int, values: list[int],
-                       operands: tuple[Any, ...]) -> Any:
-        if operation == "read_atomic":
-            return region.atomic_load(offset, kind, order)
-        if operation == "write_atomic":
-            region.atomic_store(offset, kind, values[0], order)
-            return None
-        if operation == "swap":
-            return region.atomic_exchange(offset, kind, values[0], order)
-        if operation == "compare_exchange":
-            return region.atomic_compare_exchange(offset, kind, values[0], values[1], order,
-                                                  int(operands[2]))
-        return region.atomic_fetch(fetch, offset, kind, values[0], order)
+    if TYPE_CHECKING:
+        @overload
+        def read_atomic(self, address: AlignedGuestAddress[ctypes.c_bool],
+                        order: Ordering = _SEQ_CST) -> bool: ...
+        @overload
+        def read_atomic(self, address: AlignedGuestAddress[AtomicInteger],
+                        order: Ordering = _SEQ_CST) -> int: ...
+        def read_atomic(self, address: AlignedGuestAddress[Any],
+                        order: Ordering = _SEQ_CST) -> Any:
+            """One hardware-atomic load with `order` (RELAXED, ACQUIRE or SEQ_CST)."""
+            ...
 
-    @overload
-    def read_atomic(self, address: AlignedGuestAddress[ctypes.c_bool],
-                    order: Ordering = _SEQ_CST) -> bool: ...
-    @overload
-    def read_atomic(self, address: AlignedGuestAddress[AtomicInteger],
-                    order: Ordering = _SEQ_CST) -> int: ...
-    def read_atomic(self, address: AlignedGuestAddress[Any], order: Ordering = _SEQ_CST) -> Any:
-        """One hardware-atomic load with `order` (RELAXED, ACQUIRE or SEQ_CST)."""
-        try:
-            load = _HOST_LOADS[address._type]
-            value = address._guest_value
-        except (KeyError, AttributeError):
-            return self._atomic("read_atomic", address, order)
-        region = self._last
-        if region.start_value <= value < region.atomic_read_limit \
-                and (order is _SEQ_CST or order in LOAD_ORDERING_MEMBERS):
-            return load(value + region.atomic_delta, order)
-        return self._atomic("read_atomic", address, order)
+        @overload
+        def write_atomic(self, address: AlignedGuestAddress[ctypes.c_bool], value: bool,
+                         order: Ordering = _SEQ_CST) -> None: ...
+        @overload
+        def write_atomic(self, address: AlignedGuestAddress[AtomicInteger], value: int,
+                         order: Ordering = _SEQ_CST) -> None: ...
+        def write_atomic(self, address: AlignedGuestAddress[Any], value: int,
+                         order: Ordering = _SEQ_CST) -> None:
+            """One hardware-atomic store with `order` (RELAXED, RELEASE or SEQ_CST)."""
+            ...
 
-    @overload
-    def write_atomic(self, address: AlignedGuestAddress[ctypes.c_bool], value: bool,
-                     order: Ordering = _SEQ_CST) -> None: ...
-    @overload
-    def write_atomic(self, address: AlignedGuestAddress[AtomicInteger], value: int,
-                     order: Ordering = _SEQ_CST) -> None: ...
-    def write_atomic(self, address: AlignedGuestAddress[Any], value: int,
-                     order: Ordering = _SEQ_CST) -> None:
-        """One hardware-atomic store with `order` (RELAXED, RELEASE or SEQ_CST)."""
-        try:
-            store, minimum, maximum = _HOST_STORES[address._type]
-            raw = address._guest_value
-            region = self._last
-            if region.start_value <= raw < region.atomic_write_limit \
-                    and minimum <= value <= maximum \
-                    and (order is _SEQ_CST or order in STORE_ORDERING_MEMBERS):
-                # ctypes refuses a non-int before the call: nothing is stored then.
-                store(raw + region.atomic_delta, value, order)
-                return
-            dirty = region.dirty
-            if dirty is not None and region.start_value <= raw < region.atomic_read_limit \
-                    and not region.read_only and minimum <= value <= maximum \
-                    and (order is _SEQ_CST or order in STORE_ORDERING_MEMBERS):
-                store(raw + region.atomic_delta, value, order)
-                dirty.mark(raw - region.start_value, 1)  # aligned: never crosses a page
-                return
-        except (KeyError, AttributeError, TypeError, ctypes.ArgumentError):
-            pass  # the general path raises the typed error
-        self._atomic("write_atomic", address, order, value)
-
-    @overload
-    def swap(self, address: AlignedGuestAddress[ctypes.c_bool], value: bool,
-             order: Ordering = _SEQ_CST) -> bool: ...
-    @overload
-    def swap(self, address: AlignedGuestAddress[AtomicInteger], value: int,
-             order: Ordering = _SEQ_CST) -> int: ...
-    def swap(self, address: AlignedGuestAddress[Any], value: int,
-             order: Ordering = _SEQ_CST) -> Any:
-        """Atomically store `value` and return the previous value."""
-        return self._atomic("swap", address, order, value)
-
-    @overload
-    def compare_exchange(self, address: AlignedGuestAddress[ctypes.c_bool], expected: bool,
-                         desired: bool, success: Ordering = _SEQ_CST,
-                         failure: Ordering = _SEQ_CST) -> tuple[bool, bool]: ...
-    @overload
-    def compare_exchange(self, address: AlignedGuestAddress[AtomicInteger], expected: int,
-                         desired: int, success: Ordering = _SEQ_CST,
-                         failure: Ordering = _SEQ_CST) -> tuple[bool, int]: ...
-    def compare_exchange(self, address: AlignedGuestAddress[Any], expected: int, desired: int,
-                         success: Ordering = _SEQ_CST,
-                         failure: Ordering = _SEQ_CST) -> tuple[bool, Any]:
-        """Atomically store `desired` if the value is `expected`.
-
-        Returns (whether it was stored, the value found). A read-only region refuses
-        even a compare-exchange that would fail: the instruction writes either way.
-        """
-        return self._atomic(  # type: ignore[no-any-return]
-            "compare_exchange", address, success, expected, desired, failure)
-
-    def fetch_add(self, address: AlignedGuestAddress[AtomicInteger], value: int,
-                  order: Ordering = _SEQ_CST) -> int:
-        """Atomically add `value` (wrapping at the type's width); return the old value."""
-        try:
-            fetch_add, minimum, maximum = _HOST_FETCH_ADDS[address._type]
-            raw = address._guest_value
-            region = self._last
-            if region.start_value <= raw < region.atomic_write_limit \
-                    and minimum <= value <= maximum \
-                    and (order is _SEQ_CST or order in READ_MODIFY_WRITE_ORDERING_MEMBERS):
-                # ctypes refuses a non-int before the call: nothing is changed then.
-                old: int = fetch_add(raw + region.atomic_delta, value, order)
-                return old
-            dirty = region.dirty
-            if dirty is not None and region.start_value <= raw < region.atomic_read_limit \
-                    and not region.read_only and minimum <= value <= maximum \
-                    and (order is _SEQ_CST or order in READ_MODIFY_WRITE_ORDERING_MEMBERS):
-                old = fetch_add(raw + region.atomic_delta, value, order)
-                dirty.mark(raw - region.start_value, 1)  # aligned: never crosses a page
-                return old
-        except (KeyError, AttributeError, TypeError, ctypes.ArgumentError):
-            pass  # the general path raises the typed error
-        return self._atomic("fetch_add", address, order, value)  # type: ignore[no-any-return]
-
-    def fetch_sub(self, address: AlignedGuestAddress[AtomicInteger], value: int,
-                  order: Ordering = _SEQ_CST) -> int:
-        """Atomically subtract `value` (wrapping); return the old value."""
-        return self._atomic("fetch_sub", address, order, value)  # type: ignore[no-any-return]
-
-    @overload
-    def fetch_and(self, address: AlignedGuestAddress[ctypes.c_bool], value: bool,
-                  order: Ordering = _SEQ_CST) -> bool: ...
-    @overload
-    def fetch_and(self, address: AlignedGuestAddress[AtomicInteger], value: int,
-                  order: Ordering = _SEQ_CST) -> int: ...
-    def fetch_and(self, address: AlignedGuestAddress[Any], value: int,
-                  order: Ordering = _SEQ_CST) -> Any:
-        """Atomically AND `value` in; return the old value."""
-        return self._atomic("fetch_and", address, order, value)
-
-    @overload
-    def fetch_or(self, address: AlignedGuestAddress[ctypes.c_bool], value: bool,
+        @overload
+        def swap(self, address: AlignedGuestAddress[ctypes.c_bool], value: bool,
                  order: Ordering = _SEQ_CST) -> bool: ...
-    @overload
-    def fetch_or(self, address: AlignedGuestAddress[AtomicInteger], value: int,
+        @overload
+        def swap(self, address: AlignedGuestAddress[AtomicInteger], value: int,
                  order: Ordering = _SEQ_CST) -> int: ...
-    def fetch_or(self, address: AlignedGuestAddress[Any], value: int,
+        def swap(self, address: AlignedGuestAddress[Any], value: int,
                  order: Ordering = _SEQ_CST) -> Any:
-        """Atomically OR `value` in; return the old value."""
-        return self._atomic("fetch_or", address, order, value)
+            """Atomically store `value` and return the previous value."""
+            ...
 
-    @overload
-    def fetch_xor(self, address: AlignedGuestAddress[ctypes.c_bool], value: bool,
-                  order: Ordering = _SEQ_CST) -> bool: ...
-    @overload
-    def fetch_xor(self, address: AlignedGuestAddress[AtomicInteger], value: int,
-                  order: Ordering = _SEQ_CST) -> int: ...
-    def fetch_xor(self, address: AlignedGuestAddress[Any], value: int,
-                  order: Ordering = _SEQ_CST) -> Any:
-        """Atomically XOR `value` in; return the old value."""
-        return self._atomic("fetch_xor", address, order, value)
+        @overload
+        def compare_exchange(self, address: AlignedGuestAddress[ctypes.c_bool],
+                             expected: bool, desired: bool, success: Ordering = _SEQ_CST,
+                             failure: Ordering = _SEQ_CST) -> tuple[bool, bool]: ...
+        @overload
+        def compare_exchange(self, address: AlignedGuestAddress[AtomicInteger],
+                             expected: int, desired: int, success: Ordering = _SEQ_CST,
+                             failure: Ordering = _SEQ_CST) -> tuple[bool, int]: ...
+        def compare_exchange(self, address: AlignedGuestAddress[Any], expected: int,
+                             desired: int, success: Ordering = _SEQ_CST,
+                             failure: Ordering = _SEQ_CST) -> tuple[bool, Any]:
+            """Atomically store `desired` if the value is `expected`.
+
+            Returns (whether it was stored, the value found). A read-only region refuses
+            even a compare-exchange that would fail: the instruction writes either way.
+            """
+            ...
+
+        def fetch_add(self, address: AlignedGuestAddress[AtomicInteger], value: int,
+                      order: Ordering = _SEQ_CST) -> int:
+            """Atomically add `value` (wrapping at the type's width); return the old value."""
+            ...
+
+        def fetch_sub(self, address: AlignedGuestAddress[AtomicInteger], value: int,
+                      order: Ordering = _SEQ_CST) -> int:
+            """Atomically subtract `value` (wrapping); return the old value."""
+            ...
+
+        @overload
+        def fetch_and(self, address: AlignedGuestAddress[ctypes.c_bool], value: bool,
+                      order: Ordering = _SEQ_CST) -> bool: ...
+        @overload
+        def fetch_and(self, address: AlignedGuestAddress[AtomicInteger], value: int,
+                      order: Ordering = _SEQ_CST) -> int: ...
+        def fetch_and(self, address: AlignedGuestAddress[Any], value: int,
+                      order: Ordering = _SEQ_CST) -> Any:
+            """Atomically AND `value` in; return the old value."""
+            ...
+
+        @overload
+        def fetch_or(self, address: AlignedGuestAddress[ctypes.c_bool], value: bool,
+                     order: Ordering = _SEQ_CST) -> bool: ...
+        @overload
+        def fetch_or(self, address: AlignedGuestAddress[AtomicInteger], value: int,
+                     order: Ordering = _SEQ_CST) -> int: ...
+        def fetch_or(self, address: AlignedGuestAddress[Any], value: int,
+                     order: Ordering = _SEQ_CST) -> Any:
+            """Atomically OR `value` in; return the old value."""
+            ...
+
+        @overload
+        def fetch_xor(self, address: AlignedGuestAddress[ctypes.c_bool], value: bool,
+                      order: Ordering = _SEQ_CST) -> bool: ...
+        @overload
+        def fetch_xor(self, address: AlignedGuestAddress[AtomicInteger], value: int,
+                      order: Ordering = _SEQ_CST) -> int: ...
+        def fetch_xor(self, address: AlignedGuestAddress[Any], value: int,
+                      order: Ordering = _SEQ_CST) -> Any:
+            """Atomically XOR `value` in; return the old value."""
+            ...
 
     # ---- Views ---------------------------------------------------------------------
 
@@ -721,11 +724,8 @@ class GuestMemory:
         """
         length = check_u64(length, "length")
         value = self._checked_start(address, length, "get_slices")
-        spans = self._spans(value, length)
-        covered = sum(count for _, _, count in spans)
-        if covered < length:
-            raise PartialBuffer(value, length, 0, covered)
-        return [VolatileSlice(self, region, offset, count) for region, offset, count in spans]
+        return [VolatileSlice(self, region, offset, count) for region, offset, count
+                in self._whole_spans(value, length, writing=False)]
 
     # ---- Hot-plug: new immutable objects -------------------------------------------
 
@@ -733,12 +733,21 @@ class GuestMemory:
         """A new memory object with `region` added (`RegionOverlap` if it collides).
 
         If this memory tracks dirty pages, the new region is tracked too, from the start.
+        A refused insert leaves `region` as it was.
         """
-        for tracked in self._regions:
-            if tracked.dirty is not None:
-                region.track_dirty_pages(tracked.dirty.page_size)
-                break
-        return self._with_regions((*self._regions, region))
+        if not isinstance(region, GuestMemoryRegion):
+            raise InvalidArgumentType("insert_region's region", "a GuestMemoryRegion", region)
+        page_size = next((tracked.dirty.page_size for tracked in self._regions
+                          if tracked.dirty is not None), None)
+        started = page_size is not None and region.dirty is None
+        if page_size is not None:
+            region.track_dirty_pages(page_size)
+        try:
+            return self._with_regions((*self._regions, region))
+        except BaseException:
+            if started:
+                region.stop_tracking_dirty_pages()
+            raise
 
     def remove_region(self, address: GuestAddress,
                       length: int) -> tuple[Self, GuestMemoryRegion]:
@@ -747,11 +756,15 @@ class GuestMemory:
         The removed region stays mapped for as long as anything (an old snapshot, a
         view) still refers to it.
         """
-        for region in self._regions:
-            if region.start == address and region.length == length:
-                remaining = tuple(other for other in self._regions if other is not region)
+        value = _guest_value(address, "remove_region")
+        length = check_u64(length, "length")
+        index = bisect_right(self._starts, value) - 1
+        if index >= 0:
+            region = self._regions[index]
+            if region.start_value == value and region.length == length:
+                remaining = self._regions[:index] + self._regions[index + 1:]
                 return self._with_regions(remaining), region
-        raise InvalidRange(address.raw_value(), length, "no region has exactly this range")
+        raise InvalidRange(value, length, "no region has exactly this range")
 
     def _with_regions(self, regions: tuple[GuestMemoryRegion, ...]) -> Self:
         return type(self)(regions)
@@ -782,43 +795,47 @@ class GuestMemory:
     # ---- Zero-copy stream I/O ------------------------------------------------------
 
     def _io_spans(self, address: GuestAddress, count: int, method: str,
-                  *, into_guest: bool) -> list[tuple[GuestMemoryRegion, int, int]]:
+                  *, into_guest: bool) -> list[Span]:
         count = check_u64(count, "count")
         value = self._checked_start(address, count, method)
         spans = self._spans(value, count)
         if count and not spans:
             raise InvalidGuestAddress(value)
         if into_guest:
-            for region, offset, length in spans:
-                if region.read_only:
-                    raise ReadOnlyRegion(region.start_value + offset, length)
+            _refuse_read_only(spans)
         return spans
 
     def read_from(self, address: GuestAddress, source: StreamSource, count: int, *,
                   file_offset: int | None = None) -> int:
         """Read up to `count` bytes from `source` straight into guest memory.
 
-        `source` is a file descriptor (one `readv`/`preadv` scattering over the
-        regions), a socket (`recvmsg_into`) or a binary file object (`readinto`). One
-        call, like `os.read`: the count is what arrived, stopping at a hole or the end of
-        guest memory; 0 at end of stream.
+        `source` is a file descriptor (`readv`/`preadv` scattering over the regions), a
+        socket (`recvmsg_into`) or a binary file object (`readinto`). Like `os.read`, the
+        count is what arrived, stopping at a hole or the end of guest memory; 0 at end of
+        stream. An error after some bytes arrived returns their count (it will recur on
+        the next call); an error before any raises.
         """
         spans = self._io_spans(address, count, "read_from", into_guest=True)
+        if file_offset is not None:
+            file_offset = check_u64(file_offset, "file_offset")
         views, bounce = _span_views(spans)
         done = scatter_read(source, views, file_offset)
         if bounce:
             _flush_bounce(spans, views, done)
-        _mark_written(spans, done)
+        _mark(_prefix(spans, done))
         return done
 
     def write_to(self, address: GuestAddress, destination: StreamSource, count: int, *,
                  file_offset: int | None = None) -> int:
-        """Write up to `count` bytes of guest memory to `destination` in one gathered call.
+        """Write up to `count` bytes of guest memory to `destination`, gathered.
 
         `destination` is a file descriptor (`writev`/`pwritev`), a socket (`sendmsg`) or
-        a binary file object (`write`). Returns the count written.
+        a binary file object (`write`). Returns the count written (an error after some
+        bytes left returns their count; an error before any raises).
         """
         spans = self._io_spans(address, count, "write_to", into_guest=False)
+        if file_offset is not None:
+            file_offset = check_u64(file_offset, "file_offset")
         views, bounce = _span_views(spans)
         if bounce:
             for (region, offset, _), view in zip(spans, views, strict=True):
@@ -830,7 +847,8 @@ class GuestMemory:
         """Read exactly `count` bytes into guest memory, or raise `PartialBuffer`.
 
         Reads only as far as guest memory is backed, so the stream is never consumed
-        past what could be stored; the error says how much arrived (`completed`).
+        past what could be stored; the error says how much arrived (`completed`), and
+        chains the stream's own error when one stopped it.
         """
         self._exact_io(address, count, "read_exact_from",
                        lambda at, remaining: self.read_from(at, source, remaining))
@@ -845,10 +863,15 @@ class GuestMemory:
                   step: Callable[[GuestAddress, int], int]) -> None:
         count = check_u64(count, "count")
         start = self._checked_start(address, count, method)
-        available = self._covered(start, count)
+        available = _covered(self._spans(start, count))
         done = 0
         while done < available:
-            moved = step(GuestAddress(start + done), available - done)
+            try:
+                moved = step(GuestAddress(start + done), available - done)
+            except Exception as error:
+                if done == 0:
+                    raise
+                raise PartialBuffer(start, count, done, available) from error
             if moved == 0:
                 break
             done += moved
@@ -860,9 +883,35 @@ class GuestMemory:
         return f"{type(self).__name__}([{inner}])"
 
 
+def _covered(spans: list[Span]) -> int:
+    return sum(count for _, _, count in spans)
 
-def _span_views(spans: list[tuple[GuestMemoryRegion, int, int]]) -> tuple[list[memoryview],
-                                                                            bool]:
+
+def _refuse_read_only(spans: list[Span]) -> None:
+    for region, offset, count in spans:
+        if region.read_only:
+            raise ReadOnlyRegion(region.start_value + offset, count)
+
+
+def _prefix(spans: list[Span], done: int) -> Iterator[Span]:
+    """The parts of `spans` covering their first `done` bytes."""
+    for region, offset, count in spans:
+        if done <= 0:
+            return
+        yield region, offset, min(count, done)
+        done -= count
+
+
+def _unpack(layout: TypeLayout, buffer: Any, offset: int, address: int) -> Any:
+    """`layout.unpack_from`, with a guest value that is not a valid one reported at its
+    guest address."""
+    try:
+        return layout.unpack_from(buffer, offset)
+    except InvalidGuestValue as error:
+        raise InvalidGuestValue(address, error.type_name, error.reason) from None
+
+
+def _span_views(spans: list[Span]) -> tuple[list[memoryview], bool]:
     """A buffer per span: the region's own memory, or a bounce buffer if it has none."""
     views: list[memoryview] = []
     bounce = False
@@ -875,39 +924,112 @@ def _span_views(spans: list[tuple[GuestMemoryRegion, int, int]]) -> tuple[list[m
     return views, bounce
 
 
-def _flush_bounce(spans: list[tuple[GuestMemoryRegion, int, int]], views: list[memoryview],
-                  done: int) -> None:
+def _flush_bounce(spans: list[Span], views: list[memoryview], done: int) -> None:
     """Copy what arrived in bounce buffers into regions that have no host memory."""
-    for (region, offset, count), view in zip(spans, views, strict=True):
-        if done <= 0:
-            break
+    for (region, offset, count), view in zip(_prefix(spans, done), views, strict=False):
         if region.buffer is None:
-            region.write_from(offset, view[:min(count, done)])
-        done -= count
+            region.write_from(offset, view[:count])
 
 
-def _mark_written(spans: list[tuple[GuestMemoryRegion, int, int]], done: int) -> None:
-    for region, offset, count in spans:
-        if done <= 0:
-            break
-        if region.dirty is not None:
-            region.dirty.mark(offset, min(count, done))
-        done -= count
+def _prime_fast_atomics(ctype: type[Any], minimum: int, maximum: int, value_type: type[Any],
+                        functions: dict[str, Any]) -> None:
+    """Give every operation's fast path its entry for `ctype` (a lock-free integer)."""
+    for operation in OPERATIONS.values():
+        function = functions[operation.host_function]
+        if operation.shape == "load":
+            entry: Any = function
+        elif operation.shape == "compare-exchange":
+            entry = (function, value_type, minimum, maximum)
+        else:
+            entry = (function, minimum, maximum)
+        _FAST_ATOMICS[operation.name][ctype] = entry
 
 
-def _host_atomic(functions: HostAtomics, operation: str, fetch: str, host: int, order: int,
-                 values: list[int], operands: tuple[Any, ...]) -> Any:
-    """Run a checked atomic operation through libatomic at `host`."""
-    if operation == "read_atomic":
-        return functions.load(host, order)
-    if operation == "write_atomic":
-        functions.store(host, values[0], order)
-        return None
-    if operation == "swap":
-        return functions.exchange(host, values[0], order)
-    if operation == "compare_exchange":
-        box = functions.kind.value_type(values[0])
-        stored = functions.compare_exchange(host, ctypes.byref(box), values[1], order,
-                                            int(operands[2]))
-        return bool(stored), box.value
-    return functions.fetch[fetch](host, values[0], order)
+def _atomic_method(operation: AtomicOperation) -> Callable[..., Any]:
+    """The public method for `operation`: its fast path, then `GuestMemory._atomic`.
+
+    Everything the fast path admits comes from the operation's table entry: the ordering
+    members (by identity), the value range (exact ints only), the limit that proves the
+    region host-backed, in bounds, host-aligned and writable where the operation stores.
+    """
+    entries = _FAST_ATOMICS[operation.name]
+    members = operation.ordering_members
+    failure_members = tuple(sorted(operation.failure_orderings))
+    assert _SEQ_CST in operation.orderings
+    ordering_type = Ordering
+    method: Callable[..., Any]
+
+    if operation.shape == "load":
+        def load(self: GuestMemory, address: AlignedGuestAddress[Any],
+                 order: Ordering = _SEQ_CST) -> Any:
+            try:
+                function = entries[address._type]
+                value = address._guest_value
+            except (KeyError, AttributeError):
+                return self._atomic(operation, address, order, ())
+            region = self._last
+            if region.start_value <= value < region.atomic_read_limit and (
+                    order is _SEQ_CST or (order.__class__ is ordering_type
+                                          and order in members)):
+                return function(value + region.atomic_delta, order)
+            return self._atomic(operation, address, order, ())
+        method = load
+
+    elif operation.shape == "compare-exchange":
+        byref = ctypes.byref
+
+        def compare_exchange(self: GuestMemory, address: AlignedGuestAddress[Any],
+                             expected: int, desired: int, success: Ordering = _SEQ_CST,
+                             failure: Ordering = _SEQ_CST) -> Any:
+            try:
+                function, value_type, minimum, maximum = entries[address._type]
+                raw = address._guest_value
+            except (KeyError, AttributeError):
+                return self._atomic(operation, address, success, (expected, desired),
+                                    failure)
+            region = self._last
+            if region.start_value <= raw < region.atomic_write_limit \
+                    and expected.__class__ is int and desired.__class__ is int \
+                    and minimum <= expected <= maximum and minimum <= desired <= maximum \
+                    and (success is _SEQ_CST or (success.__class__ is ordering_type
+                                                 and success in members)) \
+                    and (failure is _SEQ_CST or (failure.__class__ is ordering_type
+                                                 and failure in failure_members)):
+                box = value_type(expected)
+                if function(raw + region.atomic_delta, byref(box), desired, success,
+                            failure):
+                    if region.dirty is not None:
+                        region.dirty.mark(raw - region.start_value, 1)
+                    return True, expected
+                return False, box.value
+            return self._atomic(operation, address, success, (expected, desired), failure)
+        method = compare_exchange
+
+    else:
+        def store_or_modify(self: GuestMemory, address: AlignedGuestAddress[Any],
+                            value: int, order: Ordering = _SEQ_CST) -> Any:
+            try:
+                function, minimum, maximum = entries[address._type]
+                raw = address._guest_value
+            except (KeyError, AttributeError):
+                return self._atomic(operation, address, order, (value,))
+            region = self._last
+            if region.start_value <= raw < region.atomic_write_limit \
+                    and value.__class__ is int and minimum <= value <= maximum \
+                    and (order is _SEQ_CST or (order.__class__ is ordering_type
+                                               and order in members)):
+                result = function(raw + region.atomic_delta, value, order)
+                if region.dirty is not None:  # aligned: the value never crosses a page
+                    region.dirty.mark(raw - region.start_value, 1)
+                return result
+            return self._atomic(operation, address, order, (value,))
+        method = store_or_modify
+
+    method.__name__ = operation.name
+    method.__qualname__ = f"GuestMemory.{operation.name}"
+    method.__doc__ = operation.summary
+    return method
+
+
+for _operation in OPERATIONS.values():
+    setattr(GuestMemory, _operation.name, _atomic_method(_operation))

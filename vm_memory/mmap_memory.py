@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import cast
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, cast
 
 from vm_memory.address import GuestAddress
+from vm_memory.errors import InvalidArgumentType, NoMemoryRegion
 from vm_memory.guest_memory import GuestMemory
 from vm_memory.mmap_region import FileOffset, GuestRegionMmap, MmapRegion
 
@@ -16,46 +17,66 @@ class GuestMemoryMmap(GuestMemory):
     __slots__ = ()
 
     def __init__(self, regions: Iterable[GuestRegionMmap]) -> None:
-        regions = list(regions)
+        try:
+            regions = list(regions)
+        except TypeError:
+            raise InvalidArgumentType("regions", "an iterable of GuestRegionMmap",
+                                      regions) from None
         for region in regions:
             if not isinstance(region, GuestRegionMmap):
-                raise TypeError(f"GuestMemoryMmap holds GuestRegionMmap, not {region!r}")
+                raise InvalidArgumentType("a region of GuestMemoryMmap", "a GuestRegionMmap",
+                                          region)
         super().__init__(regions)
 
     @classmethod
     def from_ranges(cls, ranges: Iterable[tuple[GuestAddress, int]], *,
                     shared: bool = False) -> GuestMemoryMmap:
-        """Anonymous memory for each (start, size); `shared` maps it MAP_SHARED."""
-        return cls(GuestRegionMmap(MmapRegion.anonymous(size, shared=shared), start)
-                   for start, size in ranges)
+        """Anonymous memory for each (start, size); `shared` maps it MAP_SHARED.
+
+        Like Rust vm-memory, the memory is mapped without reserving swap (a large sparse
+        guest costs only what it touches); no ranges at all is `NoMemoryRegion`.
+        """
+        return cls.from_regions(
+            GuestRegionMmap(MmapRegion.anonymous(size, shared=shared), start)
+            for start, size in _ranges(ranges))
 
     @classmethod
-    def from_ranges_memfd(cls, ranges: Iterable[tuple[GuestAddress, int]]) -> GuestMemoryMmap:
-        """Each (start, size) in its own sealed memfd, ready to share with another process."""
-        return cls(GuestRegionMmap(MmapRegion.memfd(size), start) for start, size in ranges)
+    def from_ranges_memfd(cls, ranges: Iterable[tuple[GuestAddress, int]], *,
+                          sparse: bool = False) -> GuestMemoryMmap:
+        """Each (start, size) in its own sealed memfd, ready to share with another process
+        (allocated up front unless `sparse`, see `MmapRegion.memfd`)."""
+        return cls.from_regions(GuestRegionMmap(MmapRegion.memfd(size, sparse=sparse), start)
+                                for start, size in _ranges(ranges))
 
     @classmethod
     def from_ranges_with_files(
         cls, ranges: Iterable[tuple[GuestAddress, int, FileOffset | None]], *,
-        shared: bool = True, read_only: bool = False,
+        shared: bool = True, read_only: bool = False, sparse: bool = False,
     ) -> GuestMemoryMmap:
         """Each (start, size, file) mapped from `file` (fd and offset), or anonymous if None.
 
         A file shorter than its range is refused (`MappingPastEof`) before anything is
-        mapped for it.
+        mapped for it; see `MmapRegion.from_file` for allocation and `sparse`.
         """
-        return cls(
-            GuestRegionMmap(
-                MmapRegion.anonymous(size, shared=shared) if file is None else
-                MmapRegion.from_file(file.fd, size, offset=file.offset, read_only=read_only,
-                                     shared=shared),
-                start)
-            for start, size, file in ranges)
+        def mapped(size: int, file: FileOffset | None) -> MmapRegion:
+            if file is None:
+                return MmapRegion.anonymous(size, shared=shared)
+            if not isinstance(file, FileOffset):
+                raise InvalidArgumentType("a range's file", "a FileOffset or None", file)
+            return MmapRegion.from_file(file.fd, size, offset=file.offset,
+                                        read_only=read_only, shared=shared, sparse=sparse)
+
+        return cls.from_regions(GuestRegionMmap(mapped(size, file), start)
+                                for start, size, file in _ranges(ranges, with_file=True))
 
     @classmethod
     def from_regions(cls, regions: Iterable[GuestRegionMmap]) -> GuestMemoryMmap:
-        """Memory from regions built by hand (files at offsets, read-only mappings...)."""
-        return cls(regions)
+        """Memory from regions built by hand (files at offsets, read-only mappings...);
+        no regions at all is `NoMemoryRegion`. Regions may come in any order."""
+        memory = cls(regions)
+        if not memory.num_regions():
+            raise NoMemoryRegion()
+        return memory
 
     def regions(self) -> Sequence[GuestRegionMmap]:
         """The regions, sorted by start address."""
@@ -66,3 +87,21 @@ class GuestMemoryMmap(GuestMemory):
         return cast("GuestRegionMmap | None", super().find_region(address))
 
 
+
+
+def _ranges(ranges: Iterable[Any], *, with_file: bool = False) -> Iterator[Any]:
+    """The (start, size[, file]) tuples of a builder, checked for shape."""
+    width = 3 if with_file else 2
+    shape = "(GuestAddress, size, FileOffset | None)" if with_file else "(GuestAddress, size)"
+    try:
+        items = list(ranges)
+    except TypeError:
+        raise InvalidArgumentType("ranges", f"an iterable of {shape}", ranges) from None
+    for item in cast("list[object]", items):
+        if not _is_tuple_of(item, width):
+            raise InvalidArgumentType("a range", f"a tuple {shape}", item)
+        yield item
+
+
+def _is_tuple_of(item: object, width: int) -> bool:
+    return isinstance(item, tuple) and len(cast("tuple[object, ...]", item)) == width

@@ -4,29 +4,56 @@
 offset, optionally read-only). It pins the mapping with a buffer export for as long as
 it lives, so the memory can never be unmapped under an access: `mmap.close()` and
 `resize()` raise `BufferError` while the pin is held, and every view handed out keeps
-the mapping alive. `GuestRegionMmap` places a mapping at a guest address.
+the mapping alive. `GuestRegionMmap` places a mapping at a guest address; one mapping
+may be placed more than once (a hot-plug move), and an explicit close is refused while
+any memory object holds any of its placements.
+
+SIGBUS: touching a page of a file mapping past the file's end, or a page a full
+filesystem cannot supply, kills the process. So memfds made here are sealed against
+shrinking, growing and further seals and allocated up front (unless `sparse`); writable
+shared file mappings are allocated up front (unless `sparse`); a file shorter than the
+range is refused before mapping; and an fd from a peer must be sealed against shrinking
+(`from_peer_fd`) unless the caller vouches for the peer. What stays the caller's duty:
+nobody may truncate a file mapped with `from_file` (or a `trust_unsealed` peer fd) while
+it is mapped, and `sparse` memory must find room when it is first written.
 """
+# pyright: reportPrivateUsage=false
 
 from __future__ import annotations
 
-import ctypes
 import fcntl
 import mmap
 import os
+import stat
+import sys
 import weakref
 from dataclasses import dataclass
 from typing import Final
 
 from vm_memory.address import GuestAddress
-from vm_memory.errors import InvalidRange, MappingError, MappingPastEof, RegionInUse
+from vm_memory.buffers import BufferExport, export_buffer, release_buffer
+from vm_memory.errors import (
+    InvalidArgumentType,
+    InvalidRange,
+    MappingError,
+    MappingPastEof,
+    RegionInUse,
+    UnsealedMemory,
+)
+from vm_memory.lifetime import holders_of, lifetime_lock
 from vm_memory.region import GuestMemoryRegion
 
 PAGE_SIZE: Final = mmap.PAGESIZE
 
 MAP_NORESERVE: Final = getattr(mmap, "MAP_NORESERVE", 0x4000)
 MAP_HUGETLB: Final = getattr(mmap, "MAP_HUGETLB", 0x40000)
-_MEMFD_SEALS: Final = getattr(os, "F_SEAL_SHRINK", 0x2) | getattr(os, "F_SEAL_GROW", 0x4)
-_F_ADD_SEALS: Final = getattr(os, "F_ADD_SEALS", 1033)
+F_SEAL_SEAL: Final = getattr(fcntl, "F_SEAL_SEAL", 0x1)
+F_SEAL_SHRINK: Final = getattr(fcntl, "F_SEAL_SHRINK", 0x2)
+F_SEAL_GROW: Final = getattr(fcntl, "F_SEAL_GROW", 0x4)
+_F_ADD_SEALS: Final = getattr(fcntl, "F_ADD_SEALS", 1033)
+_F_GET_SEALS: Final = getattr(fcntl, "F_GET_SEALS", 1034)
+MAX_MAPPING_SIZE: Final = sys.maxsize
+"""The largest mapping `mmap` can make (its length is a C `ssize_t`)."""
 
 
 @dataclass(frozen=True)
@@ -36,76 +63,150 @@ class FileOffset:
     fd: int
     offset: int = 0
 
-
-class _PyBuffer(ctypes.Structure):
-    """CPython's `Py_buffer`, to hold a buffer export and read its address."""
-
-    _fields_ = (
-        ("buf", ctypes.c_void_p), ("obj", ctypes.c_void_p), ("len", ctypes.c_ssize_t),
-        ("itemsize", ctypes.c_ssize_t), ("readonly", ctypes.c_int), ("ndim", ctypes.c_int),
-        ("format", ctypes.c_char_p), ("shape", ctypes.c_void_p),
-        ("strides", ctypes.c_void_p), ("suboffsets", ctypes.c_void_p),
-        ("internal", ctypes.c_void_p),
-    )
+    def __post_init__(self) -> None:
+        if type(self.fd) is not int or self.fd < 0:
+            raise InvalidArgumentType("FileOffset.fd", "a non-negative int (an open fd)",
+                                      self.fd)
+        if type(self.offset) is not int:
+            raise InvalidArgumentType("FileOffset.offset", "an int", self.offset)
+        if self.offset < 0:
+            raise InvalidRange(self.offset, 0, "a file offset cannot be negative")
 
 
-_get_buffer = ctypes.pythonapi.PyObject_GetBuffer
-_get_buffer.argtypes = (ctypes.py_object, ctypes.POINTER(_PyBuffer), ctypes.c_int)
-_get_buffer.restype = ctypes.c_int
-_release_buffer = ctypes.pythonapi.PyBuffer_Release
-_release_buffer.argtypes = (ctypes.POINTER(_PyBuffer),)
-_release_buffer.restype = None
-
-
-def _pin(mapping: mmap.mmap) -> tuple[_PyBuffer, int]:
+def _pin(mapping: mmap.mmap) -> tuple[BufferExport, int]:
     """Take a buffer export of `mapping` (works for read-only maps too) and its address."""
-    export = _PyBuffer()
-    if _get_buffer(mapping, ctypes.byref(export), 0) != 0:  # PyBUF_SIMPLE
+    export = export_buffer(mapping)
+    if export is None:
         raise MappingError(len(mapping), "the mapping refused a buffer export")
-    assert export.buf is not None
-    return export, export.buf
+    return export, export.address
 
 
-def _unpin(pins: list[_PyBuffer], fd: int | None) -> None:
+def _unpin(pins: list[BufferExport], fd: int | None) -> None:
     """Release the pin (if still held) and close the fd we own."""
     while pins:
-        _release_buffer(ctypes.byref(pins.pop()))
+        release_buffer(pins.pop())
     if fd is not None:
         os.close(fd)
 
 
-class MmapRegion:
-    """One host mapping: its `mmap`, a byte view, host address and backing file."""
+def _check_size(size: object) -> int:
+    if type(size) is not int:
+        raise InvalidArgumentType("a mapping's size", "an int", size)
+    if not 0 < size <= MAX_MAPPING_SIZE:
+        raise InvalidRange(0, size, f"a mapping needs a size in [1, {MAX_MAPPING_SIZE}]")
+    return size
 
-    __slots__ = ("__weakref__", "_finalizer", "_pins", "fd", "file_offset", "host_address",
-                 "mapping", "read_only", "shared", "size", "view")
+
+def _check_fd(fd: object) -> int:
+    if type(fd) is not int or fd < 0:
+        raise InvalidArgumentType("fd", "a non-negative int (an open file descriptor)", fd)
+    return fd
+
+
+def _check_file_offset(offset: object, size: int) -> int:
+    if type(offset) is not int:
+        raise InvalidArgumentType("a file offset", "an int", offset)
+    if offset < 0 or offset % mmap.ALLOCATIONGRANULARITY:
+        raise InvalidRange(offset, size, f"the file offset must be a non-negative multiple "
+                                         f"of {mmap.ALLOCATIONGRANULARITY}")
+    return offset
+
+
+def _oserror(size: int, error: OSError) -> MappingError:
+    return MappingError(size, error.strerror or str(error))
+
+
+def file_seals(fd: int) -> int:
+    """The memfd seals of `fd` (0 for a file that cannot carry seals)."""
+    try:
+        return fcntl.fcntl(fd, _F_GET_SEALS)
+    except OSError:
+        return 0
+
+
+def _is_memfd(fd: int) -> bool:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}").startswith("/memfd:")
+    except OSError:
+        return False
+
+
+class MmapRegion:
+    """One host mapping: its `mmap`, a byte view, host address and backing file.
+
+    `read_only`, the mapping, its view and host address are fixed at construction.
+    """
+
+    __slots__ = ("__weakref__", "_finalizer", "_pins", "_placements", "fd", "file_offset",
+                 "host_address", "mapping", "read_only", "shared", "size", "view")
+
+    _FIXED: Final = frozenset({"mapping", "read_only", "host_address", "view", "size", "fd",
+                               "file_offset", "shared"})
+
+    fd: int | None
+    file_offset: int
+    host_address: int
+    mapping: mmap.mmap
+    read_only: bool
+    shared: bool
+    size: int
+    view: memoryview
 
     def __init__(self, mapping: mmap.mmap, *, read_only: bool, shared: bool,
                  fd: int | None = None, file_offset: int = 0, owns_fd: bool = False) -> None:
-        """Wrap an existing mapping; prefer the `anonymous`, `memfd`, `from_file` builders."""
-        self.mapping = mapping
-        self.size = len(mapping)
-        self.read_only = read_only
-        self.shared = shared
-        self.fd = fd
-        self.file_offset = file_offset
-        export, self.host_address = _pin(mapping)
-        self.view = memoryview(mapping).cast("B")
+        """Wrap an existing mapping; prefer the `anonymous`, `memfd`, `from_file` builders.
+
+        `read_only` must agree with the mapping: a mapping without write access cannot be
+        a writable region (`MappingError`); a writable mapping may be made read-only, and
+        then every view of it is read-only too.
+        """
+        if not isinstance(mapping, mmap.mmap):
+            raise InvalidArgumentType("mapping", "an mmap.mmap", mapping)
+        if mapping.closed:
+            raise MappingError(0, "the mapping is closed")
+        view = memoryview(mapping).cast("B")
+        if view.readonly and not read_only:
+            view.release()
+            raise MappingError(len(mapping), "the mapping has no write access, so the "
+                                             "region must be read_only")
+        if read_only and not view.readonly:
+            writable, view = view, view.toreadonly()
+            writable.release()
+        fix = object.__setattr__
+        fix(self, "mapping", mapping)
+        fix(self, "size", len(mapping))
+        fix(self, "read_only", bool(read_only))
+        fix(self, "shared", shared)
+        fix(self, "fd", fd)
+        fix(self, "file_offset", file_offset)
+        export, host_address = _pin(mapping)
+        fix(self, "host_address", host_address)
+        fix(self, "view", view)
         self._pins = [export]
+        self._placements: weakref.WeakSet[GuestRegionMmap] = weakref.WeakSet()
         self._finalizer = weakref.finalize(self, _unpin, self._pins, fd if owns_fd else None)
 
+    def __setattr__(self, name: str, value: object) -> None:
+        if name in self._FIXED:
+            raise AttributeError(f"MmapRegion.{name} is fixed at construction")
+        object.__setattr__(self, name, value)
+
     @classmethod
-    def anonymous(cls, size: int, *, shared: bool = False, no_reserve: bool = False,
+    def anonymous(cls, size: int, *, shared: bool = False, no_reserve: bool = True,
                   huge_pages: bool = False) -> MmapRegion:
         """Zero-filled anonymous memory, private to this process (or shared with children).
 
-        `no_reserve` maps without reserving swap (MAP_NORESERVE): a huge sparse guest
-        commits only the pages it touches. `huge_pages` asks for hugetlbfs pages
-        (MAP_HUGETLB); the host must have some reserved.
+        Like Rust vm-memory, the mapping reserves no swap (MAP_NORESERVE): a huge sparse
+        guest commits only the pages it touches (anonymous memory never raises SIGBUS; an
+        exhausted host is the OOM killer's business). `no_reserve=False` reserves it.
+        `huge_pages` asks for hugetlbfs pages (MAP_HUGETLB); the host must have some
+        reserved. Huge pages are always reserved at mapping time (`no_reserve` is ignored
+        for them): an unreserved huge page that cannot be found when first touched is a
+        SIGBUS, while a reservation that fails is a `MappingError` now.
         """
-        _check_size(size)
+        size = _check_size(size)
         flags = mmap.MAP_SHARED if shared else mmap.MAP_PRIVATE
-        if no_reserve:
+        if no_reserve and not huge_pages:
             flags |= MAP_NORESERVE
         if huge_pages:
             flags |= MAP_HUGETLB
@@ -120,48 +221,95 @@ class MmapRegion:
         return cls(mapping, read_only=False, shared=shared)
 
     @classmethod
-    def memfd(cls, size: int, *, name: str = "guest-memory") -> MmapRegion:
-        """Shared memory in a new memfd, sealed against shrinking and growing.
+    def memfd(cls, size: int, *, name: str = "guest-memory", sparse: bool = False) -> MmapRegion:
+        """Shared memory in a new memfd, allocated up front and sealed (against shrinking,
+        growing and further seals).
 
         The seals mean a peer that receives the fd cannot truncate it under us (which
-        would turn our accesses into SIGBUS).
+        would turn our accesses into SIGBUS); allocating up front turns a host out of
+        memory into a `MappingError` now rather than a SIGBUS later. `sparse` skips the
+        allocation (a huge guest that touches little of its memory).
         """
-        _check_size(size)
+        size = _check_size(size)
         fd = os.memfd_create(name, os.MFD_CLOEXEC | getattr(os, "MFD_ALLOW_SEALING", 2))
         try:
             os.ftruncate(fd, size)
-            fcntl.fcntl(fd, _F_ADD_SEALS, _MEMFD_SEALS)
+            if not sparse:
+                os.posix_fallocate(fd, 0, size)
+            fcntl.fcntl(fd, _F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL)
             mapping = mmap.mmap(fd, size, flags=mmap.MAP_SHARED)
         except OSError as error:
             os.close(fd)
-            raise MappingError(size, error.strerror or str(error)) from None
+            raise _oserror(size, error) from None
+        except BaseException:
+            os.close(fd)
+            raise
         return cls(mapping, read_only=False, shared=True, fd=fd, owns_fd=True)
 
     @classmethod
     def from_file(cls, fd: int, size: int, *, offset: int = 0, read_only: bool = False,
-                  shared: bool = True) -> MmapRegion:
+                  shared: bool = True, sparse: bool = False) -> MmapRegion:
         """Map `size` bytes of an open file at `offset` (a multiple of the page size).
 
         The fd is duplicated, so the caller may close its own. A file shorter than
-        `offset + size` is refused before mapping (touching past its end is SIGBUS).
+        `offset + size` is refused before mapping (touching past its end is SIGBUS). A
+        writable shared mapping of a regular file is allocated up front (a full
+        filesystem is a `MappingError` now, not a SIGBUS at the first write) unless
+        `sparse`. Nobody may truncate the file while it is mapped: that is the caller's
+        duty (use `from_peer_fd` for an fd from another process).
         """
-        _check_size(size)
-        if offset < 0 or offset % mmap.ALLOCATIONGRANULARITY:
-            raise InvalidRange(offset, size, f"the file offset must be a multiple of "
-                                             f"{mmap.ALLOCATIONGRANULARITY}")
-        file_size = os.fstat(fd).st_size
-        if file_size < offset + size:
-            raise MappingPastEof(size, offset, file_size)
-        own = os.dup(fd)
+        return cls._map_file(fd, size, offset, read_only, shared,
+                             allocate=shared and not read_only and not sparse)
+
+    @classmethod
+    def from_peer_fd(cls, fd: int, size: int, *, offset: int = 0, read_only: bool = False,
+                     trust_unsealed: bool = False) -> MmapRegion:
+        """Map `size` bytes at `offset` of a file received from another process (shared).
+
+        The file must be a memfd sealed against shrinking (F_SEAL_SHRINK), so the peer can
+        never truncate it under us; anything else is refused with `UnsealedMemory` unless
+        `trust_unsealed` says the peer is trusted not to. The peer's memory is not
+        allocated here. The fd is duplicated (the caller closes its own).
+        """
+        fd = _check_fd(fd)
+        size = _check_size(size)
+        if not trust_unsealed and not file_seals(fd) & F_SEAL_SHRINK:
+            what = ("a memfd without F_SEAL_SHRINK" if _is_memfd(fd) else
+                    "not a memfd: nothing stops its owner from truncating it")
+            raise UnsealedMemory(size, what)
+        return cls._map_file(fd, size, offset, read_only, True, allocate=False)
+
+    @classmethod
+    def _map_file(cls, fd: int, size: int, offset: int, read_only: bool, shared: bool, *,
+                  allocate: bool) -> MmapRegion:
+        fd = _check_fd(fd)
+        size = _check_size(size)
+        offset = _check_file_offset(offset, size)
+        try:
+            status = os.fstat(fd)
+        except OSError as error:
+            raise _oserror(size, error) from None
+        regular = stat.S_ISREG(status.st_mode)
+        if regular and status.st_size < offset + size:
+            raise MappingPastEof(size, offset, status.st_size)
+        if not regular and not stat.S_ISBLK(status.st_mode):
+            raise MappingError(size, "only regular files, memfds and block devices can "
+                                     "back guest memory")
         flags = mmap.MAP_SHARED if shared else mmap.MAP_PRIVATE
         prot = mmap.PROT_READ | (0 if read_only else mmap.PROT_WRITE)
+        own = os.dup(fd)
         try:
-            mapping = mmap.mmap(own, size, flags=flags, prot=prot, offset=offset)
-        except OSError as error:
+            try:
+                if allocate and regular:
+                    os.posix_fallocate(own, offset, size)
+                mapping = mmap.mmap(own, size, flags=flags, prot=prot, offset=offset)
+            except OSError as error:
+                raise _oserror(size, error) from None
+            return cls(mapping, read_only=read_only, shared=shared, fd=own,
+                       file_offset=offset, owns_fd=True)
+        except BaseException:
             os.close(own)
-            raise MappingError(size, error.strerror or str(error)) from None
-        return cls(mapping, read_only=read_only, shared=shared, fd=own, file_offset=offset,
-                   owns_fd=True)
+            raise
 
     @property
     def closed(self) -> bool:
@@ -171,32 +319,56 @@ class MmapRegion:
     def close(self) -> None:
         """Unmap now (normally the mapping lives as long as anything refers to it).
 
-        Raises `BufferError`, with the mapping still mapped and pinned (and `view`
-        replaced by a fresh one), while anything else holds a buffer of it.
+        Refused with `RegionInUse`, changing nothing, while any memory object (or a view
+        or snapshot holding one) holds a region placed on this mapping, or while a buffer
+        exported from it (`as_memoryview`, `region.buffer`) is still held.
         """
-        if not self._finalizer.alive:
-            return
-        _unpin(self._pins, None)
-        self.view.release()
-        try:
-            self.mapping.close()
-        except BufferError:
+        self._close(None)
+
+    def _close(self, start: int | None) -> None:
+        with lifetime_lock():
+            if self.closed:
+                return
+            placements = list(self._placements)
+            first = start if start is not None else min(
+                (placement.start_value for placement in placements), default=0)
+            users = holders_of(placements)
+            if users:
+                raise RegionInUse(first, users)
+            buffers = [placement.buffer for placement in placements]
+            try:
+                for placement in placements:
+                    placement.release_typed_views()
+                for buffer in buffers:
+                    if buffer is not None and buffer is not self.view:
+                        buffer.release()
+                self.view.release()
+                _unpin(self._pins, None)
+                self.mapping.close()
+            except BufferError:
+                self._restore(placements)
+                raise RegionInUse(first, 0, exported_buffers=True) from None
+            for placement in placements:
+                placement._detach_memory()
+            self._finalizer()
+
+    def _restore(self, placements: list[GuestRegionMmap]) -> None:
+        """After a refused unmap: pin again and give every placement a live view (the
+        mapping never moved, so the host address is unchanged)."""
+        if not self._pins:
             export, address = _pin(self.mapping)
             assert address == self.host_address
             self._pins.append(export)
-            self.view = memoryview(self.mapping).cast("B")
-            raise
-        self._finalizer()
+        view = memoryview(self.mapping).cast("B")
+        if self.read_only and not view.readonly:
+            view = view.toreadonly()
+        object.__setattr__(self, "view", view)
+        for placement in placements:
+            placement._attach_view(view)
 
     def __repr__(self) -> str:
         backing = "anonymous" if self.fd is None else f"fd {self.fd}@{self.file_offset:#x}"
         return f"MmapRegion({self.size:#x} bytes, {backing}, shared={self.shared})"
-
-
-def _check_size(size: int) -> None:
-    if not isinstance(size, int) or size <= 0:
-        raise InvalidRange(0, size if isinstance(size, int) else -1,
-                           "a mapping needs a positive size")
 
 
 class GuestRegionMmap(GuestMemoryRegion):
@@ -204,33 +376,33 @@ class GuestRegionMmap(GuestMemoryRegion):
 
     __slots__ = ("mapping",)
 
+    fixed_attributes = GuestMemoryRegion.fixed_attributes | {"mapping"}
+    mapping: MmapRegion
+
     def __init__(self, mapping: MmapRegion, start: GuestAddress) -> None:
-        if mapping.closed:
-            raise MappingError(mapping.size, "the mapping is closed")
-        super().__init__(start, mapping.size, read_only=mapping.read_only,
-                         buffer=mapping.view, host_address=mapping.host_address)
-        self.mapping = mapping
+        if not isinstance(mapping, MmapRegion):
+            raise InvalidArgumentType("mapping", "an MmapRegion", mapping)
+        with lifetime_lock():
+            if mapping.closed:
+                raise MappingError(mapping.size, "the mapping is closed")
+            super().__init__(start, mapping.size, read_only=mapping.read_only,
+                             buffer=mapping.view, host_address=mapping.host_address)
+            object.__setattr__(self, "mapping", mapping)
+            mapping._placements.add(self)
+
+    def _attach_view(self, view: memoryview) -> None:
+        object.__setattr__(self, "buffer", view)
+        self._derive_fast_paths()
 
     @property
     def closed(self) -> bool:
         return self.mapping.closed
 
     def close(self) -> None:
-        """Unmap the region now; refused with `RegionInUse` while a memory object, a view
-        or an exported buffer still holds it (they would otherwise touch unmapped memory).
-        """
-        users = len(self.users)
-        if users:
-            raise RegionInUse(self.start_value, users)
-        self.release_typed_views()
-        try:
-            self.mapping.close()
-        except BufferError:
-            self.buffer = self.mapping.view
-            raise RegionInUse(self.start_value, 0, exported_buffers=True) from None
-        self.buffer = None
-        self.host_address = None
-        self._derive_fast_paths()
+        """Unmap the region's mapping now; refused with `RegionInUse`, changing nothing,
+        while a memory object, a view or an exported buffer still holds any region placed
+        on the same mapping (they would otherwise touch unmapped memory)."""
+        self.mapping._close(self.start_value)
 
     @property
     def kind(self) -> str:

@@ -27,23 +27,21 @@ READ_MODIFY_WRITE_ORDERINGS: Final = frozenset(Ordering)
 FAILURE_ORDERINGS: Final = LOAD_ORDERINGS
 """Orderings the failure side of a compare-exchange may use: a failure is a load."""
 
-# The same sets as tuples, for the hot paths: `x in tuple` tries identity first, while
-# hashing an enum member for a set lookup runs Python code.
-LOAD_ORDERING_MEMBERS: Final = tuple(sorted(LOAD_ORDERINGS))
-STORE_ORDERING_MEMBERS: Final = tuple(sorted(STORE_ORDERINGS))
-READ_MODIFY_WRITE_ORDERING_MEMBERS: Final = tuple(Ordering)
 
+def check_ordering(operation: str, ordering: object, allowed: frozenset[Ordering],
+                   access: str) -> int:
+    """Return `ordering` as its C value if it is an `Ordering` member allowed for
+    `operation` (which is `access`: 'a load', 'a store'...), else raise `InvalidOrdering`.
 
-def check_ordering(operation: str, ordering: object, allowed: frozenset[Ordering]) -> int:
-    """Return `ordering` as its C value if allowed for `operation`, else raise."""
-    if ordering in allowed and isinstance(ordering, Ordering):
-        return int(ordering)
-    if not isinstance(ordering, Ordering):
-        raise InvalidOrdering(operation, repr(ordering), "orderings are Ordering members")
-    kind = "a load" if allowed is LOAD_ORDERINGS else (
-        "a store" if allowed is STORE_ORDERINGS else "a compare-exchange failure")
-    raise InvalidOrdering(
-        operation, ordering.name,
-        f"{operation} is {kind}, which allows only "
-        + ", ".join(o.name for o in sorted(allowed)),
-    )
+    Members are admitted by type identity: a plain int equal to a member's value (which
+    an IntEnum would compare equal) is refused, on every path.
+    """
+    if type(ordering) is Ordering:
+        if ordering in allowed:
+            return int(ordering)
+        raise InvalidOrdering(
+            operation, ordering.name,
+            f"{operation} is {access}, which allows only "
+            + ", ".join(member.name for member in sorted(allowed)))
+    raise InvalidOrdering(operation, repr(ordering),
+                          "orderings are Ordering members, not plain values")

@@ -3,19 +3,49 @@
 `GuestMemory` builds its whole access interface on these. A region reached through a
 host buffer (an mmap) exposes it (`buffer`, `host_address`) and gets plain and atomic
 access for free; a region that is not host-backed implements `read_into`/`write_from`
-and, if it can, the atomic primitives. The defaults of those refuse with
+and, if it can, the atomic primitive. The default of that refuses with
 `AtomicAccessUnsupported`: never a silent non-atomic access under an atomic name.
+
+Writing a new kind of region — what it must keep true:
+
+- Pass `buffer` (a 1-D byte memoryview of exactly `length` bytes) only if every byte of
+  the region is in this process's memory for as long as the region is open: every fast
+  path then reads and writes `buffer` directly and never calls `read_into`/`write_from`
+  (nor any override of them). Pass `host_address` only with a `buffer` whose first byte
+  is at that address: the atomic paths use it as a raw pointer.
+- `start`, `length`, `read_only`, `buffer`, `host_address` and `dirty` are the inputs of
+  the derived fast-path limits (`end_value`, `read_limit`, `write_limit`,
+  `atomic_read_limit`, `atomic_write_limit`, `atomic_delta`): they are fixed at
+  construction (assigning them raises) and change only through the region's own
+  methods (`track_dirty_pages`, a close), which derive the limits again.
+- A read-only region's `buffer` is read-only (a writable one is wrapped with
+  `toreadonly()`), and a buffer that is read-only makes the region read-only: a store
+  must never reach memory the process cannot write (that is a SIGSEGV, not an error).
+- Without a `buffer`: override `read_into` and `write_from` (whole ranges; raise a
+  `GuestMemoryError` on failure), and `atomic` if the region can make each operation
+  indivisible against every other access to its bytes.
 """
 
 from __future__ import annotations
 
-import weakref
-from typing import Any
+from typing import Any, ClassVar
 
 from vm_memory.address import GuestAddress, MemoryRegionAddress
 from vm_memory.atomic_access import AtomicKind
+from vm_memory.atomic_operations import AtomicOperation
 from vm_memory.bitmap import DEFAULT_PAGE_SIZE, DirtyBitmap
-from vm_memory.errors import AtomicAccessUnsupported, InvalidRange, ReadOnlyRegion
+from vm_memory.errors import (
+    AtomicAccessUnsupported,
+    InvalidArgumentType,
+    InvalidRange,
+    MappingError,
+    ReadOnlyRegion,
+)
+
+_FIXED: frozenset[str] = frozenset({
+    "start", "start_value", "length", "read_only", "buffer", "host_address", "dirty",
+    "end_value", "atomic_delta", "read_limit", "write_limit", "atomic_read_limit",
+    "atomic_write_limit"})
 
 
 class GuestMemoryRegion:
@@ -26,30 +56,34 @@ class GuestMemoryRegion:
     reads them.
     """
 
-    __slots__ = ("__weakref__", "atomic_delta", "atomic_read_limit",
-                 "atomic_write_limit", "buffer", "dirty", "end_value", "host_address",
-                 "length", "read_limit", "read_only", "start", "start_value",
-                 "typed_views", "users", "write_limit")
+    __slots__ = ("__weakref__", "atomic_delta", "atomic_read_limit", "atomic_write_limit",
+                 "buffer", "dirty", "end_value", "host_address", "length", "read_limit",
+                 "read_only", "start", "start_value", "typed_views", "write_limit")
 
+    fixed_attributes: ClassVar[frozenset[str]] = _FIXED
+    """Attributes that cannot be assigned after construction (subclasses may add)."""
+
+    start: GuestAddress
+    start_value: int
+    length: int
+    read_only: bool
     buffer: memoryview | None
     """A byte view of the whole region when it lives in this process's memory."""
     host_address: int | None
     """The host virtual address of offset 0, or None for a region with no host memory."""
     dirty: DirtyBitmap | None
     """The pages this library has written, when dirty tracking is on."""
-    users: weakref.WeakSet[object]
-    """The memory objects holding this region (views hold those): `close` checks it."""
     typed_views: dict[str, memoryview]
     """`buffer` cast to integer formats, made on first use by `typed_view`."""
     # Derived by `_derive_fast_paths`, for the hot paths of GuestMemory:
-    # - one past the last guest address;
-    # - `atomic_delta`, host address - guest address, when it is a multiple of 8, so a
+    # - `end_value`: one past the last guest address;
+    # - `atomic_delta`: host address - guest address, when it is a multiple of 8, so a
     #   guest address aligned for an atomic access is aligned on the host too;
     # - limits: `start_value <= value < limit` proves that a scalar of up to 8 bytes at
     #   `value` can be read (`read_limit`), written (`write_limit`), or accessed
     #   atomically through `value + atomic_delta` (`atomic_read_limit`,
-    #   `atomic_write_limit`); -1 where the fast path does not apply at all (the write
-    #   limits also while dirty tracking is on: the general paths mark the pages).
+    #   `atomic_write_limit`); -1 where the fast path does not apply at all. A write
+    #   that takes a fast path marks `dirty` itself when it is set.
     end_value: int
     atomic_delta: int
     read_limit: int
@@ -60,21 +94,40 @@ class GuestMemoryRegion:
     def __init__(self, start: GuestAddress, length: int, *, read_only: bool,
                  buffer: memoryview | None = None, host_address: int | None = None) -> None:
         if type(start) is not GuestAddress:
-            raise TypeError(f"a region starts at a GuestAddress, not {type(start).__name__}")
+            raise InvalidArgumentType("a region's start", "a GuestAddress", start)
+        if type(length) is not int:
+            raise InvalidArgumentType("a region's length", "an int", length)
         if length <= 0:
             raise InvalidRange(start.raw_value(), length, "a region cannot be empty")
         if start.checked_add(length - 1) is None:
             raise InvalidRange(start.raw_value(), length, "the region passes 2**64")
-        self.start = start
-        self.start_value = start.raw_value()
-        self.length = length
-        self.read_only = read_only
-        self.buffer = buffer
-        self.host_address = host_address
-        self.dirty = None
-        self.users = weakref.WeakSet()
+        if buffer is not None:
+            if buffer.readonly and not read_only:
+                raise MappingError(length, "the buffer is read-only, so the region must be "
+                                           "read-only too")
+            if read_only and not buffer.readonly:
+                buffer = buffer.toreadonly()
+            if buffer.nbytes != length or buffer.ndim != 1 or buffer.itemsize != 1:
+                raise InvalidRange(start.raw_value(), length,
+                                   "the buffer must be a 1-D byte view of the whole region")
+        elif host_address is not None:
+            raise MappingError(length, "a host address needs the buffer behind it")
+        fix = object.__setattr__
+        fix(self, "start", start)
+        fix(self, "start_value", start.raw_value())
+        fix(self, "length", length)
+        fix(self, "read_only", bool(read_only))
+        fix(self, "buffer", buffer)
+        fix(self, "host_address", host_address)
+        fix(self, "dirty", None)
         self.typed_views = {}
         self._derive_fast_paths()
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name in self.fixed_attributes:
+            raise AttributeError(f"{type(self).__name__}.{name} is fixed at construction: "
+                                 "the access paths' checks are derived from it")
+        object.__setattr__(self, name, value)
 
     def typed_view(self, code: str, size: int) -> memoryview | None:
         """The buffer as an array of `code` items (for aligned scalar access), or None
@@ -86,24 +139,39 @@ class GuestMemoryRegion:
         return view
 
     def release_typed_views(self) -> None:
-        """Drop the typed views (they hold buffer exports, which would stop an unmap)."""
-        for view in self.typed_views.values():
+        """Drop the typed views (they hold buffer exports, which would stop an unmap).
+
+        They leave the region before they are released, so the hot paths never see a
+        released one (they make new ones on demand); `BufferError` if one is exported.
+        """
+        views, self.typed_views = self.typed_views, {}
+        for view in views.values():
             view.release()
-        self.typed_views.clear()
 
     def _derive_fast_paths(self) -> None:
-        """Recompute the derived hot-path fields (after construction or a close)."""
-        self.end_value = self.start_value + self.length
+        """Recompute the derived hot-path fields (after construction, tracking or a close)."""
+        fix = object.__setattr__
+        end = self.start_value + self.length
+        fix(self, "end_value", end)
         host = self.host_address
         delta = None if host is None else host - self.start_value
         aligned = delta is not None and delta % 8 == 0
-        self.atomic_delta = delta if delta is not None and aligned else 0
-        scalar_limit = self.end_value - 7
-        plain_writes = not self.read_only and self.dirty is None  # tracked writes mark
-        self.read_limit = scalar_limit if self.buffer is not None else -1
-        self.write_limit = self.read_limit if plain_writes else -1
-        self.atomic_read_limit = scalar_limit if aligned else -1
-        self.atomic_write_limit = self.atomic_read_limit if plain_writes else -1
+        fix(self, "atomic_delta", delta if delta is not None and aligned else 0)
+        scalar_limit = end - 7
+        read_limit = scalar_limit if self.buffer is not None else -1
+        atomic_limit = scalar_limit if aligned else -1
+        fix(self, "read_limit", read_limit)
+        fix(self, "write_limit", -1 if self.read_only else read_limit)
+        fix(self, "atomic_read_limit", atomic_limit)
+        fix(self, "atomic_write_limit", -1 if self.read_only else atomic_limit)
+
+    def _detach_memory(self) -> None:
+        """Forget the buffer and host address (the memory is gone): every access takes
+        the general path, which refuses a closed region."""
+        self.release_typed_views()
+        object.__setattr__(self, "buffer", None)
+        object.__setattr__(self, "host_address", None)
+        self._derive_fast_paths()
 
     def track_dirty_pages(self, page_size: int = DEFAULT_PAGE_SIZE) -> DirtyBitmap:
         """Start marking every page written through this library; returns the bitmap.
@@ -111,13 +179,18 @@ class GuestMemoryRegion:
         Already tracking with another page size is an error: switching would drop the
         marks not yet taken.
         """
-        if self.dirty is None:
-            self.dirty = DirtyBitmap(self.length, page_size)
-            self._derive_fast_paths()
-        elif self.dirty.page_size != page_size:
+        dirty = self.dirty
+        if dirty is None:
+            dirty = DirtyBitmap(self.length, page_size)
+            object.__setattr__(self, "dirty", dirty)
+        elif dirty.page_size != page_size:
             raise InvalidRange(self.start_value, self.length,
-                               f"already tracking dirty pages of {self.dirty.page_size} bytes")
-        return self.dirty
+                               f"already tracking dirty pages of {dirty.page_size} bytes")
+        return dirty
+
+    def stop_tracking_dirty_pages(self) -> None:
+        """Stop marking written pages (the marks not yet taken are dropped)."""
+        object.__setattr__(self, "dirty", None)
 
     @property
     def last_addr(self) -> GuestAddress:
@@ -148,45 +221,27 @@ class GuestMemoryRegion:
 
     def read_into(self, offset: int, destination: memoryview) -> None:
         """Copy `len(destination)` bytes from the region at `offset`."""
-        assert self.buffer is not None, "a region without a buffer must override read_into"
+        if self.buffer is None:
+            raise MappingError(self.length, f"{self!r} has no memory to read")
         destination[:] = self.buffer[offset:offset + len(destination)]
 
     def write_from(self, offset: int, source: memoryview) -> None:
         """Copy `source` into the region at `offset` (never called on read-only regions)."""
         if self.read_only:
             raise ReadOnlyRegion(self.start_value + offset, len(source))
-        assert self.buffer is not None, "a region without a buffer must override write_from"
+        if self.buffer is None:
+            raise MappingError(self.length, f"{self!r} has no memory to write")
         self.buffer[offset:offset + len(source)] = source
 
-    # Atomic primitives, used only when `host_address` is None. `order` values are
-    # already validated C orderings; `value`s are already range-checked for `kind`.
+    # The atomic primitive, used only when `host_address` is None. The operation's
+    # orderings and operands are already validated; the result is what the caller gets.
 
-    def _unsupported(self, offset: int) -> AtomicAccessUnsupported:
-        return AtomicAccessUnsupported(
+    def atomic(self, operation: AtomicOperation, offset: int, kind: AtomicKind,
+               operands: tuple[int, ...], order: int, failure: int) -> Any:
+        """Run `operation` indivisibly on the `kind` value at `offset`, or refuse."""
+        raise AtomicAccessUnsupported(
             self.start_value + offset, self.kind,
             "the region has no host memory and implements no atomic operations")
-
-    def atomic_load(self, offset: int, kind: AtomicKind, order: int) -> Any:
-        """Atomically load a `kind` value at `offset`."""
-        raise self._unsupported(offset)
-
-    def atomic_store(self, offset: int, kind: AtomicKind, value: int, order: int) -> None:
-        """Atomically store a `kind` value at `offset`."""
-        raise self._unsupported(offset)
-
-    def atomic_exchange(self, offset: int, kind: AtomicKind, value: int, order: int) -> Any:
-        """Atomically swap in `value`, returning the old value."""
-        raise self._unsupported(offset)
-
-    def atomic_compare_exchange(self, offset: int, kind: AtomicKind, expected: int,
-                                desired: int, success: int, failure: int) -> tuple[bool, Any]:
-        """Atomically replace `expected` by `desired`; returns (succeeded, value seen)."""
-        raise self._unsupported(offset)
-
-    def atomic_fetch(self, operation: str, offset: int, kind: AtomicKind, value: int,
-                     order: int) -> Any:
-        """Atomically apply `operation` ('add', 'sub', 'and', 'or', 'xor'); return the old."""
-        raise self._unsupported(offset)
 
 
 class NoRegion(GuestMemoryRegion):
@@ -196,6 +251,6 @@ class NoRegion(GuestMemoryRegion):
 
     def __init__(self) -> None:
         super().__init__(GuestAddress(0), 1, read_only=True)
-        self.start_value = 1
-        self.length = 0  # [1, 1): no address is inside
+        object.__setattr__(self, "start_value", 1)
+        object.__setattr__(self, "length", 0)  # [1, 1): no address is inside
         self._derive_fast_paths()

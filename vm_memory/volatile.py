@@ -10,18 +10,37 @@ alive: it can never outlive the memory it points into.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
+from typing import Any, Generic, Protocol, TypeVar, overload
 
-from vm_memory.address import GuestAddress, check_u64
+from vm_memory.address import GuestAddress, as_int, check_u64
 from vm_memory.aligned_address import AlignedGuestAddress
 from vm_memory.atomic_access import AtomicInteger
+from vm_memory.buffers import byte_view
 from vm_memory.byte_valued import Aggregate, ScalarValue, layout_of
 from vm_memory.errors import InvalidRange, NoHostAddress
 from vm_memory.ordering import Ordering
 from vm_memory.region import GuestMemoryRegion
 
-if TYPE_CHECKING:
-    from vm_memory.guest_memory import GuestMemory
+
+class ViewedMemory(Protocol):
+    """What a view needs of the memory it points into (a `GuestMemory` is one)."""
+
+    def read_slice(self, address: GuestAddress, buffer: Any) -> None: ...
+    def write_slice(self, address: GuestAddress, data: Any) -> None: ...
+    def read_bytes(self, address: GuestAddress, length: int) -> bytes: ...
+    def read_obj(self, address: AlignedGuestAddress[Any]) -> Any: ...
+    def write_obj(self, address: AlignedGuestAddress[Any], value: Any) -> None: ...
+    def read_atomic(self, address: AlignedGuestAddress[Any], order: Ordering = ...) -> int: ...
+    def write_atomic(self, address: AlignedGuestAddress[Any], value: int,
+                     order: Ordering = ...) -> None: ...
+    def fetch_add(self, address: AlignedGuestAddress[Any], value: int,
+                  order: Ordering = ...) -> int: ...
+    def swap(self, address: AlignedGuestAddress[Any], value: int,
+             order: Ordering = ...) -> int: ...
+    def compare_exchange(self, address: AlignedGuestAddress[Any], expected: int,
+                         desired: int, success: Ordering = ...,
+                         failure: Ordering = ...) -> tuple[bool, int]: ...
+
 
 _T_co = TypeVar("_T_co", covariant=True)
 _V = TypeVar("_V")
@@ -34,7 +53,7 @@ class VolatileSlice:
 
     __slots__ = ("address", "length", "memory", "offset", "region")
 
-    def __init__(self, memory: GuestMemory, region: GuestMemoryRegion, offset: int,
+    def __init__(self, memory: ViewedMemory, region: GuestMemoryRegion, offset: int,
                  length: int) -> None:
         """Made by `GuestMemory.get_slice`/`get_slices`; the range is already checked."""
         self.memory = memory
@@ -49,46 +68,59 @@ class VolatileSlice:
     def __repr__(self) -> str:
         return f"VolatileSlice({self.address.raw_value():#x}, length={self.length:#x})"
 
-    def _checked(self, offset: int, length: int) -> GuestAddress:
-        check_u64(offset, "offset")
-        check_u64(length, "length")
+    def _checked(self, offset: int, length: int) -> tuple[int, int, GuestAddress]:
+        """`offset` and `length` as ints (converted once) inside the slice, and the guest
+        address at `offset`; else a typed error."""
+        offset = check_u64(offset, "offset")
+        length = check_u64(length, "length")
         if offset + length > self.length:
             raise InvalidRange(self.address.raw_value() + offset, length,
                                f"outside the slice of {self.length} bytes")
-        return GuestAddress(self.address.raw_value() + offset)
+        return offset, length, GuestAddress(self.address.raw_value() + offset)
 
     def subslice(self, offset: int, length: int) -> VolatileSlice:
         """The part `[offset, offset + length)` of this slice."""
-        self._checked(offset, length)
+        offset, length, _ = self._checked(offset, length)
         return VolatileSlice(self.memory, self.region, self.offset + offset, length)
 
     def split_at(self, middle: int) -> tuple[VolatileSlice, VolatileSlice]:
         """The slice cut in two at `middle`."""
-        self._checked(middle, 0)
+        middle, _, _ = self._checked(middle, 0)
         return self.subslice(0, middle), self.subslice(middle, self.length - middle)
 
     def read(self, offset: int, buffer: Any) -> None:
         """Fill `buffer` from the slice at `offset`; all or nothing."""
-        view = memoryview(buffer).cast("B")
-        self.memory.read_slice(self._checked(offset, len(view)), view)
+        view = byte_view(buffer, writable=True, what="buffer")
+        if not len(view):
+            return
+        _, _, address = self._checked(offset, len(view))
+        self.memory.read_slice(address, view)
 
     def write(self, offset: int, data: Any) -> None:
-        """Copy all of `data` into the slice at `offset`; all or nothing."""
-        view = memoryview(data).cast("B")
-        self.memory.write_slice(self._checked(offset, len(view)), view)
+        """Copy all of `data` into the slice at `offset`; all or nothing. Writing nothing
+        succeeds wherever it is asked (as in Rust vm-memory)."""
+        view = byte_view(data, writable=False, what="data")
+        if not len(view):
+            return
+        _, _, address = self._checked(offset, len(view))
+        self.memory.write_slice(address, view)
 
     def copy_to(self, buffer: Any) -> int:
-        """Copy as much of the slice as fits into `buffer`; returns the count."""
-        view = memoryview(buffer).cast("B")
-        count = min(len(view), self.length)
-        self.memory.read_slice(self.address, view[:count])
+        """Copy whole elements of the slice into `buffer` (bytes, or typed items such as
+        an `array('I')`), as many as fit; returns the count of elements copied."""
+        view = byte_view(buffer, writable=True, what="buffer")
+        itemsize = memoryview(buffer).itemsize
+        count = min(len(view), self.length) // itemsize
+        self.memory.read_slice(self.address, view[:count * itemsize])
         return count
 
     def copy_from(self, data: Any) -> int:
-        """Copy as much of `data` as fits into the slice; returns the count."""
-        view = memoryview(data).cast("B")
-        count = min(len(view), self.length)
-        self.memory.write_slice(self.address, view[:count])
+        """Copy whole elements of `data` into the slice, as many as fit; returns the count
+        of elements copied."""
+        view = byte_view(data, writable=False, what="data")
+        itemsize = memoryview(data).itemsize
+        count = min(len(view), self.length) // itemsize
+        self.memory.write_slice(self.address, view[:count * itemsize])
         return count
 
     def to_bytes(self) -> bytes:
@@ -114,13 +146,14 @@ class VolatileSlice:
     def get_ref(self, ctype: type[_V], offset: int) -> VolatileRef[_V]:
         """A typed reference to the `ctype` value at `offset` (aligned for it)."""
         size = layout_of(ctype).size
-        address = self._checked(offset, size)
+        _, _, address = self._checked(offset, size)
         return VolatileRef(self.memory, AlignedGuestAddress.new(ctype, address))
 
     def get_array_ref(self, ctype: type[_V], offset: int, count: int) -> VolatileArrayRef[_V]:
         """A typed reference to `count` consecutive `ctype` values at `offset`."""
         size = layout_of(ctype).size
-        address = self._checked(offset, size * check_u64(count, "count"))
+        count = check_u64(count, "count")
+        _, _, address = self._checked(offset, size * count)
         return VolatileArrayRef(self.memory, AlignedGuestAddress.new(ctype, address), count)
 
 
@@ -129,7 +162,7 @@ class VolatileRef(Generic[_T_co]):
 
     __slots__ = ("address", "memory")
 
-    def __init__(self, memory: GuestMemory, address: AlignedGuestAddress[_T_co]) -> None:
+    def __init__(self, memory: ViewedMemory, address: AlignedGuestAddress[_T_co]) -> None:
         self.memory = memory
         self.address = address
 
@@ -184,19 +217,21 @@ class VolatileArrayRef(Generic[_T_co]):
 
     __slots__ = ("address", "count", "memory")
 
-    def __init__(self, memory: GuestMemory, address: AlignedGuestAddress[_T_co],
+    def __init__(self, memory: ViewedMemory, address: AlignedGuestAddress[_T_co],
                  count: int) -> None:
         self.memory = memory
         self.address = address
-        self.count = count
+        self.count = check_u64(count, "count")
 
     def __len__(self) -> int:
         return self.count
 
     def __getitem__(self, index: int) -> VolatileRef[_T_co]:
+        index = as_int(index, "an array index")  # converted once: no float, no lying int
         if not -self.count <= index < self.count:
             raise IndexError(f"index {index} outside an array of {self.count}")
         return VolatileRef(self.memory, self.address.offset(index % self.count))
 
     def __iter__(self) -> Iterator[VolatileRef[_T_co]]:
         return (self[index] for index in range(self.count))
+
