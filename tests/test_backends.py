@@ -333,6 +333,8 @@ def test_bad_sizes_and_offsets_are_refused() -> None:
         MmapRegion.anonymous(0)
     with pytest.raises(InvalidRange):
         MmapRegion.memfd(-PAGE)
+    with pytest.raises(InvalidRange):  # beyond the address space (1 TiB is, on 32 bits)
+        MmapRegion.anonymous(sys.maxsize + 1, no_reserve=True)
     with tempfile.TemporaryFile() as backing:
         os.ftruncate(backing.fileno(), 4 * PAGE)
         with pytest.raises(InvalidRange):
@@ -397,7 +399,8 @@ def test_read_only_mapping_refuses_every_store_in_a_subprocess() -> None:
 
 
 @pytest.mark.skipif(sys.maxsize < 1 << 40,
-                    reason="a 1 TiB guest cannot exist in a 32-bit address space")
+                    reason="a 1 TiB guest cannot exist in a 32-bit address space (mapping "
+                           "one is a typed error: test_bad_sizes_and_offsets_are_refused)")
 def test_one_tib_sparse_guest_stays_small_in_a_subprocess() -> None:
     """A 1 TiB no-reserve guest, written at its first and last page, stays under 100 MiB RSS."""
     result = run_python("""

@@ -92,8 +92,8 @@ def run_suite(root: Root, site: Path, *, max_examples: int | None = None,
         max_examples = 150 if root.port.emulator is None else EMULATED_EXAMPLES
     runs = cache_home() / "runs"
     runs.mkdir(parents=True, exist_ok=True)
-    report = runs / f"{root.port.debian}.json"
-    log = runs / f"{root.port.debian}.log"
+    label = root.port.debian + ("-narrowed" if arguments else "")  # not the full run's files
+    report, log = runs / f"{label}.json", runs / f"{label}.log"
     report.unlink(missing_ok=True)
     environment = foreign_environment(root, site)
     environment.update({REPORT_VARIABLE: str(report), "HYPOTHESIS_PROFILE": PROFILE,
