@@ -48,7 +48,10 @@ def _reason(report: pytest.TestReport | pytest.CollectReport) -> str:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         for problem in problems_of(item.nodeid):
-            item.add_marker(pytest.mark.xfail(strict=True, reason=problem.reason))
+            if problem.emulator_limit:
+                item.add_marker(pytest.mark.skip(reason=problem.reason))
+            else:
+                item.add_marker(pytest.mark.xfail(strict=True, reason=problem.reason))
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:

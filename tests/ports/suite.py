@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import IO, Any, Final
 
 from .foreign_plugin import EXAMPLES_VARIABLE, PROFILE, REPORT_VARIABLE
+from .known_problems import EMULATOR_VARIABLE
 from .roots import REPOSITORY, Root, cache_home
 
 SELECTION: Final = "not long and not type_checker and not ports"
@@ -97,7 +98,8 @@ def run_suite(root: Root, site: Path, *, max_examples: int | None = None,
     report.unlink(missing_ok=True)
     environment = foreign_environment(root, site)
     environment.update({REPORT_VARIABLE: str(report), "HYPOTHESIS_PROFILE": PROFILE,
-                        EXAMPLES_VARIABLE: str(max_examples)})
+                        EXAMPLES_VARIABLE: str(max_examples),
+                        EMULATOR_VARIABLE: root.port.emulator or ""})
     command = [str(root.python), "-m", "pytest", "-p", "tests.ports.foreign_plugin",
                "-m", SELECTION, "--ignore", "tests/ports", "-q", "-rfE",
                *(arguments or ("tests",))]
