@@ -57,6 +57,11 @@ SLOT_SIZE: Final = 2 * PAGE
 SLOTS: Final = tuple(0x10_0000 * (index + 1) for index in range(4))
 BASE_START: Final = 0
 STRESS_SECONDS: Final = 3.0
+ENOUGH_WORK: Final = {"reads": 1000, "misses": 100, "removals": 50, "inserts": 50,
+                      "old_snapshot_reads": 20}
+"""What a stress run must exceed to prove anything; a slow machine (or an emulator) runs
+past STRESS_SECONDS until it does, for at most STRESS_EXTRA_SECONDS more."""
+STRESS_EXTRA_SECONDS: Final = 60.0
 READERS: Final = 2
 
 
@@ -223,6 +228,10 @@ class StressRun:
         for thread in [*self.readers, writing]:
             thread.start()
         time.sleep(seconds)
+        deadline = time.monotonic() + STRESS_EXTRA_SECONDS
+        while time.monotonic() < deadline and any(
+                self.counts[name] <= floor for name, floor in ENOUGH_WORK.items()):
+            time.sleep(0.1)
         self.stop.set()
         writing.join()
         counts = dict(self.counts)
@@ -250,10 +259,8 @@ def test_hot_plug_stress_in_a_subprocess() -> None:
     report = run_stress(STRESS_SECONDS, late=False)
     counts = report["counts"]
     assert report["violations"] == []
-    assert counts["reads"] > 1000 and counts["misses"] > 100
-    assert counts["removals"] > 50 and counts["inserts"] > 50
+    assert all(counts[name] > floor for name, floor in ENOUGH_WORK.items()), counts
     assert counts["removed_gone_after"] == counts["removals"]
-    assert counts["old_snapshot_reads"] > 20
     assert counts["close_refused"] > 0, "no close ever raced a snapshot still in use"
     assert counts["close_done"] == report["removed"] == counts["closed_mappings"]
 
