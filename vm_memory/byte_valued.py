@@ -13,13 +13,19 @@ Scalars read back as Python `int`, `float`, `bool`, `bytes` (`c_char`) or `str`
 from __future__ import annotations
 
 import ctypes
+import operator
 import struct
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, TypeVar
 
-from vm_memory.errors import InvalidGuestValue, NotByteValued, ValueOutOfRange
+from vm_memory.errors import (
+    InvalidArgumentType,
+    InvalidGuestValue,
+    NotByteValued,
+    ValueOutOfRange,
+)
 
 _V_co = TypeVar("_V_co", covariant=True)
 
@@ -64,7 +70,8 @@ class TypeLayout:
     unpack_from: Callable[[Any, int], Any]
     """(buffer, offset) -> Python value; scalars give int/float/bool, aggregates a copy."""
     pack_into: Callable[[Any, int, Any], None]
-    """(buffer, offset, value) -> None; raises ValueOutOfRange or TypeError, writing nothing."""
+    """(buffer, offset, value) -> None; raises ValueOutOfRange or InvalidArgumentType,
+    writing nothing."""
     struct_unpack: Callable[[Any, int], tuple[Any, ...]] | None = None
     """For struct-coded scalars: the codec's own `unpack_from`, for the hot read paths."""
     struct_pack: Callable[[Any, int, Any], None] | None = None
@@ -188,7 +195,7 @@ def _aggregate_layout(ctype: type[Any], name: str) -> TypeLayout:
 
     def pack_into(buffer: Any, offset: int, value: Any) -> None:
         if type(value) is not ctype:
-            raise TypeError(f"expected a {name} instance, got {type(value).__name__}")
+            raise InvalidArgumentType(f"a {name} value", f"a {name} instance", value)
         buffer[offset:offset + size] = bytes(value)
 
     return TypeLayout(ctype, name, size, ctypes.alignment(ctype), False, False, False, True,
@@ -229,16 +236,18 @@ def _scalar_layout(ctype: type[Any], name: str) -> TypeLayout:
         return unpack(buffer, offset)[0]
 
     def pack_into(buffer: Any, offset: int, value: Any) -> None:
-        if is_bool and value is not True and value is not False and value not in (0, 1):
-            raise ValueOutOfRange(name, value, "a bool is True, False, 0 or 1")
+        if is_integer or is_bool:  # converted once with operator.index, then checked
+            number = value if type(value) is int else _as_integer(value, name)
+            if not minimum <= number <= maximum:
+                raise ValueOutOfRange(name, number, f"not in [{minimum}, {maximum}]")
+            pack(buffer, offset, number)
+            return
         try:
             pack(buffer, offset, value)
-        except (struct.error, OverflowError) as error:
-            if is_integer and isinstance(value, int):
-                raise ValueOutOfRange(name, value, f"not in [{minimum}, {maximum}]") from None
-            if not is_integer and isinstance(value, float | int) and not isinstance(value, bool):
-                raise ValueOutOfRange(name, value, str(error)) from None
-            raise TypeError(f"{name} cannot hold a {type(value).__name__}") from None
+        except OverflowError as error:
+            raise ValueOutOfRange(name, value, str(error)) from None
+        except struct.error:
+            raise InvalidArgumentType(f"a {name} value", "a float", value) from None
 
     native_code = None
     if is_integer and native:
@@ -247,6 +256,13 @@ def _scalar_layout(ctype: type[Any], name: str) -> TypeLayout:
     return TypeLayout(ctype, name, size, alignment, True, is_integer, is_bool, native,
                       minimum, maximum, unpack_from, pack_into, unpack,
                       pack if is_integer else None, native_code, size.bit_length() - 1)
+
+
+def _as_integer(value: object, name: str) -> int:
+    try:
+        return operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise InvalidArgumentType(f"a {name} value", "an int", value) from None
 
 
 def _ctypes_scalar_layout(ctype: type[Any], name: str, size: int, alignment: int,

@@ -36,17 +36,16 @@ class GuestMemoryMmap(GuestMemory):
         Like Rust vm-memory, the memory is mapped without reserving swap (a large sparse
         guest costs only what it touches); no ranges at all is `NoMemoryRegion`.
         """
-        return cls.from_regions(
-            GuestRegionMmap(MmapRegion.anonymous(size, shared=shared), start)
-            for start, size in _ranges(ranges))
+        return cls._mapped(GuestRegionMmap(MmapRegion.anonymous(size, shared=shared), start)
+                           for start, size in _ranges(ranges))
 
     @classmethod
     def from_ranges_memfd(cls, ranges: Iterable[tuple[GuestAddress, int]], *,
                           sparse: bool = False) -> GuestMemoryMmap:
         """Each (start, size) in its own sealed memfd, ready to share with another process
         (allocated up front unless `sparse`, see `MmapRegion.memfd`)."""
-        return cls.from_regions(GuestRegionMmap(MmapRegion.memfd(size, sparse=sparse), start)
-                                for start, size in _ranges(ranges))
+        return cls._mapped(GuestRegionMmap(MmapRegion.memfd(size, sparse=sparse), start)
+                           for start, size in _ranges(ranges))
 
     @classmethod
     def from_ranges_with_files(
@@ -66,8 +65,8 @@ class GuestMemoryMmap(GuestMemory):
             return MmapRegion.from_file(file.fd, size, offset=file.offset,
                                         read_only=read_only, shared=shared, sparse=sparse)
 
-        return cls.from_regions(GuestRegionMmap(mapped(size, file), start)
-                                for start, size, file in _ranges(ranges, with_file=True))
+        return cls._mapped(GuestRegionMmap(mapped(size, file), start)
+                           for start, size, file in _ranges(ranges, with_file=True))
 
     @classmethod
     def from_regions(cls, regions: Iterable[GuestRegionMmap]) -> GuestMemoryMmap:
@@ -77,6 +76,21 @@ class GuestMemoryMmap(GuestMemory):
         if not memory.num_regions():
             raise NoMemoryRegion()
         return memory
+
+    @classmethod
+    def _mapped(cls, placed: Iterator[GuestRegionMmap]) -> GuestMemoryMmap:
+        """Memory from regions the caller maps as `placed` is iterated: if anything fails,
+        the ones already mapped are unmapped at once (their fds closed) rather than left
+        to the garbage collector."""
+        regions: list[GuestRegionMmap] = []
+        try:
+            for region in placed:
+                regions.append(region)
+            return cls.from_regions(regions)
+        except BaseException:
+            for region in regions:
+                region.close()
+            raise
 
     def regions(self) -> Sequence[GuestRegionMmap]:
         """The regions, sorted by start address."""

@@ -11,6 +11,7 @@ own), and a file not sealed against shrinking is refused (`UnsealedMemory`) unle
 receiver passes `trust_unsealed=True`: a sender that truncates a mapped file would kill
 the receiver with SIGBUS.
 """
+# pyright: reportPrivateUsage=false
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, Final, cast
 
 from vm_memory.address import ADDRESS_SPACE_SIZE, GuestAddress
-from vm_memory.errors import GuestMemoryError, MalformedMemoryTable, NotShareable
+from vm_memory.errors import MalformedMemoryTable, NotShareable
 from vm_memory.mmap_memory import GuestMemoryMmap
 from vm_memory.mmap_region import GuestRegionMmap, MmapRegion
 
@@ -119,17 +120,12 @@ def receive_memory(sock: socket.socket, *, trust_unsealed: bool = False) -> Gues
         if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
             raise MalformedMemoryTable("the message or its fds were truncated")
         rows = parse_memory_table(data, len(fds))
-        try:
-            return GuestMemoryMmap(
-                GuestRegionMmap(MmapRegion.from_peer_fd(fd, row.size, offset=row.file_offset,
-                                                        read_only=row.read_only,
-                                                        trust_unsealed=trust_unsealed),
-                                GuestAddress(row.guest_start))
-                for row, fd in zip(rows, fds, strict=True))
-        except GuestMemoryError:
-            raise
-        except (ValueError, OverflowError, TypeError) as error:
-            raise MalformedMemoryTable(str(error)) from None
+        return GuestMemoryMmap._mapped(
+            GuestRegionMmap(MmapRegion.from_peer_fd(fd, row.size, offset=row.file_offset,
+                                                    read_only=row.read_only,
+                                                    trust_unsealed=trust_unsealed),
+                            GuestAddress(row.guest_start))
+            for row, fd in zip(rows, fds, strict=True))
     finally:
         for fd in fds:  # mapped regions keep duplicates of their own
             os.close(fd)

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, ClassVar, Final
 from vm_memory.address import GuestAddress
 from vm_memory.aligned_address import AlignedGuestAddress
 from vm_memory.endian import Le16, Le32, Le64
+from vm_memory.errors import GuestMemoryError
 from vm_memory.guest_memory import GuestMemory
 from vm_memory.ordering import Ordering
 
@@ -80,7 +81,7 @@ class VirtqRingHeader(ctypes.Structure):
         idx: int
 
 
-class RingError(Exception):
+class RingError(GuestMemoryError):
     """The other side broke the ring protocol (an index ran ahead, a chain loops...)."""
 
 

@@ -1,0 +1,378 @@
+"""One answer per call: every public access, cold and warm, on every region kind.
+
+A fast path that admits what the general path refuses makes the answer depend on which
+region the previous call hit. So each generated call — with hostile arguments among the
+honest ones: plain ints for orderings, bools, NumPy integers, int subclasses that lie,
+floats, strings, out-of-range values, addresses in holes, across ends and in read-only
+regions — runs four ways on each kind of region (anonymous mmap, sealed memfd, a device
+model, a file reached with pread/pwrite):
+
+- cold: a fresh memory, and the atomic fast paths' caches emptied;
+- warm: a fresh memory after the same method succeeded on the same type in the same
+  region (so the last-region guess and every cache point at the call's own region).
+
+Cold and warm must give the same result or the same error class, and leave the same
+bytes. Across kinds, every answer must be the same, except that a file region refuses
+every atomic operation that another kind performs (`AtomicAccessUnsupported`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import tempfile
+from collections.abc import Callable, Generator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from typing import Any, Final
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vm_memory import (
+    AlignedGuestAddress,
+    DeviceRegion,
+    FileRegion,
+    GuestAddress,
+    GuestMemory,
+    GuestMemoryRegion,
+    GuestRegionMmap,
+    Le32,
+    MmapRegion,
+    Ordering,
+)
+from vm_memory import guest_memory as guest_memory_module
+
+PAGE: Final = 0x1000
+STARTS: Final = (0x0, 0x2000)
+"""Two adjacent writable regions of two pages each, then a hole."""
+READ_ONLY_START: Final = 0x10000
+KINDS: Final = ("mmap", "memfd", "device", "file")
+ATOMIC_METHODS: Final = ("read_atomic", "write_atomic", "swap", "compare_exchange",
+                         "fetch_add", "fetch_sub", "fetch_and", "fetch_or", "fetch_xor")
+
+
+class Header(ctypes.Structure):
+    _fields_ = (("magic", Le32), ("flags", ctypes.c_uint16), ("count", ctypes.c_uint16))
+
+
+class Liar(int):
+    """An int whose operators lie: every remainder is 0, it equals everything."""
+
+    def __mod__(self, other: object) -> int:
+        return 0
+
+    def __eq__(self, other: object) -> bool:
+        return True
+
+    __hash__ = int.__hash__
+
+
+CTYPES: Final = (ctypes.c_uint8, ctypes.c_uint16, ctypes.c_uint32, ctypes.c_uint64,
+                 ctypes.c_int32, ctypes.c_int64, ctypes.c_bool, ctypes.c_double, Le32, Header)
+
+HOSTILE_VALUES: Final[tuple[Any, ...]] = (
+    0, 1, 2, 255, 256, -1, 2**31, 2**32 - 1, 2**32, 2**63, 2**64 - 1, 2**64, -(2**63),
+    True, False, np.int64(5), np.uint64(2**63), np.int8(-1), Liar(3), Liar(-1), 1.0, 2.5,
+    "1", None, b"\x01",
+)
+ORDERINGS: Final[tuple[Any, ...]] = (*Ordering, 0, 2, 3, 4, 5, True, 2.0, None, "SEQ_CST",
+                                     np.int64(5), Liar(5))
+OFFSETS: Final = (0, 8, 0x100, 2 * PAGE - 8, 2 * PAGE - 4, 2 * PAGE - 2, 2 * PAGE - 1,
+                  2 * PAGE, 4 * PAGE - 8, 4 * PAGE - 1, 4 * PAGE, READ_ONLY_START + 8,
+                  READ_ONLY_START + PAGE - 4, 2**64 - 8, 2**64 - 1)
+LENGTHS: Final = (0, 1, 7, 8, 16, PAGE, 2 * PAGE + 3, 4 * PAGE + 1)
+
+
+class Bytes:
+    """A device model: a bytearray."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = bytearray(data)
+
+    def read(self, offset: int, size: int) -> bytes:
+        return bytes(self.data[offset:offset + size])
+
+    def write(self, offset: int, data: bytes) -> None:
+        self.data[offset:offset + len(data)] = data
+
+
+def initial(size: int, seed: int) -> bytes:
+    return bytes((index * 131 + seed * 7 + 3) % 251 for index in range(size))
+
+
+INITIAL: Final = initial(2 * PAGE, 0) + initial(2 * PAGE, 1) + initial(PAGE, 2)
+"""Every kind's bytes before a call, as `Built.contents` reads them."""
+
+
+@dataclass
+class Built:
+    memory: GuestMemory
+    contents: Callable[[], bytes]
+
+
+def _mapping_reader(mapping: MmapRegion) -> Callable[[], bytes]:
+    return lambda: bytes(mapping.mapping[:])
+
+
+def _device_reader(device: Bytes) -> Callable[[], bytes]:
+    return lambda: bytes(device.data)
+
+
+def _file_reader(fd: int, size: int) -> Callable[[], bytes]:
+    return lambda: os.pread(fd, size, 0)
+
+
+@contextmanager
+def build(kind: str) -> Generator[Built]:
+    """A memory of `kind`: two adjacent writable regions and one read-only region, with
+    a way to read every byte back without the library's access paths."""
+    sizes = [(start, 2 * PAGE, False) for start in STARTS] + [(READ_ONLY_START, PAGE, True)]
+    readers: list[Callable[[], bytes]] = []
+    regions: list[GuestMemoryRegion] = []
+    with ExitStack() as files:
+        for index, (start, size, read_only) in enumerate(sizes):
+            data = initial(size, index)
+            if kind in ("mmap", "memfd"):
+                mapping = MmapRegion.anonymous(size) if kind == "mmap" else \
+                    MmapRegion.memfd(size)
+                mapping.mapping[:] = data
+                if read_only:
+                    fd = os.memfd_create("contract")
+                    os.write(fd, data)
+                    mapping = MmapRegion.from_file(fd, size, read_only=True)
+                    os.close(fd)
+                region: GuestMemoryRegion = GuestRegionMmap(mapping, GuestAddress(start))
+                readers.append(_mapping_reader(mapping))
+            elif kind == "device":
+                device = Bytes(data)
+                region = DeviceRegion(device, GuestAddress(start), size, read_only=read_only)
+                readers.append(_device_reader(device))
+            else:
+                handle = files.enter_context(tempfile.TemporaryFile())
+                handle.write(data)
+                handle.flush()
+                region = FileRegion(handle.fileno(), GuestAddress(start), size,
+                                    read_only=read_only)
+                readers.append(_file_reader(handle.fileno(), size))
+            regions.append(region)
+        yield Built(GuestMemory(regions), lambda: b"".join(read() for read in readers))
+
+
+@dataclass(frozen=True)
+class Call:
+    method: str
+    arguments: tuple[Any, ...]
+
+    def run(self, memory: GuestMemory) -> Any:
+        return getattr(memory, self.method)(*self.arguments)
+
+
+def aligned(ctype: Any, offset: int) -> AlignedGuestAddress[Any] | GuestAddress:
+    """An aligned address where one can be made, else the plain address (a wrong type
+    for the aligned methods: itself a refusal to compare)."""
+    made = AlignedGuestAddress.try_new(ctype, GuestAddress(offset))
+    return made if made is not None else GuestAddress(offset)
+
+
+@st.composite
+def calls(draw: st.DrawFn) -> Call:
+    ctype = draw(st.sampled_from(CTYPES))
+    offset = draw(st.sampled_from(OFFSETS) | st.integers(0, 4 * PAGE))
+    value = draw(st.sampled_from(HOSTILE_VALUES) | st.integers(-(2**65), 2**65))
+    order = draw(st.sampled_from(ORDERINGS))
+    method = draw(st.sampled_from((*ATOMIC_METHODS, "read_obj", "write_obj",
+                                   "read_obj_unaligned", "write_obj_unaligned", "read_slice",
+                                   "write_slice", "read", "write", "read_bytes")))
+    address: Any = aligned(ctype, offset)
+    if draw(st.booleans()) and method in (*ATOMIC_METHODS, "read_obj", "write_obj"):
+        address = draw(st.sampled_from((GuestAddress(offset), offset, None)))
+    plain = GuestAddress(offset)
+    length = draw(st.sampled_from(LENGTHS))
+    if method == "read_atomic":
+        arguments: tuple[Any, ...] = (address, order)
+    elif method == "compare_exchange":
+        expected = draw(st.sampled_from(HOSTILE_VALUES))
+        failure = draw(st.sampled_from(ORDERINGS))
+        arguments = (address, expected, value, order, failure)
+    elif method in ATOMIC_METHODS:
+        arguments = (address, value, order)
+    elif method == "read_obj":
+        arguments = (address,)
+    elif method == "write_obj":
+        arguments = (address, ctype() if ctype is Header and draw(st.booleans()) else value)
+    elif method == "read_obj_unaligned":
+        arguments = (plain, ctype)
+    elif method == "write_obj_unaligned":
+        arguments = (plain, ctype, value)
+    elif method in ("read_slice", "read"):
+        arguments = (plain, bytearray(length))
+    elif method in ("write_slice", "write"):
+        arguments = (plain, initial(length, 9))
+    else:
+        arguments = (plain, length)
+    return Call(method, arguments)
+
+
+def outcome(call: Call, memory: GuestMemory) -> tuple[str, str]:
+    """What the call gave: ('ok', repr of the result and of any filled buffer) or
+    ('error', the error class name)."""
+    try:
+        result = call.run(memory)
+    except Exception as error:
+        return "error", type(error).__name__
+    buffers = [bytes(argument) for argument in call.arguments if isinstance(argument, bytearray)]
+    if isinstance(result, ctypes.Structure):
+        result = bytes(result)
+    return "ok", repr((type(result).__name__, result, buffers))
+
+
+def fresh_arguments(call: Call) -> Call:
+    """The call with new destination buffers (a run fills them)."""
+    return Call(call.method, tuple(bytearray(len(argument)) if isinstance(argument, bytearray)
+                                   else argument for argument in call.arguments))
+
+
+def empty_fast_path_caches() -> None:
+    for cache in guest_memory_module._FAST_ATOMICS.values():  # pyright: ignore[reportPrivateUsage]
+        cache.clear()
+
+
+def cold(kind: str, call: Call) -> tuple[tuple[str, str], bytes]:
+    empty_fast_path_caches()
+    with build(kind) as built:
+        return outcome(fresh_arguments(call), built.memory), built.contents()
+
+
+def warm(kind: str, call: Call) -> tuple[tuple[str, str], bytes]:
+    """From empty caches, prime with a successful call of the same method and type in
+    the call's region, then put the bytes back and run the call."""
+    empty_fast_path_caches()
+    with build(kind) as built:
+        memory = built.memory
+        primer = _primer(call)
+        for _ in range(3):
+            try:
+                primer.run(memory)
+            except Exception:  # the primer may be refused on this kind; still warm
+                break
+        restore(memory)
+        memory.read_slice(primer.arguments[0].addr if isinstance(
+            primer.arguments[0], AlignedGuestAddress) else primer.arguments[0], bytearray(1))
+        return outcome(fresh_arguments(call), memory), built.contents()
+
+
+def _primer(call: Call) -> Call:
+    """An honest call of the same method at a valid address of the same type, in the
+    region the call aims at when there is one."""
+    address = call.arguments[0]
+    target = address.raw_value() if isinstance(address, AlignedGuestAddress | GuestAddress) \
+        else 0
+    region_start = next((start for start in STARTS if start <= target < start + 2 * PAGE),
+                        STARTS[0])
+    honest = region_start + 0x40
+    if isinstance(address, AlignedGuestAddress):
+        ctype: Any = address.type  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]
+        at: Any = AlignedGuestAddress.new(ctype, GuestAddress(honest))
+        if call.method == "read_atomic":
+            return Call("read_atomic", (at, Ordering.SEQ_CST))
+        if call.method == "compare_exchange":
+            return Call("compare_exchange", (at, 0, 0))
+        if call.method in ATOMIC_METHODS:
+            return Call(call.method, (at, 0))
+        if call.method == "read_obj":
+            return Call("read_obj", (at,))
+        if call.method == "write_obj":
+            return Call("write_obj", (at, ctype() if ctype is Header else 0))
+    if call.method in ("read_obj_unaligned", "write_obj_unaligned"):
+        ctype = call.arguments[1]
+        if call.method == "read_obj_unaligned":
+            return Call(call.method, (GuestAddress(honest), ctype))
+        return Call(call.method, (GuestAddress(honest), ctype, ctype() if ctype is Header
+                                  else 0))
+    return Call("read_slice", (GuestAddress(honest), bytearray(8)))
+
+
+def restore(memory: GuestMemory) -> None:
+    """Put the initial bytes back (writable regions only); the caller then makes the
+    primed region the last one hit again."""
+    for index, start in enumerate(STARTS):
+        memory.write_slice(GuestAddress(start), initial(2 * PAGE, index))
+
+
+def check(call: Call) -> None:
+    answers: dict[str, tuple[tuple[str, str], bytes]] = {}
+    for kind in KINDS:
+        cold_answer, warm_answer = cold(kind, call), warm(kind, call)
+        assert cold_answer == warm_answer, f"{kind}: cold {cold_answer[0]} != warm " \
+                                           f"{warm_answer[0]} for {call}"
+        answers[kind] = cold_answer
+    reference = answers["mmap"]
+    for kind in ("memfd", "device"):
+        assert answers[kind] == reference, f"{kind} {answers[kind][0]} != mmap " \
+                                           f"{reference[0]} for {call}"
+    file_answer = answers["file"]
+    if call.method in ATOMIC_METHODS and reference[0][0] == "ok":
+        assert file_answer == (("error", "AtomicAccessUnsupported"), INITIAL), call
+    else:
+        assert file_answer == reference, f"file {file_answer[0]} != mmap {reference[0]} " \
+                                         f"for {call}"
+
+
+@given(calls())
+def test_every_call_answers_the_same_cold_warm_and_on_every_kind(call: Call) -> None:
+    check(call)
+
+
+@pytest.mark.long
+@settings(settings.get_profile("long"))
+@given(calls())
+def test_every_call_answers_the_same_long(call: Call) -> None:
+    """10,000 examples (the `long` profile)."""
+    check(call)
+
+
+# ---- Targeted: the refusals the review found accepted warm ------------------------------
+
+
+def u32(offset: int) -> AlignedGuestAddress[ctypes.c_uint32]:
+    return AlignedGuestAddress.new(ctypes.c_uint32, GuestAddress(offset))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("order", [0, 2, 4, 5, True, 2.0, np.int64(5)], ids=repr)
+def test_plain_values_are_not_orderings_warm_or_cold(kind: str, order: Any) -> None:
+    for run in (cold, warm):
+        answer, _ = run(kind, Call("read_atomic", (u32(0x40), order)))
+        assert answer == ("error", "InvalidOrdering"), (run.__name__, answer)
+        answer, _ = run(kind, Call("write_atomic", (u32(0x40), 1, order)))
+        assert answer == ("error", "InvalidOrdering"), (run.__name__, answer)
+
+
+@pytest.mark.parametrize("kind", ("mmap", "device"))
+@pytest.mark.parametrize("value", [True, np.int64(7), np.uint8(200), Liar(9)], ids=repr)
+def test_integer_like_values_store_the_same_warm_and_cold(kind: str, value: Any) -> None:
+    """Converted once with operator.index on every path: the same value is stored."""
+    answers = {run.__name__: run(kind, Call("write_atomic", (u32(0x40), value)))
+               for run in (cold, warm)}
+    assert answers["cold"] == answers["warm"]
+    assert answers["cold"][0] == ("ok", repr(("NoneType", None, list[bytes]())))
+    stored = answers["cold"][1][0x40:0x44]
+    assert int.from_bytes(stored, "little") == int(value)
+
+
+def test_the_differential_check_can_fail(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The control: a fast path that answers differently from the general path (here a
+    load that lies) makes cold and warm differ, and `check` says so."""
+    real = guest_memory_module._prime_fast_atomics  # pyright: ignore[reportPrivateUsage]
+
+    def prime_a_liar(ctype: type[Any], *arguments: Any) -> None:
+        real(ctype, *arguments)
+        guest_memory_module._FAST_ATOMICS["read_atomic"][ctype] = (  # pyright: ignore[reportPrivateUsage]
+            lambda host, order: 999)  # pyright: ignore[reportUnknownLambdaType]
+
+    monkeypatch.setattr(guest_memory_module, "_prime_fast_atomics", prime_a_liar)
+    with pytest.raises(AssertionError, match="999"):
+        check(Call("read_atomic", (u32(0x40), Ordering.SEQ_CST)))

@@ -1,0 +1,533 @@
+"""Hostile and careless input: a typed error that carries the facts, and nothing lost.
+
+The cases the adversarial review reproduced: forged alignment, allocations sized by a
+guest, file objects that answer None or fail half-way, more spans than one system call
+takes, writes across region kinds that fail half-way, bools a guest stored as 2,
+malformed memory tables from a peer, and a list of untyped errors and leaks.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import tracemalloc
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import pytest
+
+from vm_memory import (
+    AddressOutOfRange,
+    AddressOverflow,
+    AlignedGuestAddress,
+    DeviceRegion,
+    DirtyBitmap,
+    FileOffset,
+    FileRegion,
+    GuestAddress,
+    GuestMemory,
+    GuestMemoryError,
+    GuestMemoryMmap,
+    GuestRegionMmap,
+    InvalidAlignment,
+    InvalidArgumentType,
+    InvalidGuestValue,
+    InvalidRange,
+    MalformedMemoryTable,
+    MappingError,
+    MmapRegion,
+    PartialBuffer,
+    RegionIoError,
+    RegionOverlap,
+    receive_memory,
+)
+from vm_memory.stream_io import IOV_MAX
+from vm_memory_tools.split_ring import RingError
+
+ROOT: Final = Path(__file__).resolve().parent.parent
+PAGE: Final = 4096
+
+
+def u64(offset: int) -> AlignedGuestAddress[ctypes.c_uint64]:
+    return AlignedGuestAddress.new(ctypes.c_uint64, GuestAddress(offset))
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+class Lying(int):
+    """An int subclass whose remainder is always 0 and whose int() is 0."""
+
+    def __mod__(self, other: object) -> int:
+        return 0
+
+    def __int__(self) -> int:
+        return 0
+
+
+class Bytes:
+    """A device model over a bytearray."""
+
+    def __init__(self, size: int) -> None:
+        self.data = bytearray(size)
+
+    def read(self, offset: int, size: int) -> bytes:
+        return bytes(self.data[offset:offset + size])
+
+    def write(self, offset: int, data: bytes) -> None:
+        self.data[offset:offset + len(data)] = data
+
+
+# ---- Forged alignment and escapes --------------------------------------------------------
+
+
+def test_alignment_cannot_be_forged() -> None:
+    memory = GuestMemoryMmap.from_ranges([(GuestAddress(0), PAGE)])
+    address = AlignedGuestAddress.new(ctypes.c_uint32, GuestAddress(8))
+    with pytest.raises(InvalidArgumentType):
+        address.offset(0.25)  # type: ignore[arg-type]
+    shifted = address + Lying(2)
+    assert type(shifted) is GuestAddress, "a lying remainder does not keep the type"
+    with pytest.raises(InvalidArgumentType):
+        memory.write_obj(shifted, 1)  # type: ignore[call-overload]
+    with pytest.raises(InvalidArgumentType):
+        memory.read_atomic(shifted)  # type: ignore[call-overload]
+    array = memory.get_slice(GuestAddress(0), 64).get_array_ref(ctypes.c_uint32, 0, 4)
+    with pytest.raises(InvalidArgumentType):
+        array[0.5]  # type: ignore[index]
+    wide = AlignedGuestAddress.new(ctypes.c_uint64, GuestAddress(8))
+    with pytest.raises(AddressOverflow):
+        wide.offset(np.uint64(2**61))  # type: ignore[arg-type]
+
+
+def test_a_lying_offset_cannot_escape_a_slice() -> None:
+    memory = GuestMemoryMmap.from_ranges([(GuestAddress(0), 2 * PAGE)])
+    piece = memory.get_slice(GuestAddress(PAGE), 0x100)
+    with pytest.raises(AddressOutOfRange):
+        piece.subslice(Lying(-0x100), 0x10)
+    with pytest.raises(AddressOutOfRange):
+        piece.write(Lying(-0x100), b"x" * 0x10)
+    assert memory.read_bytes(GuestAddress(0), 2 * PAGE) == bytes(2 * PAGE)
+
+
+# ---- Allocations sized by the guest -------------------------------------------------------
+
+
+@pytest.mark.parametrize("length", [2**32, 2**40, 2**63])
+def test_read_bytes_checks_before_it_allocates(length: int) -> None:
+    memory = GuestMemoryMmap.from_ranges([(GuestAddress(0), PAGE)])
+    tracemalloc.start()
+    try:
+        with pytest.raises(PartialBuffer) as raised:
+            memory.read_bytes(GuestAddress(0), length)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert (raised.value.expected, raised.value.available) == (length, PAGE)
+    assert peak < 1 << 20, f"{peak} bytes allocated for a refused read"
+
+
+# ---- Stream I/O through file objects -----------------------------------------------------
+
+
+class Trickle(io.RawIOBase):
+    """A raw stream that moves `per_call` bytes a call, then answers `then` (None: would
+    block; an exception: fails)."""
+
+    def __init__(self, data: bytes, calls: int, then: BaseException | None) -> None:
+        self.data = bytearray(data)
+        self.calls = calls
+        self.then = then
+        self.written = bytearray()
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return True
+
+    def _next(self) -> bool:
+        if self.calls == 0:
+            if self.then is not None:
+                raise self.then
+            return False
+        self.calls -= 1
+        return True
+
+    def readinto(self, buffer: Any) -> int | None:
+        if not self._next():
+            return None
+        count = min(len(buffer), len(self.data))
+        buffer[:count] = self.data[:count]
+        del self.data[:count]
+        return count
+
+    def write(self, buffer: Any) -> int | None:
+        if not self._next():
+            return None
+        self.written += bytes(buffer)
+        return len(buffer)
+
+
+def spanning_memory() -> GuestMemoryMmap:
+    """Three adjacent one-page regions: a stream call moves one view per region."""
+    return GuestMemoryMmap.from_ranges([(GuestAddress(index * PAGE), PAGE)
+                                        for index in range(3)])
+
+
+@pytest.mark.parametrize("then", [None, OSError(errno.EIO, "disk on fire")],
+                         ids=["would-block", "fails"])
+def test_file_object_stops_half_way(then: BaseException | None) -> None:
+    """After one view moved, None or an error: the count says one page; before any byte
+    moved, it is an error (BlockingIOError for None), never a 0 that means end of stream."""
+    memory = spanning_memory()
+    source = Trickle(b"a" * 3 * PAGE, 1, then)
+    assert memory.read_from(GuestAddress(0), source, 3 * PAGE) == PAGE
+    with pytest.raises(BlockingIOError if then is None else OSError):
+        memory.read_from(GuestAddress(PAGE), source, 2 * PAGE)
+    sink = Trickle(b"", 1, then)
+    assert memory.write_to(GuestAddress(0), sink, 3 * PAGE) == PAGE
+    assert bytes(sink.written) == b"a" * PAGE
+    with pytest.raises(PartialBuffer) as raised:
+        memory.write_all_to(GuestAddress(0), Trickle(b"", 2, then), 3 * PAGE)
+    assert raised.value.completed == 2 * PAGE
+    assert raised.value.__cause__ is not None
+
+
+def test_more_spans_than_one_system_call_takes(tmp_path: Path) -> None:
+    count = IOV_MAX + 500
+    memory = GuestMemoryMmap.from_ranges([(GuestAddress(index * PAGE), PAGE)
+                                          for index in range(count)])
+    data = bytes(range(256)) * (count * PAGE // 256)
+    path = tmp_path / "data"
+    path.write_bytes(data)
+    with open(path, "rb") as handle:
+        assert memory.read_from(GuestAddress(0), handle.fileno(), len(data)) == len(data)
+    assert memory.read_bytes(GuestAddress(0), len(data)) == data
+    with open(path, "r+b") as out:
+        out.truncate(0)
+        assert memory.write_to(GuestAddress(0), out.fileno(), len(data),
+                               file_offset=0) == len(data)
+    assert path.read_bytes() == data
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        received = bytearray()
+
+        def drain() -> None:
+            while len(received) < len(data):
+                received.extend(theirs.recv(1 << 20))
+
+        reader = threading.Thread(target=drain)
+        reader.start()
+        memory.write_all_to(GuestAddress(0), ours, len(data))
+        reader.join()
+    assert bytes(received) == data
+
+
+# ---- All or nothing across region kinds ---------------------------------------------------
+
+
+def test_a_failing_file_span_leaves_host_memory_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "ro"
+    path.write_bytes(bytes(PAGE))
+    fd = os.open(path, os.O_RDONLY)  # pwrite fails with EBADF
+    try:
+        first = GuestRegionMmap(MmapRegion.anonymous(PAGE), GuestAddress(0))
+        memory = GuestMemory([first, FileRegion(fd, GuestAddress(PAGE), PAGE)])
+        with pytest.raises(RegionIoError) as raised:
+            memory.write_slice(GuestAddress(PAGE - 8), b"x" * 16)
+        assert raised.value.errno == errno.EBADF
+        assert memory.read_bytes(GuestAddress(0), PAGE) == bytes(PAGE)
+    finally:
+        os.close(fd)
+
+
+def test_a_second_failing_file_span_puts_the_first_back(tmp_path: Path) -> None:
+    good_path, bad_path = tmp_path / "good", tmp_path / "bad"
+    good_path.write_bytes(b"g" * PAGE)
+    bad_path.write_bytes(b"b" * PAGE)
+    good = os.open(good_path, os.O_RDWR)
+    bad = os.open(bad_path, os.O_RDONLY)
+    try:
+        memory = GuestMemory([FileRegion(good, GuestAddress(0), PAGE),
+                              FileRegion(bad, GuestAddress(PAGE), PAGE)])
+        with pytest.raises(RegionIoError):
+            memory.write_slice(GuestAddress(PAGE - 4), b"12345678")
+        assert good_path.read_bytes() == b"g" * PAGE
+    finally:
+        os.close(good)
+        os.close(bad)
+
+
+def test_strided_buffers_get_the_same_answer_on_every_kind(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(bytes(PAGE))
+    with open(path, "r+b") as handle:
+        memories = [GuestMemoryMmap.from_ranges([(GuestAddress(0), 2 * PAGE)]),
+                    GuestMemory([GuestRegionMmap(MmapRegion.anonymous(PAGE), GuestAddress(0)),
+                                 FileRegion(handle.fileno(), GuestAddress(PAGE), PAGE)])]
+        strided = memoryview(bytearray(64))[::2]
+        for memory in memories:
+            for method in (memory.write_slice, memory.read_slice, memory.write):
+                with pytest.raises(InvalidArgumentType, match="contiguous"):
+                    method(GuestAddress(PAGE - 8), strided)
+            assert memory.read_bytes(GuestAddress(0), 2 * PAGE) == bytes(2 * PAGE)
+
+
+def test_overlapping_copies_across_a_region_boundary() -> None:
+    """Source and destination overlap and cross two regions: the result is what a copy
+    of the source made first would give (memmove semantics)."""
+    for shift in (-5, 5):
+        memory = GuestMemoryMmap.from_ranges([(GuestAddress(0), PAGE),
+                                              (GuestAddress(PAGE), PAGE)])
+        pattern = bytes(index % 251 for index in range(2 * PAGE))
+        memory.write_slice(GuestAddress(0), pattern)
+        source = memory.get_slice(GuestAddress(PAGE - 100), 100).as_memoryview()
+        second = memory.get_slice(GuestAddress(PAGE), 100).as_memoryview()
+        joined = memoryview(bytearray(200))
+        expected = bytearray(pattern)
+        start = PAGE - 100 + shift
+        expected[start:start + 100] = pattern[PAGE - 100:PAGE]
+        memory.write_slice(GuestAddress(start), source)  # one region's view, two targets
+        assert memory.read_bytes(GuestAddress(0), 2 * PAGE) == bytes(expected)
+        del joined, second
+        # reading into guest memory from across the boundary
+        memory.write_slice(GuestAddress(0), pattern)
+        target = memory.get_slice(GuestAddress(PAGE - 150), 100).as_memoryview()
+        memory.read_slice(GuestAddress(PAGE - 150 + shift + 60), target)
+        expected = bytearray(pattern)
+        origin = PAGE - 150 + shift + 60
+        expected[PAGE - 150:PAGE - 50] = pattern[origin:origin + 100]
+        assert memory.read_bytes(GuestAddress(0), 2 * PAGE) == bytes(expected)
+
+
+# ---- c_bool values a guest stored as 2 ----------------------------------------------------
+
+
+def _bool_memories() -> list[GuestMemory]:
+    return [GuestMemoryMmap.from_ranges([(GuestAddress(0), PAGE)]),
+            GuestMemory([DeviceRegion(Bytes(PAGE), GuestAddress(0), PAGE)])]
+
+
+@pytest.mark.parametrize("kind", ["mmap", "device"])
+def test_a_non_canonical_bool_is_true_and_ends_every_cas_loop(kind: str) -> None:
+    memory = _bool_memories()[kind == "device"]
+    flag = AlignedGuestAddress.new(ctypes.c_bool, GuestAddress(0x10))
+
+    def guest_stores_two() -> None:
+        memory.write_slice(GuestAddress(0x10), b"\x02")
+
+    def stored() -> int:
+        return memory.read_bytes(GuestAddress(0x10), 1)[0]
+
+    guest_stores_two()
+    assert memory.read_atomic(flag) is True
+    assert memory.read_obj(flag) is True
+    assert memory.compare_exchange(flag, True, False) == (True, True)
+    assert stored() == 0
+    guest_stores_two()
+    assert memory.compare_exchange(flag, False, True) == (False, True)
+    assert stored() == 2, "a failed compare-exchange stores nothing"
+    expected = True
+    ok = False
+    for _ in range(3):  # the loop every device driver writes: it must end
+        ok, expected = memory.compare_exchange(flag, expected, not expected)
+        if ok:
+            break
+    assert ok and stored() == 0
+    for operation, value, result, after in (("swap", False, True, 0),
+                                            ("fetch_and", True, True, 1),
+                                            ("fetch_or", False, True, 1),
+                                            ("fetch_xor", True, True, 0)):
+        guest_stores_two()
+        assert getattr(memory, operation)(flag, value) is result, operation
+        assert stored() == after, operation
+
+
+# ---- A peer's malformed memory table ------------------------------------------------------
+
+
+def _framed(payload: bytes) -> bytes:
+    return len(payload).to_bytes(4, "little") + payload
+
+
+def _table(rows: Any) -> bytes:
+    return _framed(json.dumps(rows).encode())
+
+
+def _row(**changes: Any) -> dict[str, Any]:
+    return {"guest_start": 0, "size": PAGE, "file_offset": 0, "read_only": False} | changes
+
+
+MALFORMED: Final[dict[str, bytes]] = {
+    "not json": b"\x05\x00\x00\x00{oops",
+    "short prefix": b"\x01\x00",
+    "prefix lies": (100).to_bytes(4, "little") + b"[]",
+    "deep nesting": _framed(b"[" * 30_000 + b"]" * 30_000),
+    "not a list": _table({"rows": 1}),
+    "row not an object": _table([1]),
+    "missing key": _table([{"guest_start": 0}]),
+    "extra key": _table([_row(evil=1)]),
+    "float offset": _table([_row(file_offset=0.5)]),
+    "string size": _table([_row(size="4096")]),
+    "bool size": _table([_row(size=True)]),
+    "negative start": _table([_row(guest_start=-4096)]),
+    "huge size": _table([_row(size=2**70)]),
+    "unaligned offset": _table([_row(file_offset=100)]),
+    "too many rows": _table([_row(), _row(guest_start=PAGE)]),
+    "overlap": _table([_row(), _row()]),
+    "bad utf-8": b"\x02\x00\x00\x00\xff\xfe",
+}
+
+
+@pytest.mark.parametrize("name", sorted(MALFORMED))
+def test_a_malformed_table_is_a_typed_error_and_closes_every_fd(name: str) -> None:
+    fds = [os.memfd_create("table", os.MFD_ALLOW_SEALING) for _ in range(2)]
+    for fd in fds:
+        os.ftruncate(fd, PAGE)
+    sent = fds[:2] if name in ("overlap",) else fds[:1]
+    ours, theirs = socket.socketpair()
+    try:
+        before = open_fds()
+        socket.send_fds(ours, [MALFORMED[name]], sent)
+        with pytest.raises(GuestMemoryError) as raised:
+            receive_memory(theirs, trust_unsealed=True)
+        assert isinstance(raised.value, MalformedMemoryTable | RegionOverlap | InvalidRange), \
+            raised.value
+        assert open_fds() == before, "a received fd leaked"
+    finally:
+        ours.close()
+        theirs.close()
+        for fd in fds:
+            os.close(fd)
+
+
+# ---- Untyped errors and leaks -------------------------------------------------------------
+
+
+def test_typed_errors_for_careless_calls(tmp_path: Path) -> None:
+    memory = GuestMemoryMmap.from_ranges([(GuestAddress(0), PAGE)])
+    with pytest.raises(InvalidAlignment):
+        GuestAddress(0x1000).align_up(0)
+    with pytest.raises(InvalidArgumentType):
+        memory.remove_region(0, PAGE)  # type: ignore[arg-type]
+    with pytest.raises(InvalidRange):
+        FileOffset(3, -1)
+    with pytest.raises(InvalidArgumentType):
+        FileOffset(-1)
+    with pytest.raises(AddressOutOfRange):
+        DirtyBitmap(2**64)
+    with pytest.raises(MappingError):
+        MmapRegion.from_file(2**20, PAGE)  # not an open fd
+    with pytest.raises(InvalidArgumentType):
+        MmapRegion.from_file(-1, PAGE)
+    assert issubclass(RingError, GuestMemoryError)
+
+
+@pytest.mark.parametrize("size", [2**63, 2**64, -1, 0])
+def test_impossible_sizes_are_refused_without_a_leak(size: int) -> None:
+    before = open_fds()
+    for build in (MmapRegion.memfd, MmapRegion.anonymous):
+        with pytest.raises(InvalidRange):
+            build(size)
+    assert open_fds() == before
+
+
+def test_a_guest_written_wide_char_is_a_typed_error() -> None:
+    memory = GuestMemoryMmap.from_ranges([(GuestAddress(0), PAGE)])
+    memory.write_slice(GuestAddress(0x20), b"\xff" * ctypes.sizeof(ctypes.c_wchar))
+    with pytest.raises(InvalidGuestValue) as raised:
+        memory.read_obj_unaligned(GuestAddress(0x20), ctypes.c_wchar)
+    assert raised.value.address == 0x20
+    with pytest.raises(InvalidGuestValue):
+        memory.read_obj(AlignedGuestAddress.new(ctypes.c_wchar, GuestAddress(0x20)))
+
+
+def test_a_refused_insert_leaves_the_region_as_it_was() -> None:
+    memory = GuestMemoryMmap.from_ranges([(GuestAddress(0), 2 * PAGE)])
+    memory.track_dirty_pages()
+    colliding = GuestRegionMmap(MmapRegion.anonymous(PAGE), GuestAddress(PAGE))
+    with pytest.raises(RegionOverlap):
+        memory.insert_region(colliding)
+    assert colliding.dirty is None
+    alone = GuestMemoryMmap.from_regions([colliding])
+    alone.write_obj(u64(PAGE), 1)
+    assert alone.read_obj(u64(PAGE)) == 1
+
+
+FORK_WHILE_LOCKED: Final = textwrap.dedent('''
+    import os, sys, threading, time
+    from vm_memory import *
+    entered, release = threading.Event(), threading.Event()
+    class Slow:
+        def read(self, offset, size):
+            entered.set()
+            release.wait()
+            return bytes(size)
+        def write(self, offset, data):
+            pass
+    memory = GuestMemory([DeviceRegion(Slow(), GuestAddress(0), 4096)])
+    holder = threading.Thread(target=lambda: memory.read_bytes(GuestAddress(0), 8))
+    holder.start()
+    entered.wait()
+    pid = os.fork()
+    if pid == 0:
+        release.set()  # the child's copy of the event: nobody waits on it here
+        memory.write_slice(GuestAddress(0), b"child")
+        os._exit(0)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        print("deadlocked")
+        release.set()
+        sys.exit(0)
+    release.set()
+    holder.join()
+    print("ok" if os.waitstatus_to_exitcode(status) == 0 else "failed")
+''')
+
+
+def test_a_device_region_lock_is_reset_in_a_forked_child() -> None:
+    child = subprocess.run([sys.executable, "-c", FORK_WHILE_LOCKED], capture_output=True,
+                           text=True, timeout=180, check=False,
+                           env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.strip() == "ok"
+
+
+def test_region_io_error_for_an_unwritable_file(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(bytes(PAGE))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        memory = GuestMemory([FileRegion(fd, GuestAddress(0), PAGE)])
+        with pytest.raises(RegionIoError) as raised:
+            memory.write_obj(u64(8), 5)
+        assert raised.value.address == 8 and raised.value.errno == errno.EBADF
+    finally:
+        os.close(fd)
+
+
+def test_stream_error_before_any_byte_is_raised_as_is() -> None:
+    memory = spanning_memory()
+    with tempfile.TemporaryFile() as handle:
+        with pytest.raises(OSError):
+            memory.read_from(GuestAddress(0), 2**20, 16)  # a closed fd: EBADF
+        assert memory.read_from(GuestAddress(0), handle.fileno(), 16) == 0  # end of file
