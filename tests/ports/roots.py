@@ -164,6 +164,7 @@ def _build(port: Port, root: Path, log: Path) -> str:
         subprocess.run(["dpkg-deb", "-x", str(package), str(root)], check=True, timeout=600)
         package.unlink()
     _make_symlinks_relative(root)
+    _install_alternatives(port, root)
     for name in (*HOST_DIRECTORIES, "debootstrap"):
         target = root / name
         if target.is_symlink() or target.is_file():
@@ -195,6 +196,16 @@ def _make_symlinks_relative(root: Path) -> None:
             if target.startswith("/"):
                 link.unlink()
                 link.symlink_to(os.path.relpath(root / target.lstrip("/"), link.parent))
+
+
+def _install_alternatives(port: Port, root: Path) -> None:
+    """The links update-alternatives makes in the second stage, which never runs here:
+    numpy needs libblas.so.3 and liblapack.so.3 (each in its own directory)."""
+    libraries = root / "usr" / "lib" / port.triplet
+    for name in ("blas", "lapack"):
+        link, target = libraries / f"lib{name}.so.3", libraries / name / f"lib{name}.so.3"
+        if target.exists() and not link.exists():
+            link.symlink_to(f"{name}/lib{name}.so.3")
 
 
 def _write_launcher(port: Port, root: Path) -> None:
