@@ -240,6 +240,11 @@ def test_close_races_memory_construction() -> None:
                 thread.start()
             for thread in threads:
                 thread.join()
+            try:  # after the close, whoever comes late is refused
+                GuestMemoryMmap.from_regions([region])
+                violations.append("a closed region joined a memory")
+            except MappingError:
+                refused_builds[0] += 1
         results["violations"] = violations
         results["made"] = made[0]
         results["refused_builds"] = refused_builds[0]
@@ -362,7 +367,11 @@ STRESS_BODY: Final = '''
     threads.append(threading.Thread(target=plugger))
     for thread in threads:
         thread.start()
+    # At least DURATION, and on a loaded machine until every activity has happened.
+    deadline = time.monotonic() + 20 * DURATION
     time.sleep(DURATION)
+    while min(counts.values()) == 0 and time.monotonic() < deadline:
+        time.sleep(0.5)
     stop.set()
     for thread in threads:
         thread.join()
