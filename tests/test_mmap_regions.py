@@ -14,11 +14,13 @@ import gc
 import json
 import mmap
 import os
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from typing import Final
 
 import pytest
+from host_assumptions import needs_8_byte_atomics
 from support import run_python_code
 
 from vm_memory import (
@@ -232,6 +234,7 @@ READ_ONLY_STORES: Final = {
 }
 
 
+@needs_8_byte_atomics
 def test_read_only_region_refuses_every_store_in_a_subprocess() -> None:
     """Every store path raises ReadOnlyRegion naming the range, before any byte moves
     (also in the writable region in front of it); the file is unchanged; loads work.
@@ -282,7 +285,7 @@ print(json.dumps({{
     assert report["read_only_flag"]
     assert report["writable_untouched"] and report["file_untouched"]
     assert bytes.fromhex(report["first"]) == bytes(range(16))
-    assert report["atomic"] == int.from_bytes(bytes(range(8, 16)), "little")
+    assert report["atomic"] == int.from_bytes(bytes(range(8, 16)), sys.byteorder)
 
 
 # ---- Pinning ------------------------------------------------------------------------------

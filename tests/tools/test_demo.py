@@ -18,6 +18,7 @@ import sys
 from typing import Final
 
 import pytest
+from host_assumptions import needs_little_endian_ring, needs_x86_kvm_host
 from support import ROOT, python_environment, require, run_python, unavailable
 
 from vm_memory import AlignedGuestAddress, GuestAddress, GuestMemoryMmap, Ordering
@@ -51,7 +52,7 @@ TIMEOUT_SECONDS: Final = 600
 """The child process's: a hang guard beyond the demo's own."""
 
 
-@pytest.fixture(params=[pytest.param([], id="kvm"),
+@pytest.fixture(params=[pytest.param([], id="kvm", marks=needs_x86_kvm_host),
                         pytest.param(["--no-kvm"], id="second-process")])
 def mode(request: pytest.FixtureRequest) -> list[str]:
     """The demo's guest: a KVM vCPU (where /dev/kvm is usable), or a second process."""
@@ -72,6 +73,7 @@ def ok_line(messages: int) -> str:
             "0 bad replies")
 
 
+@needs_little_endian_ring
 def test_demo_verifies_every_message(mode: list[str]) -> None:
     result = run_cli("demo", "--messages", str(MESSAGES), "--timeout", EXCHANGE_TIMEOUT, *mode)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -83,6 +85,7 @@ def test_demo_verifies_every_message(mode: list[str]) -> None:
         assert "KVM      not used: --no-kvm given" in result.stdout
 
 
+@needs_little_endian_ring
 def test_demo_fails_on_a_corrupted_request(mode: list[str]) -> None:
     result = run_cli("demo", "--messages", str(MESSAGES), "--timeout", EXCHANGE_TIMEOUT,
                      "--corrupt-one", *mode)
@@ -93,6 +96,7 @@ def test_demo_fails_on_a_corrupted_request(mode: list[str]) -> None:
     assert f"{MESSAGES - 1:,} verified by the device" in result.stdout
 
 
+@needs_little_endian_ring
 def test_demo_fails_on_a_corrupted_reply(mode: list[str]) -> None:
     """The device verifies everything; only the guest's own check can catch this."""
     result = run_cli("demo", "--messages", str(MESSAGES), "--timeout", EXCHANGE_TIMEOUT,
@@ -103,6 +107,7 @@ def test_demo_fails_on_a_corrupted_reply(mode: list[str]) -> None:
     assert f"guest: 1 bad replies, the first for message {MESSAGES // 2}" in result.stdout
 
 
+@needs_little_endian_ring
 def test_demo_says_so_and_falls_back_where_kvm_is_unusable() -> None:
     """/dev/kvm replaced by /dev/null in a private mount namespace: no KVM there."""
     unshare = shutil.which("unshare")
@@ -123,6 +128,7 @@ def test_demo_says_so_and_falls_back_where_kvm_is_unusable() -> None:
     assert ok_line(50) in result.stdout
 
 
+@needs_little_endian_ring
 def test_demo_in_process_api_reports_the_same() -> None:
     out = io.StringIO()
     result = run_demo(40, use_kvm=False, out=out, timeout=float(EXCHANGE_TIMEOUT))
@@ -156,6 +162,7 @@ def message(seq: int) -> list[Buffer]:
             Buffer(reply_buffer(seq), MESSAGE_BYTES, True)]
 
 
+@needs_little_endian_ring
 def test_ring_round_trip_across_index_wrap() -> None:
     """70,000 chains: both 16-bit indices wrap; every chain comes back whole and in order."""
     memory = ring_memory()
@@ -181,6 +188,7 @@ def test_ring_round_trip_across_index_wrap() -> None:
     assert used_idx == seq % 0x10000 and seq > 0x10000
 
 
+@needs_little_endian_ring
 def test_ring_device_refuses_an_index_running_ahead() -> None:
     memory = ring_memory()
     device = SplitRingDevice(memory, QUEUE_LAYOUT)
@@ -189,6 +197,7 @@ def test_ring_device_refuses_an_index_running_ahead() -> None:
         device.pop()
 
 
+@needs_little_endian_ring
 def test_ring_device_refuses_a_looping_chain() -> None:
     memory = ring_memory()
     driver = SplitRingDriver(memory, QUEUE_LAYOUT)
@@ -200,6 +209,7 @@ def test_ring_device_refuses_a_looping_chain() -> None:
         device.pop()
 
 
+@needs_little_endian_ring
 def test_ring_driver_refuses_an_unknown_head_and_a_full_table() -> None:
     memory = ring_memory()
     layout = SplitRingLayout.contiguous(4, GuestAddress(0x1000))
@@ -227,6 +237,7 @@ def test_ring_layout_checks() -> None:
     assert layout.end == layout.used_ring + 4 + 8 * 256 + 2
 
 
+@needs_little_endian_ring
 def test_device_model_catches_a_skipped_sequence_number() -> None:
     """A driver that loses message 1 and sends 2 first: the device names the gap."""
     memory = ring_memory()
