@@ -26,6 +26,9 @@ from .roots import REPOSITORY, Root, cache_home
 
 SELECTION: Final = "not long and not type_checker and not ports"
 """The runtime suite, as a marker expression."""
+IGNORED: Final = ("tests/ports", "tests/plugin")
+"""Not even collected: these port tests, and the plugin's tests (every one a type-checker
+test, and their modules import what only the host has: mypy, yaml)."""
 SUITE_TIMEOUT_SECONDS: Final = 3600
 EMULATED_EXAMPLES: Final = 25
 """Hypothesis examples per property under an emulator (the host suite runs 150): each
@@ -86,6 +89,11 @@ def foreign_environment(root: Root, site: Path) -> dict[str, str]:
     return environment
 
 
+def ignored() -> list[str]:
+    """pytest's options that leave the IGNORED directories out."""
+    return [option for directory in IGNORED for option in ("--ignore", directory)]
+
+
 def run_suite(root: Root, site: Path, *, max_examples: int | None = None,
               arguments: tuple[str, ...] = ()) -> SuiteResult:
     """Run the runtime suite under the port's Python (extra pytest `arguments` narrow it)."""
@@ -101,7 +109,7 @@ def run_suite(root: Root, site: Path, *, max_examples: int | None = None,
                         EXAMPLES_VARIABLE: str(max_examples),
                         EMULATOR_VARIABLE: root.port.emulator or ""})
     command = [str(root.python), "-m", "pytest", "-p", "tests.ports.foreign_plugin",
-               "-m", SELECTION, "--ignore", "tests/ports", "-q", "-rfE",
+               "-m", SELECTION, *ignored(), "-q", "-rfE",
                *(arguments or ("tests",))]
     started = time.monotonic()
     with log.open("w") as output:

@@ -25,7 +25,7 @@ from .architectures import PORTS, Port
 from .conftest import root_of
 from .facts import disagreements, probe
 from .roots import REPOSITORY
-from .suite import SELECTION, foreign_environment, run_suite
+from .suite import SELECTION, foreign_environment, ignored, run_suite
 
 README: Final = REPOSITORY / "README.md"
 VERIFIED_COLUMN: Final = "verified on a real runtime"
@@ -45,8 +45,8 @@ def per_function(tests: Iterable[str]) -> Counter[str]:
 def host_runtime_tests() -> Counter[str]:
     """The runtime suite as the host collects it: what every port must run."""
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", SELECTION,
-         "--ignore", "tests/ports", "tests"],
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", SELECTION, *ignored(),
+         "tests"],
         cwd=REPOSITORY, capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     return per_function(line for line in result.stdout.splitlines() if "::" in line)
