@@ -174,6 +174,7 @@ def _mappings_of(fd: int) -> int:
 def test_file_shorter_than_the_range_is_refused_before_mapping(backing_file: int, size: int,
                                                                offset: int) -> None:
     """Touching a mapping past end of file is SIGBUS: refuse without mapping anything."""
+    gc.collect()  # what earlier tests left for the collector closes its fds now, not below
     open_fds = set(os.listdir("/proc/self/fd"))
     with pytest.raises(MappingPastEof) as raised:
         MmapRegion.from_file(backing_file, size, offset=offset)
@@ -181,7 +182,7 @@ def test_file_shorter_than_the_range_is_refused_before_mapping(backing_file: int
     assert isinstance(error, MappingError)
     assert (error.size, error.file_offset, error.file_size) == (size, offset, 3 * PAGE)
     assert _mappings_of(backing_file) == 0
-    assert set(os.listdir("/proc/self/fd")) == open_fds, "an fd leaked"
+    assert set(os.listdir("/proc/self/fd")) <= open_fds, "an fd leaked"
     assert os.fstat(backing_file).st_size == 3 * PAGE, "the file was extended"
     with pytest.raises(MappingPastEof):
         GuestMemoryMmap.from_ranges_with_files(

@@ -107,11 +107,12 @@ def test_a_fifo_a_directory_and_a_character_device_are_refused_up_front(
 
 
 def test_the_address_space_limit_bites() -> None:
-    """The control: under the children's RLIMIT_AS, a 4 GiB buffer is a MemoryError."""
+    """The control: under the children's RLIMIT_AS, a 4 GiB buffer is a MemoryError (on
+    a 32-bit host, the largest a buffer can be: 2 GiB less a byte)."""
     result = run_python_code(f"""
-        import resource
+        import resource, sys
         resource.setrlimit(resource.RLIMIT_AS, ({ADDRESS_SPACE_LIMIT}, {ADDRESS_SPACE_LIMIT}))
-        bytearray(1 << 32)
+        bytearray(min(1 << 32, sys.maxsize))
     """)
     assert result.returncode == 1 and "MemoryError" in result.stderr
 
