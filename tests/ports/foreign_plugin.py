@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any, Final
 
@@ -43,6 +44,16 @@ def _reason(report: pytest.TestReport | pytest.CollectReport) -> str:
     lines = str(longrepr or "").strip().splitlines()
     errors = [line[1:].strip() for line in lines if line.startswith("E ")]
     return (errors or lines or [""])[0]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The suite's conftest puts the interpreter's directory first on PATH (for the venv's
+    tools); here that is the root's /usr/bin, whose programs are the foreign
+    architecture's and cannot be started from the host (unshare, say): take it off."""
+    del config
+    ours = os.path.dirname(sys.executable)
+    os.environ["PATH"] = os.pathsep.join(
+        entry for entry in os.environ.get("PATH", "").split(os.pathsep) if entry != ours)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
