@@ -117,7 +117,7 @@ def debian_mirror() -> str:
                               "(set VM_MEMORY_PORTS_MIRROR)")
     listing = subprocess.run(
         ["apt-get", "indextargets", "--format", "$(SITE) $(CODENAME) $(ORIGIN) $(COMPONENT)"],
-        capture_output=True, text=True, timeout=60, check=False)
+        capture_output=True, text=True, timeout=600, check=False)
     for line in listing.stdout.splitlines():
         fields = line.split()
         if fields[1:] == [RELEASE, "Debian", "main"]:
@@ -173,7 +173,7 @@ def _build(port: Port, root: Path, log: Path) -> str:
             shutil.rmtree(target, ignore_errors=True)
     _write_launcher(port, root)
     check = subprocess.run([str(root / LAUNCHER), "-c", CHECK], capture_output=True,
-                           text=True, timeout=300, check=False)
+                           text=True, timeout=BUILD_TIMEOUT_SECONDS, check=False)
     if check.returncode != 0:
         raise RuntimeError(f"the {port.debian} root's Python does not work:\n"
                            f"{check.stdout}{check.stderr}")
