@@ -3,8 +3,8 @@
 A request is a device-readable header (`VirtioBlkReqHeader`: type, reserved, sector),
 data buffers (device-writable for IN and GET_ID, device-readable for OUT), and a last
 device-writable byte for the status. Data moves zero-copy between the image and guest
-memory (`file_to_guest`/`guest_to_file`: `preadv`/`pwritev` per guest buffer, which
-release the GIL, so queues on other threads run meanwhile).
+memory (`file_to_guest`/`guest_to_file`: one `preadv`/`pwritev` for all of a request's
+guest buffers, which releases the GIL, so queues on other threads run meanwhile).
 
 Statuses follow the virtio spec (5.2.6): `VIRTIO_BLK_S_OK`; `VIRTIO_BLK_S_IOERR` for a
 header that is too short, data on the wrong side (device-readable where it must be

@@ -5,8 +5,9 @@ chain: its head index and two lists of guest buffers, the device-readable ones (
 request) followed by the device-writable ones (the reply). Every buffer is already
 proven to lie inside guest memory, so the I/O here can only fail on the file side.
 
-Payloads move with `GuestMemory.read_from`/`write_to`: one `preadv`/`pwritev` per guest
-buffer, straight between the file and guest memory, never through a Python bytes object.
+Payloads move with `GuestMemory.read_vectored_from`/`write_vectored_to`: one
+`preadv`/`pwritev` for a whole request's buffers, straight between the file and guest
+memory, never through a Python bytes object.
 """
 
 from __future__ import annotations
@@ -93,36 +94,40 @@ def read_struct(memory: GuestMemory, segments: list[Segment], ctype: type[_S]) -
     return ctype.from_buffer_copy(gathered)
 
 
+def _ranges(segments: list[Segment]) -> list[tuple[GuestAddress, int]]:
+    return [(GuestAddress(address), length) for address, length in segments]
+
+
 def file_to_guest(memory: GuestMemory, segments: list[Segment], fd: int,
                   file_offset: int) -> int:
-    """Read the file at `file_offset` into `segments`, zero-copy; returns the bytes read
-    (short only at the end of the file)."""
-    done = 0
-    for address, length in segments:
-        at = 0
-        while at < length:
-            count = memory.read_from(GuestAddress(address + at), fd, length - at,
-                                     file_offset=file_offset + done)
-            if count == 0:
-                return done
-            at += count
-            done += count
+    """Read the file at `file_offset` into `segments`, zero-copy, with one `preadv` for
+    the whole scatter list (per `IOV_MAX` buffers); returns the bytes read (short only at
+    the end of the file). Every segment is checked (backed, writable) before a byte
+    moves, so a bad one raises the library's typed error with guest memory untouched."""
+    total = sum(length for _, length in segments)
+    done = memory.read_vectored_from(_ranges(segments), fd, file_offset=file_offset)
+    while 0 < done < total:  # a short read (a signal, the end of the file): go on
+        count = memory.read_vectored_from(_ranges(skip(segments, done)), fd,
+                                          file_offset=file_offset + done)
+        if count == 0:
+            break
+        done += count
     return done
 
 
 def guest_to_file(memory: GuestMemory, segments: list[Segment], fd: int,
                   file_offset: int) -> int:
-    """Write `segments` to the file at `file_offset`, zero-copy; returns the bytes written."""
-    done = 0
-    for address, length in segments:
-        at = 0
-        while at < length:
-            count = memory.write_to(GuestAddress(address + at), fd, length - at,
-                                    file_offset=file_offset + done)
-            if count == 0:
-                return done
-            at += count
-            done += count
+    """Write `segments` to the file at `file_offset`, zero-copy, with one `pwritev` for
+    the whole gather list (per `IOV_MAX` buffers); returns the bytes written. Every
+    segment is checked before a byte moves."""
+    total = sum(length for _, length in segments)
+    done = memory.write_vectored_to(_ranges(segments), fd, file_offset=file_offset)
+    while 0 < done < total:
+        count = memory.write_vectored_to(_ranges(skip(segments, done)), fd,
+                                         file_offset=file_offset + done)
+        if count == 0:
+            break
+        done += count
     return done
 
 

@@ -285,6 +285,73 @@ def test_payload_moves_between_files_and_scattered_buffers(tmp_path: object) -> 
         assert file_to_guest(memory, segments, image.fileno(), len(data)) == 512
 
 
+def _syscalls() -> tuple[int, int]:
+    """This thread's (read, write) system call counts, as the kernel keeps them."""
+    with open("/proc/thread-self/io") as stream:
+        counts = dict(line.split(": ") for line in stream.read().splitlines())
+    return int(counts["syscr"]), int(counts["syscw"])
+
+
+def test_a_whole_scatter_list_moves_in_one_system_call(tmp_path: object) -> None:
+    import tempfile
+    memory = make_memory()
+    segments = [(0x10000 + 0x1000 * i, 512) for i in range(8)] + [(SECOND, 4096)]
+    with tempfile.TemporaryFile() as image:
+        image.write(bytes(range(256)) * 32)
+        image.flush()
+        first = _syscalls()
+        counting = _syscalls()[0] - first[0]  # what one count itself costs
+        before = _syscalls()
+        assert file_to_guest(memory, segments, image.fileno(), 0) == 8192
+        assert guest_to_file(memory, segments, image.fileno(), 0) == 8192
+        after = _syscalls()
+        assert (after[0] - before[0] - counting, after[1] - before[1]) == (1, 1)
+        # Control: the same buffers one by one cost a system call each.
+        before = _syscalls()
+        for address, length in segments:
+            memory.read_from(GuestAddress(address), image.fileno(), length, file_offset=0)
+        after = _syscalls()
+        assert after[0] - before[0] - counting == len(segments)
+
+
+def test_a_bad_segment_anywhere_refuses_the_whole_request_untouched() -> None:
+    import os
+    import tempfile
+
+    from vm_memory import GuestRegionMmap, MmapRegion, PartialBuffer, ReadOnlyRegion
+    fd = os.memfd_create("read-only")
+    os.ftruncate(fd, 0x1000)
+    read_only = GuestRegionMmap(MmapRegion.from_file(fd, 0x1000, read_only=True),
+                                GuestAddress(0x100000))
+    os.close(fd)
+    memory = GuestMemoryMmap.from_ranges([(GuestAddress(0), MEMORY_SIZE)], shared=True)
+    memory = memory.insert_region(read_only)
+    memory.write_slice(GuestAddress(0x10000), b"\x55" * 1024)
+    with tempfile.TemporaryFile() as image:
+        image.write(b"\xaa" * 8192)
+        image.flush()
+        cases = [
+            ("past the region", [(0x10000, 1024), (MEMORY_SIZE - 512, 1024)], PartialBuffer),
+            ("in no region", [(0x10000, 1024), (HOLE_START + 0x100, 16)], PartialBuffer),
+            ("read-only memory", [(0x10000, 1024), (0x100000, 512)], ReadOnlyRegion),
+        ]
+        for case, segments, error in cases:
+            with pytest.raises(error):
+                file_to_guest(memory, segments, image.fileno(), 0)
+            assert memory.read_bytes(GuestAddress(0x10000), 1024) == b"\x55" * 1024, case
+        # The gather side: the file is untouched by a list with a range past memory.
+        with pytest.raises(PartialBuffer):
+            guest_to_file(memory, [(0x10000, 512), (MEMORY_SIZE - 16, 32)], image.fileno(), 0)
+        image.seek(0)
+        assert image.read() == b"\xaa" * 8192
+        # Control: the same first buffer alone is filled, and writes to the file.
+        assert file_to_guest(memory, [(0x10000, 1024)], image.fileno(), 0) == 1024
+        assert memory.read_bytes(GuestAddress(0x10000), 1024) == b"\xaa" * 1024
+        assert guest_to_file(memory, [(0x100000, 16)], image.fileno(), 0) == 16
+        image.seek(0)
+        assert image.read(16) == bytes(16)
+
+
 class Header(ctypes.Structure):
     _fields_ = (("a", ctypes.c_uint32), ("b", ctypes.c_uint64))
 
