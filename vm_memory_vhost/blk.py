@@ -9,7 +9,8 @@ guest buffers, which releases the GIL, so queues on other threads run meanwhile)
 Statuses follow the virtio spec (5.2.6): `VIRTIO_BLK_S_OK`; `VIRTIO_BLK_S_IOERR` for a
 header that is too short, data on the wrong side (device-readable where it must be
 writable, or the reverse), a length that is not a whole number of sectors, a range past
-the end of the disk, a write to a read-only disk, a failing system call;
+the end of the disk, a write to a read-only disk, a data buffer in guest memory that
+cannot take it (read-only), a failing system call;
 `VIRTIO_BLK_S_UNSUPP` for an unknown request type. A chain with no writable byte for
 the status cannot be answered at all: that is an `InvalidChain` (the queue needs a
 reset).
@@ -22,7 +23,14 @@ import os
 import struct
 from typing import TYPE_CHECKING, ClassVar, Final
 
-from vm_memory import AlignedGuestAddress, GuestAddress, GuestMemory, Le32, Le64
+from vm_memory import (
+    AlignedGuestAddress,
+    GuestAddress,
+    GuestMemory,
+    GuestMemoryError,
+    Le32,
+    Le64,
+)
 from vm_memory_vhost.errors import VhostUserError
 from vm_memory_virtio import (
     VIRTIO_F_VERSION_1,
@@ -162,8 +170,8 @@ class BlkDevice:
                 identity = self.serial.ljust(VIRTIO_BLK_ID_BYTES, b"\0")
                 done = write_bytes(memory, data_out, identity[:out_bytes])
                 return VIRTIO_BLK_S_OK, done
-        except OSError:
-            return VIRTIO_BLK_S_IOERR, 0
+        except (OSError, GuestMemoryError):  # the file failed, or a buffer the guest
+            return VIRTIO_BLK_S_IOERR, 0   # gave is not writable memory: nothing moved
         return VIRTIO_BLK_S_UNSUPP, 0
 
     def _in_range(self, sector: int, length: int) -> bool:

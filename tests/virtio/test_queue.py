@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import ctypes
 import multiprocessing
+import os
 import zlib
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support import unavailable
 
 from vm_memory import AlignedGuestAddress, GuestAddress, GuestMemoryMmap, Ordering
 from vm_memory_virtio import (
@@ -267,7 +269,6 @@ def test_any_table_gives_a_checked_chain_or_a_typed_error(
 # ---- the payload helpers ----------------------------------------------------------------
 
 def test_payload_moves_between_files_and_scattered_buffers(tmp_path: object) -> None:
-    import os
     import tempfile
     memory = make_memory()
     with tempfile.TemporaryFile() as image:
@@ -288,6 +289,9 @@ def test_payload_moves_between_files_and_scattered_buffers(tmp_path: object) -> 
 
 def _syscalls() -> tuple[int, int]:
     """This thread's (read, write) system call counts, as the kernel keeps them."""
+    if not os.path.exists("/proc/thread-self/io"):
+        unavailable("the kernel keeps no per-thread I/O counts (/proc/thread-self/io: "
+                    "CONFIG_TASK_IO_ACCOUNTING)")
     with open("/proc/thread-self/io") as stream:
         counts = dict(line.split(": ") for line in stream.read().splitlines())
     return int(counts["syscr"]), int(counts["syscw"])
@@ -336,7 +340,6 @@ def test_adjacent_buffers_are_merged_and_nothing_else() -> None:
 
 
 def test_a_bad_segment_anywhere_refuses_the_whole_request_untouched() -> None:
-    import os
     import tempfile
 
     from vm_memory import GuestRegionMmap, MmapRegion, PartialBuffer, ReadOnlyRegion
