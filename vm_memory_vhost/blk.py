@@ -24,7 +24,6 @@ import struct
 from typing import TYPE_CHECKING, ClassVar, Final
 
 from vm_memory import (
-    AlignedGuestAddress,
     GuestAddress,
     GuestMemory,
     GuestMemoryError,
@@ -72,6 +71,10 @@ SEG_MAX: Final = 1022
 # (cylinders, heads, sectors), blk_size, physical_block_exp, alignment_offset,
 # min_io_size, opt_io_size, writeback, unused0, num_queues.
 _CONFIG: Final = struct.Struct("<QIIHBBIBBHIBBH")
+
+
+_STATUS_BYTES: Final = {status: bytes([status]) for status in
+                        (VIRTIO_BLK_S_OK, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_UNSUPP)}
 
 
 class VirtioBlkReqHeader(ctypes.Structure):
@@ -136,7 +139,7 @@ class BlkDevice:
                                "no device-writable byte for the request status")
         data_out = take(chain.writable, chain.writable_bytes - 1)
         status, written = self._serve(memory, chain, data_out)
-        memory.write_obj(AlignedGuestAddress.new(ctypes.c_uint8, GuestAddress(status_at)), status)
+        memory.write_slice(GuestAddress(status_at), _STATUS_BYTES[status])
         return written + 1
 
     def _serve(self, memory: GuestMemory, chain: DescriptorChain,
