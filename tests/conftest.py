@@ -12,6 +12,8 @@ pytest puts this directory on ``sys.path`` for its conftest).
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -24,6 +26,12 @@ settings.register_profile(
     "long", max_examples=10_000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+# The README runs the suite as `.venv/bin/python -m pytest` without activating the venv:
+# the tools installed beside that interpreter (mypy, pyright, stubtest) must still be the
+# ones found on PATH, by our tests and by pytest-mypy-plugins (which looks mypy up there).
+os.environ["PATH"] = os.pathsep.join(
+    [str(Path(sys.executable).parent), os.environ.get("PATH", "")])
 
 STARTED_FIRST = ("test_static_checks.py", "test_stubtest.py")
 """The longest single tests (whole-tree checker runs): started first, so that under
