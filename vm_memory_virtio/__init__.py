@@ -17,6 +17,7 @@ The driver side (`DriverQueue`) builds honest and hostile tables, for tests.
 from vm_memory_virtio.chain import (
     DescriptorChain,
     Segment,
+    coalesce,
     file_to_guest,
     guest_to_file,
     last_byte,
@@ -77,6 +78,7 @@ __all__ = [
     "VirtqUsedElem",
     "VirtqueueError",
     "avail_ring_bytes",
+    "coalesce",
     "feature",
     "file_to_guest",
     "guest_to_file",
