@@ -31,6 +31,7 @@ from vm_memory_virtio.errors import (
     InvalidAvailIndex,
     InvalidChain,
     InvalidQueueLayout,
+    InvalidUsedEntry,
     VirtqueueError,
 )
 from vm_memory_virtio.layout import (
@@ -70,6 +71,7 @@ __all__ = [
     "InvalidAvailIndex",
     "InvalidChain",
     "InvalidQueueLayout",
+    "InvalidUsedEntry",
     "QueueLayout",
     "Segment",
     "SplitQueue",

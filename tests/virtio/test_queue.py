@@ -21,6 +21,7 @@ from vm_memory_virtio import (
     InvalidAvailIndex,
     InvalidChain,
     InvalidQueueLayout,
+    InvalidUsedEntry,
     QueueLayout,
     SplitQueue,
     VirtqDesc,
@@ -69,6 +70,33 @@ def test_honest_chains_come_out_as_published() -> None:
         queue.add_used(chain.head, length)
     assert driver.used() == [(first, 513), (second, 1), (third, 7)]
     assert driver.free_count() == SIZE
+
+
+@pytest.mark.parametrize("lie", ["not in flight", "returned twice", "index far ahead"])
+def test_a_hostile_device_is_refused_by_the_driver_and_consumes_nothing(lie: str) -> None:
+    memory = make_memory()
+    driver, queue = make_pair(memory)
+    heads = [driver.add([(0x10000, 16)], []) for _ in range(2)]
+    assert [chain.head for chain in (queue.pop(), queue.pop()) if chain] == heads
+    if lie == "not in flight":
+        queue.add_used(SIZE - 1, 0)
+    elif lie == "returned twice":
+        queue.add_used(heads[0], 0)
+        queue.add_used(heads[0], 0)
+    else:
+        memory.write_atomic(queue.layout.used_idx, 5)
+    free, next_used = driver.free_count(), driver.next_used
+    with pytest.raises(InvalidUsedEntry) as refused:
+        driver.used()
+    assert lie.rsplit(maxsplit=1)[-1] in str(refused.value)
+    assert (driver.free_count(), driver.next_used) == (free, next_used)
+    # The control: the same driver takes an honest device's entries.
+    honest, honest_queue = make_pair(make_memory())
+    honest_heads = [honest.add([(0x10000, 16)], []) for _ in range(2)]
+    for head in honest_heads:
+        assert honest_queue.pop() is not None
+        honest_queue.add_used(head, 0)
+    assert [head for head, _ in honest.used()] == honest_heads
 
 
 def test_ring_indices_wrap_at_16_bits() -> None:
