@@ -8,15 +8,12 @@
   Under qemu-user (tests/ports) /dev/kvm is the x86 host's and the emulator forwards none
   of its ioctls: `needs_x86_kvm_host` skips there, whatever CI says (nothing is missing
   that a machine could install).
-- A little-endian host for the split ring of `vm_memory_tools` (the demo, the vhost-user
-  example), which refuses big-endian hosts by design: `needs_little_endian_ring`.
 """
 
 from __future__ import annotations
 
 import ctypes
 import platform
-import sys
 from typing import Final
 
 import pytest
@@ -54,8 +51,3 @@ needs_x86_kvm_host: Final = pytest.mark.skipif(
     platform.machine() not in X86_MACHINES,
     reason=f"KVM runs x86 guest code on an x86 host's KVM; this interpreter is "
            f"{platform.machine()} (under qemu-user, which forwards no KVM ioctl)")
-
-needs_little_endian_ring: Final = pytest.mark.skipif(
-    sys.byteorder != "little",
-    reason="the split ring refuses a big-endian host (vm_memory_tools/split_ring.py reads "
-           "its Le16 indices as native c_uint16 atomics)")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Final
 
 import pytest
-from host_assumptions import needs_8_byte_atomics, needs_little_endian_ring
+from host_assumptions import needs_8_byte_atomics
 from support import ROOT, run_python
 
 EXAMPLES: Final = ROOT / "examples"
@@ -48,7 +48,6 @@ def test_generic_access_runs_the_whole_table_everywhere() -> None:
 
 
 @needs_8_byte_atomics
-@needs_little_endian_ring
 def test_vhost_user_backend_serves_every_request_from_another_process() -> None:
     out = run_example("vhost_user_backend.py")
     backend = re.search(r"backend\[(\d+)\]: mapped 2 regions: 0x0\+0x100000, "
