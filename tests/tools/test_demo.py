@@ -19,6 +19,7 @@ import sys
 from typing import Final
 
 import pytest
+from host_assumptions import needs_x86_kvm_host
 from support import ROOT, python_environment, require, run_python, unavailable
 
 from vm_memory import AlignedGuestAddress, GuestAddress, GuestMemoryMmap, Ordering
@@ -44,7 +45,7 @@ TIMEOUT_SECONDS: Final = 600
 """The child process's: a hang guard beyond the demo's own."""
 
 
-@pytest.fixture(params=[pytest.param([], id="kvm"),
+@pytest.fixture(params=[pytest.param([], id="kvm", marks=needs_x86_kvm_host),
                         pytest.param(["--no-kvm"], id="second-process")])
 def mode(request: pytest.FixtureRequest) -> list[str]:
     """The demo's guest: a KVM vCPU (where /dev/kvm is usable), or a second process."""
