@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+from host_assumptions import needs_8_byte_atomics
 from support import ROOT
 
 EXPECTED_ROWS = [
@@ -48,6 +50,7 @@ def table_rows(output: str) -> dict[str, list[str]]:
     return rows
 
 
+@needs_8_byte_atomics
 def test_quick_run_prints_every_row_with_a_numeric_ratio(tmp_path: Path) -> None:
     json_path = tmp_path / "results.json"
     result = subprocess.run(
@@ -83,6 +86,7 @@ def test_quick_run_prints_every_row_with_a_numeric_ratio(tmp_path: Path) -> None
         assert any(name.startswith(prefix) for name in reported), prefix
 
 
+@pytest.mark.type_checker
 def test_plugin_benchmark_runs_and_reports_a_ratio() -> None:
     """A small run of the mypy-plugin benchmark: both configurations type-check the
     generated module cleanly and the row carries a numeric ratio."""
