@@ -91,7 +91,7 @@ def test_plugin_benchmark_runs_and_reports_a_ratio() -> None:
     """A small run of the mypy-plugin benchmark: both configurations type-check the
     generated module cleanly and the row carries a numeric ratio."""
     result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.bench_plugin", "--lines", "300", "--repeats", "1"],
+        [sys.executable, "-m", "benchmarks.bench_plugin", "--lines", "300", "--rounds", "1"],
         cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     row = next(line for line in result.stdout.splitlines()

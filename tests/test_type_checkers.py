@@ -53,10 +53,13 @@ def mypy_lines(path: Path, tmp_path: Path, *, plugin: bool) -> set[int]:
 
 
 def pyright_lines(path: Path, tmp_path: Path) -> set[int]:
+    """pyright finds the environment to resolve imports in by running `python` from PATH
+    unless told: told here, so that it sees the suite's own environment even where the
+    suite runs without an activated venv (as the README runs it)."""
     config = tmp_path / "pyrightconfig.json"
     config.write_text(json.dumps({"typeCheckingMode": "strict", "pythonVersion": "3.11"}))
-    result = run([sys.executable, "-m", "pyright", "--pythonpath", sys.executable, "--outputjson",
-                  "-p", str(config), str(path)], tmp_path)
+    result = run([sys.executable, "-m", "pyright", "--outputjson", "-p", str(config),
+                  "--pythonpath", sys.executable, str(path)], tmp_path)
     report: dict[str, Any] = json.loads(result.stdout)
     return {diagnostic["range"]["start"]["line"] + 1
             for diagnostic in report["generalDiagnostics"]

@@ -73,9 +73,14 @@ class VmMemoryPlugin(Plugin):
             sys.stderr.write(f"{options.config_file}: {error}\n")
             raise SystemExit(2) from None
         self.state = State(self.configuration.target, self.lookup_fully_qualified)
+        # mypy asks for a hook for every call of the program, and again on every
+        # overload item and operator it tries: each answer is computed once per fullname.
         self._owners: dict[str, tuple[str, str]] = {}
         self._generic: dict[str, atomics.CallSiteHook | None] = {}
+        self._function_hooks: dict[str, Callable[[FunctionContext], Type] | None] = {}
         self._method_hooks: dict[str, Callable[[MethodContext], Type] | None] = {}
+        self._signature_hooks: dict[
+            str, Callable[[MethodSigContext], FunctionLike] | None] = {}
         self._widening = {method: functools.partial(atomics.widen_signature, self.state,
                                                     method=method)
                           for method in GUEST_MEMORY_ATOMICS}
@@ -90,35 +95,46 @@ class VmMemoryPlugin(Plugin):
         return construction.accept_anything if fullname == ALIGNED_ADDRESS else None
 
     def get_function_hook(self, fullname: str) -> Callable[[FunctionContext], Type] | None:
-        if fullname == ALIGNED_ADDRESS:
-            return construction.direct_construction
-        return self._generic_helper(fullname)
+        try:
+            return self._function_hooks[fullname]
+        except KeyError:
+            hook = construction.direct_construction if fullname == ALIGNED_ADDRESS \
+                else self._generic_helper(fullname)
+            self._function_hooks[fullname] = hook
+            return hook
 
     def get_method_signature_hook(
             self, fullname: str) -> Callable[[MethodSigContext], FunctionLike] | None:
-        owner, method = self._owner_and_method(fullname)
-        if owner == GUEST_MEMORY and method in GUEST_MEMORY_ATOMICS:
-            return self._widening[method]
-        return None
+        try:
+            return self._signature_hooks[fullname]
+        except KeyError:
+            owner, method = self._owner_and_method(fullname)
+            hook = self._widening[method] \
+                if owner == GUEST_MEMORY and method in GUEST_MEMORY_ATOMICS else None
+            self._signature_hooks[fullname] = hook
+            return hook
 
     def get_method_hook(self, fullname: str) -> Callable[[MethodContext], Type] | None:
-        """mypy asks for every method call of the program: the hooks are memoized."""
-        if fullname not in self._method_hooks:
+        try:
+            return self._method_hooks[fullname]
+        except KeyError:
             hooks = METHOD_HOOKS.get(self._owner_and_method(fullname))
-            self._method_hooks[fullname] = self._generic_helper(fullname) if hooks is None \
-                else self._chain(hooks)
-        return self._method_hooks[fullname]
+            hook = self._generic_helper(fullname) if hooks is None else self._chain(hooks)
+            self._method_hooks[fullname] = hook
+            return hook
 
     def _chain(self, hooks: tuple[MethodHook, ...]) -> Callable[[MethodContext], Type]:
-        """The checks of one method, run in order, each given the type the last gave."""
+        """The checks of one method, run in order, each given the type the last gave
+        (the last one's type is the call's: no context is rebuilt for it)."""
         state = self.state
+        *leading, last = hooks
 
         def checks(ctx: MethodContext) -> Type:
-            for hook in hooks:
+            for hook in leading:
                 returned = hook(state, ctx)
                 if returned is not ctx.default_return_type:
                     ctx = ctx._replace(default_return_type=returned)
-            return ctx.default_return_type
+            return last(state, ctx)
 
         def run(ctx: MethodContext) -> Type:
             if inside_library(ctx.api):  # generic over T: no verdict may depend on it
@@ -172,7 +188,6 @@ class VmMemoryPlugin(Plugin):
             self._generic[fullname] = atomics.generic_call_site(self.state, positions) \
                 if positions else None
         return self._generic[fullname]
-
 
     def _definition(self, fullname: str) -> object:
         """The node a function's or a method's fullname names."""

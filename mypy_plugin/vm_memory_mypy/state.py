@@ -12,7 +12,7 @@ from mypy.types import Type
 from vm_memory_mypy.ctypes_model import field_alignment, scalar_alignment
 from vm_memory_mypy.fields import field_types, pack_of
 from vm_memory_mypy.targets import Target
-from vm_memory_mypy.typeutil import scalar_fullname
+from vm_memory_mypy.typeutil import is_known_scalar, scalar_fullname
 
 
 @dataclass
@@ -47,6 +47,8 @@ class State:
         return min(best, pack) if pack else best
 
     def field_alignment(self, fullname: str) -> int | None:
+        if is_known_scalar(fullname):  # its size is the target's: no lookup
+            return field_alignment(fullname, self.target)
         info = self.info(fullname)
         if info is None:
             return None

@@ -3,7 +3,7 @@ back as, whether a call sits inside the library or in a constrained expansion.""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 from mypy.maptype import map_instance_to_supertype
@@ -82,6 +82,11 @@ def scalar_fullname(info: TypeInfo) -> str | None:
     return None
 
 
+def is_known_scalar(fullname: str) -> bool:
+    """A ctypes or vm_memory scalar whose size the target gives."""
+    return fullname in _KNOWN_SCALARS
+
+
 def is_aggregate(info: TypeInfo) -> bool:
     return any(info.has_base(base) for base in AGGREGATE_BASES) or info.has_base(ARRAY)
 
@@ -123,9 +128,8 @@ def is_library_module(module: str) -> bool:
 def inside_library(api: Any) -> bool:
     """vm_memory itself is generic over T: its verdicts must not depend on the target."""
     tree = getattr(api, "tree", None)
-    module = tree.fullname if tree is not None else getattr(api, "cur_mod_id", "")
-    return module.startswith("vm_memory") and (module == "vm_memory"
-                                               or module.startswith("vm_memory."))
+    module: str = tree.fullname if tree is not None else getattr(api, "cur_mod_id", "")
+    return module.startswith("vm_memory") and (len(module) == 9 or module[9] == ".")
 
 
 def in_constrained_expansion(api: Any, info: TypeInfo) -> bool:
@@ -135,13 +139,13 @@ def in_constrained_expansion(api: Any, info: TypeInfo) -> bool:
     callers: `checks.atomics.generic_call_site`)."""
     scope = getattr(api, "scope", None)
     for frame in getattr(scope, "stack", ()):
-        variables: list[Any] = []
+        variables: Sequence[Any] = ()
         if isinstance(frame, TypeInfo):
-            variables = list(frame.defn.type_vars)
+            variables = frame.defn.type_vars
         elif isinstance(frame, FuncItem) and isinstance(frame.type, CallableType):
-            variables = list(frame.type.variables)
+            variables = frame.type.variables
         for variable in variables:
-            if isinstance(variable, TypeVarType) and any(
+            if isinstance(variable, TypeVarType) and variable.values and any(
                     class_of(value) is info for value in variable.values):
                 return True
     return False

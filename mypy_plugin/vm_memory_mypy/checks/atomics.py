@@ -80,19 +80,40 @@ def widen_signature(state: State, ctx: MethodSigContext, method: str) -> Functio
 
 
 def _known_address(ctx: MethodSigContext) -> Instance | None:
-    """The address argument's type when it is a variable already known to be an
-    `AlignedGuestAddress[T]`."""
+    """The address argument's type when it is a variable, or an attribute of a class,
+    already known to be an `AlignedGuestAddress[T]` (a dataclass of addresses,
+    `self.STATUS`, `Regs.STATUS`)."""
     if not ctx.args or not ctx.args[0]:
         return None
     expression = ctx.args[0][0]
-    if not isinstance(expression, RefExpr) or not isinstance(expression.node, Var) or \
-            expression.node.type is None:
+    declared: Type | None = None
+    if isinstance(expression, RefExpr) and isinstance(expression.node, Var):
+        declared = expression.node.type
+    elif isinstance(expression, MemberExpr) and isinstance(expression.expr, RefExpr):
+        declared = _attribute_type(expression.expr.node, expression.name)
+    if declared is None:
         return None
-    address = get_proper_type(expression.node.type)
+    address = get_proper_type(declared)
     if not isinstance(address, Instance) or address.type.fullname != ALIGNED_ADDRESS or \
             not address.args:
         return None
     return address
+
+
+def _attribute_type(owner: object, name: str) -> Type | None:
+    """The declared type of attribute `name` of a class, or of a variable whose type is a
+    non-generic class; None where a lookup could tell another story (a generic class's
+    attribute, a property, a descriptor: mypy then solves the call itself)."""
+    if isinstance(owner, Var) and owner.type is not None:
+        proper = get_proper_type(owner.type)
+        owner = proper.type if isinstance(proper, Instance) and not proper.args else None
+    if not isinstance(owner, TypeInfo) or owner.type_vars:
+        return None
+    member = owner.get(name)
+    node = member.node if member is not None else None
+    if not isinstance(node, Var) or node.is_property:
+        return None
+    return node.type
 
 
 def scalar_fullname_of(typ: Type) -> str | None:
@@ -153,7 +174,10 @@ def width_error(state: State, api: Any, info: TypeInfo, fullname: str,
 
 
 def atomic_result(state: State, ctx: MethodContext, method: str, info: TypeInfo,
-                  context: Any) -> Type:
+                  context: Any, *, declared_is_precise: bool = False) -> Type:
+    """The checks of one atomic call on T = `info`, and its result type.
+    `declared_is_precise`: where `widen_signature` left the declared overloads alone,
+    the one mypy matched already gives the precise result (`int`, `bool`, `tuple`)."""
     fullname = scalar_fullname(info)
     if fullname not in ATOMIC_TYPES:
         ctx.api.fail(
@@ -163,15 +187,18 @@ def atomic_result(state: State, ctx: MethodContext, method: str, info: TypeInfo,
         return AnyType(TypeOfAny.from_error)
     assert fullname is not None
     is_bool = fullname == "ctypes.c_bool"
-    if is_bool and method in ("fetch_add", "fetch_sub"):
+    if is_bool and method in INTEGER_ONLY_METHODS:
         ctx.api.fail(f"{method} is not defined for c_bool: use fetch_or/fetch_and, or "
                      "an integer type", context, code=ATOMIC_TYPE)
         return AnyType(TypeOfAny.from_error)
-    if is_bool and id(ctx.context) in state.widened_calls:
+    widened = id(ctx.context) in state.widened_calls
+    if is_bool and widened:
         _check_bool_values(ctx, method)
-    if not in_constrained_expansion(ctx.api, info):
+    size = scalar_size(fullname, state.target)
+    if size is not None and size > state.target.architecture.atomic_width and \
+            not in_constrained_expansion(ctx.api, info):
         width_error(state, ctx.api, info, fullname, context)
-    if method == "write_atomic":
+    if method == "write_atomic" or (declared_is_precise and not widened):
         return ctx.default_return_type
     value = ctx.api.named_generic_type("builtins.bool" if is_bool else "builtins.int", [])
     if method == "compare_exchange":
@@ -204,7 +231,8 @@ def memory_atomic(method: str) -> MethodHook:
         info = aligned_type_argument(ctx)
         if info is None:
             return ctx.default_return_type
-        return atomic_result(state, ctx, method, info, ctx.args[0][0])
+        return atomic_result(state, ctx, method, info, ctx.args[0][0],
+                             declared_is_precise=True)
     return hook
 
 

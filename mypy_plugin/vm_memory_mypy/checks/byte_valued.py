@@ -15,7 +15,7 @@ from vm_memory_mypy.errorcodes import BYTE_VALUED
 from vm_memory_mypy.fields import not_byte_valued_reason, unknown_reason
 from vm_memory_mypy.names import ALIGNED_ADDRESS, GUEST_MEMORY, VOLATILE_SLICE
 from vm_memory_mypy.state import MethodHook, State
-from vm_memory_mypy.typeutil import aligned_type_argument, class_of
+from vm_memory_mypy.typeutil import aligned_type_argument, class_of, is_known_scalar
 
 PLAIN_DATA: Final = ("only plain-data fields (ctypes scalars, endian types, nested "
                      "Structures and arrays of them) can live in guest memory")
@@ -23,6 +23,8 @@ PLAIN_DATA: Final = ("only plain-data fields (ctypes scalars, endian types, nest
 
 def check(info: TypeInfo, ctx: MethodContext, context: Expression) -> bool:
     """Report `info` if it is not ByteValued (or note that the plugin cannot tell)."""
+    if is_known_scalar(info.fullname):  # an integer, float or endian scalar itself
+        return True
     reason = not_byte_valued_reason(info)
     if reason is not None:
         ctx.api.fail(f"{info.name} is not ByteValued: {reason}; {PLAIN_DATA}", context,
