@@ -11,9 +11,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar, cast, final
 
+from vm_memory.implementation import compiled
 from vm_memory.address import ADDRESS_SPACE_SIZE, GuestAddress, as_int, check_u64
+from vm_memory.atomic_access import is_atomic_access
 from vm_memory.byte_valued import TypeLayout, layout_of
-from vm_memory.errors import AddressOverflow, AlignedAddressConstruction, MisalignedAddress
+from vm_memory.errors import (
+    AddressOverflow,
+    AlignedAddressConstruction,
+    MisalignedAddress,
+    NotByteValued,
+)
 
 _T = TypeVar("_T")
 _T_co = TypeVar("_T_co", covariant=True)
@@ -37,11 +44,25 @@ def _as_address_value(address: GuestAddress | int) -> int:
     return check_u64(address)
 
 
+class _PureAlignedBase:
+    """Nothing: on the pure path AlignedGuestAddress keeps its fields in its own slots."""
+
+    __slots__ = ()
+
+
+if TYPE_CHECKING or compiled is None:
+    _AlignedBase = _PureAlignedBase
+    _ALIGNED_SLOTS: tuple[str, ...] = ("_alignment", "_guest_value", "_layout", "_type")
+else:  # the fields live in the compiled base (AlignedCore), which C reads directly
+    _AlignedBase = compiled.AlignedCore
+    _ALIGNED_SLOTS = ()
+
+
 @final
-class AlignedGuestAddress(Generic[_T_co]):
+class AlignedGuestAddress(_AlignedBase, Generic[_T_co]):
     """A guest address aligned for `T`; build it with `AlignedGuestAddress.new(T, address)`."""
 
-    __slots__ = ("_alignment", "_guest_value", "_layout", "_type")
+    __slots__ = _ALIGNED_SLOTS
     _guest_value: int
     _type: type[Any]
     _alignment: int
@@ -174,3 +195,38 @@ class AlignedGuestAddress(Generic[_T_co]):
 
 def _restore(ctype: type[_T], value: int) -> AlignedGuestAddress[_T]:
     return AlignedGuestAddress.new(ctype, value)
+
+
+def _describe(ctype: object) -> Any:
+    """What the compiled path needs to know of `ctype` (a `_fastpath.TypeInfo`), or None
+    if it is not ByteValued (then C leaves every call with it to the general paths)."""
+    assert compiled is not None
+    try:
+        layout = layout_of(ctype)
+    except NotByteValued:
+        return None
+    if layout.is_bool:
+        kind = compiled.KIND_BOOL
+    elif layout.is_integer:
+        kind = compiled.KIND_SIGNED if layout.minimum < 0 else compiled.KIND_UNSIGNED
+    elif layout.is_scalar and layout.struct_unpack is not None:
+        kind = compiled.KIND_FLOAT
+    else:
+        kind = compiled.KIND_OTHER
+    return compiled.TypeInfo(layout.ctype, layout, required_alignment(layout), layout.size,
+                             kind, not layout.is_native_byte_order, is_atomic_access(ctype))
+
+
+if compiled is not None:
+    # The compiled base answers these itself; the pure methods stay as its fallbacks for
+    # everything it does not take (other argument types, and every refusal).
+    compiled.register("aligned.new", AlignedGuestAddress.new.__func__)
+    compiled.register("aligned.try_new", AlignedGuestAddress.try_new.__func__)
+    compiled.register("aligned.offset", AlignedGuestAddress.offset)
+    compiled.register("aligned.add", AlignedGuestAddress.__add__)
+    compiled.register("aligned.sub", AlignedGuestAddress.__sub__)
+    compiled.register("aligned.make", AlignedGuestAddress._make.__func__)
+    for _name in ("new", "try_new", "offset", "__add__", "__sub__", "raw_value", "_make"):
+        delattr(AlignedGuestAddress, _name)
+    compiled.register("aligned_address", AlignedGuestAddress)
+    compiled.register("describe", _describe)
