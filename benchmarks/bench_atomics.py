@@ -101,7 +101,7 @@ def atomic_comparisons() -> tuple[list[Comparison], list[Skipped]]:
         size = ctypes.sizeof(ctype)
         names: dict[str, Any] = {
             "memory": memory, "address": AlignedGuestAddress.new(
-                ctype, MEMORY_START + ATOMIC_OFFSET),
+                ctype, GuestAddress(MEMORY_START + ATOMIC_OFFSET)),
             "host": host, "order": SEQ_CST, "box": ctype(0), "byref": ctypes.byref,
             "raw_map": region.mapping.mapping, "offset": ATOMIC_OFFSET,
             "codec": struct.Struct(fmt), **raw_functions(library, ctype, size),

@@ -84,11 +84,11 @@ TIMEOUT: Final = 300.0
 
 
 def u32(address: int) -> AlignedGuestAddress[c_uint32]:
-    return AlignedGuestAddress.new(c_uint32, address)
+    return AlignedGuestAddress.new(c_uint32, GuestAddress(address))
 
 
 def u64(address: int) -> AlignedGuestAddress[c_uint64]:
-    return AlignedGuestAddress.new(c_uint64, address)
+    return AlignedGuestAddress.new(c_uint64, GuestAddress(address))
 
 
 def shared_memory() -> GuestMemoryMmap:
@@ -215,7 +215,7 @@ def _reader(memory: GuestMemoryMmap, mode: str) -> Callable[[], int]:
         return lambda: read_atomic(target)
     if mode == "bytewise":
         read_obj = memory.read_obj
-        parts = [(AlignedGuestAddress.new(c_uint8, ALIGNED_VALUE + index), 8 * index)
+        parts = [(AlignedGuestAddress.new(c_uint8, GuestAddress(ALIGNED_VALUE + index)), 8 * index)
                  for index in range(8)]
         return lambda: sum(read_obj(part) << shift for part, shift in parts)
     if mode == "straddle":

@@ -304,16 +304,16 @@ def test_aligned_address_needs_natural_alignment(ctype: type[Any], alignment: in
     assert aligned.alignment == alignment
     assert aligned.addr == GuestAddress(0x1000)
     assert aligned.type is ctype
-    assert AlignedGuestAddress.new(ctype, 0x1000) == aligned  # a plain int is accepted
     if alignment > 1:
         misaligned = 0x1000 + alignment // 2
         with pytest.raises(MisalignedAddress) as raised:
             AlignedGuestAddress.new(ctype, GuestAddress(misaligned))
         error = raised.value
         assert (error.address, error.alignment, error.space) == (misaligned, alignment, "guest")
-        assert AlignedGuestAddress.try_new(ctype, misaligned) is None
-        assert AlignedGuestAddress.align_up(ctype, misaligned).raw_value() == 0x1000 + alignment
-        assert AlignedGuestAddress.align_down(ctype, misaligned).raw_value() == 0x1000
+        assert AlignedGuestAddress.try_new(ctype, GuestAddress(misaligned)) is None
+        upward = AlignedGuestAddress.align_up(ctype, GuestAddress(misaligned))
+        assert upward.raw_value() == 0x1000 + alignment
+        assert AlignedGuestAddress.align_down(ctype, GuestAddress(misaligned)).raw_value() == 0x1000
 
 
 @given(value=u64, ctype_alignment=st.sampled_from(ALIGNMENTS))
@@ -323,33 +323,46 @@ def test_aligned_constructors_at_the_edge(value: int,
     is_aligned = value % alignment == 0
     tried = AlignedGuestAddress.try_new(ctype, GuestAddress(value))
     assert (tried is not None) is is_aligned
-    assert AlignedGuestAddress.align_down(ctype, value).raw_value() == \
+    assert AlignedGuestAddress.align_down(ctype, GuestAddress(value)).raw_value() == \
         value - value % alignment
     up = -(-value // alignment) * alignment
     if up <= TOP:
-        assert AlignedGuestAddress.align_up(ctype, value).raw_value() == up
+        assert AlignedGuestAddress.align_up(ctype, GuestAddress(value)).raw_value() == up
     else:
         with pytest.raises(AddressOverflow):
-            AlignedGuestAddress.align_up(ctype, value)
+            AlignedGuestAddress.align_up(ctype, GuestAddress(value))
 
 
 def test_aligned_address_refuses_out_of_range_and_non_addresses() -> None:
     with pytest.raises(AddressOutOfRange):
-        AlignedGuestAddress.new(ctypes.c_uint32, -4)
+        AlignedGuestAddress.new(ctypes.c_uint32, GuestAddress(-4))
     with pytest.raises(AddressOutOfRange):
-        AlignedGuestAddress.new(ctypes.c_uint32, LIMIT)
+        AlignedGuestAddress.new(ctypes.c_uint32, GuestAddress(LIMIT))
     with pytest.raises(TypeError):
         AlignedGuestAddress.new(ctypes.c_uint32, 4.0)  # type: ignore[arg-type]
 
 
-def test_aligned_address_arithmetic_keeps_alignment_only_when_it_holds() -> None:
-    base = AlignedGuestAddress.new(ctypes.c_uint32, 0x1000)
+@pytest.mark.parametrize("constructor", ["new", "try_new", "align_up", "align_down"])
+def test_aligned_constructors_refuse_a_plain_int(constructor: str) -> None:
+    """Addresses are not ints anywhere in the API: a bare 0x1000 is refused, the same
+    value as a GuestAddress accepted (the control)."""
+    make = getattr(AlignedGuestAddress, constructor)
+    with pytest.raises(TypeError, match="must be a GuestAddress, not int"):
+        make(ctypes.c_uint32, 0x1000)
+    assert make(ctypes.c_uint32, GuestAddress(0x1000)).raw_value() == 0x1000
+
+
+def test_aligned_address_arithmetic_keeps_the_alignment_or_refuses() -> None:
+    base = AlignedGuestAddress.new(ctypes.c_uint32, GuestAddress(0x1000))
     kept = base + 8
     assert isinstance(kept, AlignedGuestAddress)
     assert kept.raw_value() == 0x1008
-    lost = base + 2
-    assert type(lost) is GuestAddress
-    assert lost == GuestAddress(0x1002)
+    with pytest.raises(MisalignedAddress) as raised:
+        _ = base + 2  # type: ignore[vm-memory-misaligned]
+    assert (raised.value.address, raised.value.alignment) == (0x1002, 4)
+    with pytest.raises(MisalignedAddress):
+        _ = base - 1  # type: ignore[vm-memory-misaligned]
+    assert base.addr + 2 == GuestAddress(0x1002)  # a plain address, on purpose
     back = base - 4
     assert isinstance(back, AlignedGuestAddress)
     assert back.raw_value() == 0xFFC
@@ -358,12 +371,12 @@ def test_aligned_address_arithmetic_keeps_alignment_only_when_it_holds() -> None
 
 
 def test_aligned_address_arithmetic_at_the_edge() -> None:
-    last = AlignedGuestAddress.new(ctypes.c_uint64, LIMIT - 8)
+    last = AlignedGuestAddress.new(ctypes.c_uint64, GuestAddress(LIMIT - 8))
     with pytest.raises(AddressOverflow):
         last.offset(1)
     with pytest.raises(AddressOverflow):
         _ = last + 8
-    first = AlignedGuestAddress.new(ctypes.c_uint64, 0)
+    first = AlignedGuestAddress.new(ctypes.c_uint64, GuestAddress(0))
     with pytest.raises(AddressOverflow):
         first.offset(-1)
     with pytest.raises(AddressOverflow):
@@ -372,11 +385,12 @@ def test_aligned_address_arithmetic_at_the_edge() -> None:
 
 
 def test_aligned_address_value_semantics() -> None:
-    a = AlignedGuestAddress.new(ctypes.c_uint32, 0x2000)
+    a = AlignedGuestAddress.new(ctypes.c_uint32, GuestAddress(0x2000))
     assert a == AlignedGuestAddress.new(ctypes.c_uint32, GuestAddress(0x2000))
-    assert a != AlignedGuestAddress.new(ctypes.c_int32, 0x2000)  # the type is part of it
+    # the type is part of it
+    assert a != AlignedGuestAddress.new(ctypes.c_int32, GuestAddress(0x2000))
     assert a != GuestAddress(0x2000)
-    assert len({a, AlignedGuestAddress.new(ctypes.c_uint32, 0x2000)}) == 1
+    assert len({a, AlignedGuestAddress.new(ctypes.c_uint32, GuestAddress(0x2000))}) == 1
     for name in ("_value", "_type"):
         with pytest.raises(AttributeError):
             setattr(a, name, 0)

@@ -143,14 +143,15 @@ def test_read_only_region_refuses_atomic_stores_without_touching_memory() -> Non
         for name in {READ_ONLY_TYPES!r}:
             ctype = getattr(ctypes, name)
             is_bool = ctype is c_bool
-            address = AlignedGuestAddress.new(ctype, {BOOL_OFFSET} if is_bool else 0x40)
+            offset = {BOOL_OFFSET} if is_bool else 0x40
+            address = AlignedGuestAddress.new(ctype, GuestAddress(offset))
             current = memory.read_atomic(address)
             for operation, call in stores(memory, address, value=1, expected=current,
                                           bool_type=is_bool).items():
                 attempt(f"{{name}} {{operation}} (expected matches)", memory, call)
             attempt(f"{{name}} compare_exchange (expected differs)", memory,
                     lambda: memory.compare_exchange(address, 0 if current else 1, 1))
-        u64 = AlignedGuestAddress.new(c_uint64, 0x40)
+        u64 = AlignedGuestAddress.new(c_uint64, GuestAddress(0x40))
         attempt("write_obj", memory, lambda: memory.write_obj(u64, 1))
         attempt("write_slice", memory, lambda: memory.write_slice(GuestAddress(0x40), b"x"))
         attempt("write", memory, lambda: memory.write(GuestAddress(0x40), b"x"))
@@ -172,11 +173,11 @@ def test_read_only_region_allows_atomic_loads() -> None:
             memfd_region(0, PAGE, read_only=True),
             memfd_region(PAGE, PAGE)])
         for name in ("c_uint8", "c_uint16", "c_uint32", "c_uint64", "c_int64"):
-            address = AlignedGuestAddress.new(getattr(ctypes, name), 0x40)
+            address = AlignedGuestAddress.new(getattr(ctypes, name), GuestAddress(0x40))
             for order in (Ordering.RELAXED, Ordering.ACQUIRE, Ordering.SEQ_CST):
                 attempt(f"{name} {order.name}", memory,
                         lambda: memory.read_atomic(address, order))
-        writable = AlignedGuestAddress.new(c_uint64, PAGE + 0x40)
+        writable = AlignedGuestAddress.new(c_uint64, GuestAddress(PAGE + 0x40))
         attempt("writable fetch_add", memory, lambda: memory.fetch_add(writable, 5))
         attempt("writable read_atomic", memory, lambda: memory.read_atomic(writable))
     ''')
@@ -201,13 +202,13 @@ def test_read_only_region_allows_atomic_loads() -> None:
 MISSING_LIBATOMIC_PROGRAM: Final = '''
         memory = GuestMemoryMmap.from_regions([memfd_region(0, PAGE)])
         for name in ("c_uint32", "c_uint64", "c_bool"):
-            address = AlignedGuestAddress.new(getattr(ctypes, name), 0x40)
+            address = AlignedGuestAddress.new(getattr(ctypes, name), GuestAddress(0x40))
             for operation, call in every_operation(memory, address,
                                                    bool_type=name == "c_bool").items():
                 attempt(f"{name} {operation}", memory, call)
         attempt("read_atomic again", memory,
-                lambda: memory.read_atomic(AlignedGuestAddress.new(c_uint32, 0x40)))
-        u64 = AlignedGuestAddress.new(c_uint64, 0x100)
+                lambda: memory.read_atomic(AlignedGuestAddress.new(c_uint32, GuestAddress(0x40))))
+        u64 = AlignedGuestAddress.new(c_uint64, GuestAddress(0x100))
         memory.write_slice(GuestAddress(0x200), b"still works")
         memory.write_obj(u64, 0x1122334455667788)
         plain = {
@@ -281,10 +282,10 @@ def test_width_that_is_not_lock_free_is_refused(not_lock_free_for_8_bytes: Path)
     the compiler instead: see test_compiled_lock_free_widths_agree_with_libatomic.)"""
     results = run_child('''
         memory = GuestMemoryMmap.from_regions([memfd_region(0, PAGE)])
-        address = AlignedGuestAddress.new(c_uint64, 0x40)
+        address = AlignedGuestAddress.new(c_uint64, GuestAddress(0x40))
         for operation, call in every_operation(memory, address).items():
             attempt(f"c_uint64 {operation}", memory, call)
-        narrow = AlignedGuestAddress.new(c_uint32, 0x80)
+        narrow = AlignedGuestAddress.new(c_uint32, GuestAddress(0x80))
         attempt("c_uint32 fetch_add", memory, lambda: memory.fetch_add(narrow, 1))
     ''', VM_MEMORY_LIBATOMIC=str(not_lock_free_for_8_bytes), VM_MEMORY_PURE="1")
     narrow = results.pop("c_uint32 fetch_add")
@@ -324,10 +325,10 @@ def test_types_that_are_not_atomic_access_are_refused() -> None:
             results[f"{{label}} is_atomic_access"] = {{
                 "raised": "NotAtomicAccess" if not is_atomic_access(ctype) else None,
                 "unchanged": True}}
-            address = AlignedGuestAddress.new(ctype, 0x40)
+            address = AlignedGuestAddress.new(ctype, GuestAddress(0x40))
             for operation, call in every_operation(memory, address).items():
                 attempt(f"{{label}} {{operation}}", memory, call)
-        flag = AlignedGuestAddress.new(c_bool, 0x90)
+        flag = AlignedGuestAddress.new(c_bool, GuestAddress(0x90))
         attempt("c_bool fetch_add", memory, lambda: memory.fetch_add(flag, 1))
         attempt("c_bool fetch_sub", memory, lambda: memory.fetch_sub(flag, 1))
     ''')
@@ -343,7 +344,7 @@ def test_orderings_invalid_for_the_operation_are_refused() -> None:
     releases, and non-Ordering values: InvalidOrdering, memory unchanged."""
     results = run_child('''
         memory = GuestMemoryMmap.from_regions([memfd_region(0, PAGE)])
-        a = AlignedGuestAddress.new(c_uint64, 0x40)
+        a = AlignedGuestAddress.new(c_uint64, GuestAddress(0x40))
         R = Ordering
         cases = {
             "read_atomic RELEASE": lambda: memory.read_atomic(a, R.RELEASE),
@@ -378,7 +379,7 @@ def test_plain_int_orderings_are_refused_like_any_non_member() -> None:
     must treat it the same way (swap and compare_exchange refuse it)."""
     results = run_child('''
         memory = GuestMemoryMmap.from_regions([memfd_region(0, PAGE)])
-        a = AlignedGuestAddress.new(c_uint64, 0x40)
+        a = AlignedGuestAddress.new(c_uint64, GuestAddress(0x40))
         for bad in (5, 0, 0.0):
             cases = {
                 f"read_atomic {bad!r}": lambda: memory.read_atomic(a, bad),
@@ -412,20 +413,20 @@ def test_values_out_of_the_types_range_are_refused() -> None:
         }
         for name, values in bad_values.items():
             ctype = getattr(ctypes, name)
-            address = AlignedGuestAddress.new(ctype, 0x40)
+            address = AlignedGuestAddress.new(ctype, GuestAddress(0x40))
             for value in values:
                 for operation, call in stores(memory, address, value=value,
                                               bool_type=ctype is c_bool).items():
                     attempt(f"{name} {operation} {value}", memory, call)
                 attempt(f"{name} compare_exchange expected={value}", memory,
                         lambda: memory.compare_exchange(address, value, 0))
+        wide = AlignedGuestAddress.new(c_uint64, GuestAddress(0x40))
+        narrow = AlignedGuestAddress.new(c_uint32, GuestAddress(0x40))
         for value in (1.0, "1", None):
             attempt(f"c_uint64 write_atomic {value!r}", memory,
-                    lambda: memory.write_atomic(AlignedGuestAddress.new(c_uint64, 0x40),
-                                                value))
+                    lambda: memory.write_atomic(wide, value))
             attempt(f"c_uint32 fetch_add {value!r}", memory,
-                    lambda: memory.fetch_add(AlignedGuestAddress.new(c_uint32, 0x40),
-                                             value))
+                    lambda: memory.fetch_add(narrow, value))
     ''')
     typed = {name: outcome for name, outcome in results.items() if "'" in name
              or "1.0" in name or "None" in name}
@@ -442,7 +443,7 @@ def test_guest_aligned_address_misaligned_on_the_host_is_refused() -> None:
     guest address on a misaligned host address: MisalignedAddress (space "host")."""
     results = run_child('''
         memory = GuestMemoryMmap.from_regions([memfd_region(0x1004, PAGE)])
-        a = AlignedGuestAddress.new(c_uint64, 0x1008)  # host offset 4: misaligned
+        a = AlignedGuestAddress.new(c_uint64, GuestAddress(0x1008))  # host offset 4: misaligned
         for operation, call in every_operation(memory, a).items():
             attempt(operation, memory, call)
     ''')
@@ -457,7 +458,7 @@ def test_aligned_access_crossing_a_region_end_is_refused() -> None:
     results = run_child('''
         memory = GuestMemoryMmap.from_regions([memfd_region(0, PAGE + 4),
                                                memfd_region(PAGE + 4, PAGE)])
-        a = AlignedGuestAddress.new(c_uint64, PAGE)
+        a = AlignedGuestAddress.new(c_uint64, GuestAddress(PAGE))
         for operation, call in every_operation(memory, a).items():
             attempt(operation, memory, call)
     ''')
@@ -471,7 +472,7 @@ def test_atomic_access_in_a_hole_is_refused() -> None:
         memory = GuestMemoryMmap.from_regions([memfd_region(PAGE, PAGE),
                                                memfd_region(3 * PAGE, PAGE)])
         for where in (0, PAGE - 8, 2 * PAGE, 3 * PAGE - 8, 4 * PAGE, 2**64 - 8):
-            a = AlignedGuestAddress.new(c_uint64, where)
+            a = AlignedGuestAddress.new(c_uint64, GuestAddress(where))
             for operation, call in every_operation(memory, a).items():
                 attempt(f"{where:#x} {operation}", memory, call)
     ''')
@@ -488,20 +489,21 @@ def test_atomic_access_in_a_hole_is_refused() -> None:
 def test_misaligned_constructor_is_refused(ctype: type[Any], address: int,
                                            alignment: int) -> None:
     with pytest.raises(MisalignedAddress) as raised:
-        AlignedGuestAddress.new(ctype, address)
+        AlignedGuestAddress.new(ctype, GuestAddress(address))
     assert (raised.value.address, raised.value.alignment) == (address, alignment)
     assert raised.value.space == "guest"
     assert AlignedGuestAddress.try_new(ctype, GuestAddress(address)) is None
-    assert AlignedGuestAddress.align_down(ctype, address).raw_value() == address & -alignment
+    down = AlignedGuestAddress.align_down(ctype, GuestAddress(address))
+    assert down.raw_value() == address & -alignment
 
 
 @pytest.mark.parametrize("address", [2**64, 2**64 + 8, -8, -1])
 def test_constructor_outside_the_address_space_is_refused(address: int) -> None:
     for ctype in (c_uint8, c_bool, c_uint64):
         with pytest.raises(AddressOutOfRange):
-            AlignedGuestAddress.new(ctype, address)
+            AlignedGuestAddress.new(ctype, GuestAddress(address))
         with pytest.raises(AddressOutOfRange):
-            AlignedGuestAddress.try_new(ctype, address)
+            AlignedGuestAddress.try_new(ctype, GuestAddress(address))
 
 
 def test_aligned_constructors_accept_aligned_addresses() -> None:
@@ -509,7 +511,7 @@ def test_aligned_constructors_accept_aligned_addresses() -> None:
     for ctype, size in ((c_uint8, 1), (c_uint16, 2), (c_uint32, 4), (c_uint64, 8),
                         (c_int8, 1), (c_bool, 1)):
         top = 2**64 - size
-        assert AlignedGuestAddress.new(ctype, top).raw_value() == top
+        assert AlignedGuestAddress.new(ctype, GuestAddress(top)).raw_value() == top
         assert AlignedGuestAddress.new(ctype, GuestAddress(size * 3)).addr == GuestAddress(
             size * 3)
 

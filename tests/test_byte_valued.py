@@ -116,7 +116,7 @@ def test_scalar_round_trip(memory: GuestMemoryMmap, ctype: type[Any], value: obj
 @pytest.mark.parametrize("ctype", INTEGER_TYPES, ids=lambda ctype: ctype.__name__)
 def test_integer_extremes_round_trip(memory: GuestMemoryMmap, ctype: type[Any]) -> None:
     low, high = _bounds(ctype)
-    aligned = AlignedGuestAddress.new(ctype, FIRST + 8 * ctypes.sizeof(ctype))
+    aligned = AlignedGuestAddress.new(ctype, GuestAddress(FIRST + 8 * ctypes.sizeof(ctype)))
     for value in (low, high, 0):
         memory.write_obj(aligned, value)
         assert memory.read_obj(aligned) == value
@@ -198,7 +198,7 @@ def test_aggregate_round_trip(memory: GuestMemoryMmap, ctype: type[Any]) -> None
         result = memory.read_obj_unaligned(GuestAddress(address), ctype)
         assert type(result) is ctype
         assert bytes(result) == bytes(value)
-    aligned = AlignedGuestAddress.new(ctype, FIRST + 2 * 64)
+    aligned = AlignedGuestAddress.new(ctype, GuestAddress(FIRST + 2 * 64))
     memory.write_obj(aligned, value)
     assert bytes(memory.read_obj(aligned)) == bytes(value)
 
@@ -293,7 +293,7 @@ def _assert_refused(memory: GuestMemoryMmap, ctype: Any) -> NotByteValued:
     with pytest.raises(NotByteValued):
         memory.write_obj_unaligned(GuestAddress(FIRST), ctype, 0)
     with pytest.raises(NotByteValued):
-        AlignedGuestAddress.new(ctype, FIRST)
+        AlignedGuestAddress.new(ctype, GuestAddress(FIRST))
     assert everything(memory) == before
     return raised.value
 
@@ -349,7 +349,7 @@ def test_value_out_of_range_writes_nothing(memory: GuestMemoryMmap, ctype: type[
         assert raised.value.type_name == ctype.__qualname__
         assert raised.value.value == value
     with pytest.raises(ValueOutOfRange):
-        memory.write_obj(AlignedGuestAddress.new(ctype, FIRST + 4 * size), value)
+        memory.write_obj(AlignedGuestAddress.new(ctype, GuestAddress(FIRST + 4 * size)), value)
     assert everything(memory) == before
 
 

@@ -698,7 +698,7 @@ def test_region_ending_at_top_of_address_space() -> None:
     memory.write_slice(GuestAddress(ADDRESS_LIMIT - 4), b"\x01\x02\x03\x04")
     assert memory.read_bytes(GuestAddress(ADDRESS_LIMIT - 4), 4) == b"\x01\x02\x03\x04"
     assert memory.read_obj_unaligned(GuestAddress(ADDRESS_LIMIT - 4), Be32) == 0x01020304
-    last = AlignedGuestAddress.new(ctypes.c_uint64, ADDRESS_LIMIT - 8)
+    last = AlignedGuestAddress.new(ctypes.c_uint64, GuestAddress(ADDRESS_LIMIT - 8))
     memory.write_obj(last, 2**64 - 1)
     assert memory.read_obj(last) == 2**64 - 1
     assert memory.check_range(GuestAddress(ADDRESS_LIMIT - PAGE), PAGE)

@@ -219,7 +219,7 @@ def test_read_only_region_refuses_every_store(backing_file: int) -> None:
          lambda: memory.write_obj_unaligned(GuestAddress(PAGE + 3), ctypes.c_uint32, 7),
          PAGE + 3, 4),
         ("write_obj", lambda: memory.write_obj(AlignedGuestAddress.new(ctypes.c_uint32,
-                                                                       PAGE + 4), 7),
+                                                                       GuestAddress(PAGE + 4)), 7),
          PAGE + 4, 4),
     ]
     for name, store, address, length in stores:

@@ -72,6 +72,10 @@ lock_free(unsigned size)
     }
 }
 
+#ifndef VM_MEMORY_SOURCE_DIGEST
+#define VM_MEMORY_SOURCE_DIGEST "unknown"   /* the build hook passes the source's digest */
+#endif
+
 #if defined(__GNUC__)
 #define LIKELY(x) __builtin_expect(!!(x), 1)
 #define UNLIKELY(x) __builtin_expect(!!(x), 0)
@@ -559,17 +563,13 @@ aligned_dealloc(PyObject *op)
     type_dealloc_tail(op);
 }
 
-/* The int behind an address argument (GuestAddress or int) of new/try_new, or 0. */
+/* The int behind the address argument of new/try_new (a GuestAddress, exactly), or 0. */
 static inline int
 address_argument(PyObject *address, PyObject **value, uint64_t *raw)
 {
     if (Py_TYPE(address) == guest_address_type) {
         *value = ((AddressObject *)address)->value;
         *raw = ((AddressObject *)address)->raw;
-        return 1;
-    }
-    if (exact_u64(address, raw)) {
-        *value = address;
         return 1;
     }
     return 0;
@@ -2056,7 +2056,8 @@ PyInit__fastpath(void)
         PyModule_AddIntConstant(module, "KIND_UNSIGNED", K_UINT) < 0 ||
         PyModule_AddIntConstant(module, "KIND_SIGNED", K_SINT) < 0 ||
         PyModule_AddIntConstant(module, "KIND_BOOL", K_BOOL) < 0 ||
-        PyModule_AddIntConstant(module, "KIND_FLOAT", K_FLOAT) < 0) {
+        PyModule_AddIntConstant(module, "KIND_FLOAT", K_FLOAT) < 0 ||
+        PyModule_AddStringConstant(module, "SOURCE_DIGEST", VM_MEMORY_SOURCE_DIGEST) < 0) {
         Py_DECREF(module);
         return NULL;
     }

@@ -38,10 +38,13 @@ def required_alignment(layout: TypeLayout) -> int:
     return layout.alignment
 
 
-def _as_address_value(address: GuestAddress | int) -> int:
+def _as_address_value(address: GuestAddress) -> int:
+    """The value of a GuestAddress; anything else (a plain int too) is refused: addresses
+    are not ints anywhere in the API."""
     if type(address) is GuestAddress:
         return address.raw_value()
-    return check_u64(address)
+    raise TypeError(f"an address must be a GuestAddress, not {type(address).__name__} "
+                    "(wrap a constant as GuestAddress(value))")
 
 
 class _PureAlignedBase:
@@ -86,7 +89,7 @@ class AlignedGuestAddress(_AlignedBase, Generic[_T_co]):
         return address
 
     @classmethod
-    def new(cls, ctype: type[_T], address: GuestAddress | int) -> AlignedGuestAddress[_T]:
+    def new(cls, ctype: type[_T], address: GuestAddress) -> AlignedGuestAddress[_T]:
         """`address` as aligned for `ctype`; raises `MisalignedAddress` if it is not."""
         value = _as_address_value(address)
         layout = layout_of(ctype)
@@ -97,7 +100,7 @@ class AlignedGuestAddress(_AlignedBase, Generic[_T_co]):
 
     @classmethod
     def try_new(cls, ctype: type[_T],
-                address: GuestAddress | int) -> AlignedGuestAddress[_T] | None:
+                address: GuestAddress) -> AlignedGuestAddress[_T] | None:
         """`address` as aligned for `ctype`, or None if it is not aligned."""
         value = _as_address_value(address)
         layout = layout_of(ctype)
@@ -107,7 +110,7 @@ class AlignedGuestAddress(_AlignedBase, Generic[_T_co]):
         return cls._make(ctype, value, layout, alignment)
 
     @classmethod
-    def align_up(cls, ctype: type[_T], address: GuestAddress | int) -> AlignedGuestAddress[_T]:
+    def align_up(cls, ctype: type[_T], address: GuestAddress) -> AlignedGuestAddress[_T]:
         """The first address at or above `address` aligned for `ctype`."""
         value = _as_address_value(address)
         layout = layout_of(ctype)
@@ -119,7 +122,7 @@ class AlignedGuestAddress(_AlignedBase, Generic[_T_co]):
 
     @classmethod
     def align_down(cls, ctype: type[_T],
-                   address: GuestAddress | int) -> AlignedGuestAddress[_T]:
+                   address: GuestAddress) -> AlignedGuestAddress[_T]:
         """The last address at or below `address` aligned for `ctype`."""
         value = _as_address_value(address)
         layout = layout_of(ctype)
@@ -155,24 +158,26 @@ class AlignedGuestAddress(_AlignedBase, Generic[_T_co]):
                                   abs(elements) * self._layout.size)
         return self._make(self._type, value, self._layout, self._alignment)
 
-    def __add__(self, offset: int) -> AlignedGuestAddress[_T_co] | GuestAddress:
-        """`+` of a multiple of the alignment keeps the type; any other offset does not."""
+    def __add__(self, offset: int) -> AlignedGuestAddress[_T_co]:
+        """The address `offset` bytes further, still aligned for T: an offset that is not
+        a multiple of the alignment raises `MisalignedAddress` (for a plain address
+        there, use `address.addr + offset`)."""
         offset = check_u64(offset, "offset")
         value = self._guest_value + offset
         if value >= ADDRESS_SPACE_SIZE:
             raise AddressOverflow(self._guest_value, "+", offset)
         if offset % self._alignment:
-            return GuestAddress(value)
+            raise MisalignedAddress(value, self._alignment, self._layout.name)
         return self._make(self._type, value, self._layout, self._alignment)
 
-    def __sub__(self, offset: int) -> AlignedGuestAddress[_T_co] | GuestAddress:
-        """`-` of a multiple of the alignment keeps the type; any other offset does not."""
+    def __sub__(self, offset: int) -> AlignedGuestAddress[_T_co]:
+        """The address `offset` bytes back, still aligned for T (else `MisalignedAddress`)."""
         offset = check_u64(offset, "offset")
         value = self._guest_value - offset
         if value < 0:
             raise AddressOverflow(self._guest_value, "-", offset)
         if offset % self._alignment:
-            return GuestAddress(value)
+            raise MisalignedAddress(value, self._alignment, self._layout.name)
         return self._make(self._type, value, self._layout, self._alignment)
 
     def __setattr__(self, name: str, value: object) -> None:
@@ -194,7 +199,7 @@ class AlignedGuestAddress(_AlignedBase, Generic[_T_co]):
 
 
 def _restore(ctype: type[_T], value: int) -> AlignedGuestAddress[_T]:
-    return AlignedGuestAddress.new(ctype, value)
+    return AlignedGuestAddress.new(ctype, GuestAddress(value))
 
 
 def _describe(ctype: object) -> Any:

@@ -14,13 +14,13 @@ from __future__ import annotations
 import ctypes
 import mmap
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Final
 
 from vm_memory.address import check_power_of_two, check_u64
 from vm_memory.atomic_access import atomic_kind
-from vm_memory.atomic_backend import host_atomics
-from vm_memory.errors import InvalidRange, MappingError
+from vm_memory.atomic_backend import host_atomics, is_lock_free
+from vm_memory.errors import AtomicWidthUnsupported, InvalidRange, MappingError
 from vm_memory.ordering import Ordering
 
 DEFAULT_PAGE_SIZE: Final = mmap.PAGESIZE
@@ -28,6 +28,16 @@ _WORD: Final = 8
 _SCAN_CHUNK: Final = 1 << 20
 MAX_MAPPING_SIZE: Final = sys.maxsize
 """Pages scanned per copy of the map: bounds the memory a scan of a huge guest takes."""
+
+
+def _exchange_word() -> tuple[Callable[[int, int, int], int], int]:
+    """The atomic exchange of the widest lock-free unsigned word (at most 8 bytes; a host
+    without 8-byte atomics takes its marks 4 at a time), and its width."""
+    for ctype in (ctypes.c_uint64, ctypes.c_uint32, ctypes.c_uint16, ctypes.c_uint8):
+        width = ctypes.sizeof(ctype)
+        if is_lock_free(width):
+            return host_atomics(atomic_kind(ctype)).functions["exchange"], width
+    raise AtomicWidthUnsupported("c_uint8", 1)
 
 
 class DirtyBitmap:
@@ -86,21 +96,22 @@ class DirtyBitmap:
     def take_dirty_pages(self) -> list[int]:
         """Page numbers marked dirty, clearing exactly those marks atomically.
 
-        Each 8-page word seen marked is swapped to zero with one atomic exchange, and the
-        pages are taken from what the exchange returned, so a mark set meanwhile is
-        either taken now or left for the next call.
+        Each word of marks seen set (8 pages where 8-byte atomics are lock-free, else the
+        widest width that is) is swapped to zero with one atomic exchange, and the pages
+        are taken from the bytes the exchange returned, so a mark set meanwhile is either
+        taken now or left for the next call.
         """
-        exchange = host_atomics(atomic_kind(ctypes.c_uint64)).functions["exchange"]
+        exchange, width = _exchange_word()
         pages: list[int] = []
         last_word = -1
         for page in self._marked():
-            word = page - page % _WORD
+            word = page - page % width
             if word == last_word:
                 continue
             last_word = word
             taken = exchange(self._map_address + word, 0, Ordering.SEQ_CST)
-            pages.extend(word + index for index in range(_WORD)
-                         if taken >> (8 * index) & 0xFF)
+            marks = taken.to_bytes(width, sys.byteorder)  # byte i is page word + i
+            pages.extend(word + index for index, mark in enumerate(marks) if mark)
         return pages
 
     def clear(self) -> None:

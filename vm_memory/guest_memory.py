@@ -63,6 +63,9 @@ from vm_memory.region import GuestMemoryRegion, NoRegion, regions_tracking_dirty
 from vm_memory.stream_io import StreamSource, gather_write, scatter_read
 from vm_memory.volatile import VolatileSlice
 
+if TYPE_CHECKING:
+    from vm_memory.buffer_types import Buffer, WritableBuffer
+
 _V = TypeVar("_V")
 _A = TypeVar("_A", bound=Aggregate)
 
@@ -447,7 +450,7 @@ class GuestMemory(_MemoryBase):
 
     # ---- Bulk copies ---------------------------------------------------------------
 
-    def read(self, address: GuestAddress, buffer: Any) -> int:
+    def read(self, address: GuestAddress, buffer: WritableBuffer) -> int:
         """Copy guest memory into `buffer`, stopping at a hole; returns the bytes copied.
 
         Raises `InvalidGuestAddress` if nothing at `address` is backed (and `buffer`
@@ -465,7 +468,7 @@ class GuestMemory(_MemoryBase):
         _read_spans(spans, destination[:covered])
         return covered
 
-    def write(self, address: GuestAddress, data: Any) -> int:
+    def write(self, address: GuestAddress, data: Buffer) -> int:
         """Copy `data` into guest memory, stopping at a hole; returns the bytes copied.
 
         A read-only region anywhere in the reachable span refuses the whole write.
@@ -483,7 +486,7 @@ class GuestMemory(_MemoryBase):
         _write_spans(spans, source[:covered])
         return covered
 
-    def read_slice(self, address: GuestAddress, buffer: Any) -> None:
+    def read_slice(self, address: GuestAddress, buffer: WritableBuffer) -> None:
         """Fill `buffer` from guest memory, or raise `PartialBuffer` having copied nothing."""
         destination = byte_view(buffer, writable=True, what="read_slice's buffer")
         length = len(destination)
@@ -498,12 +501,12 @@ class GuestMemory(_MemoryBase):
             return
         _read_spans(self._whole_spans(value, length, writing=False), destination)
 
-    def _read_slice_general(self, address: GuestAddress, buffer: Any) -> None:
+    def _read_slice_general(self, address: GuestAddress, buffer: WritableBuffer) -> None:
         destination = byte_view(buffer, writable=True, what="read_slice's buffer")
         value = self._checked_start(address, len(destination), "read_slice")
         _read_spans(self._whole_spans(value, len(destination), writing=False), destination)
 
-    def write_slice(self, address: GuestAddress, data: Any) -> None:
+    def write_slice(self, address: GuestAddress, data: Buffer) -> None:
         """Copy all of `data` into guest memory, or raise having written nothing."""
         source = byte_view(data, writable=False, what="write_slice's buffer")
         length = len(source)
@@ -520,7 +523,7 @@ class GuestMemory(_MemoryBase):
             return
         _write_spans(self._whole_spans(value, length, writing=True), source)
 
-    def _write_slice_general(self, address: GuestAddress, data: Any) -> None:
+    def _write_slice_general(self, address: GuestAddress, data: Buffer) -> None:
         source = byte_view(data, writable=False, what="write_slice's buffer")
         value = self._checked_start(address, len(source), "write_slice")
         _write_spans(self._whole_spans(value, len(source), writing=True), source)

@@ -12,8 +12,10 @@ variable `VM_MEMORY_PURE=1` before that to force the pure path.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
 from typing import Final, Literal
 
@@ -40,6 +42,12 @@ def _load() -> tuple[ModuleType | None, str]:
         from vm_memory import _fastpath
     except ImportError as error:
         return None, f"the C extension vm_memory._fastpath is not built here ({error})"
+    source = Path(__file__).with_name("_fastpath.c")
+    if source.is_file():  # a source tree: a build older than its source is not used
+        digest = hashlib.sha256(source.read_bytes()).hexdigest()[:16]
+        if digest != _fastpath.SOURCE_DIGEST:
+            return None, ("the C extension is older than vm_memory/_fastpath.c (rebuild it: "
+                          "pip install -e .)")
     return _fastpath, "the C extension vm_memory._fastpath"
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import fcntl
 import mmap
 import os
+import platform
 import stat
 import sys
 import weakref
@@ -45,8 +46,26 @@ from vm_memory.region import GuestMemoryRegion
 
 PAGE_SIZE: Final = mmap.PAGESIZE
 
-MAP_NORESERVE: Final = getattr(mmap, "MAP_NORESERVE", 0x4000)
-MAP_HUGETLB: Final = getattr(mmap, "MAP_HUGETLB", 0x40000)
+
+
+def _linux_map_flags(machine: str) -> tuple[int, int]:
+    """(MAP_NORESERVE, MAP_HUGETLB) on this Linux architecture: Python's `mmap` module
+    does not export them, and MIPS, POWER, SPARC, Alpha and PA-RISC use their own
+    values (asm/mman.h); the rest use asm-generic's."""
+    if machine.startswith("mips"):
+        return 0x0400, 0x80000
+    if machine.startswith(("ppc", "powerpc", "sparc")):
+        return 0x0040, 0x40000
+    if machine.startswith("alpha"):
+        return 0x10000, 0x100000
+    if machine.startswith("parisc"):
+        return 0x4000, 0x80000
+    return 0x4000, 0x40000
+
+
+_NORESERVE, _HUGETLB = _linux_map_flags(platform.machine())
+MAP_NORESERVE: Final[int] = getattr(mmap, "MAP_NORESERVE", _NORESERVE)
+MAP_HUGETLB: Final[int] = getattr(mmap, "MAP_HUGETLB", _HUGETLB)
 F_SEAL_SEAL: Final = getattr(fcntl, "F_SEAL_SEAL", 0x1)
 F_SEAL_SHRINK: Final = getattr(fcntl, "F_SEAL_SHRINK", 0x2)
 F_SEAL_GROW: Final = getattr(fcntl, "F_SEAL_GROW", 0x4)

@@ -9,8 +9,9 @@ alive: it can never outlive the memory it points into.
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Iterator
-from typing import Any, Generic, Protocol, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, overload
 
 from vm_memory.address import GuestAddress, as_int, check_u64
 from vm_memory.aligned_address import AlignedGuestAddress
@@ -21,12 +22,15 @@ from vm_memory.errors import InvalidRange, NoHostAddress
 from vm_memory.ordering import Ordering
 from vm_memory.region import GuestMemoryRegion
 
+if TYPE_CHECKING:
+    from vm_memory.buffer_types import Buffer, WritableBuffer
+
 
 class ViewedMemory(Protocol):
     """What a view needs of the memory it points into (a `GuestMemory` is one)."""
 
-    def read_slice(self, address: GuestAddress, buffer: Any) -> None: ...
-    def write_slice(self, address: GuestAddress, data: Any) -> None: ...
+    def read_slice(self, address: GuestAddress, buffer: WritableBuffer) -> None: ...
+    def write_slice(self, address: GuestAddress, data: Buffer) -> None: ...
     def read_bytes(self, address: GuestAddress, length: int) -> bytes: ...
     def read_obj(self, address: AlignedGuestAddress[Any]) -> Any: ...
     def write_obj(self, address: AlignedGuestAddress[Any], value: Any) -> None: ...
@@ -45,6 +49,7 @@ class ViewedMemory(Protocol):
 _T_co = TypeVar("_T_co", covariant=True)
 _V = TypeVar("_V")
 _A = TypeVar("_A", bound=Aggregate)
+_E = TypeVar("_E", bound="ctypes._CData")  # pyright: ignore[reportPrivateUsage]
 _SEQ_CST = Ordering.SEQ_CST
 
 
@@ -88,7 +93,7 @@ class VolatileSlice:
         middle, _, _ = self._checked(middle, 0)
         return self.subslice(0, middle), self.subslice(middle, self.length - middle)
 
-    def read(self, offset: int, buffer: Any) -> None:
+    def read(self, offset: int, buffer: WritableBuffer) -> None:
         """Fill `buffer` from the slice at `offset`; all or nothing."""
         view = byte_view(buffer, writable=True, what="buffer")
         if not len(view):
@@ -96,7 +101,7 @@ class VolatileSlice:
         _, _, address = self._checked(offset, len(view))
         self.memory.read_slice(address, view)
 
-    def write(self, offset: int, data: Any) -> None:
+    def write(self, offset: int, data: Buffer) -> None:
         """Copy all of `data` into the slice at `offset`; all or nothing. Writing nothing
         succeeds wherever it is asked (as in Rust vm-memory)."""
         view = byte_view(data, writable=False, what="data")
@@ -105,7 +110,7 @@ class VolatileSlice:
         _, _, address = self._checked(offset, len(view))
         self.memory.write_slice(address, view)
 
-    def copy_to(self, buffer: Any) -> int:
+    def copy_to(self, buffer: WritableBuffer) -> int:
         """Copy whole elements of the slice into `buffer` (bytes, or typed items such as
         an `array('I')`), as many as fit; returns the count of elements copied."""
         view = byte_view(buffer, writable=True, what="buffer")
@@ -114,7 +119,7 @@ class VolatileSlice:
         self.memory.read_slice(self.address, view[:count * itemsize])
         return count
 
-    def copy_from(self, data: Any) -> int:
+    def copy_from(self, data: Buffer) -> int:
         """Copy whole elements of `data` into the slice, as many as fit; returns the count
         of elements copied."""
         view = byte_view(data, writable=False, what="data")
@@ -169,10 +174,17 @@ class VolatileRef(Generic[_T_co]):
     def __repr__(self) -> str:
         return f"VolatileRef({self.address!r})"
 
+    # Arrays, then scalars, then Structures and Unions: plain mypy does not hold a
+    # `self` type's TypeVar to its bound, so an aggregate overload first would bind a
+    # scalar's `self` to it and return the ctype. (A Structure answers any attribute,
+    # `value` too: under plain mypy its `load()` is Any; pyright and the plugin give the
+    # Structure.)
     @overload
-    def load(self: VolatileRef[_A]) -> _A: ...
+    def load(self: VolatileRef[ctypes.Array[_E]]) -> ctypes.Array[_E]: ...
     @overload
     def load(self: VolatileRef[ScalarValue[_V]]) -> _V: ...
+    @overload
+    def load(self: VolatileRef[_A]) -> _A: ...
     def load(self) -> Any:
         """The value (`read_obj`: not atomic)."""
         address: AlignedGuestAddress[Any] = self.address

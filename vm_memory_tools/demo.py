@@ -71,7 +71,7 @@ __all__ = ["DEFAULT_MESSAGES", "DemoResult", "DeviceModel", "guest_process_main"
 DEFAULT_MESSAGES: Final = 5000
 """A few thousand: 0.2-1.5 s with an emulated KVM guest on a shared 2-core machine, and
 about the same with the second-process guest (measured)."""
-_STATUS: Final = AlignedGuestAddress.new(GuestStatus, STATUS_ADDRESS)
+_STATUS: Final = AlignedGuestAddress.new(GuestStatus, GuestAddress(STATUS_ADDRESS))
 _IDLE_POLLS_BEFORE_SLEEP: Final = 20_000  # ~10-20 ms of spinning, then 50 us naps
 _IDLE_SLEEP_SECONDS: Final = 50e-6
 _BASE_TIMEOUT_SECONDS: Final = 30.0

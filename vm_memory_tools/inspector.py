@@ -68,7 +68,7 @@ READ_TYPES: Final[dict[str, type[ScalarValue[int]]]] = {
 
 def _atomic_reader(ctype: type[AtomicInteger]) -> Callable[[GuestMemory, int], int]:
     def read(memory: GuestMemory, address: int) -> int:
-        return memory.read_atomic(AlignedGuestAddress.new(ctype, address))
+        return memory.read_atomic(AlignedGuestAddress.new(ctype, GuestAddress(address)))
     return read
 
 

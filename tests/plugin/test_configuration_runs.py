@@ -1,8 +1,9 @@
-"""The plugin's configuration, checked by real mypy (and dmypy) runs: the TOML form of
-its section, refused settings, the incremental cache and the daemon following a change
-of target, and the documented table of targets matching the one the plugin uses.
+"""The plugin's configuration across mypy runs, which a YAML case (one mypy run with an
+INI config) cannot express: the TOML form of its section (pytest-mypy-plugins drops it),
+refused settings, the incremental cache and the daemon after a change of target, the
+table of targets, and the oldest supported mypy.
 
-The checks themselves are the YAML cases in tests/plugin/ (INI form of the section).
+The checks themselves are the YAML cases beside this file.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import vm_memory_mypy.targets as targets_module
 from vm_memory_mypy import MINIMUM_MYPY
 from vm_memory_mypy.targets import ARCHITECTURES, make_target
 
-ROOT: Final = Path(__file__).resolve().parent.parent
+ROOT: Final = Path(__file__).resolve().parents[2]
 ERROR_LINE: Final = re.compile(r"^(?P<file>[^:]+):(?P<line>\d+): error: .*\[(?P<code>[\w-]+)\]$")
 
 WIDE_ATOMICS: Final = '''\
@@ -27,10 +28,10 @@ import ctypes
 from vm_memory import AlignedGuestAddress, GuestAddress, GuestMemoryMmap
 
 memory = GuestMemoryMmap.from_ranges([(GuestAddress(0), 0x1000)])
-quad = AlignedGuestAddress.new(ctypes.c_uint64, 0x100)
+quad = AlignedGuestAddress.new(ctypes.c_uint64, GuestAddress(0x100))
 memory.read_atomic(quad)
 memory.fetch_add(quad, 1)
-memory.read_atomic(AlignedGuestAddress.new(ctypes.c_uint32, 0x108))
+memory.read_atomic(AlignedGuestAddress.new(ctypes.c_uint32, GuestAddress(0x108)))
 '''
 Verdict = set[tuple[int, str]]
 WIDE_ATOMIC_ERRORS: Final[Verdict] = {(6, "vm-memory-atomic-width"),
@@ -39,22 +40,20 @@ NO_ERRORS: Final[Verdict] = set()
 
 
 def mypy_environment() -> dict[str, str]:
-    """mypy finds vm_memory and imports the plugin from this checkout, installed or not."""
+    """For a Python without this project installed (the oldest-mypy run): the same two
+    directories the editable install's .pth file adds."""
     environment = dict(os.environ)
-    paths = [str(ROOT), str(ROOT / "mypy_plugin")]
-    environment["PYTHONPATH"] = os.pathsep.join(
-        [*paths, environment["PYTHONPATH"]] if environment.get("PYTHONPATH") else paths)
-    environment["MYPYPATH"] = str(ROOT)
+    environment["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "mypy_plugin")])
     return environment
 
 
-def run_mypy(config: Path, source: Path, cache: Path,
-             python: str = sys.executable) -> subprocess.CompletedProcess[str]:
+def run_mypy(config: Path, source: Path, cache: Path, python: str = sys.executable,
+             environment: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [python, "-m", "mypy", "--config-file", str(config), "--cache-dir", str(cache),
          "--show-error-codes", "--no-pretty", str(source)],
-        cwd=source.parent, capture_output=True, text=True, env=mypy_environment(),
-        timeout=600, check=False)
+        cwd=source.parent, capture_output=True, text=True, env=environment, timeout=600,
+        check=False)
 
 
 def errors(output: str) -> Verdict:
@@ -116,25 +115,82 @@ def test_changing_the_target_changes_an_incremental_verdict(
     assert verdicts == [WIDE_ATOMIC_ERRORS, NO_ERRORS, WIDE_ATOMIC_ERRORS]
 
 
-def test_the_daemon_follows_a_change_of_target(wide_atomics: Path, tmp_path: Path) -> None:
-    """dmypy keeps its state between runs: the plugin's `__version__` carries a digest of
-    the target, so the daemon restarts when the section changes."""
+LAYOUT: Final = '''\
+import ctypes
+import enum
+from typing import Final
+
+MMIO_BASE: Final = 0xD000_0000
+
+
+class Reg(enum.IntEnum):
+    STATUS = 0x12
+
+
+class Linked(ctypes.Structure):
+    _fields_ = (("value", ctypes.c_uint32), ("next", ctypes.c_void_p))
+'''
+USES_LAYOUT: Final = '''\
+import ctypes
+from vm_memory import AlignedGuestAddress, GuestAddress
+from layout import MMIO_BASE, Linked, Reg
+
+AlignedGuestAddress.new(ctypes.c_uint32, GuestAddress(MMIO_BASE + Reg.STATUS))
+AlignedGuestAddress.new(Linked, GuestAddress(MMIO_BASE))
+'''
+
+
+def test_another_modules_facts_give_the_same_verdict_from_a_warm_cache(
+        tmp_path: Path) -> None:
+    """Constants and Structure fields of a module loaded from the incremental cache
+    (which keeps no syntax tree) give the verdict a cold run gives."""
+    (tmp_path / "layout.py").write_text(LAYOUT)
+    source = tmp_path / "uses.py"
+    source.write_text(USES_LAYOUT)
+    config = ini_config(tmp_path, "target = x86_64")
+    cold = run_mypy(config, source, tmp_path / "cache")
+    source.write_text(USES_LAYOUT + "# edited: this module is checked again, layout is not\n")
+    warm = run_mypy(config, source, tmp_path / "cache")
+    assert errors(cold.stdout) == {(5, "vm-memory-misaligned"), (6, "vm-memory-byte-valued")}
+    assert errors(warm.stdout) == errors(cold.stdout), warm.stdout
+
+
+def daemon_verdicts(command: str, source: Path, tmp_path: Path) -> list[Verdict]:
+    """The daemon's verdicts on `source` as the target goes mips, x86_64, mips, asked
+    with `dmypy run` or `dmypy check` (the daemon started by the first `run`)."""
     status = tmp_path / "dmypy.json"
     daemon = [sys.executable, "-m", "mypy.dmypy", "--status-file", str(status)]
+    flags = ["--show-error-codes", "--no-pretty"]
     verdicts: list[Verdict] = []
     try:
-        for target in ("mips", "x86_64", "mips"):
+        for step, target in enumerate(("mips", "x86_64", "mips")):
             config = ini_config(tmp_path, f"target = {target}")
-            result = subprocess.run(
-                [*daemon, "run", "--", "--config-file", str(config), "--show-error-codes",
-                 "--no-pretty", str(wide_atomics)],
-                cwd=tmp_path, capture_output=True, text=True, env=mypy_environment(),
-                timeout=600, check=False)
+            if step == 0 or command == "run":
+                arguments = ["run", "--", "--config-file", str(config), *flags, str(source)]
+            else:
+                arguments = ["check", str(source)]
+            result = subprocess.run([*daemon, *arguments], cwd=tmp_path, capture_output=True,
+                                    text=True, timeout=600, check=False)
             verdicts.append(errors(result.stdout))
     finally:
-        subprocess.run([*daemon, "stop"], cwd=tmp_path, capture_output=True,
-                       env=mypy_environment(), timeout=120, check=False)
-    assert verdicts == [WIDE_ATOMIC_ERRORS, NO_ERRORS, WIDE_ATOMIC_ERRORS]
+        subprocess.run([*daemon, "stop"], cwd=tmp_path, capture_output=True, timeout=120,
+                       check=False)
+    return verdicts
+
+
+def test_dmypy_run_follows_a_change_of_target(wide_atomics: Path, tmp_path: Path) -> None:
+    """`dmypy run` compares the plugin's `__version__` (it carries a digest of the
+    target) and restarts the daemon when the section changed."""
+    assert daemon_verdicts("run", wide_atomics, tmp_path) == \
+        [WIDE_ATOMIC_ERRORS, NO_ERRORS, WIDE_ATOMIC_ERRORS]
+
+
+def test_dmypy_check_keeps_the_verdict_of_the_target_it_started_with(
+        wide_atomics: Path, tmp_path: Path) -> None:
+    """`dmypy check` re-reads no configuration (mypy's behaviour for its own options
+    too): the README says so, and this shows it — the x86_64 step still reports mips."""
+    assert daemon_verdicts("check", wide_atomics, tmp_path) == \
+        [WIDE_ATOMIC_ERRORS, WIDE_ATOMIC_ERRORS, WIDE_ATOMIC_ERRORS]
 
 
 def test_the_version_carries_a_digest_of_the_configuration(tmp_path: Path) -> None:
@@ -149,7 +205,7 @@ def test_the_version_carries_a_digest_of_the_configuration(tmp_path: Path) -> No
         config = tmp_path / f"{name}.ini"
         config.write_text(f"[vm_memory_mypy]\n{section}\n")
         result = subprocess.run([sys.executable, "-c", code, str(config)], capture_output=True,
-                                text=True, env=mypy_environment(), timeout=120, check=True)
+                                text=True, timeout=120, check=True)
         versions.append(result.stdout.strip())
     assert versions[0] != versions[1]
     assert versions[0] == versions[2]
@@ -187,15 +243,22 @@ def test_the_data_model_follows_architecture_and_os(
 
 
 @pytest.mark.long
-def test_the_oldest_supported_mypy_gives_the_same_verdicts(
-        wide_atomics: Path, tmp_path: Path) -> None:
-    """`MINIMUM_MYPY`, installed in a fresh virtual environment, gives the same verdicts."""
+def test_the_oldest_supported_mypy_passes_the_yaml_suite(tmp_path: Path) -> None:
+    """`MINIMUM_MYPY`, in a fresh virtual environment, passes every YAML case, and gives
+    the same verdicts across a change of target."""
     environment = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(environment)], check=True)
     python = str(environment / "bin" / "python")
-    subprocess.run([python, "-m", "pip", "install", "--quiet", f"mypy=={MINIMUM_MYPY}"],
-                   check=True, timeout=600)
+    subprocess.run([python, "-m", "pip", "install", "--quiet", f"mypy=={MINIMUM_MYPY}",
+                    "pytest", "pytest-mypy-plugins", "hypothesis"], check=True, timeout=900)
+    cases = sorted(str(path) for path in (ROOT / "tests" / "plugin").glob("test_*.yaml"))
+    suite = subprocess.run([python, "-m", "pytest", "-q", "-p", "no:cacheprovider", *cases],
+                           cwd=ROOT, capture_output=True, text=True, timeout=3600,
+                           env=mypy_environment(), check=False)
+    assert suite.returncode == 0, suite.stdout[-20000:] + suite.stderr
+    source = tmp_path / "wide.py"
+    source.write_text(WIDE_ATOMICS)
     for target, expected in (("riscv32", WIDE_ATOMIC_ERRORS), ("x86_64", NO_ERRORS)):
-        result = run_mypy(ini_config(tmp_path, f"target = {target}"), wide_atomics,
-                          tmp_path / f"cache-{target}", python)
+        result = run_mypy(ini_config(tmp_path, f"target = {target}"), source,
+                          tmp_path / f"cache-{target}", python, mypy_environment())
         assert errors(result.stdout) == expected, result.stdout + result.stderr
