@@ -8,16 +8,17 @@ pickled to stdout, until stdin closes.
 
 from __future__ import annotations
 
+import importlib
 import pickle
 import sys
 from pathlib import Path
 
+from vm_memory import access_path
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import conftest  # noqa: E402, F401  (the hypothesis profiles test_contract names)
-import test_contract  # noqa: E402  (the parent's module name, for pickled classes)
-
-from vm_memory import access_path  # noqa: E402
+importlib.import_module("conftest")  # the hypothesis profiles test_contract names
+# Under the name pytest gives it, so the classes the parent pickles resolve here too.
+test_contract = importlib.import_module("test_contract")
 
 
 def main() -> None:

@@ -75,11 +75,12 @@ from vm_memory.volatile import ViewedMemory, VolatileArrayRef, VolatileRef, Vola
 __version__ = "0.1.0"
 
 __all__ = [
+    "PURE_ENVIRONMENT_VARIABLE",
+    "AccessPath",
     "AddressOutOfRange",
     "AddressOverflow",
     "AlignedAddressConstruction",
     "AlignedGuestAddress",
-    "AccessPath",
     "AtomicAccess",
     "AtomicAccessUnsupported",
     "AtomicInteger",
@@ -128,7 +129,6 @@ __all__ = [
     "NotByteValued",
     "NotShareable",
     "Ordering",
-    "PURE_ENVIRONMENT_VARIABLE",
     "PartialBuffer",
     "ReadOnlyRegion",
     "RegionInUse",

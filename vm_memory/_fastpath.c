@@ -232,6 +232,7 @@ typedef struct {
     PyObject *ctype;
     PyObject *layout;
     PyObject *alignment_object;
+    PyObject *python_info;   /* the pure path's AlignmentInfo for the same type */
     uint64_t alignment;
     unsigned size;
     int kind;
@@ -244,13 +245,14 @@ static PyTypeObject *TypeInfoType;
 static PyObject *
 typeinfo_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    static char *names[] = {"ctype", "layout", "alignment", "size", "kind", "swap", "atomic",
-                            NULL};
-    PyObject *ctype, *layout, *alignment;
+    static char *names[] = {"info", "ctype", "layout", "alignment", "size", "kind", "swap",
+                            "atomic", NULL};
+    PyObject *python_info, *ctype, *layout, *alignment;
     unsigned long size;
     int kind, swap, atomic;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO!kipp:TypeInfo", names, &ctype, &layout,
-                                     &PyLong_Type, &alignment, &size, &kind, &swap, &atomic))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOO!kipp:TypeInfo", names, &python_info,
+                                     &ctype, &layout, &PyLong_Type, &alignment, &size, &kind,
+                                     &swap, &atomic))
         return NULL;
     unsigned long long align_value = PyLong_AsUnsignedLongLong(alignment);
     if (PyErr_Occurred())
@@ -264,6 +266,8 @@ typeinfo_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     TypeInfoObject *self = (TypeInfoObject *)alloc_instance(type);
     if (self == NULL)
         return NULL;
+    Py_INCREF(python_info);
+    self->python_info = python_info;
     Py_INCREF(ctype);
     self->ctype = ctype;
     Py_INCREF(layout);
@@ -286,6 +290,7 @@ typeinfo_dealloc(PyObject *op)
     Py_XDECREF(self->ctype);
     Py_XDECREF(self->layout);
     Py_XDECREF(self->alignment_object);
+    Py_XDECREF(self->python_info);
     type_dealloc_tail(op);
 }
 
@@ -625,10 +630,10 @@ aligned_make(PyObject *cls, PyObject *const *args, Py_ssize_t nargs)
 }
 
 static PyObject *
-aligned_offset(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
+aligned_offset(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
     AlignedObject *self = (AlignedObject *)op;
-    if (nargs == 1 && PyLong_CheckExact(args[0])) {
+    if (kwnames == NULL && nargs == 1 && PyLong_CheckExact(args[0])) {
         int overflow = 0;
         long long elements = PyLong_AsLongLongAndOverflow(args[0], &overflow);
         uint64_t size = self->info->size;
@@ -642,11 +647,12 @@ aligned_offset(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
             }
         }
     }
-    return call_fallback(A_OFFSET, op, args, nargs, NULL);
+    return call_fallback(A_OFFSET, op, args, nargs, kwnames);
 }
 
-/* aligned +/- offset: aligned for the same type if the offset is a multiple of the
- * alignment, else a plain GuestAddress; overflow and other operands: the pure method. */
+/* aligned +/- offset: aligned for the same type when the offset is a multiple of the
+ * alignment; anything else (a misaligned offset, an overflow, another operand) goes to
+ * the pure method, which raises. */
 static PyObject *
 aligned_shift(PyObject *left, PyObject *right, int subtract)
 {
@@ -654,20 +660,9 @@ aligned_shift(PyObject *left, PyObject *right, int subtract)
         Py_RETURN_NOTIMPLEMENTED;
     AlignedObject *self = (AlignedObject *)left;
     uint64_t offset;
-    if (exact_u64(right, &offset) &&
-            (subtract ? offset <= self->raw : offset <= UINT64_MAX - self->raw)) {
-        uint64_t result = subtract ? self->raw - offset : self->raw + offset;
-        if ((offset & (self->info->alignment - 1)) == 0)
-            return make_aligned_raw(result, self->info);
-        if (guest_address_type != NULL) {
-            PyObject *value = PyLong_FromUnsignedLongLong(result);
-            if (value == NULL)
-                return NULL;
-            PyObject *address = make_address(guest_address_type, value, result);
-            Py_DECREF(value);
-            return address;
-        }
-    }
+    if (exact_u64(right, &offset) && (offset & (self->info->alignment - 1)) == 0 &&
+            (subtract ? offset <= self->raw : offset <= UINT64_MAX - self->raw))
+        return make_aligned_raw(subtract ? self->raw - offset : self->raw + offset, self->info);
     PyObject *args[1] = {right};
     return call_fallback(subtract ? A_SUB : A_ADD, left, args, 1, NULL);
 }
@@ -723,22 +718,24 @@ static PyGetSetDef aligned_getset[] = {
      (void *)offsetof(TypeInfoObject, layout)},
     {"_alignment", aligned_get_info_field, NULL, "The alignment proven.",
      (void *)offsetof(TypeInfoObject, alignment_object)},
+    {"_info", aligned_get_info_field, NULL, "The type's AlignmentInfo.",
+     (void *)offsetof(TypeInfoObject, python_info)},
     {NULL},
 };
 
 static PyMethodDef aligned_methods[] = {
     {"new", (PyCFunction)(void (*)(void))aligned_new_method,
      METH_FASTCALL | METH_KEYWORDS | METH_CLASS,
-     "new($cls, ctype, address, /)\n--\n\n`address` as aligned for `ctype`; raises "
+     "new($cls, ctype, address)\n--\n\n`address` as aligned for `ctype`; raises "
      "`MisalignedAddress` if it is not."},
     {"try_new", (PyCFunction)(void (*)(void))aligned_try_new_method,
      METH_FASTCALL | METH_KEYWORDS | METH_CLASS,
-     "try_new($cls, ctype, address, /)\n--\n\n`address` as aligned for `ctype`, or None if "
+     "try_new($cls, ctype, address)\n--\n\n`address` as aligned for `ctype`, or None if "
      "it is not aligned."},
     {"_make", (PyCFunction)(void (*)(void))aligned_make, METH_FASTCALL | METH_CLASS,
      "An aligned address from checked parts."},
-    {"offset", (PyCFunction)(void (*)(void))aligned_offset, METH_FASTCALL,
-     "offset($self, elements, /)\n--\n\nThe address `elements` values of T further "
+    {"offset", (PyCFunction)(void (*)(void))aligned_offset, METH_FASTCALL | METH_KEYWORDS,
+     "offset($self, elements)\n--\n\nThe address `elements` values of T further "
      "(negative: back); stays aligned."},
     {"raw_value", aligned_raw_value, METH_NOARGS,
      "raw_value($self, /)\n--\n\nThe address as an int."},
@@ -1806,27 +1803,27 @@ memory_write_slice(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObje
     {#name, (PyCFunction)(void (*)(void))memory_##name, METH_FASTCALL | METH_KEYWORDS, doc}
 
 static PyMethodDef memory_methods[] = {
-    FAST(read_atomic, "One hardware-atomic load with `order` (RELAXED, ACQUIRE or SEQ_CST)."),
-    FAST(write_atomic, "One hardware-atomic store with `order` (RELAXED, RELEASE or SEQ_CST)."),
-    FAST(swap, "Atomically store `value` and return the previous value."),
-    FAST(compare_exchange, "Atomically store `desired` if the value is `expected`.\n\n"
+    FAST(read_atomic, "read_atomic($self, address, order=vm_memory.ordering.Ordering.SEQ_CST)\n--\n\nOne hardware-atomic load with `order` (RELAXED, ACQUIRE or SEQ_CST)."),
+    FAST(write_atomic, "write_atomic($self, address, value, order=vm_memory.ordering.Ordering.SEQ_CST)\n--\n\nOne hardware-atomic store with `order` (RELAXED, RELEASE or SEQ_CST)."),
+    FAST(swap, "swap($self, address, value, order=vm_memory.ordering.Ordering.SEQ_CST)\n--\n\nAtomically store `value` and return the previous value."),
+    FAST(compare_exchange, "compare_exchange($self, address, expected, desired, success=vm_memory.ordering.Ordering.SEQ_CST, failure=vm_memory.ordering.Ordering.SEQ_CST)\n--\n\nAtomically store `desired` if the value is `expected`.\n\n"
          "Returns (whether it was stored, the value found). A read-only region refuses even "
          "a compare-exchange that would fail: the instruction writes either way."),
-    FAST(fetch_add, "Atomically add `value` (wrapping at the type's width); return the old "
+    FAST(fetch_add, "fetch_add($self, address, value, order=vm_memory.ordering.Ordering.SEQ_CST)\n--\n\nAtomically add `value` (wrapping at the type's width); return the old "
          "value."),
-    FAST(fetch_sub, "Atomically subtract `value` (wrapping); return the old value."),
-    FAST(fetch_and, "Atomically AND `value` in; return the old value."),
-    FAST(fetch_or, "Atomically OR `value` in; return the old value."),
-    FAST(fetch_xor, "Atomically XOR `value` in; return the old value."),
-    FAST(read_obj, "The value at an aligned address: bounds-checked, not guaranteed atomic."),
-    FAST(write_obj, "Store at an aligned address: bounds-checked, not guaranteed atomic."),
-    FAST(read_obj_unaligned, "A value of ByteValued `ctype` at any address, possibly across "
+    FAST(fetch_sub, "fetch_sub($self, address, value, order=vm_memory.ordering.Ordering.SEQ_CST)\n--\n\nAtomically subtract `value` (wrapping); return the old value."),
+    FAST(fetch_and, "fetch_and($self, address, value, order=vm_memory.ordering.Ordering.SEQ_CST)\n--\n\nAtomically AND `value` in; return the old value."),
+    FAST(fetch_or, "fetch_or($self, address, value, order=vm_memory.ordering.Ordering.SEQ_CST)\n--\n\nAtomically OR `value` in; return the old value."),
+    FAST(fetch_xor, "fetch_xor($self, address, value, order=vm_memory.ordering.Ordering.SEQ_CST)\n--\n\nAtomically XOR `value` in; return the old value."),
+    FAST(read_obj, "read_obj($self, address)\n--\n\nThe value at an aligned address: bounds-checked, not guaranteed atomic."),
+    FAST(write_obj, "write_obj($self, address, value)\n--\n\nStore at an aligned address: bounds-checked, not guaranteed atomic."),
+    FAST(read_obj_unaligned, "read_obj_unaligned($self, address, ctype)\n--\n\nA value of ByteValued `ctype` at any address, possibly across "
          "regions."),
-    FAST(write_obj_unaligned, "Store `value` as ByteValued `ctype` at any address, possibly "
+    FAST(write_obj_unaligned, "write_obj_unaligned($self, address, ctype, value)\n--\n\nStore `value` as ByteValued `ctype` at any address, possibly "
          "across regions."),
-    FAST(read_slice, "Fill `buffer` from guest memory, or raise `PartialBuffer` having copied "
+    FAST(read_slice, "read_slice($self, address, buffer)\n--\n\nFill `buffer` from guest memory, or raise `PartialBuffer` having copied "
          "nothing."),
-    FAST(write_slice, "Copy all of `data` into guest memory, or raise having written "
+    FAST(write_slice, "write_slice($self, address, data)\n--\n\nCopy all of `data` into guest memory, or raise having written "
          "nothing."),
     {"_install", memory_install, METH_O, "Build the region table (once)."},
     {"_install_changed", (PyCFunction)(void (*)(void))memory_install_changed, METH_FASTCALL,

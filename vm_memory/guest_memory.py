@@ -30,8 +30,6 @@ from itertools import pairwise
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Self, TypeVar, overload
 
-from vm_memory.implementation import compiled
-
 from vm_memory.address import ADDRESS_SPACE_SIZE, GuestAddress, MemoryRegionAddress, check_u64
 from vm_memory.aligned_address import AlignedGuestAddress
 from vm_memory.atomic_access import AtomicInteger, atomic_kind
@@ -57,6 +55,7 @@ from vm_memory.errors import (
     ReadOnlyRegion,
     RegionOverlap,
 )
+from vm_memory.implementation import compiled
 from vm_memory.lifetime import lifetime_lock, register
 from vm_memory.ordering import Ordering, check_ordering
 from vm_memory.region import GuestMemoryRegion, NoRegion, regions_tracking_dirty_pages
@@ -254,15 +253,15 @@ class GuestMemory(_MemoryBase):
     _last: GuestMemoryRegion
     _pages: dict[int, GuestMemoryRegion]
 
-    _HOTPLUG_SKIPS_INIT: ClassVar[bool] = True
+    _hotplug_skips_init: ClassVar[bool] = True
     """Whether hot-plug may make this class's new objects without calling `__init__`
     (checking only the region that changes); False for a subclass with its own
     `__init__` unless it says otherwise."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if "__init__" in vars(cls) and "_HOTPLUG_SKIPS_INIT" not in vars(cls):
-            cls._HOTPLUG_SKIPS_INIT = False
+        if "__init__" in vars(cls) and "_hotplug_skips_init" not in vars(cls):
+            cls._hotplug_skips_init = False
 
     def __init__(self, regions: Iterable[GuestMemoryRegion]) -> None:
         try:
@@ -306,16 +305,15 @@ class GuestMemory(_MemoryBase):
         """Set up the lookup from `old`'s, with `regions[index]` inserted or `old`'s region
         at `index` removed: work proportional to the change, plus copies of the tables."""
         self._regions = regions
+        self._starts = old._starts.copy()
+        self._pages = old._pages.copy()
         if inserted:
             region = regions[index]
-            self._starts = old._starts[:index] + [region.start_value] + old._starts[index:]
-            self._pages = old._pages.copy()
+            self._starts.insert(index, region.start_value)
             _add_pages(self._pages, region)
         else:
-            region = old._regions[index]
-            self._starts = old._starts[:index] + old._starts[index + 1:]
-            self._pages = old._pages.copy()
-            _drop_pages(self._pages, region, regions, index)
+            del self._starts[index]
+            _drop_pages(self._pages, old._regions[index], regions, index)
         self._last = _NO_REGION
 
     def _index_at(self, value: int) -> int:
@@ -621,7 +619,7 @@ class GuestMemory(_MemoryBase):
     def read_obj(self, address: AlignedGuestAddress[Any]) -> Any:
         """The value at an aligned address: bounds-checked, not guaranteed atomic."""
         try:
-            layout: TypeLayout = address._layout
+            layout: TypeLayout = address._info.layout
             value = address._guest_value
         except AttributeError:
             raise _not_aligned_address(address, "read_obj") from None
@@ -655,7 +653,7 @@ class GuestMemory(_MemoryBase):
     def write_obj(self, address: AlignedGuestAddress[Any], value: Any) -> None:
         """Store at an aligned address: bounds-checked, not guaranteed atomic."""
         try:
-            layout: TypeLayout = address._layout
+            layout: TypeLayout = address._info.layout
             raw = address._guest_value
         except AttributeError:
             raise _not_aligned_address(address, "write_obj") from None
@@ -893,7 +891,7 @@ class GuestMemory(_MemoryBase):
             region = self._regions[index]
             if region.start_value == value and region.length == length:
                 remaining = self._regions[:index] + self._regions[index + 1:]
-                if not type(self)._HOTPLUG_SKIPS_INIT:
+                if not type(self)._hotplug_skips_init:
                     return type(self)(remaining), region
                 return self._changed(remaining, index, inserted=False), region
         raise InvalidRange(value, length, "no region has exactly this range")
@@ -903,7 +901,7 @@ class GuestMemory(_MemoryBase):
         region itself and its two neighbours (the others were checked when this memory
         was made, and a live memory's regions cannot be closed)."""
         regions = self._regions
-        if not type(self)._HOTPLUG_SKIPS_INIT:
+        if not type(self)._hotplug_skips_init:
             return type(self)((*regions, region))
         self._admit(region)
         index = self._index_at(region.start_value) + 1
@@ -1126,7 +1124,7 @@ def _atomic_method(operation: AtomicOperation) -> Callable[..., Any]:
         def load(self: GuestMemory, address: AlignedGuestAddress[Any],
                  order: Ordering = _SEQ_CST) -> Any:
             try:
-                function = entries[address._type]
+                function = entries[address._info.ctype]
                 value = address._guest_value
             except (KeyError, AttributeError):
                 return self._atomic(operation, address, order, ())
@@ -1145,7 +1143,7 @@ def _atomic_method(operation: AtomicOperation) -> Callable[..., Any]:
                              expected: int, desired: int, success: Ordering = _SEQ_CST,
                              failure: Ordering = _SEQ_CST) -> Any:
             try:
-                function, value_type, minimum, maximum = entries[address._type]
+                function, value_type, minimum, maximum = entries[address._info.ctype]
                 raw = address._guest_value
             except (KeyError, AttributeError):
                 return self._atomic(operation, address, success, (expected, desired),
@@ -1172,7 +1170,7 @@ def _atomic_method(operation: AtomicOperation) -> Callable[..., Any]:
         def store_or_modify(self: GuestMemory, address: AlignedGuestAddress[Any],
                             value: int, order: Ordering = _SEQ_CST) -> Any:
             try:
-                function, minimum, maximum = entries[address._type]
+                function, minimum, maximum = entries[address._info.ctype]
                 raw = address._guest_value
             except (KeyError, AttributeError):
                 return self._atomic(operation, address, order, (value,))

@@ -13,6 +13,7 @@ variable `VM_MEMORY_PURE=1` before that to force the pure path.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +40,7 @@ def _load() -> tuple[ModuleType | None, str]:
     if forced not in ("", "0"):
         return None, f"forced by {PURE_ENVIRONMENT_VARIABLE}={forced}"
     try:
-        from vm_memory import _fastpath
+        _fastpath = importlib.import_module("vm_memory._fastpath")
     except ImportError as error:
         return None, f"the C extension vm_memory._fastpath is not built here ({error})"
     source = Path(__file__).with_name("_fastpath.c")

@@ -15,7 +15,7 @@ class GuestMemoryMmap(GuestMemory):
     """A `GuestMemory` made only of `GuestRegionMmap`s (every address has a host pointer)."""
 
     __slots__ = ()
-    _HOTPLUG_SKIPS_INIT = True  # __init__ checks no more than `_admit` does
+    _hotplug_skips_init = True  # __init__ checks no more than `_admit` does
 
     def __init__(self, regions: Iterable[GuestRegionMmap]) -> None:
         try:
