@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from support import python_environment
+
 from vm_memory import (
     AlignedGuestAddress,
     GuestAddress,
@@ -37,9 +39,6 @@ from vm_memory import (
     MmapRegion,
     Ordering,
 )
-
-ROOT: Final = Path(__file__).resolve().parent.parent
-"""The repository root: workers import `vm_memory` from here."""
 
 PAGE: Final = 4096
 REGION_STARTS: Final = (0, PAGE)
@@ -136,14 +135,11 @@ class WorkerGroup:
         self.memory = memory
         self.count = count
         specs = region_specs(memory)
-        environment = dict(os.environ)
-        environment["PYTHONPATH"] = os.pathsep.join(
-            [str(ROOT), *filter(None, [environment.get("PYTHONPATH")])])
         self.processes = [
             subprocess.Popen(
                 [sys.executable, str(Path(__file__).resolve()), json.dumps(
                     {"regions": specs, "role": role, "worker": index, "params": params})],
-                pass_fds=[fd for fd, _, _ in specs], env=environment,
+                pass_fds=[fd for fd, _, _ in specs], env=python_environment(),
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for index in range(count)
         ]
@@ -246,16 +242,16 @@ def _cpu_affinity(cpus: list[int]) -> Generator[None, None, None]:
         os.sched_setaffinity(0, saved)
 
 
-def run_torn_reads(mode: str, reads: int, *, min_flips: int = 0,
-                   max_reads: int | None = None, chunk: int = 20_000) -> TornReadResult:
+def run_torn_reads(mode: str, reads: int, *, min_flips: int = 0, min_torn: int = 0,
+                   max_seconds: float = 120.0, chunk: int = 20_000) -> TornReadResult:
     """Read the shared value while a writer process flips it; count the torn values.
 
-    Reads at least `reads` times, and goes on (up to `max_reads`) until the values seen
-    have changed at least `min_flips` times: on a loaded machine the two processes may
-    share one core, and a run that never overlapped the writer would prove nothing.
+    Reads at least `reads` times, and goes on until the values seen have changed at
+    least `min_flips` times and `min_torn` torn values were seen, or `max_seconds` have
+    passed: on a loaded machine the two processes may share one core for a while, and
+    a run that never overlapped the writer would prove nothing.
     """
     writer_mode = TORN_READ_MODES[mode][0]
-    limit = max(reads, max_reads or reads)
     memory = shared_memory()
     read = _reader(memory, mode)
     stores = u64(STORES)
@@ -270,8 +266,9 @@ def run_torn_reads(mode: str, reads: int, *, min_flips: int = 0,
         stores_before = memory.read_atomic(stores)
         started = time.perf_counter()
         done = 0
-        while done < reads or (flips < min_flips and done < limit):
-            count = min(chunk, limit - done)
+        while done < reads or ((flips < min_flips or torn < min_torn)
+                               and time.perf_counter() - started < max_seconds):
+            count = chunk
             values = [read() for _ in range(count)]
             done += count
             chunk_zeros, chunk_ones = values.count(0), values.count(ONES)

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from typing import Any, Final
 
 import pytest
+from support import stable_id
 
 from vm_memory import (
     AlignedGuestAddress,
@@ -98,7 +99,7 @@ def _bounds(ctype: type[Any]) -> tuple[int, int]:
 
 
 @pytest.mark.parametrize(("ctype", "value", "python_type"), SAMPLE_SCALARS,
-                         ids=lambda item: getattr(item, "__name__", repr(item)))
+                         ids=stable_id)
 def test_scalar_round_trip(memory: GuestMemoryMmap, ctype: type[Any], value: object,
                            python_type: type[Any]) -> None:
     """Written and read back as a plain Python value, in one region and across two."""
@@ -113,7 +114,7 @@ def test_scalar_round_trip(memory: GuestMemoryMmap, ctype: type[Any], value: obj
             assert memory.read_bytes(GuestAddress(address), size) == bytes(ctype(value))
 
 
-@pytest.mark.parametrize("ctype", INTEGER_TYPES, ids=lambda ctype: ctype.__name__)
+@pytest.mark.parametrize("ctype", INTEGER_TYPES, ids=stable_id)
 def test_integer_extremes_round_trip(memory: GuestMemoryMmap, ctype: type[Any]) -> None:
     low, high = _bounds(ctype)
     aligned = AlignedGuestAddress.new(ctype, GuestAddress(FIRST + 8 * ctypes.sizeof(ctype)))
@@ -131,7 +132,7 @@ def test_integer_extremes_round_trip(memory: GuestMemoryMmap, ctype: type[Any]) 
     (Le64, 0x0102030405060708, bytes(range(8, 0, -1))),
     (BeI16, -2, b"\xff\xfe"), (LeI16, -2, b"\xfe\xff"),
     (BeI32, -(2**31), b"\x80\x00\x00\x00"), (LeI64, -1, b"\xff" * 8),
-], ids=lambda item: getattr(item, "__name__", None))
+], ids=stable_id)
 def test_explicit_endian_byte_order(memory: GuestMemoryMmap, ctype: type[Any], value: int,
                                     stored: bytes) -> None:
     """The bytes in guest memory follow the type's byte order, whatever the host's."""
@@ -188,7 +189,7 @@ def _sample(ctype: type[Any]) -> Any:
     return ctype.from_buffer_copy(bytes((7 * index + 3) % 251 + 1 for index in range(size)))
 
 
-@pytest.mark.parametrize("ctype", AGGREGATES, ids=lambda ctype: ctype.__name__)
+@pytest.mark.parametrize("ctype", AGGREGATES, ids=stable_id)
 def test_aggregate_round_trip(memory: GuestMemoryMmap, ctype: type[Any]) -> None:
     assert is_byte_valued(ctype)
     value = _sample(ctype)
@@ -298,7 +299,7 @@ def _assert_refused(memory: GuestMemoryMmap, ctype: Any) -> NotByteValued:
     return raised.value
 
 
-@pytest.mark.parametrize("ctype", REFUSED_SCALARS, ids=lambda ctype: ctype.__name__)
+@pytest.mark.parametrize("ctype", REFUSED_SCALARS, ids=stable_id)
 def test_pointer_like_types_are_refused(memory: GuestMemoryMmap, ctype: type[Any]) -> None:
     error = _assert_refused(memory, ctype)
     assert error.type_name == ctype.__qualname__
@@ -306,7 +307,7 @@ def test_pointer_like_types_are_refused(memory: GuestMemoryMmap, ctype: type[Any
 
 
 @pytest.mark.parametrize(("ctype", "named"), REFUSED_AGGREGATES,
-                         ids=lambda item: getattr(item, "__name__", None))
+                         ids=stable_id)
 def test_aggregates_holding_pointers_are_refused(memory: GuestMemoryMmap, ctype: type[Any],
                                                  named: tuple[str, ...]) -> None:
     """The error names the type and the path of fields down to the offending one."""
@@ -316,7 +317,7 @@ def test_aggregates_holding_pointers_are_refused(memory: GuestMemoryMmap, ctype:
         assert part in message, (part, message)
 
 
-@pytest.mark.parametrize("thing", NOT_TYPES, ids=repr)
+@pytest.mark.parametrize("thing", NOT_TYPES, ids=stable_id)
 def test_non_ctypes_are_refused(memory: GuestMemoryMmap, thing: object) -> None:
     _assert_refused(memory, thing)
 
@@ -337,7 +338,7 @@ OUT_OF_RANGE: Final[list[tuple[type[Any], object]]] = [
 
 
 @pytest.mark.parametrize(("ctype", "value"), OUT_OF_RANGE,
-                         ids=lambda item: getattr(item, "__name__", repr(item)))
+                         ids=stable_id)
 def test_value_out_of_range_writes_nothing(memory: GuestMemoryMmap, ctype: type[Any],
                                           value: object) -> None:
     """In one region, across two, and aligned: the value is refused before any store."""
@@ -356,7 +357,7 @@ def test_value_out_of_range_writes_nothing(memory: GuestMemoryMmap, ctype: type[
 @pytest.mark.parametrize(("ctype", "value"), [
     (ctypes.c_uint32, "5"), (ctypes.c_uint32, 1.5), (ctypes.c_uint32, None),
     (ctypes.c_double, "1.0"), (Inner, Mixed()), (Inner, b"\x00" * 6),
-], ids=repr)
+], ids=stable_id)
 def test_value_of_the_wrong_kind_writes_nothing(memory: GuestMemoryMmap, ctype: type[Any],
                                                value: object) -> None:
     before = everything(memory)

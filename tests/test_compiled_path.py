@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import zipfile
 from pathlib import Path
 from typing import Any, Final
 
@@ -111,6 +112,67 @@ def test_a_build_older_than_its_source_is_not_used(compiled_path: object,
     assert results["path"] == "pure"
     assert "older than vm_memory/_fastpath.c" in results["reason"]
     assert results["module"].startswith(str(tmp_path))
+
+
+def build_wheel(tmp_path: Path, compiler: str | None) -> tuple[Path, str]:
+    """A wheel of this checkout built by pip (the build back-end in its own isolated
+    environment, as a user's `pip install` does), with `CC` set to `compiler` if given;
+    (the wheel, the build's output)."""
+    environment = {key: value for key, value in os.environ.items()
+                   if key not in ("PYTHONPATH", vm_memory.PURE_ENVIRONMENT_VARIABLE)}
+    if compiler is not None:
+        environment["CC"] = compiler
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--verbose", "--wheel-dir",
+         str(tmp_path), str(ROOT)],
+        capture_output=True, text=True, env=environment, timeout=900, check=False)
+    assert build.returncode == 0, build.stdout + build.stderr
+    (wheel,) = tmp_path.glob("vm_memory-*.whl")
+    return wheel, build.stdout + build.stderr
+
+
+def path_of_installed_wheel(wheel: Path, target: Path) -> dict[str, Any]:
+    """Unpack `wheel` as an installer would (a wheel is a zip of the site-packages
+    files) and report which path the library takes from there, after a few accesses."""
+    with zipfile.ZipFile(wheel) as archive:
+        archive.extractall(target)
+    return run_child('''
+        results["path"] = access_path().name
+        results["reason"] = access_path().reason
+        results["file"] = sys.modules["vm_memory"].__file__
+        memory = GuestMemoryMmap.from_ranges([(GuestAddress(0), PAGE)])
+        memory.write_atomic(u64(8), 7)
+        results["value"] = [memory.fetch_add(u64(8), 1), memory.read_obj(u64(8))]
+    ''', path=target)
+
+
+@pytest.mark.slow
+def test_an_install_without_a_compiler_works_on_the_pure_path(tmp_path: Path) -> None:
+    """With `CC` naming a compiler that always fails, the build succeeds, says why it
+    went pure, and makes a pure wheel (no extension, tagged py3-none-any) whose library
+    runs the pure path. The control: with the real compiler, the same build makes an
+    abi3 wheel carrying the extension, and the library runs compiled from it."""
+    wheel, output = build_wheel(tmp_path / "pure", "false")
+    assert wheel.name.endswith("-py3-none-any.whl"), wheel.name
+    assert "building without the compiled access path" in output, output
+    with zipfile.ZipFile(wheel) as archive:
+        assert not [name for name in archive.namelist() if name.endswith(".so")]
+    results = path_of_installed_wheel(wheel, tmp_path / "pure-site")
+    assert results["path"] == "pure", results
+    assert "not built here" in results["reason"], results
+    assert results["file"].startswith(str(tmp_path / "pure-site")), results
+    assert results["value"] == [7, 8]
+
+    if shutil.which(os.environ.get("CC") or "cc") is None:
+        assert os.environ.get("CI") != "true", "CI must have a C compiler"
+        pytest.skip("no C compiler here for the control")
+    wheel, _ = build_wheel(tmp_path / "compiled", None)
+    assert "-cp311-abi3-" in wheel.name, wheel.name
+    with zipfile.ZipFile(wheel) as archive:
+        assert "vm_memory/_fastpath.abi3.so" in archive.namelist()
+    results = path_of_installed_wheel(wheel, tmp_path / "compiled-site")
+    assert results["path"] == "compiled", results
+    assert results["value"] == [7, 8]
 
 
 # ---- What the compiled path is made of ---------------------------------------------------

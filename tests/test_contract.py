@@ -39,6 +39,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support import ByteDevice
 
 from vm_memory import (
     AlignedGuestAddress,
@@ -96,19 +97,6 @@ OFFSETS: Final = (0, 8, 0x100, 2 * PAGE - 8, 2 * PAGE - 4, 2 * PAGE - 2, 2 * PAG
 LENGTHS: Final = (0, 1, 7, 8, 16, PAGE, 2 * PAGE + 3, 4 * PAGE + 1)
 
 
-class Bytes:
-    """A device model: a bytearray."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data = bytearray(data)
-
-    def read(self, offset: int, size: int) -> bytes:
-        return bytes(self.data[offset:offset + size])
-
-    def write(self, offset: int, data: bytes) -> None:
-        self.data[offset:offset + len(data)] = data
-
-
 def initial(size: int, seed: int) -> bytes:
     return bytes((index * 131 + seed * 7 + 3) % 251 for index in range(size))
 
@@ -131,7 +119,7 @@ def _mapping_reader(mapping: MmapRegion) -> Callable[[], bytes]:
     return lambda: bytes(mapping.mapping[:])
 
 
-def _device_reader(device: Bytes) -> Callable[[], bytes]:
+def _device_reader(device: ByteDevice) -> Callable[[], bytes]:
     return lambda: bytes(device.data)
 
 
@@ -161,7 +149,7 @@ def build(kind: str) -> Generator[Built]:
                 region: GuestMemoryRegion = GuestRegionMmap(mapping, GuestAddress(start))
                 readers.append(_mapping_reader(mapping))
             elif kind == "device":
-                device = Bytes(data)
+                device = ByteDevice(data)
                 region = DeviceRegion(device, GuestAddress(start), size, read_only=read_only)
                 readers.append(_device_reader(device))
             else:

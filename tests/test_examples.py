@@ -9,25 +9,17 @@ from __future__ import annotations
 import ast
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 from typing import Final
 
 import pytest
+from support import ROOT, run_python
 
-REPO_ROOT: Final = Path(__file__).resolve().parents[1]
-EXAMPLES: Final = REPO_ROOT / "examples"
-TIMEOUT_SECONDS: Final = 120
+EXAMPLES: Final = ROOT / "examples"
 
 
 def run_example(name: str) -> str:
-    environment = dict(os.environ)
-    environment["PYTHONPATH"] = os.pathsep.join(
-        [str(REPO_ROOT), *filter(None, [environment.get("PYTHONPATH")])])
-    result = subprocess.run([sys.executable, str(EXAMPLES / name)], cwd=REPO_ROOT,
-                            env=environment, capture_output=True, text=True,
-                            timeout=TIMEOUT_SECONDS, check=False)
+    result = run_python(str(EXAMPLES / name))
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
 

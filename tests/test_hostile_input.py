@@ -14,8 +14,6 @@ import io
 import json
 import os
 import socket
-import subprocess
-import sys
 import tempfile
 import textwrap
 import threading
@@ -25,6 +23,7 @@ from typing import Any, Final
 
 import numpy as np
 import pytest
+from support import ByteDevice, run_python
 
 from vm_memory import (
     AddressOutOfRange,
@@ -55,7 +54,6 @@ from vm_memory import (
 from vm_memory.stream_io import IOV_MAX
 from vm_memory_tools.split_ring import RingError
 
-ROOT: Final = Path(__file__).resolve().parent.parent
 PAGE: Final = 4096
 
 
@@ -75,19 +73,6 @@ class Lying(int):
 
     def __int__(self) -> int:
         return 0
-
-
-class Bytes:
-    """A device model over a bytearray."""
-
-    def __init__(self, size: int) -> None:
-        self.data = bytearray(size)
-
-    def read(self, offset: int, size: int) -> bytes:
-        return bytes(self.data[offset:offset + size])
-
-    def write(self, offset: int, data: bytes) -> None:
-        self.data[offset:offset + len(data)] = data
 
 
 # ---- Forged alignment and escapes --------------------------------------------------------
@@ -319,7 +304,7 @@ def test_overlapping_copies_across_a_region_boundary() -> None:
 
 def _bool_memories() -> list[GuestMemory]:
     return [GuestMemoryMmap.from_ranges([(GuestAddress(0), PAGE)]),
-            GuestMemory([DeviceRegion(Bytes(PAGE), GuestAddress(0), PAGE)])]
+            GuestMemory([DeviceRegion(ByteDevice(bytes(PAGE)), GuestAddress(0), PAGE)])]
 
 
 @pytest.mark.parametrize("kind", ["mmap", "device"])
@@ -507,9 +492,7 @@ FORK_WHILE_LOCKED: Final = textwrap.dedent('''
 
 
 def test_a_device_region_lock_is_reset_in_a_forked_child() -> None:
-    child = subprocess.run([sys.executable, "-c", FORK_WHILE_LOCKED], capture_output=True,
-                           text=True, timeout=180, check=False,
-                           env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    child = run_python("-c", FORK_WHILE_LOCKED, timeout=180)
     assert child.returncode == 0, child.stderr
     assert child.stdout.strip() == "ok"
 

@@ -22,9 +22,7 @@ import ctypes
 import gc
 import json
 import mmap
-import os
 import random
-import subprocess
 import sys
 import threading
 import time
@@ -33,6 +31,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import pytest
+from support import run_python
 
 from vm_memory import (
     AlignedGuestAddress,
@@ -50,12 +49,17 @@ from vm_memory import (
     VolatileSlice,
 )
 
-ROOT: Final = Path(__file__).resolve().parent.parent
 PAGE: Final = mmap.PAGESIZE
 SLOT_SIZE: Final = 2 * PAGE
 SLOTS: Final = tuple(0x10_0000 * (index + 1) for index in range(4))
 BASE_START: Final = 0
 STRESS_SECONDS: Final = 3.0
+STRESS_MAX_SECONDS: Final = 120.0
+"""How long a stress run may go on past `STRESS_SECONDS` for its minimums (a loaded
+machine gives its threads little time)."""
+STRESS_MINIMUMS: Final = {"reads": 1001, "misses": 101, "removals": 51, "inserts": 51,
+                          "old_snapshot_reads": 21, "close_refused": 1}
+"""What a stress run must have done to prove anything."""
 READERS: Final = 2
 
 
@@ -214,14 +218,26 @@ class StressRun:
         if self.counts["close_refused"] != refused:
             self.violation(f"close still refused after every reader left: {pending}")
 
+    def enough(self) -> bool:
+        """Has the run seen all it must? The normal run: every count at its minimum; the
+        late holder's: the violation it exists to show."""
+        if isinstance(self.holder, LateHolder):
+            return any("still readable in the next snapshot" in text
+                       for text in self.violations)
+        return all(self.counts[name] >= minimum for name, minimum in STRESS_MINIMUMS.items())
+
     def run(self, seconds: float) -> dict[str, Any]:
+        """Run for ``seconds``, and on until `enough` (at most `STRESS_MAX_SECONDS`)."""
         # Switch threads often: more interleavings of readers and the writer, and the
         # writer is not starved of the GIL by the busy readers.
         sys.setswitchinterval(1e-4)
         writing = threading.Thread(target=self.writer)
+        started = time.monotonic()
         for thread in [*self.readers, writing]:
             thread.start()
         time.sleep(seconds)
+        while not self.enough() and time.monotonic() - started < STRESS_MAX_SECONDS:
+            time.sleep(0.1)
         self.stop.set()
         writing.join()
         counts = dict(self.counts)
@@ -231,12 +247,7 @@ class StressRun:
 
 
 def run_stress(seconds: float, *, late: bool) -> dict[str, Any]:
-    environment = dict(os.environ)
-    environment["PYTHONPATH"] = os.pathsep.join(
-        [str(ROOT), *filter(None, [environment.get("PYTHONPATH")])])
-    result = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), str(seconds), str(int(late))],
-        env=environment, capture_output=True, text=True, timeout=120, check=False)
+    result = run_python(str(Path(__file__).resolve()), str(seconds), str(int(late)))
     assert result.returncode == 0, f"the stress process died: {result.stderr[-3000:]}"
     report: dict[str, Any] = json.loads(result.stdout)
     return report
@@ -248,17 +259,16 @@ def test_hot_plug_stress_in_a_subprocess() -> None:
     report = run_stress(STRESS_SECONDS, late=False)
     counts = report["counts"]
     assert report["violations"] == []
-    assert counts["reads"] > 1000 and counts["misses"] > 100
-    assert counts["removals"] > 50 and counts["inserts"] > 50
+    short = {name: counts[name] for name, minimum in STRESS_MINIMUMS.items()
+             if counts[name] < minimum}
+    assert not short, f"the run did too little to prove anything: {short} ({counts})"
     assert counts["removed_gone_after"] == counts["removals"]
-    assert counts["old_snapshot_reads"] > 20
-    assert counts["close_refused"] > 0, "no close ever raced a snapshot still in use"
     assert counts["close_done"] == report["removed"] == counts["closed_mappings"]
 
 
 def test_hot_plug_checks_catch_a_late_publishing_holder() -> None:
     """The same harness, on a holder that publishes removals late, reports violations."""
-    report = run_stress(1.0, late=True)
+    report = run_stress(0.0, late=True)
     assert any("still readable in the next snapshot" in text
                for text in report["violations"]), report
 

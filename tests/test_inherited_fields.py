@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import ctypes
 import json
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 from typing import Any, Final
 
 import pytest
+from support import run_python
 
 from vm_memory import (
     AlignedGuestAddress,
@@ -26,8 +23,6 @@ from vm_memory import (
     NotByteValued,
     is_byte_valued,
 )
-
-ROOT: Final = Path(__file__).resolve().parent.parent
 
 
 class Plain(ctypes.Structure):
@@ -102,9 +97,7 @@ DISCLOSE: Final = textwrap.dedent('''
 def test_a_guest_value_never_becomes_a_host_pointer() -> None:
     """Without the check, the copied structure reads host memory the guest pointed at
     (the control); the library refuses the type instead."""
-    child = subprocess.run([sys.executable, "-c", DISCLOSE], capture_output=True, text=True,
-                           env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=120,
-                           check=False)
+    child = run_python("-c", DISCLOSE, timeout=120)
     assert child.returncode == 0, child.stderr
     result = json.loads(child.stdout)
     assert result["without_check"] == "host secret"

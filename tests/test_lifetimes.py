@@ -11,16 +11,12 @@ happen (so a child that silently did nothing would fail the test).
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 from typing import Any, Final
 
 import pytest
+from support import run_python
 
-ROOT: Final = Path(__file__).resolve().parent.parent
 CHILD_TIMEOUT: Final = 300
 
 PRELUDE: Final = textwrap.dedent('''
@@ -44,9 +40,7 @@ def run_child(body: str) -> dict[str, Any]:
     """Run `body` after the prelude in a fresh interpreter; it must exit normally (not
     by a signal) and print its `results` as JSON."""
     code = PRELUDE + textwrap.dedent(body) + "\nprint(json.dumps(results))\n"
-    environment = dict(os.environ, PYTHONPATH=str(ROOT))
-    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                           env=environment, timeout=CHILD_TIMEOUT, check=False)
+    child = run_python("-c", code, timeout=CHILD_TIMEOUT)
     assert child.returncode == 0, (
         f"the child died (status {child.returncode}; -11 is SIGSEGV):\n{child.stderr}")
     results: dict[str, Any] = json.loads(child.stdout.splitlines()[-1])
@@ -262,9 +256,7 @@ def test_the_children_can_fail() -> None:
         libc.munmap(address, PAGE)
         load(address, 5)
     ''')
-    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                           env=dict(os.environ, PYTHONPATH=str(ROOT)),
-                           timeout=CHILD_TIMEOUT, check=False)
+    child = run_python("-c", code, timeout=CHILD_TIMEOUT)
     assert child.returncode == -11, child
 
 
@@ -376,9 +368,7 @@ STRESS_BODY: Final = '''
 
 def _stress(seconds: float) -> dict[str, Any]:
     code = PRELUDE + textwrap.dedent(STRESS_BODY) + "\nprint(json.dumps(results))\n"
-    child = subprocess.run([sys.executable, "-c", code, str(seconds)], capture_output=True,
-                           text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)),
-                           timeout=seconds + CHILD_TIMEOUT, check=False)
+    child = run_python("-c", code, str(seconds), timeout=seconds + CHILD_TIMEOUT)
     assert child.returncode == 0, f"the stress child died ({child.returncode}):\n{child.stderr}"
     results: dict[str, Any] = json.loads(child.stdout.splitlines()[-1])
     return results

@@ -8,7 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-LIBRARY = Path(__file__).resolve().parent.parent / "vm_memory"
+from support import ROOT
+
+LIBRARY = ROOT / "vm_memory"
 TOOL_PACKAGES = ("vm_memory_tools", "vm_memory_virtio", "vm_memory_vhost", "vm_memory_mypy")
 
 

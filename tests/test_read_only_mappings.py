@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import ctypes
 import mmap
-import os
-import subprocess
-import sys
 import tempfile
 import textwrap
-from pathlib import Path
 from typing import Any, Final
 
 import pytest
+from support import run_python
 
 from vm_memory import (
     AlignedGuestAddress,
@@ -33,7 +30,6 @@ from vm_memory import (
     ReadOnlyRegion,
 )
 
-ROOT: Final = Path(__file__).resolve().parent.parent
 PAGE: Final = mmap.PAGESIZE
 
 
@@ -77,9 +73,7 @@ WRITABLE_FLAG_ON_READ_ONLY_MAP: Final = textwrap.dedent('''
 
 @pytest.mark.parametrize("who", ["library", "control"])
 def test_a_store_never_reaches_a_read_only_page(who: str) -> None:
-    child = subprocess.run([sys.executable, "-c", WRITABLE_FLAG_ON_READ_ONLY_MAP, who],
-                           capture_output=True, text=True, timeout=120, check=False,
-                           env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    child = run_python("-c", WRITABLE_FLAG_ON_READ_ONLY_MAP, who, timeout=120)
     if who == "library":
         assert (child.returncode, child.stdout.strip()) == (0, "refused"), child.stderr
     else:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Final
 
 import pytest
+from support import python_environment, unavailable
 
 from vm_memory import (
     GuestAddress,
@@ -35,9 +36,7 @@ from vm_memory import (
 )
 from vm_memory.mmap_region import F_SEAL_GROW, F_SEAL_SEAL, F_SEAL_SHRINK, file_seals
 
-ROOT: Final = Path(__file__).resolve().parent.parent
 PAGE: Final = 4096
-ON_CI: Final = os.environ.get("CI") == "true"
 
 
 def open_fds() -> int:
@@ -126,7 +125,7 @@ def test_a_peer_that_shrinks_what_it_sent(sealed: bool) -> None:
     child = subprocess.Popen([sys.executable, "-c", SHRINKING_PEER, str(theirs.fileno()),
                               "trust" if not sealed else "no"],
                              pass_fds=[theirs.fileno()], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+                             stderr=subprocess.PIPE, env=python_environment())
     theirs.close()
     with ours:
         send_raw(ours, fd, 16 * PAGE)
@@ -186,9 +185,7 @@ def test_a_full_tmpfs_is_an_error_not_sigbus(sparse: bool) -> None:
     control), the writes past the first MiB kill the child with SIGBUS."""
     runner = _tmpfs_runner()
     if runner is None:
-        if ON_CI:
-            pytest.fail("CI must be able to mount a tmpfs in a private mount namespace")
-        pytest.skip("needs root and unshare to mount a size-limited tmpfs")
+        unavailable("needs root and unshare to mount a size-limited tmpfs")
     with tempfile.TemporaryDirectory() as directory:
         script = Path(directory) / "full.py"
         script.write_text(FULL_TMPFS)
@@ -197,7 +194,7 @@ def test_a_full_tmpfs_is_an_error_not_sigbus(sparse: bool) -> None:
         command = (f"mount -t tmpfs -o size=1m none {mount_point} && exec {sys.executable} "
                    f"{script} {mount_point} {'sparse' if sparse else 'allocate'}")
         child = subprocess.run([*runner, "sh", "-c", command], capture_output=True, text=True,
-                               env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=120,
+                               env=python_environment(), timeout=120,
                                check=False)
     if sparse:
         assert child.returncode == -signal.SIGBUS or child.returncode == 128 + signal.SIGBUS, \

@@ -18,6 +18,7 @@ from contextlib import contextmanager, suppress
 from typing import Final
 
 import pytest
+from support import ByteDevice
 
 from vm_memory import (
     DeviceRegion,
@@ -33,6 +34,7 @@ from vm_memory import (
     PartialBuffer,
     ReadOnlyRegion,
 )
+from vm_memory.stream_io import IOV_MAX
 
 PAGE: Final = mmap.PAGESIZE
 A: Final = 0x10_0000
@@ -268,21 +270,10 @@ def test_exact_io_into_a_hole_reports_the_completed_count(memory: GuestMemoryMma
 # ---- Regions without host memory: bounce buffers ---------------------------------------
 
 
-class Device:
-    def __init__(self, size: int) -> None:
-        self.data = bytearray(b"\xdd" * size)
-
-    def read(self, offset: int, size: int) -> bytes:
-        return bytes(self.data[offset:offset + size])
-
-    def write(self, offset: int, data: bytes) -> None:
-        self.data[offset:offset + len(data)] = data
-
-
 @contextmanager
-def mixed_memory() -> Generator[tuple[GuestMemory, Device, int]]:
+def mixed_memory() -> Generator[tuple[GuestMemory, ByteDevice, int]]:
     """mmap [0, P) | device [P, 2P) | file region [2P, 3P) | mmap [3P, 4P)."""
-    device = Device(PAGE)
+    device = ByteDevice(b"\xdd" * PAGE)
     with tempfile.TemporaryFile() as backing:
         backing.write(b"\xff" * (2 * PAGE))
         backing.flush()
@@ -327,3 +318,56 @@ def test_partial_read_into_bounce_buffer_flushes_only_what_arrived() -> None:
                                     file_offset=0) == 16
         assert device.data[-8:] == b"q" * 8
         assert os.pread(fd, 8, PAGE) == b"q" * 8
+
+
+# ---- Vectored: several guest ranges, one call -------------------------------------------
+
+
+def test_vectored_read_and_write_across_ranges_and_regions(memory: GuestMemoryMmap) -> None:
+    """A scatter list of three ranges (one crossing from A into B) in one call each way,
+    at a file offset; the bytes land in order and come back out in order."""
+    ranges = [(GuestAddress(C + 100), 50), (GuestAddress(B - 10), 30),
+              (GuestAddress(A), 7)]
+    data = noise(87, 5)
+    with tempfile.TemporaryFile() as handle:
+        handle.write(b"z" * 10 + data)
+        handle.flush()
+        assert memory.read_vectored_from(ranges, handle.fileno(), file_offset=10) == 87
+        assert memory.read_bytes(GuestAddress(C + 100), 50) == data[:50]
+        assert memory.read_bytes(GuestAddress(B - 10), 30) == data[50:80]
+        assert memory.read_bytes(GuestAddress(A), 7) == data[80:]
+        handle.truncate(0)
+        assert memory.write_vectored_to(ranges, handle.fileno(), file_offset=0) == 87
+        handle.seek(0)
+        assert handle.read() == data
+
+
+def test_vectored_refusals_come_before_any_byte_moves(memory: GuestMemoryMmap) -> None:
+    """A range into a hole, a read-only range or a bad item: the typed error, the stream
+    untouched and guest memory unchanged."""
+    before = memory.read_bytes(GuestAddress(A), 3 * PAGE)
+    with pipe() as (read_end, write_end):
+        os.write(write_end, b"x" * 100)
+        for ranges, error in (
+                ([(GuestAddress(A), 10), (GuestAddress(HOLE - 5), 10)], PartialBuffer),
+                ([(GuestAddress(A), 10), (GuestAddress(READ_ONLY), 10)], ReadOnlyRegion),
+                ([(GuestAddress(A), 10), (A, 10)], InvalidArgumentType),
+                ([(GuestAddress(A), 10), "junk"], InvalidArgumentType)):
+            with pytest.raises(error):
+                memory.read_vectored_from(ranges, read_end)  # type: ignore[arg-type]
+        assert os.read(read_end, 200) == b"x" * 100, "nothing consumed"
+    assert memory.read_bytes(GuestAddress(A), 3 * PAGE) == before
+    with pipe() as (_, write_end), pytest.raises(PartialBuffer):
+        memory.write_vectored_to([(GuestAddress(HOLE - 5), 10)], write_end)
+
+
+def test_vectored_io_takes_more_ranges_than_one_system_call(
+        memory: GuestMemoryMmap) -> None:
+    """Twice IOV_MAX one-byte ranges: batched, every byte in its place."""
+    ranges = [(GuestAddress(A + 2 * index), 1) for index in range(min(2 * IOV_MAX, PAGE))]
+    data = noise(len(ranges), 8)
+    with tempfile.TemporaryFile() as handle:
+        handle.write(data)
+        handle.flush()
+        assert memory.read_vectored_from(ranges, handle.fileno(), file_offset=0) == len(data)
+    assert memory.read_bytes(GuestAddress(A), 2 * len(ranges))[::2] == data

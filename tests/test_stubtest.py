@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
+
+from support import ROOT
 
 from vm_memory import access_path
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_stubtest_is_clean() -> None:

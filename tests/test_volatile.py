@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from typing import Final
 
 import pytest
+from support import ByteDevice
 
 from vm_memory import (
     AlignedGuestAddress,
@@ -266,16 +267,9 @@ def test_volatile_array_ref(memory: GuestMemoryMmap) -> None:
 
 def test_views_on_a_device_region() -> None:
     """Views work on memory with no host pointer; zero-copy export says why it cannot."""
-    backing = bytearray(PAGE)
-
-    class Device:
-        def read(self, offset: int, size: int) -> bytes:
-            return bytes(backing[offset:offset + size])
-
-        def write(self, offset: int, data: bytes) -> None:
-            backing[offset:offset + len(data)] = data
-
-    memory = GuestMemory([DeviceRegion(Device(), GuestAddress(0xA000 - PAGE), PAGE),
+    device = ByteDevice(bytes(PAGE))
+    backing = device.data
+    memory = GuestMemory([DeviceRegion(device, GuestAddress(0xA000 - PAGE), PAGE),
                           GuestRegionMmap(MmapRegion.anonymous(PAGE), GuestAddress(0xA000))])
     view = memory.get_slice(GuestAddress(0xA000 - PAGE + 0x10), 32)
     view.write(0, b"device")

@@ -70,7 +70,7 @@ _FIXED_TYPES: dict[tuple[int, bool], type[Any]] = {
 
 
 @dataclass(frozen=True, slots=True)
-class AtomicKind:
+class AtomicTypeInfo:
     """What an atomic operation needs to know about its type."""
 
     ctype: type[Any]
@@ -109,13 +109,13 @@ class AtomicKind:
         return (number - self.minimum) % span + self.minimum
 
 
-_KINDS: dict[type[Any], AtomicKind] = {}
+_TYPE_INFOS: dict[type[Any], AtomicTypeInfo] = {}
 
 
-def atomic_kind(ctype: object) -> AtomicKind:
-    """The AtomicKind of `ctype`, or raise `NotAtomicAccess` saying why it is not one."""
+def atomic_type_info(ctype: object) -> AtomicTypeInfo:
+    """The AtomicTypeInfo of `ctype`, or raise `NotAtomicAccess` saying why it is not one."""
     try:
-        return _KINDS[ctype]  # type: ignore[index]
+        return _TYPE_INFOS[ctype]  # type: ignore[index]
     except (KeyError, TypeError):
         pass
     try:
@@ -132,16 +132,16 @@ def atomic_kind(ctype: object) -> AtomicKind:
         raise NotAtomicAccess(name, f"{layout.size}-byte accesses are never atomic here")
     signed = layout.minimum < 0
     value_type = _FIXED_TYPES[(layout.size, signed)]
-    kind = AtomicKind(layout.ctype, name, layout.size, layout.is_bool, signed,
+    info = AtomicTypeInfo(layout.ctype, name, layout.size, layout.is_bool, signed,
                       layout.minimum, layout.maximum, value_type)
-    _KINDS[layout.ctype] = kind
-    return kind
+    _TYPE_INFOS[layout.ctype] = info
+    return info
 
 
 def is_atomic_access(ctype: object) -> bool:
     """Whether `ctype` is an AtomicAccess type (width support aside)."""
     try:
-        atomic_kind(ctype)
+        atomic_type_info(ctype)
     except NotAtomicAccess:
         return False
     return True

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from vm_memory.atomic_access import AtomicKind
+from vm_memory.atomic_access import AtomicTypeInfo
 from vm_memory.atomic_operations import OPERATIONS, AtomicOperation, Shape
 from vm_memory.errors import AtomicLibraryMissing, AtomicWidthUnsupported
 from vm_memory.ordering import Ordering
@@ -62,17 +62,17 @@ def is_lock_free(size: int) -> bool:
     return _lock_free[size]
 
 
-def host_atomics(kind: AtomicKind) -> HostAtomics:
-    """The typed libatomic functions for `kind`; raises if the width is not lock-free."""
+def host_atomics(info: AtomicTypeInfo) -> HostAtomics:
+    """The typed libatomic functions for `info`; raises if the width is not lock-free."""
     try:
-        return _by_value_type[kind.value_type]
+        return _by_value_type[info.value_type]
     except KeyError:
         pass
     library = _load_library()
-    if not is_lock_free(kind.size):
-        raise AtomicWidthUnsupported(kind.name, kind.size)
-    value = kind.value_type
-    size = kind.size
+    if not is_lock_free(info.size):
+        raise AtomicWidthUnsupported(info.name, info.size)
+    value = info.value_type
+    size = info.size
     pointer, order = ctypes.c_void_p, ctypes.c_int
 
     signatures: dict[Shape, tuple[Any, ...]] = {
@@ -93,9 +93,9 @@ def host_atomics(kind: AtomicKind) -> HostAtomics:
     return atomics
 
 
-def run_host(operation: AtomicOperation, kind: AtomicKind, atomics: HostAtomics, host: int,
+def run_host(operation: AtomicOperation, info: AtomicTypeInfo, atomics: HostAtomics, host: int,
              operands: tuple[int, ...], order: int, failure: int) -> Any:
-    """Run a checked `operation` on the `kind` value at host address `host` with libatomic.
+    """Run a checked `operation` with libatomic on the value `info` describes at `host`.
 
     Integers: one libatomic call. Bools (raw bytes): a load reads any non-zero byte as
     True, a store writes 0 or 1, and a read-modify-write is a compare-exchange loop on
@@ -104,15 +104,15 @@ def run_host(operation: AtomicOperation, kind: AtomicKind, atomics: HostAtomics,
     """
     functions = atomics.functions
     shape = operation.shape
-    if shape == "compare-exchange" and not kind.is_bool:
+    if shape == "compare-exchange" and not info.is_bool:
         expected = atomics.value_type(operands[0])
         stored = functions["compare_exchange"](host, ctypes.byref(expected), operands[1],
                                                order, failure)
         return bool(stored), expected.value
     function = functions[operation.host_function]
     if shape == "load":
-        return kind.decode(function(host, order))
-    if shape == "store" or not kind.is_bool:
+        return info.decode(function(host, order))
+    if shape == "store" or not info.is_bool:
         return function(host, operands[0], order)
     compare_exchange = functions["compare_exchange"]
     raw = functions["load"](host, failure if operation.failure_orderings else _RELAXED)

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from typing import Final
 
 from vm_memory.address import check_power_of_two, check_u64
-from vm_memory.atomic_access import atomic_kind
+from vm_memory.atomic_access import atomic_type_info
 from vm_memory.atomic_backend import host_atomics, is_lock_free
 from vm_memory.errors import AtomicWidthUnsupported, InvalidRange, MappingError
 from vm_memory.ordering import Ordering
@@ -36,7 +36,7 @@ def _exchange_word() -> tuple[Callable[[int, int, int], int], int]:
     for ctype in (ctypes.c_uint64, ctypes.c_uint32, ctypes.c_uint16, ctypes.c_uint8):
         width = ctypes.sizeof(ctype)
         if is_lock_free(width):
-            return host_atomics(atomic_kind(ctype)).functions["exchange"], width
+            return host_atomics(atomic_type_info(ctype)).functions["exchange"], width
     raise AtomicWidthUnsupported("c_uint8", 1)
 
 

@@ -17,7 +17,7 @@ import weakref
 from typing import Any, Protocol
 
 from vm_memory.address import GuestAddress
-from vm_memory.atomic_access import AtomicKind
+from vm_memory.atomic_access import AtomicTypeInfo
 from vm_memory.atomic_operations import AtomicOperation
 from vm_memory.errors import DeviceError, ReadOnlyRegion
 from vm_memory.region import GuestMemoryRegion
@@ -80,18 +80,18 @@ class DeviceRegion(GuestMemoryRegion):
         with self._lock:
             self.device.write(offset, bytes(source))
 
-    def atomic(self, operation: AtomicOperation, offset: int, kind: AtomicKind,
+    def atomic(self, operation: AtomicOperation, offset: int, info: AtomicTypeInfo,
                operands: tuple[int, ...], order: int, failure: int) -> Any:
         """Read, compute (the operation table's `apply`) and write back under the lock
         every access takes: indivisible against every other access to the device."""
-        value_type = kind.value_type
+        value_type = info.value_type
         with self._lock:
-            data = self.device.read(offset, kind.size)
-            if len(data) != kind.size:
-                raise DeviceError(self.start_value + offset, kind.size,
+            data = self.device.read(offset, info.size)
+            if len(data) != info.size:
+                raise DeviceError(self.start_value + offset, info.size,
                                   f"the device returned {len(data)} bytes")
-            old = kind.decode(value_type.from_buffer_copy(data).value)
+            old = info.decode(value_type.from_buffer_copy(data).value)
             new, result = operation.apply(old, operands)
             if new is not None:
-                self.device.write(offset, bytes(value_type(kind.wrap(new))))
+                self.device.write(offset, bytes(value_type(info.wrap(new))))
             return result

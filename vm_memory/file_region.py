@@ -12,7 +12,7 @@ import os
 from typing import Any
 
 from vm_memory.address import GuestAddress, check_u64
-from vm_memory.atomic_access import AtomicKind
+from vm_memory.atomic_access import AtomicTypeInfo
 from vm_memory.atomic_operations import AtomicOperation
 from vm_memory.errors import (
     AtomicAccessUnsupported,
@@ -77,7 +77,7 @@ class FileRegion(GuestMemoryRegion):
                                     "the file accepted no bytes")
             done += count
 
-    def atomic(self, operation: AtomicOperation, offset: int, kind: AtomicKind,
+    def atomic(self, operation: AtomicOperation, offset: int, info: AtomicTypeInfo,
                operands: tuple[int, ...], order: int, failure: int) -> Any:
         raise AtomicAccessUnsupported(
             self.start_value + offset, self.kind,

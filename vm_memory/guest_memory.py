@@ -1,7 +1,7 @@
 """GuestMemory: the whole access interface, written once over the region primitives.
 
 A `GuestMemory` is an immutable, sorted collection of non-overlapping regions of any
-kind. A lookup tries, fastest first: the region the last access hit, a page table of the
+info. A lookup tries, fastest first: the region the last access hit, a page table of the
 small regions, then a binary search. Every method takes the address first. The access
 table (see the README):
 
@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final, Self, TypeVar, overload
 
 from vm_memory.address import ADDRESS_SPACE_SIZE, GuestAddress, MemoryRegionAddress, check_u64
 from vm_memory.aligned_address import AlignedGuestAddress
-from vm_memory.atomic_access import AtomicInteger, atomic_kind
+from vm_memory.atomic_access import AtomicInteger, atomic_type_info
 from vm_memory.atomic_backend import host_atomics, run_host
 from vm_memory.atomic_operations import (
     COMPARE_EXCHANGE,
@@ -59,7 +59,7 @@ from vm_memory.implementation import compiled
 from vm_memory.lifetime import lifetime_lock, register
 from vm_memory.ordering import Ordering, check_ordering
 from vm_memory.region import GuestMemoryRegion, NoRegion, regions_tracking_dirty_pages
-from vm_memory.stream_io import StreamSource, gather_write, scatter_read
+from vm_memory.stream_io import StreamSink, StreamSource, gather_write, scatter_read
 from vm_memory.volatile import VolatileSlice
 
 if TYPE_CHECKING:
@@ -82,7 +82,7 @@ _OWNED_BUFFERS: Final = (bytes, bytearray)
 _START_VALUE: Final = attrgetter("start_value")
 
 # What each atomic operation's fast path needs, by ctype, filled when the general path
-# first runs the operation's kind on host memory (so the width is known lock-free).
+# first runs the operation on a type on host memory (so its width is known lock-free).
 _FAST_ATOMICS: dict[str, dict[type[Any], Any]] = {name: {} for name in OPERATIONS}
 
 
@@ -709,29 +709,31 @@ class GuestMemory(_MemoryBase):
         c_failure = c_order
         if operation.failure_orderings:
             c_failure = check_ordering(f"{operation.name} failure", failure,
-                                       operation.failure_orderings, "a load")
-        kind = atomic_kind(ctype)
-        if kind.is_bool and not operation.defined_for_bool:
-            raise NotAtomicAccess(kind.name, f"{operation.name} is not defined for bool")
-        values = tuple(kind.check_value(operand) for operand in operands)
-        region, offset = self._locate(value, kind.size)
+                                       operation.failure_orderings,
+                                       "the side of a compare-exchange that finds another "
+                                       "value and stores nothing")
+        info = atomic_type_info(ctype)
+        if info.is_bool and not operation.defined_for_bool:
+            raise NotAtomicAccess(info.name, f"{operation.name} is not defined for bool")
+        values = tuple(info.check_value(operand) for operand in operands)
+        region, offset = self._locate(value, info.size)
         if operation.stores and region.read_only:
-            raise ReadOnlyRegion(value, kind.size)
+            raise ReadOnlyRegion(value, info.size)
         base = region.host_address
         if base is None:
-            result = region.atomic(operation, offset, kind, values, c_order, c_failure)
+            result = region.atomic(operation, offset, info, values, c_order, c_failure)
         else:
-            atomics = host_atomics(kind)
+            atomics = host_atomics(info)
             host = base + offset
             if host & atomics.mask:
-                raise MisalignedAddress(host, kind.size, kind.name, "host")
-            result = run_host(operation, kind, atomics, host, values, c_order, c_failure)
-            if not kind.is_bool and ctype not in _FAST_ATOMICS[operation.name]:
-                _prime_fast_atomics(ctype, kind.minimum, kind.maximum, atomics.value_type,
+                raise MisalignedAddress(host, info.size, info.name, "host")
+            result = run_host(operation, info, atomics, host, values, c_order, c_failure)
+            if not info.is_bool and ctype not in _FAST_ATOMICS[operation.name]:
+                _prime_fast_atomics(ctype, info.minimum, info.maximum, atomics.value_type,
                                     atomics.functions)
         if operation.stores and region.dirty is not None and \
                 (operation is not COMPARE_EXCHANGE or result[0]):
-            region.dirty.mark(offset, kind.size)
+            region.dirty.mark(offset, info.size)
         return result
 
     if TYPE_CHECKING:
@@ -977,16 +979,9 @@ class GuestMemory(_MemoryBase):
         the next call); an error before any raises.
         """
         spans = self._io_spans(address, count, "read_from", into_guest=True)
-        if file_offset is not None:
-            file_offset = check_u64(file_offset, "file_offset")
-        views, bounce = _span_views(spans)
-        done = scatter_read(source, views, file_offset)
-        if bounce:
-            _flush_bounce(spans, views, done)
-        _mark(_prefix(spans, done))
-        return done
+        return _scatter_into(spans, source, _file_offset(file_offset))
 
-    def write_to(self, address: GuestAddress, destination: StreamSource, count: int, *,
+    def write_to(self, address: GuestAddress, destination: StreamSink, count: int, *,
                  file_offset: int | None = None) -> int:
         """Write up to `count` bytes of guest memory to `destination`, gathered.
 
@@ -995,14 +990,39 @@ class GuestMemory(_MemoryBase):
         bytes left returns their count; an error before any raises).
         """
         spans = self._io_spans(address, count, "write_to", into_guest=False)
-        if file_offset is not None:
-            file_offset = check_u64(file_offset, "file_offset")
-        views, bounce = _span_views(spans)
-        if bounce:
-            for (region, offset, _), view in zip(spans, views, strict=True):
-                if region.buffer is None:
-                    region.read_into(offset, view)
-        return gather_write(destination, views, file_offset)
+        return _gather_from(spans, destination, _file_offset(file_offset))
+
+    def _ranges_spans(self, ranges: Iterable[tuple[GuestAddress, int]], method: str, *,
+                      into_guest: bool) -> list[Span]:
+        """The spans of several guest ranges in order; each must be wholly backed (and
+        writable `into_guest`), checked before any byte moves."""
+        spans: list[Span] = []
+        for item in ranges:
+            if not isinstance(item, tuple) or len(item) != 2:  # pyright: ignore[reportUnknownArgumentType]
+                raise InvalidArgumentType(f"a range of {method}", "(GuestAddress, length)",
+                                          item)
+            address, length = item
+            length = check_u64(length, "length")
+            value = self._checked_start(address, length, method)
+            spans.extend(self._whole_spans(value, length, writing=into_guest))
+        return spans
+
+    def read_vectored_from(self, ranges: Iterable[tuple[GuestAddress, int]],
+                           source: StreamSource, *, file_offset: int | None = None) -> int:
+        """Read from `source` into several guest ranges in order (a device request's
+        scatter list) with one system call per `IOV_MAX` buffers; counts and errors as
+        `read_from`. Every range must be wholly backed and writable (else the typed
+        error, before any byte moves)."""
+        spans = self._ranges_spans(ranges, "read_vectored_from", into_guest=True)
+        return _scatter_into(spans, source, _file_offset(file_offset))
+
+    def write_vectored_to(self, ranges: Iterable[tuple[GuestAddress, int]],
+                          destination: StreamSink, *, file_offset: int | None = None) -> int:
+        """Write several guest ranges in order to `destination` (a gather list) with one
+        system call per `IOV_MAX` buffers; counts and errors as `write_to`. Every range
+        must be wholly backed (else `PartialBuffer`, before any byte moves)."""
+        spans = self._ranges_spans(ranges, "write_vectored_to", into_guest=False)
+        return _gather_from(spans, destination, _file_offset(file_offset))
 
     def read_exact_from(self, address: GuestAddress, source: StreamSource, count: int) -> None:
         """Read exactly `count` bytes into guest memory, or raise `PartialBuffer`.
@@ -1014,7 +1034,7 @@ class GuestMemory(_MemoryBase):
         self._exact_io(address, count, "read_exact_from",
                        lambda at, remaining: self.read_from(at, source, remaining))
 
-    def write_all_to(self, address: GuestAddress, destination: StreamSource,
+    def write_all_to(self, address: GuestAddress, destination: StreamSink,
                      count: int) -> None:
         """Write exactly `count` bytes of guest memory, or raise `PartialBuffer`."""
         self._exact_io(address, count, "write_all_to",
@@ -1070,6 +1090,31 @@ def _unpack(layout: TypeLayout, buffer: Any, offset: int, address: int) -> Any:
         return layout.unpack_from(buffer, offset)
     except InvalidGuestValue as error:
         raise InvalidGuestValue(address, error.type_name, error.reason) from None
+
+
+def _file_offset(file_offset: object) -> int | None:
+    return None if file_offset is None else check_u64(file_offset, "file_offset")
+
+
+def _scatter_into(spans: list[Span], source: StreamSource, file_offset: int | None) -> int:
+    """Read from `source` into `spans` (bounce buffers for regions without memory of
+    their own), mark what arrived dirty; the count that arrived."""
+    views, bounce = _span_views(spans)
+    done = scatter_read(source, views, file_offset)
+    if bounce:
+        _flush_bounce(spans, views, done)
+    _mark(_prefix(spans, done))
+    return done
+
+
+def _gather_from(spans: list[Span], destination: StreamSink, file_offset: int | None) -> int:
+    """Write `spans` to `destination`; the count written."""
+    views, bounce = _span_views(spans)
+    if bounce:
+        for (region, offset, _), view in zip(spans, views, strict=True):
+            if region.buffer is None:
+                region.read_into(offset, view)
+    return gather_write(destination, views, file_offset)
 
 
 def _span_views(spans: list[Span]) -> tuple[list[memoryview], bool]:

@@ -25,7 +25,8 @@ STORE_ORDERINGS: Final = frozenset({Ordering.RELAXED, Ordering.RELEASE, Ordering
 READ_MODIFY_WRITE_ORDERINGS: Final = frozenset(Ordering)
 """Orderings a read-modify-write (swap, fetch_*, compare-exchange success) may use."""
 FAILURE_ORDERINGS: Final = LOAD_ORDERINGS
-"""Orderings the failure side of a compare-exchange may use: a failure is a load."""
+"""Orderings the failure side of a compare-exchange may use: it stores nothing, so it
+cannot release."""
 
 
 def check_ordering(operation: str, ordering: object, allowed: frozenset[Ordering],

@@ -32,7 +32,7 @@ import weakref
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from vm_memory.address import GuestAddress, MemoryRegionAddress
-from vm_memory.atomic_access import AtomicKind
+from vm_memory.atomic_access import AtomicTypeInfo
 from vm_memory.atomic_operations import AtomicOperation
 from vm_memory.bitmap import DEFAULT_PAGE_SIZE, DirtyBitmap
 from vm_memory.errors import (
@@ -269,9 +269,9 @@ class GuestMemoryRegion(_RegionBase):
     # The atomic primitive, used only when `host_address` is None. The operation's
     # orderings and operands are already validated; the result is what the caller gets.
 
-    def atomic(self, operation: AtomicOperation, offset: int, kind: AtomicKind,
+    def atomic(self, operation: AtomicOperation, offset: int, info: AtomicTypeInfo,
                operands: tuple[int, ...], order: int, failure: int) -> Any:
-        """Run `operation` indivisibly on the `kind` value at `offset`, or refuse."""
+        """Run `operation` indivisibly on the value described by `info` at `offset`, or refuse."""
         raise AtomicAccessUnsupported(
             self.start_value + offset, self.kind,
             "the region has no host memory and implements no atomic operations")

@@ -33,8 +33,10 @@ class _Writable(Protocol):
     def write(self, buffer: Any, /) -> int | None: ...
 
 
-StreamSource = int | socket.socket | _Readable | _Writable
-"""A file descriptor, a socket, or a binary file object (a source or a destination)."""
+StreamSource = int | socket.socket | _Readable
+"""What `read_from` reads: a file descriptor, a socket, or a binary file with `readinto`."""
+StreamSink = int | socket.socket | _Writable
+"""What `write_to` writes: a file descriptor, a socket, or a binary file with `write`."""
 
 
 def _would_block() -> BlockingIOError:
@@ -114,7 +116,7 @@ def scatter_read(source: StreamSource, views: list[memoryview],
     return _transfer(views, _per_buffer(readinto, "readinto"))
 
 
-def gather_write(destination: StreamSource, views: list[memoryview],
+def gather_write(destination: StreamSink, views: list[memoryview],
                  file_offset: int | None) -> int:
     """Write `views` in order to `destination`; returns the bytes written."""
     if not views:

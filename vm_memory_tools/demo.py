@@ -66,7 +66,14 @@ from vm_memory_tools.split_ring import (
     SplitRingDriver,
 )
 
-__all__ = ["DEFAULT_MESSAGES", "DemoResult", "DeviceModel", "guest_process_main", "run_demo"]
+__all__ = [
+    "DEFAULT_MESSAGES",
+    "DemoResult",
+    "DeviceModel",
+    "default_timeout",
+    "guest_process_main",
+    "run_demo",
+]
 
 DEFAULT_MESSAGES: Final = 5000
 """A few thousand: 0.2-1.5 s with an emulated KVM guest on a shared 2-core machine, and
@@ -80,7 +87,8 @@ _MAX_REPORTED_ERRORS: Final = 5
 CORRUPT_CHOICES: Final = ("request", "reply")
 
 
-def _timeout_for(messages: int) -> float:
+def default_timeout(messages: int) -> float:
+    """How long the exchange of ``messages`` may take before the run fails (``--timeout``)."""
     return _BASE_TIMEOUT_SECONDS + messages * _TIMEOUT_PER_MESSAGE_SECONDS
 
 
@@ -219,7 +227,7 @@ class DemoResult:
                 and self.guest.verified == self.messages and self.guest.bad == 0)
 
 
-def _kvm_guest(memory: GuestMemoryMmap, messages: int, model: DeviceModel,
+def _kvm_guest(memory: GuestMemoryMmap, messages: int, timeout: float, model: DeviceModel,
                out: TextIO) -> list[str]:
     """Run the driver on a KVM vCPU (this thread) beside the device (another thread)."""
     program = ring_driver_program(messages)
@@ -238,7 +246,6 @@ def _kvm_guest(memory: GuestMemoryMmap, messages: int, model: DeviceModel,
             return None
         raise KvmError(f"unexpected exit: {exit_}", operation="demo")
 
-    timeout = _timeout_for(messages)
     guest_done = threading.Event()
     device_thread = threading.Thread(
         target=model.serve, args=(time.monotonic() + timeout, guest_done.is_set),
@@ -260,16 +267,15 @@ def _kvm_guest(memory: GuestMemoryMmap, messages: int, model: DeviceModel,
     return errors
 
 
-def _process_guest(memory: GuestMemoryMmap, messages: int, model: DeviceModel,
+def _process_guest(memory: GuestMemoryMmap, messages: int, timeout: float, model: DeviceModel,
                    out: TextIO) -> list[str]:
     """Run the driver in a second process that maps the same memfd (received over a socket)."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    timeout = _timeout_for(messages)
     with ours:
         with theirs:
             child = subprocess.Popen(
                 [sys.executable, "-m", "vm_memory_tools", "demo-guest", "--socket-fd",
-                 str(theirs.fileno()), "--messages", str(messages)],
+                 str(theirs.fileno()), "--messages", str(messages), "--timeout", str(timeout)],
                 pass_fds=(theirs.fileno(),))
         print(f"  guest    second process (pid {child.pid}): the same memfd, received with "
               "its memory table over a Unix socket (send_memory/receive_memory)", file=out)
@@ -290,9 +296,12 @@ def _process_guest(memory: GuestMemoryMmap, messages: int, model: DeviceModel,
 
 
 def run_demo(messages: int = DEFAULT_MESSAGES, *, use_kvm: bool = True,
-             corrupt: str | None = None, out: TextIO | None = None) -> DemoResult:
+             corrupt: str | None = None, out: TextIO | None = None,
+             timeout: float | None = None) -> DemoResult:
     """Run the exchange, print progress and the result to ``out`` (default stdout), return
-    the result."""
+    the result. Fails (lost messages) if the exchange takes longer than ``timeout``
+    seconds (default: `default_timeout`)."""
+    timeout = default_timeout(messages) if timeout is None else timeout
     stream = sys.stdout if out is None else out
     reason = kvm_unavailable_reason() if use_kvm else "--no-kvm given"
     mode = "KVM guest" if reason is None else "second-process guest"
@@ -315,9 +324,9 @@ def run_demo(messages: int = DEFAULT_MESSAGES, *, use_kvm: bool = True,
     model = DeviceModel(memory, messages, progress, corrupt, max(1, messages // 2))
     started = time.perf_counter()
     if reason is None:
-        guest_errors = _kvm_guest(memory, messages, model, stream)
+        guest_errors = _kvm_guest(memory, messages, timeout, model, stream)
     else:
-        guest_errors = _process_guest(memory, messages, model, stream)
+        guest_errors = _process_guest(memory, messages, timeout, model, stream)
     seconds = time.perf_counter() - started
     result = DemoResult(mode, messages, seconds, model, memory.read_obj(_STATUS), guest_errors)
     _print_result(result, stream)
@@ -393,11 +402,11 @@ def guest_process_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="vm-memory demo-guest")
     parser.add_argument("--socket-fd", type=int, required=True)
     parser.add_argument("--messages", type=int, required=True)
+    parser.add_argument("--timeout", type=float, required=True)
     arguments = parser.parse_args(argv)
     with socket.socket(fileno=arguments.socket_fd) as sock:
         memory = receive_memory(sock)
-    status = _python_driver(memory, arguments.messages,
-                            time.monotonic() + _timeout_for(arguments.messages))
+    status = _python_driver(memory, arguments.messages, time.monotonic() + arguments.timeout)
     memory.write_obj(_STATUS, status)
     return 0 if status.reaped == arguments.messages else 1
 
@@ -408,6 +417,9 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
                         metavar="N", help=f"messages to exchange (default {DEFAULT_MESSAGES:,})")
     parser.add_argument("--no-kvm", action="store_true",
                         help="use a second process as the guest even where KVM works")
+    parser.add_argument("--timeout", type=_positive_seconds, metavar="SECONDS",
+                        help="fail if the exchange takes longer (default: 30 s + 5 ms per "
+                             "message)")
     parser.add_argument("--corrupt-one", nargs="?", const="request", choices=CORRUPT_CHOICES,
                         help=argparse.SUPPRESS)
 
@@ -415,7 +427,7 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
 def demo_main(arguments: argparse.Namespace) -> int:
     """Run the demo from parsed arguments; 0 when every message checked out, else 1."""
     result = run_demo(arguments.messages, use_kvm=not arguments.no_kvm,
-                      corrupt=arguments.corrupt_one)
+                      corrupt=arguments.corrupt_one, timeout=arguments.timeout)
     return 0 if result.ok else 1
 
 
@@ -425,3 +437,9 @@ def _non_negative(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text} is negative")
     return value
 
+
+def _positive_seconds(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 1e6:
+        raise argparse.ArgumentTypeError(f"{text} is not in (0, 1e6) seconds")
+    return value

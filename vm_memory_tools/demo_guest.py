@@ -6,7 +6,8 @@ program `ring_driver_program` is the driver of a virtio-style split ring
 (`vm_memory_tools.split_ring`): for each sequence number it fills a request, chains a reply
 buffer behind it, publishes the chain on the available ring, collects replies from the
 used ring and checks each one; then it reports on an I/O port and halts. No assembler
-is needed: every instruction is encoded by hand and commented with its assembly.
+is needed: every instruction is encoded by hand and commented with its assembly, and
+`vm_memory_tools.real_mode` resolves the labels and jumps.
 
 Atomicity from inside the guest. The guest publishes the available index with ``xchg``
 (locked, a full barrier) and reads the used index with ``lock xadd reg(0)`` (an atomic
@@ -19,11 +20,11 @@ Buffers and descriptors are plain stores; the index publication orders them.
 from __future__ import annotations
 
 import ctypes
-import struct
 from typing import TYPE_CHECKING, ClassVar, Final
 
 from vm_memory.address import GuestAddress
 from vm_memory.endian import Le32
+from vm_memory_tools.real_mode import OPERAND_SIZE_32, Condition, RealModeAssembler, u8, u16, u32
 from vm_memory_tools.split_ring import SplitRingLayout
 
 __all__ = [
@@ -148,54 +149,7 @@ _STATUS_SENT: Final = STATUS_ADDRESS + 16
 assert [getattr(GuestStatus, name).offset
         for name in ("reaped", "verified", "bad", "first_bad", "sent")] == [0, 4, 8, 12, 16]
 
-# ---- A tiny assembler: bytes, labels, near (rel16) jumps --------------------------
-_O32: Final = b"\x66"  # operand-size prefix: 32-bit operands in 16-bit code
-_JMP: Final = b"\xe9"
-_JB: Final = b"\x0f\x82"
-_JAE: Final = b"\x0f\x83"
-_JE: Final = b"\x0f\x84"
-_JNE: Final = b"\x0f\x85"
-_JBE: Final = b"\x0f\x86"
-
-
-def _w(value: int) -> bytes:
-    return struct.pack("<H", value)
-
-
-def _d(value: int) -> bytes:
-    return struct.pack("<I", value & _U32)
-
-
-def _b(value: int) -> bytes:
-    return struct.pack("<B", value)
-
-
-class _Assembler:
-    """Code bytes with labels; jumps are near (rel16), resolved by `assemble`."""
-
-    def __init__(self) -> None:
-        self._code = bytearray()
-        self._labels: dict[str, int] = {}
-        self._fixups: list[tuple[int, str]] = []
-
-    def emit(self, *chunks: bytes) -> None:
-        for chunk in chunks:
-            self._code += chunk
-
-    def label(self, name: str) -> None:
-        if name in self._labels:
-            raise AssertionError(f"label {name} defined twice")
-        self._labels[name] = len(self._code)
-
-    def jump(self, opcode: bytes, target: str) -> None:
-        self._code += opcode + b"\x00\x00"
-        self._fixups.append((len(self._code) - 2, target))
-
-    def assemble(self) -> bytes:
-        for offset, target in self._fixups:
-            displacement = self._labels[target] - (offset + 2)
-            self._code[offset:offset + 2] = struct.pack("<h", displacement)
-        return bytes(self._code)
+_O32: Final = OPERAND_SIZE_32  # nearly every instruction below has 32-bit operands
 
 
 def ring_driver_program(count: int) -> bytes:
@@ -214,18 +168,18 @@ def ring_driver_program(count: int) -> bytes:
     """
     if not 0 <= count < 1 << 31:
         raise ValueError(f"message count {count} does not fit the guest's counters")
-    code = _Assembler()
+    code = RealModeAssembler()
     _emit_descriptor_table(code)
-    code.emit(_O32, b"\xb9", _d(1))  # mov ecx, 1                (first sequence number)
+    code.emit(_O32, b"\xb9", u32(1))  # mov ecx, 1                (first sequence number)
     code.emit(b"\x31\xed")  # xor bp, bp                            (available index)
     _emit_reap(code)
     _emit_send(code, count)
     # -- Everything sent and answered: report and halt.
     code.label("finish")
     code.emit(_O32, b"\x49")  # dec ecx
-    code.emit(_O32, b"\x89\x0e", _w(_STATUS_SENT))  # mov [sent], ecx
-    code.emit(b"\xba", _w(DONE_PORT))  # mov dx, DONE_PORT
-    code.emit(b"\xb0", _b(DONE_VALUE))  # mov al, DONE_VALUE
+    code.emit(_O32, b"\x89\x0e", u16(_STATUS_SENT))  # mov [sent], ecx
+    code.emit(b"\xba", u16(DONE_PORT))  # mov dx, DONE_PORT
+    code.emit(b"\xb0", u8(DONE_VALUE))  # mov al, DONE_VALUE
     code.emit(b"\xee")  # out dx, al
     code.emit(b"\xf4")  # hlt
     return code.assemble()
@@ -238,7 +192,7 @@ _USED_IDX: Final = QUEUE_LAYOUT.used_ring.raw_value() + 2
 _USED_RING: Final = QUEUE_LAYOUT.used_ring.raw_value() + 4
 
 
-def _emit_descriptor_table(code: _Assembler) -> None:
+def _emit_descriptor_table(code: RealModeAssembler) -> None:
     """The descriptor table: two descriptors per slot, written once. bx = slot."""
     desc = _DESC
     code.emit(b"\x31\xdb")  # xor bx, bx
@@ -248,98 +202,98 @@ def _emit_descriptor_table(code: _Assembler) -> None:
     code.emit(b"\x89\xde")  # mov si, bx
     code.emit(b"\xc1\xe6\x04")  # shl si, 4                 (si = 16 * slot: one buffer)
     code.emit(_O32, b"\x31\xc0")  # xor eax, eax
-    code.emit(b"\x8d\x84", _w(REQUEST_BUFFERS))  # lea ax, [si + REQUEST_BUFFERS]
-    code.emit(_O32, b"\x89\x85", _w(desc))  # mov [di + desc].addr_lo, eax
-    code.emit(_O32, b"\xc7\x85", _w(desc + 4), _d(0))  # mov dword [di + desc].addr_hi, 0
-    code.emit(_O32, b"\xc7\x85", _w(desc + 8), _d(MESSAGE_BYTES))  # mov [..].len, 16
-    code.emit(b"\xc7\x85", _w(desc + 12), _w(1))  # mov word [di + desc].flags, NEXT
+    code.emit(b"\x8d\x84", u16(REQUEST_BUFFERS))  # lea ax, [si + REQUEST_BUFFERS]
+    code.emit(_O32, b"\x89\x85", u16(desc))  # mov [di + desc].addr_lo, eax
+    code.emit(_O32, b"\xc7\x85", u16(desc + 4), u32(0))  # mov dword [di + desc].addr_hi, 0
+    code.emit(_O32, b"\xc7\x85", u16(desc + 8), u32(MESSAGE_BYTES))  # mov [..].len, 16
+    code.emit(b"\xc7\x85", u16(desc + 12), u16(1))  # mov word [di + desc].flags, NEXT
     code.emit(b"\x89\xd8")  # mov ax, bx
     code.emit(b"\xd1\xe0")  # shl ax, 1
     code.emit(b"\x40")  # inc ax                                  (ax = 2 * slot + 1)
-    code.emit(b"\x89\x85", _w(desc + 14))  # mov [di + desc].next, ax
-    code.emit(b"\x8d\x84", _w(REPLY_BUFFERS))  # lea ax, [si + REPLY_BUFFERS]
-    code.emit(_O32, b"\x89\x85", _w(desc + 16))  # mov [di + desc + 16].addr_lo, eax
-    code.emit(_O32, b"\xc7\x85", _w(desc + 20), _d(0))  # mov dword [..].addr_hi, 0
-    code.emit(_O32, b"\xc7\x85", _w(desc + 24), _d(MESSAGE_BYTES))  # mov [..].len, 16
-    code.emit(_O32, b"\xc7\x85", _w(desc + 28), _d(2))  # mov [..].flags|next, WRITE | 0
+    code.emit(b"\x89\x85", u16(desc + 14))  # mov [di + desc].next, ax
+    code.emit(b"\x8d\x84", u16(REPLY_BUFFERS))  # lea ax, [si + REPLY_BUFFERS]
+    code.emit(_O32, b"\x89\x85", u16(desc + 16))  # mov [di + desc + 16].addr_lo, eax
+    code.emit(_O32, b"\xc7\x85", u16(desc + 20), u32(0))  # mov dword [..].addr_hi, 0
+    code.emit(_O32, b"\xc7\x85", u16(desc + 24), u32(MESSAGE_BYTES))  # mov [..].len, 16
+    code.emit(_O32, b"\xc7\x85", u16(desc + 28), u32(2))  # mov [..].flags|next, WRITE | 0
     code.emit(b"\x43")  # inc bx
-    code.emit(b"\x83\xfb", _b(SLOTS))  # cmp bx, SLOTS
-    code.jump(_JB, "init")  # jb init
+    code.emit(b"\x83\xfb", u8(SLOTS))  # cmp bx, SLOTS
+    code.jump("init", Condition.B, near=True)  # jb init
 
 
-def _emit_reap(code: _Assembler) -> None:
+def _emit_reap(code: RealModeAssembler) -> None:
     """Collect every finished chain, in order, and check its reply."""
     used_idx, used_ring = _USED_IDX, _USED_RING
     code.label("reap")
     code.emit(b"\x31\xc0")  # xor ax, ax
-    code.emit(b"\xf0\x0f\xc1\x06", _w(used_idx))  # lock xadd [used.idx], ax  (atomic read)
-    code.emit(b"\x3b\x06", _w(_STATUS_REAPED))  # cmp ax, [reaped]     (low 16 bits)
-    code.jump(_JE, "send_check")  # je send_check                 (nothing new)
-    code.emit(b"\x8b\x1e", _w(_STATUS_REAPED))  # mov bx, [reaped]
-    code.emit(b"\x83\xe3", _b(QUEUE_SIZE - 1))  # and bx, QUEUE_SIZE - 1
+    code.emit(b"\xf0\x0f\xc1\x06", u16(used_idx))  # lock xadd [used.idx], ax  (atomic read)
+    code.emit(b"\x3b\x06", u16(_STATUS_REAPED))  # cmp ax, [reaped]     (low 16 bits)
+    code.jump("send_check", Condition.E, near=True)  # je send_check  (nothing new)
+    code.emit(b"\x8b\x1e", u16(_STATUS_REAPED))  # mov bx, [reaped]
+    code.emit(b"\x83\xe3", u8(QUEUE_SIZE - 1))  # and bx, QUEUE_SIZE - 1
     code.emit(b"\xc1\xe3\x03")  # shl bx, 3                          (8-byte used entries)
-    code.emit(_O32, b"\x8b\x87", _w(used_ring))  # mov eax, [bx + used.ring].id
-    code.emit(_O32, b"\x8b\x16", _w(_STATUS_REAPED))  # mov edx, [reaped]
+    code.emit(_O32, b"\x8b\x87", u16(used_ring))  # mov eax, [bx + used.ring].id
+    code.emit(_O32, b"\x8b\x16", u16(_STATUS_REAPED))  # mov edx, [reaped]
     code.emit(_O32, b"\x42")  # inc edx                           (edx = expected seq)
     code.emit(b"\x89\xd3")  # mov bx, dx
-    code.emit(b"\x83\xe3", _b(SLOTS - 1))  # and bx, SLOTS - 1        (its slot)
+    code.emit(b"\x83\xe3", u8(SLOTS - 1))  # and bx, SLOTS - 1        (its slot)
     code.emit(_O32, b"\x0f\xb7\xfb")  # movzx edi, bx
     code.emit(_O32, b"\xd1\xe7")  # shl edi, 1                      (its head: 2 * slot)
     code.emit(_O32, b"\x39\xf8")  # cmp eax, edi
-    code.jump(_JNE, "bad")  # jne bad
+    code.jump("bad", Condition.NE, near=True)  # jne bad
     code.emit(b"\xc1\xe3\x04")  # shl bx, 4                          (16 * slot)
-    code.emit(_O32, b"\x39\x97", _w(REPLY_BUFFERS))  # cmp [bx + replies].seq, edx
-    code.jump(_JNE, "bad")  # jne bad
-    code.emit(_O32, b"\x69\xc2", _d(_VALUE_MULTIPLIER))  # imul eax, edx, MULTIPLIER
+    code.emit(_O32, b"\x39\x97", u16(REPLY_BUFFERS))  # cmp [bx + replies].seq, edx
+    code.jump("bad", Condition.NE, near=True)  # jne bad
+    code.emit(_O32, b"\x69\xc2", u32(_VALUE_MULTIPLIER))  # imul eax, edx, MULTIPLIER
     code.emit(_O32, b"\xf7\xd0")  # not eax
-    code.emit(_O32, b"\x39\x87", _w(REPLY_BUFFERS + 4))  # cmp [bx + replies].result, eax
-    code.jump(_JNE, "bad")  # jne bad
-    code.emit(_O32, b"\xff\x06", _w(_STATUS_VERIFIED))  # inc dword [verified]
-    code.jump(_JMP, "reaped")  # jmp reaped
+    code.emit(_O32, b"\x39\x87", u16(REPLY_BUFFERS + 4))  # cmp [bx + replies].result, eax
+    code.jump("bad", Condition.NE, near=True)  # jne bad
+    code.emit(_O32, b"\xff\x06", u16(_STATUS_VERIFIED))  # inc dword [verified]
+    code.jump("reaped", near=True)  # jmp reaped
     code.label("bad")
-    code.emit(_O32, b"\xff\x06", _w(_STATUS_BAD))  # inc dword [bad]
-    code.emit(_O32, b"\x83\x3e", _w(_STATUS_FIRST_BAD), b"\x00")  # cmp dword [first_bad], 0
-    code.jump(_JNE, "reaped")  # jne reaped
-    code.emit(_O32, b"\x89\x16", _w(_STATUS_FIRST_BAD))  # mov [first_bad], edx
+    code.emit(_O32, b"\xff\x06", u16(_STATUS_BAD))  # inc dword [bad]
+    code.emit(_O32, b"\x83\x3e", u16(_STATUS_FIRST_BAD), b"\x00")  # cmp dword [first_bad], 0
+    code.jump("reaped", Condition.NE, near=True)  # jne reaped
+    code.emit(_O32, b"\x89\x16", u16(_STATUS_FIRST_BAD))  # mov [first_bad], edx
     code.label("reaped")
-    code.emit(_O32, b"\xff\x06", _w(_STATUS_REAPED))  # inc dword [reaped]
-    code.jump(_JMP, "reap")  # jmp reap
+    code.emit(_O32, b"\xff\x06", u16(_STATUS_REAPED))  # inc dword [reaped]
+    code.jump("reap", near=True)  # jmp reap
 
 
-def _emit_send(code: _Assembler, count: int) -> None:
+def _emit_send(code: RealModeAssembler, count: int) -> None:
     """Send the next message if any is left and a slot is free; else go to finish."""
     avail_idx, avail_ring = _AVAIL_IDX, _AVAIL_RING
     code.label("send_check")
-    code.emit(_O32, b"\x81\xf9", _d(count))  # cmp ecx, count
-    code.jump(_JBE, "may_send")  # jbe may_send
-    code.emit(_O32, b"\x81\x3e", _w(_STATUS_REAPED), _d(count))  # cmp dword [reaped], count
-    code.jump(_JNE, "reap")  # jne reap                            (replies still due)
-    code.jump(_JMP, "finish")  # jmp finish
+    code.emit(_O32, b"\x81\xf9", u32(count))  # cmp ecx, count
+    code.jump("may_send", Condition.BE, near=True)  # jbe may_send
+    code.emit(_O32, b"\x81\x3e", u16(_STATUS_REAPED), u32(count))  # cmp dword [reaped], count
+    code.jump("reap", Condition.NE, near=True)  # jne reap  (replies still due)
+    code.jump("finish", near=True)  # jmp finish
     code.label("may_send")
     code.emit(b"\x89\xe8")  # mov ax, bp
-    code.emit(b"\x2b\x06", _w(_STATUS_REAPED))  # sub ax, [reaped]     (messages in flight)
-    code.emit(b"\x83\xf8", _b(SLOTS))  # cmp ax, SLOTS
-    code.jump(_JAE, "reap")  # jae reap                                (all slots busy)
+    code.emit(b"\x2b\x06", u16(_STATUS_REAPED))  # sub ax, [reaped]     (messages in flight)
+    code.emit(b"\x83\xf8", u8(SLOTS))  # cmp ax, SLOTS
+    code.jump("reap", Condition.AE, near=True)  # jae reap  (all slots busy)
     code.emit(b"\x89\xcb")  # mov bx, cx
-    code.emit(b"\x83\xe3", _b(SLOTS - 1))  # and bx, SLOTS - 1          (slot)
+    code.emit(b"\x83\xe3", u8(SLOTS - 1))  # and bx, SLOTS - 1          (slot)
     code.emit(b"\x89\xdf")  # mov di, bx
     code.emit(b"\xc1\xe3\x04")  # shl bx, 4
-    code.emit(_O32, b"\x89\x8f", _w(REQUEST_BUFFERS))  # mov [bx + requests].seq, ecx
-    code.emit(_O32, b"\x69\xc1", _d(_VALUE_MULTIPLIER))  # imul eax, ecx, MULTIPLIER
-    code.emit(_O32, b"\x89\x87", _w(REQUEST_BUFFERS + 4))  # mov [bx + requests].value, eax
+    code.emit(_O32, b"\x89\x8f", u16(REQUEST_BUFFERS))  # mov [bx + requests].seq, ecx
+    code.emit(_O32, b"\x69\xc1", u32(_VALUE_MULTIPLIER))  # imul eax, ecx, MULTIPLIER
+    code.emit(_O32, b"\x89\x87", u16(REQUEST_BUFFERS + 4))  # mov [bx + requests].value, eax
     code.emit(_O32, b"\x01\xc8")  # add eax, ecx
-    code.emit(_O32, b"\x35", _d(_CHECKSUM_XOR))  # xor eax, CHECKSUM_XOR
-    code.emit(_O32, b"\x89\x87", _w(REQUEST_BUFFERS + 8))  # mov [..].checksum, eax
-    code.emit(_O32, b"\xc7\x87", _w(REQUEST_BUFFERS + 12), _d(REQUEST_MAGIC))
+    code.emit(_O32, b"\x35", u32(_CHECKSUM_XOR))  # xor eax, CHECKSUM_XOR
+    code.emit(_O32, b"\x89\x87", u16(REQUEST_BUFFERS + 8))  # mov [..].checksum, eax
+    code.emit(_O32, b"\xc7\x87", u16(REQUEST_BUFFERS + 12), u32(REQUEST_MAGIC))
     #                                                 mov dword [bx + requests].magic, MAGIC
     code.emit(b"\x89\xe8")  # mov ax, bp
-    code.emit(b"\x83\xe0", _b(QUEUE_SIZE - 1))  # and ax, QUEUE_SIZE - 1
+    code.emit(b"\x83\xe0", u8(QUEUE_SIZE - 1))  # and ax, QUEUE_SIZE - 1
     code.emit(b"\x89\xc3")  # mov bx, ax
     code.emit(b"\xd1\xe3")  # shl bx, 1                               (2-byte ring entries)
     code.emit(b"\xd1\xe7")  # shl di, 1                               (head = 2 * slot)
-    code.emit(b"\x89\xbf", _w(avail_ring))  # mov [bx + avail.ring], di
+    code.emit(b"\x89\xbf", u16(avail_ring))  # mov [bx + avail.ring], di
     code.emit(b"\x45")  # inc bp
     code.emit(b"\x89\xe8")  # mov ax, bp
-    code.emit(b"\x87\x06", _w(avail_idx))  # xchg [avail.idx], ax   (locked: publishes)
+    code.emit(b"\x87\x06", u16(avail_idx))  # xchg [avail.idx], ax   (locked: publishes)
     code.emit(_O32, b"\x41")  # inc ecx
-    code.jump(_JMP, "reap")  # jmp reap
+    code.jump("reap", near=True)  # jmp reap

@@ -1,9 +1,10 @@
-"""Hand-assembled 16-bit real-mode x86 guest programs, built as ``bytes``.
+"""Hand-assembled 16-bit real-mode x86 guest programs for the KVM tests, built as ``bytes``.
 
-The programs drive the KVM tests and demos (`vm_memory_tools.kvm`): a guest that stores a
-value, talks to an I/O port, hammers a counter with locked read-modify-writes, or
-rewrites a location as fast as it can. No assembler is needed at run time; each
-instruction is encoded by hand and commented with its assembly.
+The test suite runs them on a vCPU of the KVM harness (`vm_memory_tools.kvm`): a guest
+that stores a value, talks to an I/O port, hammers a counter with locked
+read-modify-writes, or rewrites a location as fast as it can. (The demo's guest driver
+is in `vm_memory_tools.demo_guest`.) Each instruction is encoded by hand and commented
+with its assembly; `vm_memory_tools.real_mode` resolves the labels and jumps.
 
 Conventions shared by every builder:
 
@@ -20,8 +21,18 @@ Conventions shared by every builder:
 
 from __future__ import annotations
 
-import struct
 from typing import Final
+
+from vm_memory_tools.real_mode import (
+    HLT,
+    LOCK,
+    OPERAND_SIZE_32,
+    Condition,
+    RealModeAssembler,
+    u8,
+    u16,
+    u32,
+)
 
 __all__ = [
     "NOTIFY_VALUE",
@@ -38,55 +49,6 @@ __all__ = [
 _REAL_MODE_LIMIT: Final = 0x10_0000
 #: The byte a program with a ``notify_port`` writes to that port when its loop is done.
 NOTIFY_VALUE: Final = 0x01
-
-_HLT: Final = b"\xf4"
-_LOCK: Final = b"\xf0"
-_OPERAND_SIZE_32: Final = b"\x66"  # in 16-bit code, 0x66 selects 32-bit operands
-_JZ: Final = 0x74
-_JNZ: Final = 0x75
-_JMP_SHORT: Final = 0xEB
-
-
-def _u8(value: int) -> bytes:
-    return struct.pack("<B", value)
-
-
-def _u16(value: int) -> bytes:
-    return struct.pack("<H", value)
-
-
-def _u32(value: int) -> bytes:
-    return struct.pack("<I", value)
-
-
-class _Code:
-    """A byte buffer with labels and two-byte short jumps resolved at the end."""
-
-    def __init__(self) -> None:
-        self._code = bytearray()
-        self._labels: dict[str, int] = {}
-        self._jumps: list[tuple[int, str]] = []  # (offset of the rel8 byte, target label)
-
-    def emit(self, *chunks: bytes) -> None:
-        for chunk in chunks:
-            self._code += chunk
-
-    def label(self, name: str) -> None:
-        self._labels[name] = len(self._code)
-
-    def jump(self, opcode: int, target: str) -> None:
-        """``opcode rel8``: jcc/jmp short to ``target``."""
-        self._code += bytes((opcode, 0))
-        self._jumps.append((len(self._code) - 1, target))
-
-    def assemble(self) -> bytes:
-        for rel8_offset, target in self._jumps:
-            displacement = self._labels[target] - (rel8_offset + 1)
-            if not -128 <= displacement <= 127:
-                raise AssertionError(f"short jump to {target} out of range: {displacement}")
-            self._code[rel8_offset] = displacement & 0xFF
-        return bytes(self._code)
-
 
 def _check_range(name: str, value: int, bits: int) -> None:
     if not 0 <= value < 1 << bits:
@@ -105,33 +67,33 @@ def _check_width(width: int, allowed: tuple[int, ...]) -> None:
         raise ValueError(f"width {width} is not one of {allowed}")
 
 
-def _load_data_segment(code: _Code, address: int) -> bytes:
+def _load_data_segment(code: RealModeAssembler, address: int) -> bytes:
     """Point DS at ``address``'s paragraph; return the 16-bit displacement to use."""
-    code.emit(b"\xb8", _u16(address >> 4))  # mov ax, address >> 4
+    code.emit(b"\xb8", u16(address >> 4))  # mov ax, address >> 4
     code.emit(b"\x8e\xd8")  # mov ds, ax
-    return _u16(address & 0xF)
+    return u16(address & 0xF)
 
 
-def _start_loop(code: _Code, count: int) -> None:
+def _start_loop(code: RealModeAssembler, count: int) -> None:
     """``esi = count``; skip to ``done`` when it is 0; label the loop ``top``."""
     _check_range("count", count, 32)
-    code.emit(_OPERAND_SIZE_32, b"\xbe", _u32(count))  # mov esi, count
-    code.emit(_OPERAND_SIZE_32, b"\x85\xf6")  # test esi, esi
-    code.jump(_JZ, "done")  # jz done
+    code.emit(OPERAND_SIZE_32, b"\xbe", u32(count))  # mov esi, count
+    code.emit(OPERAND_SIZE_32, b"\x85\xf6")  # test esi, esi
+    code.jump("done", Condition.E)  # jz done
     code.label("top")
 
 
-def _end_loop(code: _Code, notify_port: int | None) -> bytes:
+def _end_loop(code: RealModeAssembler, notify_port: int | None) -> bytes:
     """Close the loop opened by `_start_loop`, notify, halt, and assemble."""
-    code.emit(_OPERAND_SIZE_32, b"\x4e")  # dec esi
-    code.jump(_JNZ, "top")  # jnz top
+    code.emit(OPERAND_SIZE_32, b"\x4e")  # dec esi
+    code.jump("top", Condition.NE)  # jnz top
     code.label("done")
     if notify_port is not None:
         _check_range("notify_port", notify_port, 16)
-        code.emit(b"\xba", _u16(notify_port))  # mov dx, notify_port
-        code.emit(b"\xb0", _u8(NOTIFY_VALUE))  # mov al, NOTIFY_VALUE
+        code.emit(b"\xba", u16(notify_port))  # mov dx, notify_port
+        code.emit(b"\xb0", u8(NOTIFY_VALUE))  # mov al, NOTIFY_VALUE
         code.emit(b"\xee")  # out dx, al
-    code.emit(_HLT)  # hlt
+    code.emit(HLT)  # hlt
     return code.assemble()
 
 
@@ -154,29 +116,29 @@ def increment_loop(
     """
     _check_width(width, (1, 2, 4, 8))
     _check_data_address(counter_address, width)
-    code = _Code()
+    code = RealModeAssembler()
     displacement = _load_data_segment(code, counter_address)
-    lock = _LOCK if locked else b""
+    lock = LOCK if locked else b""
     if width == 8 and locked:
         # edx:eax holds the value we believe is in memory; cmpxchg8b corrects it.
-        code.emit(_OPERAND_SIZE_32, b"\x8b\x06", displacement)  # mov eax, [counter]
-        code.emit(_OPERAND_SIZE_32, b"\x8b\x16", _u16((counter_address & 0xF) + 4))
+        code.emit(OPERAND_SIZE_32, b"\x8b\x06", displacement)  # mov eax, [counter]
+        code.emit(OPERAND_SIZE_32, b"\x8b\x16", u16((counter_address & 0xF) + 4))
         #                                                     mov edx, [counter + 4]
         _start_loop(code, count)
         code.label("retry")
-        code.emit(_OPERAND_SIZE_32, b"\x89\xc3")  # mov ebx, eax
-        code.emit(_OPERAND_SIZE_32, b"\x89\xd1")  # mov ecx, edx
-        code.emit(_OPERAND_SIZE_32, b"\x83\xc3\x01")  # add ebx, 1
-        code.emit(_OPERAND_SIZE_32, b"\x83\xd1\x00")  # adc ecx, 0
-        code.emit(_LOCK, b"\x0f\xc7\x0e", displacement)  # lock cmpxchg8b [counter]
-        code.jump(_JNZ, "retry")  # jnz retry (edx:eax now holds the current value)
-        code.emit(_OPERAND_SIZE_32, b"\x89\xd8")  # mov eax, ebx
-        code.emit(_OPERAND_SIZE_32, b"\x89\xca")  # mov edx, ecx
+        code.emit(OPERAND_SIZE_32, b"\x89\xc3")  # mov ebx, eax
+        code.emit(OPERAND_SIZE_32, b"\x89\xd1")  # mov ecx, edx
+        code.emit(OPERAND_SIZE_32, b"\x83\xc3\x01")  # add ebx, 1
+        code.emit(OPERAND_SIZE_32, b"\x83\xd1\x00")  # adc ecx, 0
+        code.emit(LOCK, b"\x0f\xc7\x0e", displacement)  # lock cmpxchg8b [counter]
+        code.jump("retry", Condition.NE)  # jnz retry (edx:eax now holds the current value)
+        code.emit(OPERAND_SIZE_32, b"\x89\xd8")  # mov eax, ebx
+        code.emit(OPERAND_SIZE_32, b"\x89\xca")  # mov edx, ecx
     elif width == 8:
-        high = _u16((counter_address & 0xF) + 4)
+        high = u16((counter_address & 0xF) + 4)
         _start_loop(code, count)
-        code.emit(_OPERAND_SIZE_32, b"\x83\x06", displacement, b"\x01")  # add dword [lo], 1
-        code.emit(_OPERAND_SIZE_32, b"\x83\x16", high, b"\x00")  # adc dword [hi], 0
+        code.emit(OPERAND_SIZE_32, b"\x83\x06", displacement, b"\x01")  # add dword [lo], 1
+        code.emit(OPERAND_SIZE_32, b"\x83\x16", high, b"\x00")  # adc dword [hi], 0
     else:
         _start_loop(code, count)
         if width == 1:
@@ -184,7 +146,7 @@ def increment_loop(
         elif width == 2:
             code.emit(lock, b"\xff\x06", displacement)  # [lock] inc word [counter]
         else:
-            code.emit(lock, _OPERAND_SIZE_32, b"\xff\x06", displacement)
+            code.emit(lock, OPERAND_SIZE_32, b"\xff\x06", displacement)
             #                                            [lock] inc dword [counter]
     return _end_loop(code, notify_port)
 
@@ -207,20 +169,20 @@ def xadd_loop(
     _check_width(width, (1, 2, 4))
     _check_data_address(counter_address, width)
     _check_range("addend", addend, 8 * width)
-    code = _Code()
+    code = RealModeAssembler()
     displacement = _load_data_segment(code, counter_address)
-    lock = _LOCK if locked else b""
+    lock = LOCK if locked else b""
     _start_loop(code, count)
     # xadd leaves the old value in the register, so reload the addend every time.
     if width == 1:
-        code.emit(b"\xb0", _u8(addend))  # mov al, addend
+        code.emit(b"\xb0", u8(addend))  # mov al, addend
         code.emit(lock, b"\x0f\xc0\x06", displacement)  # [lock] xadd [counter], al
     elif width == 2:
-        code.emit(b"\xb8", _u16(addend))  # mov ax, addend
+        code.emit(b"\xb8", u16(addend))  # mov ax, addend
         code.emit(lock, b"\x0f\xc1\x06", displacement)  # [lock] xadd [counter], ax
     else:
-        code.emit(_OPERAND_SIZE_32, b"\xb8", _u32(addend))  # mov eax, addend
-        code.emit(lock, _OPERAND_SIZE_32, b"\x0f\xc1\x06", displacement)
+        code.emit(OPERAND_SIZE_32, b"\xb8", u32(addend))  # mov eax, addend
+        code.emit(lock, OPERAND_SIZE_32, b"\x0f\xc1\x06", displacement)
         #                                           [lock] xadd [counter], eax
     return _end_loop(code, notify_port)
 
@@ -243,35 +205,36 @@ def alternating_store_loop(
     for value in values:
         _check_range("value", value, 8 * width)
     first, second = values
-    code = _Code()
+    code = RealModeAssembler()
     displacement = _load_data_segment(code, address)
     if width == 8:
         # edx:eax = our guess of the current value; cmpxchg8b corrects a wrong guess.
-        code.emit(_OPERAND_SIZE_32, b"\x8b\x06", displacement)  # mov eax, [address]
-        code.emit(_OPERAND_SIZE_32, b"\x8b\x16", _u16((address & 0xF) + 4))
+        code.emit(OPERAND_SIZE_32, b"\x8b\x06", displacement)  # mov eax, [address]
+        code.emit(OPERAND_SIZE_32, b"\x8b\x16", u16((address & 0xF) + 4))
         #                                                     mov edx, [address + 4]
         _start_loop(code, count)
         for index, value in enumerate(values):
-            code.emit(_OPERAND_SIZE_32, b"\xbb", _u32(value & 0xFFFF_FFFF))  # mov ebx, low
-            code.emit(_OPERAND_SIZE_32, b"\xb9", _u32(value >> 32))  # mov ecx, high
+            code.emit(OPERAND_SIZE_32, b"\xbb", u32(value & 0xFFFF_FFFF))  # mov ebx, low
+            code.emit(OPERAND_SIZE_32, b"\xb9", u32(value >> 32))  # mov ecx, high
             code.label(f"store{index}")
-            code.emit(_LOCK, b"\x0f\xc7\x0e", displacement)  # lock cmpxchg8b [address]
-            code.jump(_JNZ, f"store{index}")  # jnz store (edx:eax now = current value)
-            code.emit(_OPERAND_SIZE_32, b"\x89\xd8")  # mov eax, ebx
-            code.emit(_OPERAND_SIZE_32, b"\x89\xca")  # mov edx, ecx
+            code.emit(LOCK, b"\x0f\xc7\x0e", displacement)  # lock cmpxchg8b [address]
+            code.jump(f"store{index}", Condition.NE)  # jnz store
+            #                                  (edx:eax now holds the current value)
+            code.emit(OPERAND_SIZE_32, b"\x89\xd8")  # mov eax, ebx
+            code.emit(OPERAND_SIZE_32, b"\x89\xca")  # mov edx, ecx
         return _end_loop(code, None)
     _start_loop(code, count)
     # xchg overwrites its register with the old value: reload before each store.
     for value in (first, second):
         if width == 1:
-            code.emit(b"\xb0", _u8(value))  # mov al, value
+            code.emit(b"\xb0", u8(value))  # mov al, value
             code.emit(b"\x86\x06", displacement)  # xchg [address], al
         elif width == 2:
-            code.emit(b"\xb8", _u16(value))  # mov ax, value
+            code.emit(b"\xb8", u16(value))  # mov ax, value
             code.emit(b"\x87\x06", displacement)  # xchg [address], ax
         else:
-            code.emit(_OPERAND_SIZE_32, b"\xb8", _u32(value))  # mov eax, value
-            code.emit(_OPERAND_SIZE_32, b"\x87\x06", displacement)  # xchg [address], eax
+            code.emit(OPERAND_SIZE_32, b"\xb8", u32(value))  # mov eax, value
+            code.emit(OPERAND_SIZE_32, b"\x87\x06", displacement)  # xchg [address], eax
     return _end_loop(code, None)
 
 
@@ -280,16 +243,16 @@ def store_and_halt(address: int, value: int, *, width: int = 4) -> bytes:
     _check_width(width, (1, 2, 4))
     _check_data_address(address, width)
     _check_range("value", value, 8 * width)
-    code = _Code()
+    code = RealModeAssembler()
     displacement = _load_data_segment(code, address)
     if width == 1:
-        code.emit(b"\xc6\x06", displacement, _u8(value))  # mov byte [address], value
+        code.emit(b"\xc6\x06", displacement, u8(value))  # mov byte [address], value
     elif width == 2:
-        code.emit(b"\xc7\x06", displacement, _u16(value))  # mov word [address], value
+        code.emit(b"\xc7\x06", displacement, u16(value))  # mov word [address], value
     else:
-        code.emit(_OPERAND_SIZE_32, b"\xc7\x06", displacement, _u32(value))
+        code.emit(OPERAND_SIZE_32, b"\xc7\x06", displacement, u32(value))
         #                                                  mov dword [address], value
-    code.emit(_HLT)  # hlt
+    code.emit(HLT)  # hlt
     return code.assemble()
 
 
@@ -298,18 +261,18 @@ def port_out_and_halt(port: int, value: int, *, width: int = 1) -> bytes:
     _check_width(width, (1, 2, 4))
     _check_range("port", port, 16)
     _check_range("value", value, 8 * width)
-    code = _Code()
-    code.emit(b"\xba", _u16(port))  # mov dx, port
+    code = RealModeAssembler()
+    code.emit(b"\xba", u16(port))  # mov dx, port
     if width == 1:
-        code.emit(b"\xb0", _u8(value))  # mov al, value
+        code.emit(b"\xb0", u8(value))  # mov al, value
         code.emit(b"\xee")  # out dx, al
     elif width == 2:
-        code.emit(b"\xb8", _u16(value))  # mov ax, value
+        code.emit(b"\xb8", u16(value))  # mov ax, value
         code.emit(b"\xef")  # out dx, ax
     else:
-        code.emit(_OPERAND_SIZE_32, b"\xb8", _u32(value))  # mov eax, value
-        code.emit(_OPERAND_SIZE_32, b"\xef")  # out dx, eax
-    code.emit(_HLT)  # hlt
+        code.emit(OPERAND_SIZE_32, b"\xb8", u32(value))  # mov eax, value
+        code.emit(OPERAND_SIZE_32, b"\xef")  # out dx, eax
+    code.emit(HLT)  # hlt
     return code.assemble()
 
 
@@ -319,9 +282,9 @@ def port_in_store_and_halt(port: int, address: int, *, width: int = 1) -> bytes:
     _check_width(width, (1, 2, 4))
     _check_range("port", port, 16)
     _check_data_address(address, width)
-    code = _Code()
+    code = RealModeAssembler()
     displacement = _load_data_segment(code, address)
-    code.emit(b"\xba", _u16(port))  # mov dx, port
+    code.emit(b"\xba", u16(port))  # mov dx, port
     if width == 1:
         code.emit(b"\xec")  # in al, dx
         code.emit(b"\xa2", displacement)  # mov [address], al
@@ -329,9 +292,9 @@ def port_in_store_and_halt(port: int, address: int, *, width: int = 1) -> bytes:
         code.emit(b"\xed")  # in ax, dx
         code.emit(b"\xa3", displacement)  # mov [address], ax
     else:
-        code.emit(_OPERAND_SIZE_32, b"\xed")  # in eax, dx
-        code.emit(_OPERAND_SIZE_32, b"\xa3", displacement)  # mov [address], eax
-    code.emit(_HLT)  # hlt
+        code.emit(OPERAND_SIZE_32, b"\xed")  # in eax, dx
+        code.emit(OPERAND_SIZE_32, b"\xa3", displacement)  # mov [address], eax
+    code.emit(HLT)  # hlt
     return code.assemble()
 
 
@@ -344,9 +307,9 @@ def jump_to(address: int) -> bytes:
     offset = address - (segment << 4)
     if not 0 <= offset <= 0xFFFF:
         raise ValueError(f"address {address:#x} is not reachable from real mode")
-    return b"\xea" + _u16(offset) + _u16(segment)  # jmp far segment:offset
+    return b"\xea" + u16(offset) + u16(segment)  # jmp far segment:offset
 
 
 def spin_forever() -> bytes:
     """An endless loop that never exits to the host (for timeout tests)."""
-    return bytes((_JMP_SHORT, 0xFE))  # jmp $
+    return b"\xeb\xfe"  # jmp $

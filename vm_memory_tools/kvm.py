@@ -1,7 +1,7 @@
 """A small, typed KVM harness in pure Python (``fcntl.ioctl`` + ``ctypes`` + ``mmap``).
 
-It exists so tests and demos can run a real guest vCPU on the same host memory the
-library manages: a guest executing ``lock``-prefixed instructions is the strongest
+It exists so the tests and the demo can run a real guest vCPU on the same host memory
+the library manages: a guest executing ``lock``-prefixed instructions is the strongest
 check that host-side atomics really are atomic. It works on raw host addresses and
 imports nothing from ``vm_memory``: a caller passes the host address of memory it pins
 (x86-64 Linux only).

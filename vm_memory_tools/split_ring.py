@@ -1,4 +1,6 @@
-"""A small virtio-style split virtqueue over `GuestMemory`: layout, driver and device.
+"""The demo's ring: a small virtio-style split virtqueue over `GuestMemory` (layout,
+driver and device), just enough for `vm_memory_tools.demo`. Device back-ends use the
+virtio queue package, `vm_memory_virtio`.
 
 The layout is the virtio 1.x split ring: a descriptor table (`VirtqDesc`), an available
 ring (driver to device: ``flags``, ``idx``, ``ring[size]``) and a used ring (device to

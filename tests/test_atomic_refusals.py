@@ -12,16 +12,15 @@ Pure-Python refusals (the checked constructors) run in this process.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 import textwrap
 from ctypes import c_bool, c_int8, c_int64, c_uint8, c_uint16, c_uint32, c_uint64
 from pathlib import Path
 from typing import Any, Final
 
 import pytest
+from support import run_python, unavailable
 
 from vm_memory import (
     AddressOutOfRange,
@@ -30,7 +29,6 @@ from vm_memory import (
     MisalignedAddress,
 )
 
-ROOT: Final = Path(__file__).resolve().parent.parent
 MISSING_LIBRARY: Final = "/nonexistent/vm-memory-test/libatomic.so.1"
 
 
@@ -99,12 +97,8 @@ PRELUDE: Final = textwrap.dedent('''
 
 def run_child(body: str, **environment: str) -> dict[str, Any]:
     """Run PRELUDE + body in a fresh interpreter; it must exit normally. Its results."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
-    env.update(environment)
     code = PRELUDE + textwrap.dedent(body) + "\nprint(json.dumps(results))\n"
-    child = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                           text=True, timeout=120, check=False)
+    child = run_python("-c", code, environment=environment)
     assert child.returncode == 0, (
         f"the child did not exit normally (return code {child.returncode}; -11 is "
         f"SIGSEGV):\n{child.stdout}\n{child.stderr}")
@@ -266,7 +260,7 @@ def not_lock_free_for_8_bytes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A libatomic stand-in reporting 8-byte accesses as not lock-free."""
     compiler = shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
-        pytest.skip("no C compiler to build the libatomic stand-in")
+        unavailable("no C compiler to build the libatomic stand-in")
     directory = tmp_path_factory.mktemp("shim")
     source, library = directory / "shim.c", directory / "libatomic-shim.so"
     source.write_text(SHIM_SOURCE)

@@ -13,50 +13,34 @@ mapping, a 1 TiB mapping) runs in a subprocess.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import mmap
 import os
 import random
-import subprocess
-import sys
 import tempfile
-import textwrap
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Final
 
 import pytest
-from reference_model import ExpectedError, MemoryModel, ModelRegion
+from reference_model import MemoryModel, ModelRegion
+from support import random_access, run_python_code
 
 from vm_memory import (
     FileOffset,
     GuestAddress,
     GuestMemoryMmap,
     GuestRegionMmap,
-    InvalidRange,
     MappingError,
-    MappingPastEof,
     MmapRegion,
 )
 
-ROOT: Final = Path(__file__).resolve().parent.parent
 PAGE: Final = mmap.PAGESIZE
 LAYOUT: Final = ((0x10_000, 2 * PAGE), (0x10_000 + 2 * PAGE, PAGE), (0x40_000, 3 * PAGE))
 """Two adjacent regions, a hole, a third region: accesses cross both kinds of edge."""
 FILE_OFFSET: Final = 2 * PAGE
 """Where file-backed regions start in their file (the file has other bytes before)."""
 OPERATIONS: Final = 400
-
-
-def run_python(code: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """Run `code` in a fresh interpreter that imports this repository's `vm_memory`."""
-    environment = dict(os.environ)
-    environment["PYTHONPATH"] = os.pathsep.join(
-        [str(ROOT), *filter(None, [environment.get("PYTHONPATH")])])
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=environment,
-                          capture_output=True, text=True, timeout=timeout, check=False)
 
 
 # ---- Building each backend -----------------------------------------------------------
@@ -178,19 +162,6 @@ def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
 # ---- The model comparison ------------------------------------------------------------
 
 
-def agree(library_call: Callable[[], object], model_call: Callable[[], object]) -> None:
-    """The library returns what the model returns, or raises the error (and facts) it names."""
-    try:
-        expected = model_call()
-    except ExpectedError as error:
-        with pytest.raises(error.error_type) as raised:
-            library_call()
-        for name, value in error.facts.items():
-            assert getattr(raised.value, name) == value, (name, raised.value)
-        return
-    assert library_call() == expected
-
-
 def _address(rng: random.Random) -> int:
     """Near a region edge, inside a region, or in the hole."""
     start, size = rng.choice(LAYOUT)
@@ -199,36 +170,8 @@ def _address(rng: random.Random) -> int:
 
 
 def _one_operation(backend: Backend, rng: random.Random) -> None:
-    memory, model = backend.memory, backend.model
-    address = _address(rng)
     length = rng.choice([1, 2, 7, PAGE, 3 * PAGE, rng.randrange(1, 4 * PAGE)])
-    data = rng.randbytes(length)
-    operation = rng.choice(["read", "write", "read_slice", "write_slice", "read_obj",
-                            "write_obj"])
-    if operation == "read":
-        def library_read() -> bytes:
-            buffer = bytearray(length)
-            count = memory.read(GuestAddress(address), buffer)
-            return bytes(buffer[:count])
-        agree(library_read, lambda: model.read(address, length))
-    elif operation == "write":
-        agree(lambda: memory.write(GuestAddress(address), data),
-              lambda: model.write(address, data))
-    elif operation == "read_slice":
-        agree(lambda: memory.read_bytes(GuestAddress(address), length),
-              lambda: model.read_slice(address, length))
-    elif operation == "write_slice":
-        agree(lambda: memory.write_slice(GuestAddress(address), data),
-              lambda: model.write_slice(address, data))
-    elif operation == "read_obj":
-        agree(lambda: memory.read_obj_unaligned(GuestAddress(address), ctypes.c_uint32),
-              lambda: int.from_bytes(model.read_obj_unaligned(address, ctypes.c_uint32),
-                                     "little"))
-    else:
-        value = rng.randrange(1 << 32)
-        agree(lambda: memory.write_obj_unaligned(GuestAddress(address), ctypes.c_uint32,
-                                                 value),
-              lambda: model.write_obj_unaligned(address, ctypes.c_uint32, value))
+    random_access(backend.memory, backend.model, rng, _address(rng), length)
 
 
 @pytest.mark.parametrize("backend", BACKENDS, indirect=True)
@@ -260,143 +203,12 @@ def test_file_backed_writes_reach_the_file_only_when_shared(backend: Backend) ->
                 "the random writes changed the private copy"
 
 
-# ---- Private vs shared across fork ---------------------------------------------------
-
-
-@pytest.mark.parametrize("shared", [False, True])
-def test_fork_child_writes_visible_only_in_shared_memory(shared: bool) -> None:
-    """MAP_SHARED memory is the same pages in a forked child; MAP_PRIVATE is copy-on-write."""
-    memory = GuestMemoryMmap.from_ranges([(GuestAddress(0x1000), PAGE)], shared=shared)
-    memory.write_slice(GuestAddress(0x1000), b"parent")
-    pid = os.fork()
-    if pid == 0:  # the child: write and leave at once, without running pytest's cleanup
-        code = 0
-        try:
-            memory.write_slice(GuestAddress(0x1000), b"child!")
-        except BaseException:
-            code = 1
-        os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
-    assert memory.read_bytes(GuestAddress(0x1000), 6) == (b"child!" if shared else b"parent")
-
-
-# ---- Memfd seals ---------------------------------------------------------------------
-
-
-def test_memfd_is_sealed_against_shrinking_and_growing() -> None:
-    """Truncating the memfd (which would SIGBUS us) fails; its size stays put."""
-    region = MmapRegion.memfd(2 * PAGE)
-    assert region.fd is not None and region.shared
-    for size in (0, PAGE, 4 * PAGE):
-        with pytest.raises(PermissionError):
-            os.ftruncate(region.fd, size)
-    assert os.fstat(region.fd).st_size == 2 * PAGE
-    # A duplicate (as a peer would hold after SCM_RIGHTS) is sealed just the same.
-    duplicate = os.dup(region.fd)
-    try:
-        with pytest.raises(PermissionError):
-            os.ftruncate(duplicate, PAGE)
-    finally:
-        os.close(duplicate)
-    memory = GuestMemoryMmap.from_regions([GuestRegionMmap(region, GuestAddress(0))])
-    memory.write_slice(GuestAddress(2 * PAGE - 4), b"tail")
-    assert os.pread(region.fd, 4, 2 * PAGE - 4) == b"tail"
-
-
-# ---- Refusals before mapping ---------------------------------------------------------
-
-
-def test_file_shorter_than_region_is_refused_before_mapping() -> None:
-    """MappingPastEof names the sizes; nothing is mapped and the file is unchanged."""
-    with tempfile.TemporaryFile() as backing:
-        backing.write(b"x" * (3 * PAGE))
-        backing.flush()
-        fd = backing.fileno()
-        with pytest.raises(MappingPastEof) as raised:
-            MmapRegion.from_file(fd, 2 * PAGE, offset=2 * PAGE)
-        assert (raised.value.size, raised.value.file_offset, raised.value.file_size) == \
-            (2 * PAGE, 2 * PAGE, 3 * PAGE)
-        assert isinstance(raised.value, MappingError)
-        with pytest.raises(MappingPastEof):
-            GuestMemoryMmap.from_ranges_with_files(
-                [(GuestAddress(0), 4 * PAGE, FileOffset(fd, 0))])
-        assert os.fstat(fd).st_size == 3 * PAGE
-        # Exactly fitting is fine, and shows the file's bytes at the offset.
-        region = MmapRegion.from_file(fd, PAGE, offset=2 * PAGE)
-        assert bytes(region.mapping[:1]) == b"x"
-
-
-def test_bad_sizes_and_offsets_are_refused() -> None:
-    with pytest.raises(InvalidRange):
-        MmapRegion.anonymous(0)
-    with pytest.raises(InvalidRange):
-        MmapRegion.memfd(-PAGE)
-    with tempfile.TemporaryFile() as backing:
-        os.ftruncate(backing.fileno(), 4 * PAGE)
-        with pytest.raises(InvalidRange):
-            MmapRegion.from_file(backing.fileno(), PAGE, offset=100)
-        with pytest.raises(InvalidRange):
-            MmapRegion.from_file(backing.fileno(), PAGE, offset=-PAGE)
-
-
-# ---- Read-only mappings: refusals that must never reach the hardware ------------------
-
-
-def test_read_only_mapping_refuses_every_store_in_a_subprocess() -> None:
-    """Every store path raises ReadOnlyRegion on a read-only file mapping; none segfaults.
-
-    A store reaching a PROT_READ page would kill the interpreter, hence the subprocess.
-    """
-    result = run_python(f"""
-        import ctypes, json, os, tempfile
-        from vm_memory import (AlignedGuestAddress, GuestAddress, GuestMemoryMmap,
-                               FileOffset, ReadOnlyRegion)
-        backing = tempfile.TemporaryFile()
-        backing.write(bytes(range(256)) * {4 * PAGE // 256})
-        backing.flush()
-        memory = GuestMemoryMmap.from_ranges_with_files(
-            [(GuestAddress(0), {2 * PAGE}, FileOffset(backing.fileno(), {PAGE}))],
-            read_only=True)
-        word = AlignedGuestAddress.new(ctypes.c_uint64, GuestAddress(8))
-        attempts = {{
-            "write": lambda: memory.write(GuestAddress(1), b"x"),
-            "write_slice": lambda: memory.write_slice(GuestAddress(1), b"x"),
-            "write_obj": lambda: memory.write_obj(word, 1),
-            "write_obj_unaligned": lambda: memory.write_obj_unaligned(
-                GuestAddress(3), ctypes.c_uint32, 1),
-            "write_atomic": lambda: memory.write_atomic(word, 1),
-            "swap": lambda: memory.swap(word, 1),
-            "compare_exchange": lambda: memory.compare_exchange(word, 0, 1),
-            "fetch_add": lambda: memory.fetch_add(word, 1),
-            "fetch_or": lambda: memory.fetch_or(word, 1),
-            "slice_write": lambda: memory.get_slice(GuestAddress(0), 16).write(0, b"x"),
-            "read_from": lambda: memory.read_from(GuestAddress(0), os.open("/dev/zero",
-                                                  os.O_RDONLY), 16),
-        }}
-        refused = []
-        for name, attempt in attempts.items():
-            try:
-                attempt()
-            except ReadOnlyRegion:
-                refused.append(name)
-        print(json.dumps({{"refused": refused, "names": list(attempts),
-                          "first": memory.read_bytes(GuestAddress(0), 16).hex(),
-                          "atomic": memory.read_atomic(word)}}))
-    """)
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
-    assert report["refused"] == report["names"]
-    assert bytes.fromhex(report["first"]) == bytes(range(16))
-    assert report["atomic"] == int.from_bytes(bytes(range(8, 16)), "little")
-
-
 # ---- Sparse and huge ------------------------------------------------------------------
 
 
 def test_one_tib_sparse_guest_stays_small_in_a_subprocess() -> None:
     """A 1 TiB no-reserve guest, written at its first and last page, stays under 100 MiB RSS."""
-    result = run_python("""
+    result = run_python_code("""
         import json
         from vm_memory import GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion
 

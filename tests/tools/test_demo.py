@@ -15,10 +15,10 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 from typing import Final
 
 import pytest
+from support import ROOT, python_environment, require, run_python, unavailable
 
 from vm_memory import AlignedGuestAddress, GuestAddress, GuestMemoryMmap, Ordering
 from vm_memory_tools.demo import DeviceModel, run_demo
@@ -44,19 +44,26 @@ from vm_memory_tools.split_ring import (
     VirtqDesc,
 )
 
-REPO_ROOT: Final = Path(__file__).resolve().parents[1]
 MESSAGES: Final = 300
-TIMEOUT_SECONDS: Final = 120
-KVM_REASON: Final = kvm_unavailable_reason()
-needs_kvm = pytest.mark.skipif(KVM_REASON is not None, reason=f"no usable KVM: {KVM_REASON}")
-MODES: Final = [pytest.param([], id="kvm", marks=needs_kvm),
-                pytest.param(["--no-kvm"], id="second-process")]
+EXCHANGE_TIMEOUT: Final = "300"
+"""The demo's own ``--timeout``: generous, as a loaded machine may run it 20 times slower."""
+TIMEOUT_SECONDS: Final = 600
+"""The child process's: a hang guard beyond the demo's own."""
 
 
-def run_cli(*arguments: str, prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*prefix, sys.executable, "-m", "vm_memory_tools", *arguments],
-                          cwd=REPO_ROOT, capture_output=True, text=True,
-                          timeout=TIMEOUT_SECONDS, check=False)
+@pytest.fixture(params=[pytest.param([], id="kvm"),
+                        pytest.param(["--no-kvm"], id="second-process")])
+def mode(request: pytest.FixtureRequest) -> list[str]:
+    """The demo's guest: a KVM vCPU (where /dev/kvm is usable), or a second process."""
+    arguments: list[str] = request.param
+    if not arguments:
+        reason = kvm_unavailable_reason()
+        require(None if reason is None else f"no usable KVM: {reason}")
+    return arguments
+
+
+def run_cli(*arguments: str, timeout: float = TIMEOUT_SECONDS) -> subprocess.CompletedProcess[str]:
+    return run_python("-m", "vm_memory_tools", *arguments, timeout=timeout)
 
 
 def ok_line(messages: int) -> str:
@@ -65,9 +72,8 @@ def ok_line(messages: int) -> str:
             "0 bad replies")
 
 
-@pytest.mark.parametrize("mode", MODES)
 def test_demo_verifies_every_message(mode: list[str]) -> None:
-    result = run_cli("demo", "--messages", str(MESSAGES), *mode)
+    result = run_cli("demo", "--messages", str(MESSAGES), "--timeout", EXCHANGE_TIMEOUT, *mode)
     assert result.returncode == 0, result.stdout + result.stderr
     assert ok_line(MESSAGES) in result.stdout
     expected_mode = "second-process guest" if mode else "KVM guest"
@@ -77,9 +83,9 @@ def test_demo_verifies_every_message(mode: list[str]) -> None:
         assert "KVM      not used: --no-kvm given" in result.stdout
 
 
-@pytest.mark.parametrize("mode", MODES)
 def test_demo_fails_on_a_corrupted_request(mode: list[str]) -> None:
-    result = run_cli("demo", "--messages", str(MESSAGES), "--corrupt-one", *mode)
+    result = run_cli("demo", "--messages", str(MESSAGES), "--timeout", EXCHANGE_TIMEOUT,
+                     "--corrupt-one", *mode)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "FAILED:" in result.stdout
     corrupted = MESSAGES // 2
@@ -87,10 +93,10 @@ def test_demo_fails_on_a_corrupted_request(mode: list[str]) -> None:
     assert f"{MESSAGES - 1:,} verified by the device" in result.stdout
 
 
-@pytest.mark.parametrize("mode", MODES)
 def test_demo_fails_on_a_corrupted_reply(mode: list[str]) -> None:
     """The device verifies everything; only the guest's own check can catch this."""
-    result = run_cli("demo", "--messages", str(MESSAGES), "--corrupt-one", "reply", *mode)
+    result = run_cli("demo", "--messages", str(MESSAGES), "--timeout", EXCHANGE_TIMEOUT,
+                     "--corrupt-one", "reply", *mode)
     assert result.returncode == 1, result.stdout + result.stderr
     assert f"{MESSAGES:,} verified by the device" in result.stdout
     assert f"{MESSAGES - 1:,} replies verified by the guest" in result.stdout
@@ -101,15 +107,16 @@ def test_demo_says_so_and_falls_back_where_kvm_is_unusable() -> None:
     """/dev/kvm replaced by /dev/null in a private mount namespace: no KVM there."""
     unshare = shutil.which("unshare")
     if unshare is None or os.geteuid() != 0:
-        pytest.skip("needs root and unshare(1) to hide /dev/kvm in a mount namespace")
+        unavailable("needs root and unshare(1) to hide /dev/kvm in a mount namespace")
     probe = subprocess.run([unshare, "--mount", "true"], capture_output=True, check=False)
     if probe.returncode != 0:
-        pytest.skip(f"cannot create a mount namespace here: {probe.stderr.decode().strip()}")
+        unavailable(f"cannot create a mount namespace here: {probe.stderr.decode().strip()}")
     script = (f"mount --bind /dev/null /dev/kvm 2>/dev/null || true; "
-              f"exec {sys.executable} -m vm_memory_tools demo --messages 50")
-    result = subprocess.run([unshare, "--mount", "sh", "-c", script], cwd=REPO_ROOT,
-                            capture_output=True, text=True, timeout=TIMEOUT_SECONDS,
-                            check=False)
+              f"exec {sys.executable} -m vm_memory_tools demo --messages 50 "
+              f"--timeout {EXCHANGE_TIMEOUT}")
+    result = subprocess.run([unshare, "--mount", "sh", "-c", script], cwd=ROOT,
+                            env=python_environment(), capture_output=True, text=True,
+                            timeout=TIMEOUT_SECONDS, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "KVM      not used: " in result.stdout
     assert "a second process plays the guest" in result.stdout
@@ -118,7 +125,7 @@ def test_demo_says_so_and_falls_back_where_kvm_is_unusable() -> None:
 
 def test_demo_in_process_api_reports_the_same() -> None:
     out = io.StringIO()
-    result = run_demo(40, use_kvm=False, out=out)
+    result = run_demo(40, use_kvm=False, out=out, timeout=float(EXCHANGE_TIMEOUT))
     assert result.ok
     assert (result.guest.sent, result.guest.verified, result.device.verified) == (40, 40, 40)
     assert ok_line(40) in out.getvalue()
@@ -128,6 +135,8 @@ def test_demo_usage_errors_exit_2() -> None:
     result = run_cli("demo", "--messages", "-5")
     assert result.returncode == 2
     assert "is negative" in result.stderr
+    result = run_cli("demo", "--timeout", "0")
+    assert result.returncode == 2 and "is not in (0, 1e6) seconds" in result.stderr
 
 
 def test_guest_program_rejects_counts_it_cannot_hold() -> None:
@@ -235,12 +244,10 @@ def test_device_model_catches_a_skipped_sequence_number() -> None:
 
 
 @pytest.mark.long
-@pytest.mark.parametrize("mode", MODES)
 def test_demo_survives_the_16_bit_index_wrap(mode: list[str]) -> None:
     """70,000 messages: the guest's and the device's 16-bit ring indices wrap once."""
     messages = 70_000
-    result = subprocess.run([sys.executable, "-m", "vm_memory_tools", "demo", "--messages",
-                             str(messages), *mode], cwd=REPO_ROOT, capture_output=True,
-                            text=True, timeout=600, check=False)
+    result = run_cli("demo", "--messages", str(messages), "--timeout", "3000", *mode,
+                     timeout=3600)
     assert result.returncode == 0, result.stdout + result.stderr
     assert ok_line(messages) in result.stdout

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import pytest
-from reference_model import ExpectedError, MemoryModel, ModelRegion
+from reference_model import MemoryModel, ModelRegion
+from support import ByteDevice, provoke, random_access
 
 from vm_memory import (
     AlignedGuestAddress,
@@ -44,27 +45,11 @@ RO_FILE_START: Final = RO_DEVICE_START + PAGE
 FILE_OFFSET: Final = 3 * PAGE
 
 
-class Device:
-    """A byte array served as a device window; counts the calls it gets."""
-
-    def __init__(self, content: bytes) -> None:
-        self.data = bytearray(content)
-        self.calls = 0
-
-    def read(self, offset: int, size: int) -> bytes:
-        self.calls += 1
-        return bytes(self.data[offset:offset + size])
-
-    def write(self, offset: int, data: bytes) -> None:
-        self.calls += 1
-        self.data[offset:offset + len(data)] = data
-
-
 @dataclass
 class Mixed:
     memory: GuestMemory
     model: MemoryModel
-    devices: dict[int, Device]
+    devices: dict[int, ByteDevice]
     files: dict[int, tuple[int, int]]
     """Region start -> (fd, file offset)."""
 
@@ -81,8 +66,8 @@ def mixed() -> Iterator[Mixed]:
             backing.flush()
         mapping = MmapRegion.anonymous(PAGE)
         mapping.mapping[:] = contents[MMAP_START]
-        devices = {DEVICE_START: Device(contents[DEVICE_START]),
-                   RO_DEVICE_START: Device(contents[RO_DEVICE_START])}
+        devices = {DEVICE_START: ByteDevice(contents[DEVICE_START]),
+                   RO_DEVICE_START: ByteDevice(contents[RO_DEVICE_START])}
         memory = GuestMemory([
             GuestRegionMmap(mapping, GuestAddress(MMAP_START)),
             DeviceRegion(devices[DEVICE_START], GuestAddress(DEVICE_START), PAGE),
@@ -99,19 +84,6 @@ def mixed() -> Iterator[Mixed]:
         yield Mixed(memory, model, devices,
                     {FILE_START: (writable.fileno(), FILE_OFFSET),
                      RO_FILE_START: (read_only.fileno(), FILE_OFFSET)})
-
-
-def agree(library_call: Callable[[], object], model_call: Callable[[], object]) -> None:
-    """The library returns what the model returns, or raises the error (and facts) it names."""
-    try:
-        expected = model_call()
-    except ExpectedError as error:
-        with pytest.raises(error.error_type) as raised:
-            library_call()
-        for name, value in error.facts.items():
-            assert getattr(raised.value, name) == value, (name, raised.value)
-        return
-    assert library_call() == expected
 
 
 def real_bytes(mixed: Mixed) -> tuple[bytes, ...]:
@@ -136,32 +108,7 @@ EDGES: Final = (MMAP_START, DEVICE_START, FILE_START, FILE_START + PAGE, RO_DEVI
 def _one_operation(memory: GuestMemory, model: MemoryModel, rng: random.Random) -> None:
     address = rng.choice(EDGES) + rng.randrange(-40, 40)
     length = rng.choice([1, 3, 8, 100, PAGE, 2 * PAGE + 1])
-    data = rng.randbytes(length)
-    operation = rng.randrange(6)
-    if operation == 0:
-        def library_read() -> bytes:
-            buffer = bytearray(length)
-            return bytes(buffer[:memory.read(GuestAddress(address), buffer)])
-        agree(library_read, lambda: model.read(address, length))
-    elif operation == 1:
-        agree(lambda: memory.write(GuestAddress(address), data),
-              lambda: model.write(address, data))
-    elif operation == 2:
-        agree(lambda: memory.read_bytes(GuestAddress(address), length),
-              lambda: model.read_slice(address, length))
-    elif operation == 3:
-        agree(lambda: memory.write_slice(GuestAddress(address), data),
-              lambda: model.write_slice(address, data))
-    elif operation == 4:
-        value = rng.randrange(1 << 16)
-        agree(lambda: memory.write_obj_unaligned(GuestAddress(address), ctypes.c_uint16,
-                                                 value),
-              lambda: model.write_obj_unaligned(address, ctypes.c_uint16, value))
-    else:
-        aligned = address & ~7
-        word = rng.randrange(1 << 64)
-        agree(lambda: memory.write_obj(u64(aligned), word),
-              lambda: model.write_obj(aligned, ctypes.c_uint64, word))
+    random_access(memory, model, rng, address, length)
 
 
 def test_mixed_region_kinds_agree_with_the_model(mixed: Mixed) -> None:
@@ -259,7 +206,7 @@ def test_file_region_past_end_of_file_reads_zeros() -> None:
 
 def test_mmap_memory_takes_only_host_backed_regions() -> None:
     with pytest.raises(TypeError):
-        GuestMemoryMmap([DeviceRegion(Device(bytes(PAGE)), GuestAddress(0), PAGE)])  # type: ignore[list-item]
+        GuestMemoryMmap([DeviceRegion(ByteDevice(bytes(PAGE)), GuestAddress(0), PAGE)])  # type: ignore[list-item]
 
 
 # ---- The device's atomics under contention ------------------------------------------
@@ -285,18 +232,18 @@ def _contend(memory: GuestMemory, increment: Callable[[], object], threads: int,
 def test_device_atomics_lose_no_update_while_plain_increments_do() -> None:
     """fetch_add on a device region is exact under contending threads; the plain
     read-then-write control on the same device loses updates (the harness can fail)."""
-    device = Device(bytes(PAGE))
+    device = ByteDevice(bytes(PAGE))
     memory = GuestMemory([DeviceRegion(device, GuestAddress(0), PAGE)])
     counter, control = u64(0), u64(8)
     threads, per_thread = 4, 5_000
     _contend(memory, lambda: memory.fetch_add(counter, 1), threads, per_thread)
     assert memory.read_atomic(counter) == threads * per_thread
-    lost = 0
-    for _ in range(3):
+
+    def plain_increments_lost() -> int:
         memory.write_obj(control, 0)
         _contend(memory, lambda: memory.write_obj(control, memory.read_obj(control) + 1),
                  threads, per_thread)
-        lost = threads * per_thread - memory.read_obj(control)
-        if lost:
-            break
-    assert lost > 0, "plain increments lost nothing: the threads did not contend"
+        return threads * per_thread - memory.read_obj(control)
+
+    provoke(plain_increments_lost, lambda lost: lost > 0, attempts=5,
+            what="plain increments losing an update")

@@ -1,0 +1,1 @@
+"""Tests of the tools built on the library (`vm_memory_tools`)."""

@@ -1,0 +1,432 @@
+"""The vhost-user back-end process, driven over its socket by a Python front-end sharing
+memfd guest memory: the messages QEMU sends, hot-plug, inflight recovery, malformed
+messages (table-driven and fuzzed), hostile rings, signals."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from vm_memory import GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion
+from vm_memory_vhost import PROTOCOL_FEATURES, ProtocolFeature, Request, VirtioBlkReqHeader
+from vm_memory_vhost.blk import (
+    VIRTIO_BLK_F_MQ,
+    VIRTIO_BLK_F_RO,
+    VIRTIO_BLK_S_IOERR,
+    VIRTIO_BLK_S_OK,
+    VIRTIO_BLK_T_IN,
+    VIRTIO_BLK_T_OUT,
+)
+from vm_memory_vhost.frontend import Frontend
+from vm_memory_vhost.inflight import InflightArea
+from vm_memory_vhost.protocol import (
+    HEADER,
+    INFLIGHT,
+    MEMORY_HEADER,
+    MEMORY_REGION,
+    SINGLE_REGION,
+    U64,
+    VRING_STATE,
+)
+from vm_memory_virtio import (
+    VIRTIO_F_VERSION_1,
+    VIRTIO_RING_F_EVENT_IDX,
+    DriverQueue,
+    QueueLayout,
+    SplitQueue,
+    VirtqDesc,
+    feature,
+)
+
+from .backend_process import BackendProcess, start_backend
+
+MIB = 1 << 20
+SECTORS = 2048
+LAYOUTS = [QueueLayout.contiguous(64, GuestAddress(0x1000)),
+           QueueLayout.contiguous(64, GuestAddress(0x4000))]
+
+
+@pytest.fixture
+def backend(tmp_path: Path) -> Iterator[BackendProcess]:
+    process = start_backend(tmp_path, sectors=SECTORS)
+    yield process
+    assert process.stop() == 0, process.log_text()
+    assert "Traceback" not in process.log_text()
+    assert not os.path.exists(process.socket)
+
+
+def guest_memory() -> GuestMemoryMmap:
+    return GuestMemoryMmap.from_ranges_memfd([(GuestAddress(0), MIB),
+                                              (GuestAddress(4 * MIB), MIB)])
+
+
+def connect(backend: BackendProcess, memory: GuestMemoryMmap,
+            queues: int = 2) -> tuple[Frontend, list[DriverQueue]]:
+    frontend = Frontend(backend.socket)
+    frontend.negotiate()
+    assert frontend.set_mem_table(memory) == 0
+    drivers = [frontend.setup_queue(memory, index, LAYOUTS[index]) for index in range(queues)]
+    return frontend, drivers
+
+
+def request(memory: GuestMemoryMmap, driver: DriverQueue, kind: int, sector: int,
+            data: tuple[int, int], slot: int) -> int:
+    """Publish one blk request (header and status at `slot`); returns its head."""
+    memory.write_slice(GuestAddress(slot), bytes(VirtioBlkReqHeader(kind, 0, sector)))
+    memory.write_slice(GuestAddress(slot + 16), b"\xee")
+    if kind == VIRTIO_BLK_T_IN:
+        return driver.add([(slot, 16)], [data, (slot + 16, 1)])
+    return driver.add([(slot, 16), data], [(slot + 16, 1)])
+
+
+def complete(frontend: Frontend, driver: DriverQueue, index: int,
+             count: int) -> list[tuple[int, int]]:
+    """Kick and collect `count` used entries."""
+    frontend.kick(index)
+    used: list[tuple[int, int]] = []
+    while len(used) < count:
+        assert frontend.wait_call(index), f"no interrupt after {len(used)} of {count}"
+        used += driver.used()
+    return used
+
+
+def status(memory: GuestMemoryMmap, slot: int) -> int:
+    return memory.read_bytes(GuestAddress(slot + 16), 1)[0]
+
+
+def test_handshake_then_io_on_two_queues(backend: BackendProcess) -> None:
+    memory = guest_memory()
+    with Frontend(backend.socket) as frontend:
+        offered, protocol = frontend.negotiate()
+        assert offered & feature(VIRTIO_F_VERSION_1) and offered & feature(VIRTIO_BLK_F_MQ)
+        assert offered & feature(VIRTIO_RING_F_EVENT_IDX)
+        assert not offered & feature(VIRTIO_BLK_F_RO)
+        assert protocol == PROTOCOL_FEATURES
+        assert U64.unpack(frontend.call(Request.GET_QUEUE_NUM))[0] == 2
+        assert U64.unpack(frontend.call(Request.GET_MAX_MEM_SLOTS))[0] == 32
+        config = frontend.get_config()
+        assert int.from_bytes(config[:8], "little") == SECTORS
+        assert frontend.set_mem_table(memory) == 0
+        drivers = [frontend.setup_queue(memory, index, LAYOUTS[index]) for index in (0, 1)]
+        payload = os.urandom(8192)
+        memory.write_slice(GuestAddress(4 * MIB), payload)  # in the second region
+        slots = [0x20000 + 32 * index for index in range(8)]
+        for number, slot in enumerate(slots[:4]):
+            request(memory, drivers[0], VIRTIO_BLK_T_IN, number * 8,
+                    (0x40000 + number * 4096, 4096), slot)
+        for number, slot in enumerate(slots[4:]):
+            request(memory, drivers[1], VIRTIO_BLK_T_OUT, 100 + number * 4,
+                    (4 * MIB + number * 2048, 2048), slot)
+        assert [length for _, length in complete(frontend, drivers[0], 0, 4)] == [4097] * 4
+        assert [length for _, length in complete(frontend, drivers[1], 1, 4)] == [1] * 4
+        assert [status(memory, slot) for slot in slots] == [VIRTIO_BLK_S_OK] * 8
+        image = backend.image.read_bytes()
+        for number in range(4):
+            assert memory.read_bytes(GuestAddress(0x40000 + number * 4096), 4096) == \
+                image[number * 4096:(number + 1) * 4096]
+        assert image[100 * 512:100 * 512 + 8192] == payload
+        assert frontend.get_vring_base(0) == 4
+        assert frontend.get_vring_base(1) == 4
+
+
+def test_hotplug_regions_while_a_queue_runs(backend: BackendProcess) -> None:
+    """ADD_MEM_REG (how QEMU sends its table with CONFIGURE_MEM_SLOTS), REM_MEM_REG, and
+    a new SET_MEM_TABLE, each while the queue is running."""
+    base = GuestRegionMmap(MmapRegion.memfd(MIB), GuestAddress(0))
+    extra = GuestRegionMmap(MmapRegion.memfd(MIB), GuestAddress(8 * MIB))
+    memory = GuestMemoryMmap([base])
+    with Frontend(backend.socket) as frontend:
+        frontend.negotiate()
+        assert frontend.add_mem_reg(base) == 0
+        driver = frontend.setup_queue(memory, 0, LAYOUTS[0])
+        memory = memory.insert_region(extra)
+        driver.memory = memory
+        assert frontend.add_mem_reg(extra) == 0
+        request(memory, driver, VIRTIO_BLK_T_IN, 1, (8 * MIB, 512), 0x20000)
+        complete(frontend, driver, 0, 1)
+        assert status(memory, 0x20000) == VIRTIO_BLK_S_OK
+        assert memory.read_bytes(GuestAddress(8 * MIB), 512) == \
+            backend.image.read_bytes()[512:1024]
+        # A whole new table with a third region, then that region used.
+        third = GuestRegionMmap(MmapRegion.memfd(MIB), GuestAddress(16 * MIB))
+        memory = memory.insert_region(third)
+        driver.memory = memory
+        assert frontend.set_mem_table(memory) == 0
+        request(memory, driver, VIRTIO_BLK_T_IN, 2, (16 * MIB, 512), 0x20000)
+        complete(frontend, driver, 0, 1)
+        assert memory.read_bytes(GuestAddress(16 * MIB), 512) == \
+            backend.image.read_bytes()[1024:1536]
+        # Removed: a buffer there is no longer guest memory, and the queue says so.
+        assert frontend.rem_mem_reg(extra) == 0
+        request(memory, driver, VIRTIO_BLK_T_IN, 1, (8 * MIB, 512), 0x20000)
+        frontend.kick(0)
+        assert frontend.wait_err(0)
+    assert backend.wait_log("not in guest memory")
+
+
+def test_read_only_disk(tmp_path: Path) -> None:
+    backend = start_backend(tmp_path, read_only=True, queues=1)
+    memory = guest_memory()
+    before = backend.image.read_bytes()
+    try:
+        with Frontend(backend.socket) as frontend:
+            offered, _ = frontend.negotiate()
+            assert offered & feature(VIRTIO_BLK_F_RO)
+            assert frontend.set_mem_table(memory) == 0
+            driver = frontend.setup_queue(memory, 0, LAYOUTS[0])
+            memory.write_slice(GuestAddress(0x40000), b"\xff" * 4096)
+            request(memory, driver, VIRTIO_BLK_T_OUT, 0, (0x40000, 4096), 0x20000)
+            request(memory, driver, VIRTIO_BLK_T_IN, 0, (0x50000, 4096), 0x20100)
+            complete(frontend, driver, 0, 2)
+            assert status(memory, 0x20000) == VIRTIO_BLK_S_IOERR
+            assert status(memory, 0x20100) == VIRTIO_BLK_S_OK
+    finally:
+        assert backend.stop() == 0
+    assert backend.image.read_bytes() == before
+
+
+def test_inflight_recovery_resubmits_exactly_the_unfinished(backend: BackendProcess) -> None:
+    """A dead back-end's inflight log (written with the same tracker) says: A, B, C were
+    taken; B was returned; C's used entry was published but the log not yet updated (it
+    died between the two); D was never taken. The new back-end returns A and D only, A
+    first: each of the four chains reaches the used ring exactly once, and the writes of
+    B and C (done by the dead one) are not done again."""
+    memory = guest_memory()
+    with Frontend(backend.socket) as frontend:
+        frontend.negotiate()
+        fd, size = frontend.get_inflight_fd(2, 64)
+        assert size >= 2 * 64 * 16
+        driver = DriverQueue(memory, LAYOUTS[0], event_idx=True)
+        slots = [0x20000 + 32 * number for number in range(4)]
+        for number, slot in enumerate(slots):
+            memory.write_slice(GuestAddress(0x40000 + number * 512), bytes([number + 1]) * 512)
+            request(memory, driver, VIRTIO_BLK_T_OUT, number, (0x40000 + number * 512, 512),
+                    slot)
+        area = InflightArea(fd, size, 0, 2, 64)
+        dead = area.queue(0, 64)
+        dead.recover(0)
+        device_side = SplitQueue(memory, LAYOUTS[0], event_idx=True, indirect=True)
+        taken = [device_side.pop() for _ in range(3)]
+        heads = [chain.head for chain in taken if chain is not None]
+        for head in heads:
+            dead.begin(head)
+        device_side.add_used(heads[1], 1, dead)  # B: returned and logged
+        device_side.add_used(heads[2], 1)  # C: published...
+        dead.before_publish(heads[2])  # ...the log saw its entry, not the publication
+        assert frontend.set_inflight_fd(fd, size, 2, 64) == 0
+        os.close(fd)
+        assert frontend.set_mem_table(memory) == 0
+        frontend.configure_queue(memory, 0, LAYOUTS[0], base=2)  # QEMU: base = used idx
+        used = complete(frontend, driver, 0, 4)
+        assert not frontend.wait_call(0, timeout=1.0)  # and nothing more
+        assert driver.used() == []
+    # B and C as the dead back-end returned them, then A resubmitted, then D.
+    assert [head for head, _ in used] == [heads[1], heads[2], heads[0], 9]
+    image = backend.image.read_bytes()
+    assert image[0:512] == b"\x01" * 512 and image[3 * 512:4 * 512] == b"\x04" * 512
+    original = bytes((index * 13) & 0xFF for index in range(4 * 512))
+    assert image[512:1536] == original[512:1536]  # B and C were not written again
+    assert backend.wait_log("resubmitting 1 inflight requests")
+
+
+def test_hostile_ring_stops_only_its_queue(backend: BackendProcess) -> None:
+    memory = guest_memory()
+    frontend, drivers = connect(backend, memory)
+    with frontend:
+        drivers[0].write_descriptor(0, VirtqDesc(0x20000, 16, 1, 0))  # loops on itself
+        drivers[0].write_avail_entry(0, 0)
+        drivers[0].set_avail_idx(1)
+        frontend.kick(0)
+        assert frontend.wait_err(0)
+        request(memory, drivers[1], VIRTIO_BLK_T_IN, 0, (0x40000, 512), 0x20100)
+        complete(frontend, drivers[1], 1, 1)
+        assert status(memory, 0x20100) == VIRTIO_BLK_S_OK
+    assert backend.wait_log("longer than its table allows")
+
+
+# ---- malformed messages ---------------------------------------------------------------------
+
+def _memfd(size: int = MIB, *, sealed: bool = True) -> int:
+    fd = os.memfd_create("test", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    os.ftruncate(fd, size)
+    if sealed:
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW)
+    return fd
+
+
+def _header(request_code: int, size: int, flags: int = 1) -> bytes:
+    return HEADER.pack(request_code, flags, size)
+
+
+MALFORMED: dict[str, tuple[bytes, int, str]] = {
+    # name: (bytes sent, number of memfds attached, what the log says)
+    "version 2": (_header(Request.GET_FEATURES, 0, 2), 0, "protocol version 2"),
+    "unknown flags": (_header(Request.GET_FEATURES, 0, 0x101), 0, "unknown flags"),
+    "a reply": (_header(Request.GET_FEATURES, 0, 5), 0, "a reply where a request"),
+    "huge payload": (_header(Request.SET_FEATURES, 0x100000), 0, "exceeds"),
+    "short u64": (_header(Request.SET_FEATURES, 4) + b"\0" * 4, 0, "expected 8"),
+    "unknown request": (_header(99, 0), 0, "request 99: not supported"),
+    "unsupported request": (_header(Request.SET_LOG_BASE, 8) + bytes(8), 0, "not supported"),
+    "unoffered feature": (_header(Request.SET_FEATURES, 8) + U64.pack(1 << 63), 0,
+                          "not offered"),
+    "too many regions": (_header(Request.SET_MEM_TABLE, 8) + MEMORY_HEADER.pack(40, 0), 0,
+                         "40 regions"),
+    "regions without fds": (
+        _header(Request.SET_MEM_TABLE, 40) + MEMORY_HEADER.pack(1, 0)
+        + MEMORY_REGION.pack(0, MIB, 0x7000_0000, 0), 0, "0 fds attached, expected 1"),
+    "region past the file": (
+        _header(Request.ADD_MEM_REG, 40) + SINGLE_REGION.pack(0, 0, 4 * MIB, 0x7000_0000, 0),
+        1, "cannot map region"),
+    "region unsealed": (
+        _header(Request.ADD_MEM_REG, 40) + SINGLE_REGION.pack(0, 0, MIB, 0x7000_0000, 0),
+        1, "not sealed against shrinking"),
+    "region too many fds": (
+        _header(Request.ADD_MEM_REG, 40) + SINGLE_REGION.pack(0, 0, MIB, 0x7000_0000, 0),
+        3, "3 fds attached"),
+    "region wraps": (
+        _header(Request.ADD_MEM_REG, 40) + SINGLE_REGION.pack(0, 2**64 - 4096, MIB, 0, 0),
+        1, "passes 2**64"),
+    "queue out of range": (_header(Request.SET_VRING_NUM, 8) + VRING_STATE.pack(7, 64), 0,
+                           "queue 7 does not exist"),
+    "queue size not power of two": (
+        _header(Request.SET_VRING_NUM, 8) + VRING_STATE.pack(0, 100), 0, "power of two"),
+    "kick unknown bits": (_header(Request.SET_VRING_KICK, 8) + U64.pack(0x10000), 0,
+                          "unknown bits"),
+    "kick nofd with fd": (_header(Request.SET_VRING_KICK, 8) + U64.pack(0x100), 1,
+                          "1 fds attached, expected 0"),
+    "config too large": (_header(Request.GET_CONFIG, 1012) + struct.pack("=III", 0, 1000, 0)
+                         + bytes(1000), 0, "past 256"),
+    "inflight queues": (_header(Request.GET_INFLIGHT_FD, INFLIGHT.size)
+                        + INFLIGHT.pack(0, 0, 9, 64), 0, "9 queues"),
+    "ring addresses unmapped": (b"", 0, "cannot start"),
+    "cut short": (_header(Request.SET_FEATURES, 8) + b"\0\0", 0, "connection closed after"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_malformed_message_is_refused_cleanly(backend: BackendProcess, case: str) -> None:
+    """Each: a clear error in the log, the connection dropped, no fd kept; the back-end
+    then serves the next front-end."""
+    data, fd_count, reason = MALFORMED[case]
+    baseline = backend.fd_count()
+    fds = [_memfd(sealed=case != "region unsealed") for _ in range(fd_count)]
+    with Frontend(backend.socket) as frontend:
+        if case == "ring addresses unmapped":  # well-formed messages, nonsense addresses
+            frontend.negotiate()
+            frontend.set_mem_table(guest_memory())
+            frontend.send(Request.SET_VRING_NUM, VRING_STATE.pack(0, 64))
+            frontend.send(Request.SET_VRING_ADDR, struct.pack("=IIQQQQ", 0, 0, 16, 32, 64, 0))
+            kick = os.eventfd(0)
+            frontend.send(Request.SET_VRING_KICK, U64.pack(0), (kick,))
+            os.close(kick)
+            frontend.acked(Request.SET_VRING_ENABLE, VRING_STATE.pack(0, 1))
+        else:
+            frontend.send_raw(data, tuple(fds))
+            if case == "cut short":
+                frontend.sock.shutdown(2)
+            else:
+                assert frontend.closed_by_peer(), case
+    for fd in fds:
+        os.close(fd)
+    assert backend.wait_log(reason), backend.log_text()
+    assert backend.wait_fd_count(baseline) == baseline
+    control_memory = guest_memory()
+    frontend, drivers = connect(backend, control_memory, queues=1)
+    with frontend:
+        request(control_memory, drivers[0], VIRTIO_BLK_T_IN, 0, (0x40000, 512), 0x20000)
+        complete(frontend, drivers[0], 0, 1)
+        assert status(control_memory, 0x20000) == VIRTIO_BLK_S_OK
+
+
+def test_reply_ack_reports_failure_before_disconnecting(backend: BackendProcess) -> None:
+    with Frontend(backend.socket) as frontend:
+        frontend.negotiate()
+        assert frontend.acked(Request.SET_VRING_NUM, VRING_STATE.pack(0, 64)) == 0
+        assert frontend.acked(Request.SET_VRING_NUM, VRING_STATE.pack(0, 3)) == 1
+        assert frontend.closed_by_peer()
+
+
+_requests = st.one_of(st.sampled_from([int(code) for code in Request]),
+                      st.integers(0, 2**32 - 1))
+
+
+@settings(max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture],
+          deadline=None)
+@given(_requests, st.integers(0, 15), st.binary(max_size=300), st.integers(0, 4),
+       st.booleans())
+def test_fuzzed_messages_never_break_the_backend(backend: BackendProcess, request_code: int,
+                                                 flags: int, payload: bytes, fd_count: int,
+                                                 lie_about_size: bool) -> None:
+    """Random requests, flags, payloads and fds (sizes honest or not): the back-end answers
+    or disconnects, keeps no fd, and keeps serving."""
+    _fuzz_one(backend, request_code, flags, payload, fd_count, lie_about_size)
+
+
+@pytest.fixture(scope="module")
+def long_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackendProcess]:
+    process = start_backend(tmp_path_factory.mktemp("fuzz"))
+    yield process
+    assert process.stop() == 0, process.log_text()
+
+
+@pytest.mark.long
+@settings(settings.get_profile("long"))
+@given(_requests, st.integers(0, 15), st.binary(max_size=300), st.integers(0, 4),
+       st.booleans())
+def test_fuzzed_messages_long(long_backend: BackendProcess, request_code: int, flags: int,
+                              payload: bytes, fd_count: int, lie_about_size: bool) -> None:
+    _fuzz_one(long_backend, request_code, flags, payload, fd_count, lie_about_size)
+
+
+_IDLE_FDS: dict[int, int] = {}
+"""Per back-end pid: its fd count with no front-end connected (taken before the first)."""
+
+
+def _fuzz_one(backend: BackendProcess, request_code: int, flags: int, payload: bytes,
+              fd_count: int, lie_about_size: bool) -> None:
+    baseline = _IDLE_FDS.setdefault(backend.process.pid, backend.fd_count())
+    size = len(payload) + (3 if lie_about_size else 0)
+    fds = [_memfd(4096) for _ in range(fd_count)]
+    try:
+        with Frontend(backend.socket) as frontend:
+            frontend.send_raw(HEADER.pack(request_code, flags, size) + payload, tuple(fds))
+            frontend.sock.shutdown(1)  # no more bytes: a lying size ends in EOF
+            frontend.closed_by_peer()
+    finally:
+        for fd in fds:
+            os.close(fd)
+    assert backend.process.poll() is None, backend.log_text()
+    assert backend.wait_fd_count(baseline) == baseline
+    with Frontend(backend.socket) as frontend:
+        assert U64.unpack(frontend.call(Request.GET_QUEUE_NUM))[0] == 2
+
+
+# ---- signals -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_stops_cleanly_with_a_front_end_connected(tmp_path: Path, signum: int) -> None:
+    backend = start_backend(tmp_path)
+    memory = guest_memory()
+    frontend, drivers = connect(backend, memory)
+    with frontend:
+        request(memory, drivers[0], VIRTIO_BLK_T_IN, 0, (0x40000, 512), 0x20000)
+        complete(frontend, drivers[0], 0, 1)
+        assert backend.stop(signum) == 0
+        assert frontend.closed_by_peer()
+    log = backend.log_text()
+    assert "shutting down" in log and "1 requests served" in log, log
+    assert "Traceback" not in log
+    assert not os.path.exists(backend.socket)
+
+
+def test_protocol_features_offered_match_the_messages_served() -> None:
+    names = {ProtocolFeature(bit).name for bit in range(17) if PROTOCOL_FEATURES >> bit & 1}
+    assert names == {"MQ", "REPLY_ACK", "CONFIG", "INFLIGHT_SHMFD", "CONFIGURE_MEM_SLOTS"}

@@ -1,0 +1,357 @@
+"""Split virtqueues, device side against the driver side, honest and hostile."""
+
+from __future__ import annotations
+
+import ctypes
+import multiprocessing
+import zlib
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vm_memory import AlignedGuestAddress, GuestAddress, GuestMemoryMmap, Ordering
+from vm_memory_virtio import (
+    VIRTQ_DESC_F_INDIRECT,
+    VIRTQ_DESC_F_NEXT,
+    VIRTQ_DESC_F_WRITE,
+    DriverQueue,
+    InvalidAvailIndex,
+    InvalidChain,
+    InvalidQueueLayout,
+    QueueLayout,
+    SplitQueue,
+    VirtqDesc,
+    VirtqueueError,
+    file_to_guest,
+    guest_to_file,
+    read_struct,
+)
+
+SIZE = 16
+MEMORY_SIZE = 0x40000
+HOLE_START = 0x40000  # the second region starts after a hole
+SECOND = 0x50000
+
+
+def make_memory() -> GuestMemoryMmap:
+    return GuestMemoryMmap.from_ranges([(GuestAddress(0), MEMORY_SIZE),
+                                        (GuestAddress(SECOND), 0x10000)], shared=True)
+
+
+def make_pair(memory: GuestMemoryMmap, *, event_idx: bool = False, indirect: bool = True,
+              size: int = SIZE) -> tuple[DriverQueue, SplitQueue]:
+    layout = QueueLayout.contiguous(size, GuestAddress(0x1000))
+    driver = DriverQueue(memory, layout, event_idx=event_idx)
+    return driver, SplitQueue(memory, layout, event_idx=event_idx, indirect=indirect)
+
+
+def test_honest_chains_come_out_as_published() -> None:
+    memory = make_memory()
+    driver, queue = make_pair(memory)
+    first = driver.add([(0x10000, 16)], [(0x11000, 512), (0x12000, 1)])
+    second = driver.add([(0x10000, 16), (0x20000, 4096)], [(0x12000, 1)],
+                        indirect_table=GuestAddress(0x30000))
+    third = driver.add([(MEMORY_SIZE - 8, 8)], [(SECOND, 0x10000)])
+    chains = [queue.pop(), queue.pop(), queue.pop()]
+    assert queue.pop() is None
+    assert [chain.head for chain in chains if chain] == [first, second, third]
+    assert chains[0] is not None and chains[0].readable == [(0x10000, 16)]
+    assert chains[0].writable == [(0x11000, 512), (0x12000, 1)]
+    assert chains[1] is not None and chains[1].readable == [(0x10000, 16), (0x20000, 4096)]
+    assert chains[1].writable_bytes == 1 and chains[1].readable_bytes == 4112
+    assert chains[2] is not None and chains[2].writable == [(SECOND, 0x10000)]
+    for chain, length in zip(chains, (513, 1, 7), strict=True):
+        assert chain is not None
+        queue.add_used(chain.head, length)
+    assert driver.used() == [(first, 513), (second, 1), (third, 7)]
+    assert driver.free_count() == SIZE
+
+
+def test_ring_indices_wrap_at_16_bits() -> None:
+    memory = make_memory()
+    driver, queue = make_pair(memory)
+    for round_number in range(70_000 // SIZE + 2):
+        heads = [driver.add([(0x10000 + i, 1)], []) for i in range(SIZE)]
+        popped = [queue.pop() for _ in range(SIZE)]
+        assert queue.pop() is None
+        assert [chain.head for chain in popped if chain] == heads, round_number
+        for chain in popped:
+            assert chain is not None
+            queue.add_used(chain.head, 0)
+        assert [head for head, _ in driver.used()] == heads
+    assert queue.next_avail == driver.next_avail and queue.next_avail < 0x10000
+
+
+def test_event_idx_interrupts_only_when_the_driver_asks() -> None:
+    memory = make_memory()
+    driver, queue = make_pair(memory, event_idx=True)
+    heads = [driver.add([(0x10000, 1)], []) for _ in range(4)]
+    for head in heads[:2]:
+        queue.pop()
+        queue.add_used(head, 0)
+    assert queue.needs_notification()  # the first time, always
+    driver.set_interrupts(True, used_event=3)  # interrupt me once used idx passes 3
+    queue.pop()
+    queue.add_used(heads[2], 0)  # used idx 3: not past 3 yet
+    assert not queue.needs_notification()
+    queue.pop()
+    queue.add_used(heads[3], 0)  # used idx 4 passes 3
+    assert queue.needs_notification()
+
+
+def test_no_interrupt_flag_without_event_idx() -> None:
+    memory = make_memory()
+    driver, queue = make_pair(memory)
+    head = driver.add([(0x10000, 1)], [])
+    queue.pop()
+    queue.add_used(head, 0)
+    driver.set_interrupts(False)
+    assert not queue.needs_notification()
+    driver.set_interrupts(True)
+    assert queue.needs_notification()
+
+
+@pytest.mark.parametrize("event_idx", [False, True])
+def test_kick_suppression_and_the_recheck(event_idx: bool) -> None:
+    memory = make_memory()
+    driver, queue = make_pair(memory, event_idx=event_idx)
+    queue.disable_notification()
+    old = driver.next_avail
+    driver.add([(0x10000, 1)], [])
+    if not event_idx:  # with EVENT_IDX the device's avail_event (0) still asks
+        assert not driver.kick_needed(old)
+    # Re-enabling reports the chain that arrived meanwhile: no kick can be missed.
+    assert queue.enable_notification()
+    assert queue.pop() is not None
+    assert not queue.enable_notification()
+    old = driver.next_avail
+    driver.add([(0x10000, 1)], [])
+    assert driver.kick_needed(old)
+
+
+# ---- hostile tables ----------------------------------------------------------------------
+
+def publish_raw(driver: DriverQueue, descriptors: dict[int, VirtqDesc], head: int) -> None:
+    for index, descriptor in descriptors.items():
+        driver.write_descriptor(index, descriptor)
+    driver.write_avail_entry(driver.next_avail, head)
+    driver.set_avail_idx(driver.next_avail + 1)
+
+
+NEXT, WRITE, INDIRECT = VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, VIRTQ_DESC_F_INDIRECT
+HOSTILE: dict[str, tuple[dict[int, VirtqDesc], int, str]] = {
+    "loop": ({0: VirtqDesc(0x10000, 16, NEXT, 1), 1: VirtqDesc(0x10000, 16, NEXT, 0)}, 0,
+             "longer than its table"),
+    "self loop": ({0: VirtqDesc(0x10000, 16, NEXT, 0)}, 0, "longer than its table"),
+    "next past table": ({0: VirtqDesc(0x10000, 16, NEXT, SIZE)}, 0, "past the table"),
+    "head past table": ({}, SIZE + 3, "head index past the table"),
+    "buffer past memory": ({0: VirtqDesc(MEMORY_SIZE - 8, 16, 0, 0)}, 0,
+                           "not in guest memory"),
+    "buffer in a hole": ({0: VirtqDesc(HOLE_START + 0x100, 1, 0, 0)}, 0,
+                         "not in guest memory"),
+    "length wraps 2**64": ({0: VirtqDesc(2**64 - 1, 0xFFFF_FFFF, 0, 0)}, 0,
+                           "not in guest memory"),
+    "readable after writable": ({0: VirtqDesc(0x10000, 1, WRITE | NEXT, 1),
+                                 1: VirtqDesc(0x10000, 1, 0, 0)}, 0, "after a device-writable"),
+    "indirect with next": ({0: VirtqDesc(0x30000, 32, INDIRECT | NEXT, 1)}, 0,
+                           "INDIRECT together with NEXT"),
+    "indirect of zero bytes": ({0: VirtqDesc(0x30000, 0, INDIRECT, 0)}, 0, "non-zero"),
+    "indirect not whole": ({0: VirtqDesc(0x30000, 24, INDIRECT, 0)}, 0, "whole"),
+    "indirect longer than allowed": ({0: VirtqDesc(0x30000, 16 * (SIZE + 1), INDIRECT, 0)},
+                                     0, "longer than the 16 allowed"),
+    "indirect table outside memory": ({0: VirtqDesc(MEMORY_SIZE - 16, 32, INDIRECT, 0)}, 0,
+                                      "indirect table unreadable"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_chain_is_refused_with_the_facts(case: str) -> None:
+    memory = make_memory()
+    driver, queue = make_pair(memory)
+    descriptors, head, reason = HOSTILE[case]
+    publish_raw(driver, descriptors, head)
+    with pytest.raises(InvalidChain, match=reason) as caught:
+        queue.pop()
+    assert caught.value.head == head
+    # Control: the same queue accepts an honest chain at the same place.
+    honest_driver, honest_queue = make_pair(make_memory())
+    honest_driver.add([(0x10000, 16)], [(0x11000, 1)])
+    assert honest_queue.pop() is not None
+
+
+def test_nested_indirect_and_indirect_without_the_feature() -> None:
+    memory = make_memory()
+    inner = (VirtqDesc * 1)(VirtqDesc(0x31000, 16, INDIRECT, 0))
+    memory.write_slice(GuestAddress(0x30000), bytes(inner))
+    driver, queue = make_pair(memory)
+    publish_raw(driver, {0: VirtqDesc(0x30000, 16, INDIRECT, 0)}, 0)
+    with pytest.raises(InvalidChain, match="nested indirect"):
+        queue.pop()
+    driver, queue = make_pair(make_memory(), indirect=False)
+    driver.add([(0x10000, 16)], [], indirect_table=GuestAddress(0x30000))
+    with pytest.raises(InvalidChain, match="without INDIRECT_DESC"):
+        queue.pop()
+
+
+def test_indirect_table_is_copied_before_the_walk() -> None:
+    """The device walks its private copy: changing the table after the read changes
+    nothing in the chain it returns."""
+    memory = make_memory()
+    driver, queue = make_pair(memory)
+    driver.add([(0x10000, 16)], [(0x11000, 1)], indirect_table=GuestAddress(0x30000))
+    chain = queue.pop()
+    memory.write_slice(GuestAddress(0x30000), bytes(32))
+    assert chain is not None and chain.readable == [(0x10000, 16)]
+
+
+def test_available_index_far_ahead_is_refused() -> None:
+    memory = make_memory()
+    driver, queue = make_pair(memory)
+    driver.set_avail_idx(SIZE + 1)
+    with pytest.raises(InvalidAvailIndex) as caught:
+        queue.pop()
+    assert (caught.value.avail_idx, caught.value.size) == (SIZE + 1, SIZE)
+
+
+def test_ring_outside_memory_or_misaligned_is_refused() -> None:
+    memory = make_memory()
+    with pytest.raises(InvalidQueueLayout, match="not in guest memory"):
+        SplitQueue(memory, QueueLayout.contiguous(SIZE, GuestAddress(MEMORY_SIZE - 0x100)))
+    with pytest.raises(InvalidQueueLayout, match="aligned"):
+        QueueLayout(SIZE, GuestAddress(0x1008), GuestAddress(0x2000), GuestAddress(0x3000))
+    with pytest.raises(InvalidQueueLayout, match="power of two"):
+        QueueLayout(12, GuestAddress(0x1000), GuestAddress(0x2000), GuestAddress(0x3000))
+
+
+descriptor_strategy = st.builds(
+    VirtqDesc,
+    st.one_of(st.integers(0, MEMORY_SIZE + 0x100), st.integers(0, 2**64 - 1),
+              st.sampled_from([SECOND, HOLE_START, MEMORY_SIZE - 1])),
+    st.one_of(st.integers(0, 0x2000), st.integers(0, 2**32 - 1)),
+    st.integers(0, 7), st.integers(0, SIZE + 2))
+
+
+@settings(max_examples=300)
+@given(st.dictionaries(st.integers(0, SIZE - 1), descriptor_strategy, max_size=SIZE),
+       st.integers(0, 0xFFFF), st.lists(st.integers(0, SIZE + 2), min_size=1, max_size=4),
+       st.booleans())
+def test_any_table_gives_a_checked_chain_or_a_typed_error(
+        descriptors: dict[int, VirtqDesc], avail_idx: int, heads: list[int],
+        indirect: bool) -> None:
+    """Whatever the driver writes, `pop` returns only buffers inside guest memory, in
+    readable-then-writable order, no more than the queue allows, or raises a
+    VirtqueueError: never another exception, never a hang."""
+    memory = make_memory()
+    driver, queue = make_pair(memory, indirect=indirect)
+    for index, descriptor in descriptors.items():
+        driver.write_descriptor(index, descriptor)
+    for position, head in enumerate(heads):
+        driver.write_avail_entry(position, head)
+    memory.write_slice(GuestAddress(0x30000), bytes(memory.read_bytes(GuestAddress(0x1000),
+                                                                       16 * SIZE)))
+    driver.set_avail_idx(avail_idx)
+    for _ in range(len(heads)):
+        try:
+            chain = queue.pop()
+        except VirtqueueError:
+            return
+        if chain is None:
+            return
+        assert len(chain.readable) + len(chain.writable) <= SIZE
+        for address, length in chain.readable + chain.writable:
+            assert memory.check_range(GuestAddress(address), length)
+
+
+# ---- the payload helpers ----------------------------------------------------------------
+
+def test_payload_moves_between_files_and_scattered_buffers(tmp_path: object) -> None:
+    import os
+    import tempfile
+    memory = make_memory()
+    with tempfile.TemporaryFile() as image:
+        data = bytes(range(256)) * 64
+        image.write(data)
+        image.flush()
+        segments = [(0x10003, 100), (MEMORY_SIZE - 4000, 4000), (SECOND, 12284)]
+        assert file_to_guest(memory, segments, image.fileno(), 0) == len(data)
+        assert memory.read_bytes(GuestAddress(0x10003), 100) == data[:100]
+        assert memory.read_bytes(GuestAddress(SECOND), 12284) == data[4100:]
+        os.ftruncate(image.fileno(), 0)
+        assert guest_to_file(memory, segments, image.fileno(), 512) == len(data)
+        image.seek(512)
+        assert image.read() == data
+        # Past the end of the file: a short count, not an error.
+        assert file_to_guest(memory, segments, image.fileno(), len(data)) == 512
+
+
+class Header(ctypes.Structure):
+    _fields_ = (("a", ctypes.c_uint32), ("b", ctypes.c_uint64))
+
+
+def test_read_struct_aligned_unaligned_and_split() -> None:
+    memory = make_memory()
+    value = Header(7, 2**63 + 5)
+    raw = bytes(value)
+    for segments in ([(0x10000, 16)], [(0x10001, 16)], [(0x10000, 3), (0x20005, 13)]):
+        offset = 0
+        for address, length in segments:
+            memory.write_slice(GuestAddress(address), raw[offset:offset + length])
+            offset += length
+        read = read_struct(memory, segments, Header)
+        assert (read.a, read.b) == (7, 2**63 + 5)
+
+
+# ---- a driver in another process ----------------------------------------------------------
+
+CHAINS = 3000
+PAYLOAD = 0x20000
+
+
+def _driver_process(memory: GuestMemoryMmap, results: multiprocessing.Queue[str]) -> None:
+    layout = QueueLayout.contiguous(SIZE, GuestAddress(0x1000))
+    driver = DriverQueue(memory, layout)
+    flag = AlignedGuestAddress.new(ctypes.c_uint32, GuestAddress(0x3F000))
+    memory.write_atomic(flag, 1, Ordering.RELEASE)  # rings zeroed: the device may start
+    done = 0
+    published = 0
+    while done < CHAINS:
+        while published < CHAINS and driver.free_count() >= 2:
+            slot = PAYLOAD + (published % SIZE) * 64
+            body = published.to_bytes(4, "little") * 7
+            memory.write_slice(GuestAddress(slot), body + zlib.crc32(body).to_bytes(4,
+                                                                                  "little"))
+            driver.add([(slot, 32)], [(slot + 32, 4)])
+            published += 1
+        for head, length in driver.used():
+            assert length == 4, (head, length)
+            done += 1
+    results.put(f"done {done}")
+
+
+def test_device_and_driver_in_two_processes_agree_on_every_chain() -> None:
+    """A driver in another process publishes chains while this device pops them: every
+    payload arrives whole (the ACQUIRE/RELEASE pairs on the indices order the entries)."""
+    memory = make_memory()
+    context = multiprocessing.get_context("fork")
+    results: multiprocessing.Queue[str] = context.Queue()
+    child = context.Process(target=_driver_process, args=(memory, results))
+    child.start()
+    flag = AlignedGuestAddress.new(ctypes.c_uint32, GuestAddress(0x3F000))
+    while memory.read_atomic(flag, Ordering.ACQUIRE) == 0:
+        pass
+    queue = SplitQueue(memory, QueueLayout.contiguous(SIZE, GuestAddress(0x1000)))
+    seen = 0
+    while seen < CHAINS:
+        chain = queue.pop()
+        if chain is None:
+            continue
+        (address, length), = chain.readable
+        body = memory.read_bytes(GuestAddress(address), length)
+        assert zlib.crc32(body[:28]) == int.from_bytes(body[28:], "little")
+        assert int.from_bytes(body[:4], "little") == seen
+        queue.add_used(chain.head, 4)
+        seen += 1
+    child.join(120)
+    assert child.exitcode == 0
+    assert results.get(timeout=10) == f"done {CHAINS}"
