@@ -961,20 +961,23 @@ refresh(MemoryObject *self)
     self->epoch = host_epoch;
 }
 
-/* Index of the last entry whose start is <= value, or -1. */
+/* Index of the last entry whose start is <= value, or -1. Branch-free halving (the
+ * comparison becomes a conditional move): alternating between regions then costs no
+ * mispredicted branch per step. */
 static inline Py_ssize_t
 index_at(const MemoryObject *self, uint64_t value)
 {
-    Py_ssize_t low = 0, high = self->count;
     const uint64_t *starts = self->starts;
-    while (low < high) {
-        Py_ssize_t middle = low + (high - low) / 2;
-        if (starts[middle] <= value)
-            low = middle + 1;
-        else
-            high = middle;
+    const uint64_t *base = starts;
+    Py_ssize_t remaining = self->count;
+    if (remaining == 0)
+        return -1;
+    while (remaining > 1) {
+        Py_ssize_t half = remaining / 2;
+        base = base[half] <= value ? base + half : base;
+        remaining -= half;
     }
-    return low - 1;
+    return (base - starts) - (*base > value);
 }
 
 /* The entry holding `value` (remembered for the next lookup), or NULL. */
