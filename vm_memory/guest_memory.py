@@ -624,16 +624,19 @@ class GuestMemory(_MemoryBase):
         except AttributeError:
             raise _not_aligned_address(address, "read_obj") from None
         region = self._last
-        if region.start_value <= value < region.read_limit:
-            try:  # the typed view: one subscript, for an aligned native integer
-                return region.typed_views[layout.native_code][  # type: ignore[index]
-                    (value - region.start_value) >> layout.shift]
-            except KeyError:
-                unpack = layout.struct_unpack
-                if unpack is not None:
-                    if layout.native_code is not None:
-                        region.typed_view(layout.native_code, layout.size)
-                    return unpack(region.buffer, value - region.start_value)[0]
+        if not region.start_value <= value < region.read_limit:
+            region = self._region_at(value)  # another region (remembered)
+            if not region.start_value <= value < region.read_limit:
+                return self._read_obj_general(address)
+        try:  # the typed view: one subscript, for an aligned native integer
+            return region.typed_views[layout.native_code][  # type: ignore[index]
+                (value - region.start_value) >> layout.shift]
+        except KeyError:
+            unpack = layout.struct_unpack
+            if unpack is not None:
+                if layout.native_code is not None:
+                    region.typed_view(layout.native_code, layout.size)
+                return unpack(region.buffer, value - region.start_value)[0]
         return self._read_obj_general(address)
 
     def _read_obj_general(self, address: AlignedGuestAddress[Any]) -> Any:
@@ -658,8 +661,12 @@ class GuestMemory(_MemoryBase):
         except AttributeError:
             raise _not_aligned_address(address, "write_obj") from None
         region = self._last
-        if region.start_value <= raw < region.write_limit and value.__class__ is int \
-                and layout.minimum <= value <= layout.maximum:
+        if not region.start_value <= raw < region.write_limit:
+            region = self._region_at(raw)  # another region (remembered)
+            if not region.start_value <= raw < region.write_limit:
+                self._write_obj_general(address, value)
+                return
+        if value.__class__ is int and layout.minimum <= value <= layout.maximum:
             offset = raw - region.start_value
             try:  # the typed view: one subscript, for an aligned native integer
                 region.typed_views[layout.native_code][  # type: ignore[index]
@@ -1151,6 +1158,46 @@ def _prime_fast_atomics(ctype: type[Any], minimum: int, maximum: int, value_type
         _FAST_ATOMICS[operation.name][ctype] = entry
 
 
+def _compare_exchange_method(operation: AtomicOperation, entries: dict[type[Any], Any],
+                             members: Any, failure_members: tuple[Any, ...]
+                             ) -> Callable[..., Any]:
+    """`_atomic_method`'s fast path for compare_exchange (two operands, two orderings,
+    the expected value boxed for libatomic)."""
+    ordering_type = Ordering
+    byref = ctypes.byref
+
+    def compare_exchange(self: GuestMemory, address: AlignedGuestAddress[Any],
+                         expected: int, desired: int, success: Ordering = _SEQ_CST,
+                         failure: Ordering = _SEQ_CST) -> Any:
+        try:
+            function, value_type, minimum, maximum = entries[address._info.ctype]
+            raw = address._guest_value
+        except (KeyError, AttributeError):
+            return self._atomic(operation, address, success, (expected, desired),
+                                failure)
+        region = self._last
+        if not region.start_value <= raw < region.atomic_write_limit:
+            region = self._region_at(raw)  # another region (remembered)
+            if not region.start_value <= raw < region.atomic_write_limit:
+                return self._atomic(operation, address, success, (expected, desired),
+                                    failure)
+        if expected.__class__ is int and desired.__class__ is int \
+                and minimum <= expected <= maximum and minimum <= desired <= maximum \
+                and (success is _SEQ_CST or (success.__class__ is ordering_type
+                                             and success in members)) \
+                and (failure is _SEQ_CST or (failure.__class__ is ordering_type
+                                             and failure in failure_members)):
+            box = value_type(expected)
+            if function(raw + region.atomic_delta, byref(box), desired, success,
+                        failure):
+                if region.dirty is not None:
+                    region.dirty.mark(raw - region.start_value, 1)
+                return True, expected
+            return False, box.value
+        return self._atomic(operation, address, success, (expected, desired), failure)
+    return compare_exchange
+
+
 def _atomic_method(operation: AtomicOperation) -> Callable[..., Any]:
     """The public method for `operation`: its fast path, then `GuestMemory._atomic`.
 
@@ -1174,42 +1221,17 @@ def _atomic_method(operation: AtomicOperation) -> Callable[..., Any]:
             except (KeyError, AttributeError):
                 return self._atomic(operation, address, order, ())
             region = self._last
-            if region.start_value <= value < region.atomic_read_limit and (
-                    order is _SEQ_CST or (order.__class__ is ordering_type
-                                          and order in members)):
+            if not region.start_value <= value < region.atomic_read_limit:
+                region = self._region_at(value)  # another region (remembered)
+                if not region.start_value <= value < region.atomic_read_limit:
+                    return self._atomic(operation, address, order, ())
+            if order is _SEQ_CST or (order.__class__ is ordering_type and order in members):
                 return function(value + region.atomic_delta, order)
             return self._atomic(operation, address, order, ())
         method = load
 
     elif operation.shape == "compare-exchange":
-        byref = ctypes.byref
-
-        def compare_exchange(self: GuestMemory, address: AlignedGuestAddress[Any],
-                             expected: int, desired: int, success: Ordering = _SEQ_CST,
-                             failure: Ordering = _SEQ_CST) -> Any:
-            try:
-                function, value_type, minimum, maximum = entries[address._info.ctype]
-                raw = address._guest_value
-            except (KeyError, AttributeError):
-                return self._atomic(operation, address, success, (expected, desired),
-                                    failure)
-            region = self._last
-            if region.start_value <= raw < region.atomic_write_limit \
-                    and expected.__class__ is int and desired.__class__ is int \
-                    and minimum <= expected <= maximum and minimum <= desired <= maximum \
-                    and (success is _SEQ_CST or (success.__class__ is ordering_type
-                                                 and success in members)) \
-                    and (failure is _SEQ_CST or (failure.__class__ is ordering_type
-                                                 and failure in failure_members)):
-                box = value_type(expected)
-                if function(raw + region.atomic_delta, byref(box), desired, success,
-                            failure):
-                    if region.dirty is not None:
-                        region.dirty.mark(raw - region.start_value, 1)
-                    return True, expected
-                return False, box.value
-            return self._atomic(operation, address, success, (expected, desired), failure)
-        method = compare_exchange
+        method = _compare_exchange_method(operation, entries, members, failure_members)
 
     else:
         def store_or_modify(self: GuestMemory, address: AlignedGuestAddress[Any],
@@ -1220,8 +1242,11 @@ def _atomic_method(operation: AtomicOperation) -> Callable[..., Any]:
             except (KeyError, AttributeError):
                 return self._atomic(operation, address, order, (value,))
             region = self._last
-            if region.start_value <= raw < region.atomic_write_limit \
-                    and value.__class__ is int and minimum <= value <= maximum \
+            if not region.start_value <= raw < region.atomic_write_limit:
+                region = self._region_at(raw)  # another region (remembered)
+                if not region.start_value <= raw < region.atomic_write_limit:
+                    return self._atomic(operation, address, order, (value,))
+            if value.__class__ is int and minimum <= value <= maximum \
                     and (order is _SEQ_CST or (order.__class__ is ordering_type
                                                and order in members)):
                 result = function(raw + region.atomic_delta, value, order)
