@@ -63,8 +63,8 @@ def test_pyright(blocks: list[Path]) -> None:
     config = folder / "pyrightconfig.json"
     config.write_text(json.dumps({"typeCheckingMode": "strict", "pythonVersion": "3.11"}))
     result = subprocess.run(
-        [sys.executable, "-m", "pyright", "--outputjson", "-p", str(config),
-         *map(str, blocks)], cwd=folder, capture_output=True, text=True, timeout=600,
+        [sys.executable, "-m", "pyright", "--pythonpath", sys.executable, "--outputjson",
+         "-p", str(config), *map(str, blocks)], cwd=folder, capture_output=True, text=True, timeout=600,
         check=False)
     report: dict[str, Any] = json.loads(result.stdout)
     errors = [diagnostic for diagnostic in report["generalDiagnostics"]

@@ -1,5 +1,6 @@
 """The repository type-checks and lints clean: mypy --strict (with the plugin), pyright
-strict and ruff, each run for real over the whole tree as configured in pyproject.toml.
+strict and ruff, each run for real over the whole tree as configured in pyproject.toml
+(pyright told which interpreter: the suite runs without an activated venv).
 
 Each run keeps its caches in the test's own temporary directory: the suite runs in
 parallel, and nothing it writes may be shared with another test (or the developer's
@@ -17,7 +18,7 @@ from support import ROOT
 
 CHECKERS = {
     "mypy": [sys.executable, "-m", "mypy", "--cache-dir", "{cache}"],
-    "pyright": [sys.executable, "-m", "pyright"],
+    "pyright": [sys.executable, "-m", "pyright", "--pythonpath", sys.executable],
     "ruff": [sys.executable, "-m", "ruff", "check", "--cache-dir", "{cache}", "."],
 }
 

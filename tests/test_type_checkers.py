@@ -53,8 +53,8 @@ def mypy_lines(path: Path, tmp_path: Path, *, plugin: bool) -> set[int]:
 def pyright_lines(path: Path, tmp_path: Path) -> set[int]:
     config = tmp_path / "pyrightconfig.json"
     config.write_text(json.dumps({"typeCheckingMode": "strict", "pythonVersion": "3.11"}))
-    result = run([sys.executable, "-m", "pyright", "--outputjson", "-p", str(config),
-                  str(path)], tmp_path)
+    result = run([sys.executable, "-m", "pyright", "--pythonpath", sys.executable, "--outputjson",
+                  "-p", str(config), str(path)], tmp_path)
     report: dict[str, Any] = json.loads(result.stdout)
     return {diagnostic["range"]["start"]["line"] + 1
             for diagnostic in report["generalDiagnostics"]
