@@ -28,7 +28,7 @@ import tempfile
 from pathlib import Path
 
 from vm_memory import GuestAddress, GuestMemoryMmap, receive_memory, send_memory
-from vm_memory_tools.split_ring import Buffer, SplitRingDevice, SplitRingDriver, SplitRingLayout
+from vm_memory_virtio import DriverQueue, QueueLayout, SplitQueue
 
 QUEUE_SIZE = 8
 RING_BASE = GuestAddress(0x1000)
@@ -51,17 +51,18 @@ def backend(socket_path: str) -> int:
                         for region in memory.regions())
     print(f"backend[{os.getpid()}]: mapped {memory.num_regions()} regions: {regions}",
           flush=True)
-    layout = SplitRingLayout(vring["size"], GuestAddress(vring["desc"]),
-                             GuestAddress(vring["avail"]), GuestAddress(vring["used"]))
-    device = SplitRingDevice(memory, layout)
+    layout = QueueLayout(vring["size"], GuestAddress(vring["desc"]),
+                         GuestAddress(vring["avail"]), GuestAddress(vring["used"]))
+    device = SplitQueue(memory, layout)
     served = 0
     while os.eventfd_read(kick) != STOP:
         while (chain := device.pop()) is not None:
-            request, reply = chain.buffers
-            text = memory.read_bytes(request.address, request.length).decode()
-            answer = text.upper().encode()[:reply.length]
-            memory.write_slice(reply.address, answer)
-            device.push(chain.head, len(answer))
+            (request, request_bytes), = chain.readable
+            (reply, reply_bytes), = chain.writable
+            text = memory.read_bytes(GuestAddress(request), request_bytes).decode()
+            answer = text.upper().encode()[:reply_bytes]
+            memory.write_slice(GuestAddress(reply), answer)
+            device.add_used(chain.head, len(answer))
             served += 1
             print(f"backend: request {served}: {text!r} -> {answer.decode()!r}", flush=True)
         os.eventfd_write(call, 1)
@@ -74,8 +75,8 @@ def vmm() -> int:
     """The VMM: build memory and a queue, start the back-end, drive requests through it."""
     memory = GuestMemoryMmap.from_ranges_memfd([(GuestAddress(0), 0x10_0000),
                                                 (GuestAddress(0x10_0000), 0x10_0000)])
-    layout = SplitRingLayout.contiguous(QUEUE_SIZE, RING_BASE)
-    driver = SplitRingDriver(memory, layout)
+    layout = QueueLayout.contiguous(QUEUE_SIZE, RING_BASE)
+    driver = DriverQueue(memory, layout)
     print(f"vmm: {memory.num_regions()} regions of guest memory in memfds; queue of "
           f"{QUEUE_SIZE} at {RING_BASE.raw_value():#x}", flush=True)
     kick = os.eventfd(0, os.EFD_CLOEXEC)
@@ -100,15 +101,15 @@ def vmm() -> int:
                 request = REQUEST_AREA + number * BUFFER_BYTES
                 reply = REPLY_AREA + number * BUFFER_BYTES
                 memory.write_slice(request, text.encode())
-                head = driver.publish([Buffer(request, len(text), writable=False),
-                                       Buffer(reply, BUFFER_BYTES, writable=True)])
+                head = driver.add([(request.raw_value(), len(text))],
+                                  [(reply.raw_value(), BUFFER_BYTES)])
                 os.eventfd_write(kick, 1)
                 os.eventfd_read(call)  # blocks until the back-end signals
-                used = driver.pop_used()
-                assert used is not None and used.id == head
-                answer = memory.read_bytes(reply, used.len).decode()
+                (used_head, used_bytes), = driver.used()
+                assert used_head == head
+                answer = memory.read_bytes(reply, used_bytes).decode()
                 assert answer == text.upper()
-                print(f"vmm: reply {number}: {answer!r} ({used.len} bytes)", flush=True)
+                print(f"vmm: reply {number}: {answer!r} ({used_bytes} bytes)", flush=True)
             os.eventfd_write(kick, STOP)
     status = child.wait(timeout=30)
     os.close(kick)

@@ -189,7 +189,7 @@ def random_access(memory: GuestMemory, model: MemoryModel, rng: random.Random, a
     elif operation == 4:
         agree(lambda: memory.read_obj_unaligned(GuestAddress(address), ctypes.c_uint32),
               lambda: int.from_bytes(model.read_obj_unaligned(address, ctypes.c_uint32),
-                                     "little"))
+                                     sys.byteorder))
     elif operation == 5:
         value = rng.randrange(1 << 32)
         agree(lambda: memory.write_obj_unaligned(GuestAddress(address), ctypes.c_uint32,

@@ -11,15 +11,19 @@ Pure-Python refusals (the checked constructors) run in this process.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import shutil
 import subprocess
+import sys
+import sysconfig
 import textwrap
 from ctypes import c_bool, c_int8, c_int64, c_uint8, c_uint16, c_uint32, c_uint64
 from pathlib import Path
 from typing import Any, Final
 
 import pytest
+from host_assumptions import needs_8_byte_atomics
 from support import run_python, unavailable
 
 from vm_memory import (
@@ -124,6 +128,7 @@ READ_ONLY_TYPES: Final = ("c_uint8", "c_int8", "c_uint16", "c_int16", "c_uint32"
 BOOL_OFFSET: Final = 0x80
 
 
+@needs_8_byte_atomics
 def test_read_only_region_refuses_atomic_stores_without_touching_memory() -> None:
     """Every store, swap, compare_exchange (matching or not) and fetch_* on a read-only
     mapping raises ReadOnlyRegion, for every width, and nothing is written; the plain
@@ -159,6 +164,7 @@ def test_read_only_region_refuses_atomic_stores_without_touching_memory() -> Non
     assert_all_refused(results, "ReadOnlyRegion", expected_count=expected_count)
 
 
+@needs_8_byte_atomics
 def test_read_only_region_allows_atomic_loads() -> None:
     """read_atomic of every width and load ordering on a read-only mapping returns the
     bytes there; beside it, a writable region still takes atomic read-modify-writes."""
@@ -179,11 +185,11 @@ def test_read_only_region_allows_atomic_loads() -> None:
     widths = {"c_uint8": (1, False), "c_uint16": (2, False), "c_uint32": (4, False),
               "c_uint64": (8, False), "c_int64": (8, True)}
     for name, (size, signed) in widths.items():
-        expected = int.from_bytes(data[0x40:0x40 + size], "little", signed=signed)
+        expected = int.from_bytes(data[0x40:0x40 + size], sys.byteorder, signed=signed)
         for order in ("RELAXED", "ACQUIRE", "SEQ_CST"):
             outcome = results.pop(f"{name} {order}")
             assert outcome == {"raised": None, "value": expected, "unchanged": True}, name
-    before = int.from_bytes(data[0x40:0x48], "little")
+    before = int.from_bytes(data[0x40:0x48], sys.byteorder)
     fetched = results.pop("writable fetch_add")
     assert (fetched["raised"], fetched["value"], fetched["unchanged"]) == (None, before, False)
     assert results.pop("writable read_atomic")["value"] == before + 5
@@ -222,11 +228,11 @@ def test_missing_libatomic_fails_only_atomics_and_names_the_package() -> None:
     results = run_child(MISSING_LIBATOMIC_PROGRAM, VM_MEMORY_LIBATOMIC=MISSING_LIBRARY,
                         VM_MEMORY_PURE="1")
     plain = results.pop("plain")
-    stored = (0x1122334455667788).to_bytes(8, "little")
+    stored = (0x1122334455667788).to_bytes(8, sys.byteorder)
     assert plain == {
         "read_bytes": "still works",
         "read_obj": 0x1122334455667788,
-        "read_obj_unaligned": int.from_bytes(stored[1:5], "little"),
+        "read_obj_unaligned": int.from_bytes(stored[1:5], sys.byteorder),
         "pread": stored.hex(),
     }
     assert_all_refused(results, "AtomicLibraryMissing", expected_count=9 + 9 + 7 + 1)
@@ -258,7 +264,12 @@ bool probe(size_t size, const volatile void *pointer) { (void)pointer; return si
 @pytest.fixture(scope="module")
 def not_lock_free_for_8_bytes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A libatomic stand-in reporting 8-byte accesses as not lock-free."""
-    compiler = shutil.which("cc") or shutil.which("gcc")
+    # The compiler must build for this interpreter: on a Debian port run under an
+    # emulator (tests/ports), the host's cc builds for the host; a cross compiler named by
+    # the interpreter's multiarch triplet builds for it.
+    triplet = sysconfig.get_config_var("MULTIARCH")
+    compilers = [f"{triplet}-gcc", f"{triplet.replace('i386', 'i686')}-gcc"] if triplet else []
+    compiler = next(filter(None, map(shutil.which, [*compilers, "cc", "gcc"])), None)
     if compiler is None:
         unavailable("no C compiler to build the libatomic stand-in")
     directory = tmp_path_factory.mktemp("shim")
@@ -266,6 +277,11 @@ def not_lock_free_for_8_bytes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     source.write_text(SHIM_SOURCE)
     subprocess.run([compiler, "-shared", "-fPIC", "-O2", "-o", str(library), str(source),
                     "-Wl,--no-as-needed", "-latomic"], check=True, capture_output=True, timeout=120)
+    try:
+        ctypes.CDLL(str(library))
+    except OSError as error:
+        pytest.skip(f"{compiler} builds for another architecture than this interpreter's "
+                    f"({triplet}); install {triplet}-gcc: {error}")
     return library
 
 
@@ -284,13 +300,16 @@ def test_width_that_is_not_lock_free_is_refused(not_lock_free_for_8_bytes: Path)
     ''', VM_MEMORY_LIBATOMIC=str(not_lock_free_for_8_bytes), VM_MEMORY_PURE="1")
     narrow = results.pop("c_uint32 fetch_add")
     assert narrow["raised"] is None and not narrow["unchanged"], narrow
-    assert narrow["value"] == int.from_bytes(pattern(4096)[0x80:0x84], "little")
+    assert narrow["value"] == int.from_bytes(pattern(4096)[0x80:0x84], sys.byteorder)
     assert_all_refused(results, "AtomicWidthUnsupported", expected_count=9)
 
 
 # ---- Types that are not AtomicAccess ----------------------------------------------------
 
 
+SWAPPED: Final = "Be" if sys.byteorder == "little" else "Le"
+"""The explicit-endian types of the other byte order are ctypes' swapped types; those of
+the host's order are the native types themselves at run time (and atomic)."""
 NOT_ATOMIC_TYPES: Final = {
     "c_float": "c_float",
     "c_double": "c_double",
@@ -298,8 +317,8 @@ NOT_ATOMIC_TYPES: Final = {
     "c_uint64 * 2 (16 bytes)": "c_uint64 * 2",
     "Pair, a Structure of two c_uint64 (16 bytes)": "Pair",
     "Word, a Structure of one c_uint32": "Word",
-    "Be64": "Be64",
-    "BeI32": "BeI32",
+    f"{SWAPPED}64": f"{SWAPPED}64",
+    f"{SWAPPED}I32": f"{SWAPPED}I32",
     "c_char": "c_char",
 }
 
@@ -432,6 +451,7 @@ def test_values_out_of_the_types_range_are_refused() -> None:
 # ---- Addresses: host misalignment, region ends, holes -----------------------------------
 
 
+@needs_8_byte_atomics
 def test_guest_aligned_address_misaligned_on_the_host_is_refused() -> None:
     """A region placed at a guest address that is not page-aligned puts an aligned
     guest address on a misaligned host address: MisalignedAddress (space "host")."""

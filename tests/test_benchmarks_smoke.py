@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from host_assumptions import needs_8_byte_atomics
 from support import ROOT
 
 EXPECTED_ROWS = [
@@ -50,6 +51,7 @@ def table_rows(output: str) -> dict[str, list[str]]:
     return rows
 
 
+@needs_8_byte_atomics
 def test_quick_run_prints_every_row_with_a_numeric_ratio(tmp_path: Path) -> None:
     json_path = tmp_path / "results.json"
     result = subprocess.run(
@@ -132,6 +134,7 @@ def test_both_paths_benchmark_measures_every_row_on_each_path(tmp_path: Path) ->
     assert all(len(printed[name]) == 8 for name in PATH_ROWS)
 
 
+@pytest.mark.type_checker
 def test_plugin_benchmark_runs_and_reports_a_ratio() -> None:
     """A small run of the mypy-plugin benchmark: both configurations type-check the
     generated module cleanly and the row carries a numeric ratio."""

@@ -370,7 +370,7 @@ def test_integer_like_values_store_the_same_warm_and_cold(kind: str, value: Any)
     assert answers["cold"] == answers["warm"]
     assert answers["cold"][0] == ("ok", repr(("NoneType", None, list[bytes]())))
     stored = answers["cold"][1][0x40:0x44]
-    assert int.from_bytes(stored, "little") == int(value)
+    assert int.from_bytes(stored, sys.byteorder) == int(value)
 
 
 class LyingMemory(GuestMemory):

@@ -136,7 +136,7 @@ def test_device_region_serves_the_atomic_table(mixed: Mixed) -> None:
     memory, device = mixed.memory, mixed.devices[DEVICE_START]
     word = u32(DEVICE_START + 8)
     memory.write_atomic(word, 0xFFFF_FFFE)
-    assert device.data[8:12] == (0xFFFF_FFFE).to_bytes(4, "little")
+    assert device.data[8:12] == (0xFFFF_FFFE).to_bytes(4, sys.byteorder)
     assert memory.fetch_add(word, 3) == 0xFFFF_FFFE
     assert memory.read_atomic(word) == 1, "wraps at the type's width"
     assert memory.fetch_sub(word, 2) == 1 and memory.read_atomic(word) == 0xFFFF_FFFF
@@ -157,7 +157,7 @@ def test_read_only_device_refuses_stores_without_calling_the_device(mixed: Mixed
     memory, device = mixed.memory, mixed.devices[RO_DEVICE_START]
     before = bytes(device.data)
     value = memory.read_atomic(u64(RO_DEVICE_START))
-    assert value == int.from_bytes(before[:8], "little")
+    assert value == int.from_bytes(before[:8], sys.byteorder)
     calls = device.calls
     for attempt in (lambda: memory.write_atomic(u64(RO_DEVICE_START), 1),
                     lambda: memory.swap(u64(RO_DEVICE_START), 1),
@@ -188,7 +188,7 @@ def test_file_region_refuses_every_atomic(mixed: Mixed) -> None:
         assert raised.value.address == FILE_START + 16, name
         assert "pread" in raised.value.region_kind
     assert os.pread(fd, PAGE, offset) == before, "no atomic wrote anything"
-    assert memory.read_obj(word) == int.from_bytes(before[16:24], "little")
+    assert memory.read_obj(word) == int.from_bytes(before[16:24], sys.byteorder)
     with pytest.raises(NoHostAddress):
         memory.get_host_address(GuestAddress(FILE_START))
 

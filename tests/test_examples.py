@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Final
 
 import pytest
+from host_assumptions import needs_8_byte_atomics
 from support import ROOT, run_python
 
 EXAMPLES: Final = ROOT / "examples"
@@ -32,6 +33,7 @@ def test_every_example_has_a_docstring_and_a_main(path: Path) -> None:
                for node in tree.body), f"{path.name} has no main()"
 
 
+@needs_8_byte_atomics
 def test_generic_access_runs_the_whole_table_everywhere() -> None:
     rows = [line.split() for line in run_example("generic_access.py").splitlines()]
     assert rows[0] == ["operation", "GuestMemoryMmap", "DeviceRegion", "FileRegion"]
@@ -45,6 +47,7 @@ def test_generic_access_runs_the_whole_table_everywhere() -> None:
         assert table[name] == ["ok", "ok", "AtomicAccessUnsupported"], name
 
 
+@needs_8_byte_atomics
 def test_vhost_user_backend_serves_every_request_from_another_process() -> None:
     out = run_example("vhost_user_backend.py")
     backend = re.search(r"backend\[(\d+)\]: mapped 2 regions: 0x0\+0x100000, "

@@ -564,9 +564,21 @@ _process_memory: list[int] = []
 
 def _host_bytes(host_address: int, count: int) -> bytes:
     """Bytes at a host address, read through /proc/self/mem: a wrong address gives an
-    error instead of crashing the interpreter."""
+    error instead of crashing the interpreter. Under qemu-user, /proc/self/mem is the
+    emulator's, not at the program's addresses (checked on a known buffer): there the
+    bytes are read with ctypes, at an address the caller has already checked."""
     if not _process_memory:
         _process_memory.append(os.open("/proc/self/mem", os.O_RDONLY | os.O_CLOEXEC))
+        known = ctypes.create_string_buffer(b"known bytes")
+        try:
+            seen = os.pread(_process_memory[0], 11, ctypes.addressof(known))
+        except OSError:
+            seen = b""
+        if seen != known.value:
+            os.close(_process_memory[0])
+            _process_memory[0] = -1
+    if _process_memory[0] < 0:
+        return ctypes.string_at(host_address, count)
     return os.pread(_process_memory[0], count, host_address)
 
 

@@ -52,7 +52,7 @@ from vm_memory import (
     receive_memory,
 )
 from vm_memory.stream_io import IOV_MAX
-from vm_memory_tools.split_ring import RingError
+from vm_memory_virtio import VirtqueueError
 
 PAGE: Final = 4096
 
@@ -419,7 +419,7 @@ def test_typed_errors_for_careless_calls(tmp_path: Path) -> None:
         MmapRegion.from_file(2**20, PAGE)  # not an open fd
     with pytest.raises(InvalidArgumentType):
         MmapRegion.from_file(-1, PAGE)
-    assert issubclass(RingError, GuestMemoryError)
+    assert issubclass(VirtqueueError, GuestMemoryError)
 
 
 @pytest.mark.parametrize("size", [2**63, 2**64, -1, 0])

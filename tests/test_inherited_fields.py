@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import sys
 import textwrap
 from typing import Any, Final
 
@@ -67,13 +68,14 @@ def test_inherited_plain_fields_are_accepted() -> None:
     child: Any = type("Child", (Plain,), {"_fields_": (("flags", ctypes.c_uint16),)})
     assert is_byte_valued(child)
     memory = GuestMemoryMmap.from_ranges([(GuestAddress(0), 0x1000)])
-    memory.write_slice(GuestAddress(0x10), (7).to_bytes(4, "little") + (3).to_bytes(2, "little"))
+    memory.write_slice(GuestAddress(0x10),
+                       (7).to_bytes(4, sys.byteorder) + (3).to_bytes(2, sys.byteorder))
     value: Any = memory.read_obj(AlignedGuestAddress.new(child, GuestAddress(0x10)))
     assert (value.length, value.flags) == (7, 3)
 
 
 DISCLOSE: Final = textwrap.dedent('''
-    import ctypes, json
+    import ctypes, json, sys
     from vm_memory import *
     secret = ctypes.create_string_buffer(b"host secret")
     class Base(ctypes.Structure):
@@ -82,7 +84,8 @@ DISCLOSE: Final = textwrap.dedent('''
         _fields_ = (("length", ctypes.c_uint32),)
     memory = GuestMemoryMmap.from_ranges([(GuestAddress(0), 0x1000)])
     # the guest writes a host address where the structure has its inherited pointer
-    memory.write_slice(GuestAddress(0), ctypes.addressof(secret).to_bytes(8, "little"))
+    memory.write_slice(GuestAddress(0), ctypes.addressof(secret).to_bytes(
+        ctypes.sizeof(ctypes.c_void_p), sys.byteorder))
     copied = Request.from_buffer_copy(memory.read_bytes(GuestAddress(0), ctypes.sizeof(Request)))
     result = {"without_check": copied.name.decode()}
     try:

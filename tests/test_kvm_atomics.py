@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Final
 
 import pytest
+from host_assumptions import needs_x86_kvm_host
 from support import provoke, require
 
 from vm_memory import AlignedGuestAddress, GuestAddress, GuestMemoryMmap, Ordering
@@ -31,6 +32,8 @@ CONTROL_ATTEMPTS: Final = 10
 """Unlocked races run until one loses an update, at most this many (see `provoke`)."""
 GUEST_TIMEOUT_SECONDS: Final = 600.0
 """A hang guard: a loaded machine may run the emulated guest 20 times slower."""
+
+pytestmark = needs_x86_kvm_host
 
 
 @pytest.fixture(autouse=True)

@@ -15,6 +15,7 @@ import textwrap
 from typing import Any, Final
 
 import pytest
+from host_assumptions import needs_8_byte_atomics
 from support import run_python
 
 CHILD_TIMEOUT: Final = 300
@@ -47,6 +48,7 @@ def run_child(body: str) -> dict[str, Any]:
     return results
 
 
+@needs_8_byte_atomics
 def test_mapping_close_is_refused_while_a_memory_uses_it() -> None:
     """`MmapRegion.close()` under a live memory: refused, and the memory keeps working
     (the atomic path's raw pointer must still point at mapped memory)."""
@@ -69,6 +71,7 @@ def test_mapping_close_is_refused_while_a_memory_uses_it() -> None:
     assert results["closed_after"] is True
 
 
+@needs_8_byte_atomics
 def test_close_with_typed_views_is_refused_cleanly() -> None:
     """Typed views exist after warm typed accesses; a refused close leaves them (and the
     buffer) usable: no bare BufferError, no released buffer, no ValueError after."""
@@ -94,6 +97,7 @@ def test_close_with_typed_views_is_refused_cleanly() -> None:
     assert results["read_atomic"] == {"value": 5}
 
 
+@needs_8_byte_atomics
 def test_polling_device_thread_survives_refused_closes() -> None:
     """A device thread polls a VolatileRef while the main thread keeps trying to close
     the region and its mapping: every close is refused and the poller never faults."""
@@ -131,6 +135,7 @@ def test_polling_device_thread_survives_refused_closes() -> None:
     assert results["close_at_last"] == {"value": None}
 
 
+@needs_8_byte_atomics
 def test_hot_plug_move_counts_users_per_mapping() -> None:
     """Remove a region and place its mapping again elsewhere: closing the old placement
     (which no memory holds) must be refused while the new one is in use."""
@@ -159,6 +164,7 @@ def test_hot_plug_move_counts_users_per_mapping() -> None:
     assert results["replace"]["raised"] == "MappingError"
 
 
+@needs_8_byte_atomics
 def test_exported_buffer_refuses_close_and_leaves_everything_usable() -> None:
     """A held `as_memoryview` export: close refused (RegionInUse, exported_buffers) with
     the region still whole; once the export is released, the close goes through."""
@@ -190,6 +196,7 @@ def test_exported_buffer_refuses_close_and_leaves_everything_usable() -> None:
     assert results["closed"] is True
 
 
+@needs_8_byte_atomics
 def test_close_races_memory_construction() -> None:
     """Threads build memories over a region while another closes it: each memory either
     was made before the close (then the close is refused and the memory works) or after
@@ -382,6 +389,7 @@ def _check_stress(results: dict[str, Any]) -> None:
         assert counts[name] > 0, f"the stress never exercised {name}: {counts}"
 
 
+@needs_8_byte_atomics
 def test_lifetime_stress_short() -> None:
     """Users, views and refs in three threads while a fourth hot-plugs, moves mappings,
     closes removed regions and collects garbage: no crash, no wrong byte, no refusal
@@ -389,6 +397,7 @@ def test_lifetime_stress_short() -> None:
     _check_stress(_stress(8.0))
 
 
+@needs_8_byte_atomics
 @pytest.mark.long
 def test_lifetime_stress_ten_minutes() -> None:
     """The same stress for ten minutes (`pytest -m long`)."""

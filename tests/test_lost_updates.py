@@ -31,6 +31,7 @@ from concurrency_harness import (
     u32,
     u64,
 )
+from host_assumptions import needs_8_byte_atomics
 from support import provoke
 
 from vm_memory import GuestMemoryMmap
@@ -78,6 +79,7 @@ def counters(memory: GuestMemoryMmap) -> tuple[int, int]:
     return memory.read_atomic(u64(COUNTER64)), memory.read_atomic(u32(COUNTER32))
 
 
+@needs_8_byte_atomics
 @sizes(Size(4, 2, 20_000), Size(8, 4, 200_000))
 def test_fetch_add_loses_no_update(size: Size) -> None:
     """N processes, M threads each, K fetch_add each on a u64 and a u32: exactly N·M·K each."""
@@ -87,6 +89,7 @@ def test_fetch_add_loses_no_update(size: Size) -> None:
     assert (final64, final32) == (size.total, size.total)
 
 
+@needs_8_byte_atomics
 def test_plain_increment_loses_updates() -> None:
     """The control: read_obj + write_obj in the same harness loses updates."""
     size = Size(4, 2, 20_000)
@@ -139,6 +142,7 @@ def run_read_modify_writes(size: Size, mode: str) -> ReadModifyWriteOutcome:
     return outcome
 
 
+@needs_8_byte_atomics
 @sizes(Size(4, 2, 2_001), Size(8, 4, 20_001))
 def test_read_modify_writes_across_processes(size: Size) -> None:
     """fetch_sub, fetch_or, fetch_and, fetch_xor and swap, contended across processes.
@@ -157,6 +161,7 @@ def test_read_modify_writes_across_processes(size: Size) -> None:
     assert outcome.swap_conserved
 
 
+@needs_8_byte_atomics
 def test_plain_read_modify_writes_break_the_same_checks() -> None:
     """The control: each operation as read_obj + write_obj fails those checks: a
     decrement lost, a bit of another thread clobbered, a swap token lost or duplicated."""

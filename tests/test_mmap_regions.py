@@ -14,11 +14,13 @@ import gc
 import json
 import mmap
 import os
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from typing import Final
 
 import pytest
+from host_assumptions import needs_8_byte_atomics
 from support import run_python_code
 
 from vm_memory import (
@@ -172,6 +174,7 @@ def _mappings_of(fd: int) -> int:
 def test_file_shorter_than_the_range_is_refused_before_mapping(backing_file: int, size: int,
                                                                offset: int) -> None:
     """Touching a mapping past end of file is SIGBUS: refuse without mapping anything."""
+    gc.collect()  # what earlier tests left for the collector closes its fds now, not below
     open_fds = set(os.listdir("/proc/self/fd"))
     with pytest.raises(MappingPastEof) as raised:
         MmapRegion.from_file(backing_file, size, offset=offset)
@@ -179,7 +182,7 @@ def test_file_shorter_than_the_range_is_refused_before_mapping(backing_file: int
     assert isinstance(error, MappingError)
     assert (error.size, error.file_offset, error.file_size) == (size, offset, 3 * PAGE)
     assert _mappings_of(backing_file) == 0
-    assert set(os.listdir("/proc/self/fd")) == open_fds, "an fd leaked"
+    assert set(os.listdir("/proc/self/fd")) <= open_fds, "an fd leaked"
     assert os.fstat(backing_file).st_size == 3 * PAGE, "the file was extended"
     with pytest.raises(MappingPastEof):
         GuestMemoryMmap.from_ranges_with_files(
@@ -232,6 +235,7 @@ READ_ONLY_STORES: Final = {
 }
 
 
+@needs_8_byte_atomics
 def test_read_only_region_refuses_every_store_in_a_subprocess() -> None:
     """Every store path raises ReadOnlyRegion naming the range, before any byte moves
     (also in the writable region in front of it); the file is unchanged; loads work.
@@ -282,7 +286,7 @@ print(json.dumps({{
     assert report["read_only_flag"]
     assert report["writable_untouched"] and report["file_untouched"]
     assert bytes.fromhex(report["first"]) == bytes(range(16))
-    assert report["atomic"] == int.from_bytes(bytes(range(8, 16)), "little")
+    assert report["atomic"] == int.from_bytes(bytes(range(8, 16)), sys.byteorder)
 
 
 # ---- Pinning ------------------------------------------------------------------------------

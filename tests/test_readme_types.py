@@ -12,6 +12,8 @@ from typing import Any, Final
 
 import pytest
 
+pytestmark = pytest.mark.type_checker  # not in the runtime suite run on foreign ports
+
 README: Final = Path(__file__).resolve().parent.parent / "README.md"
 TEXT: Final = README.read_text()
 BLOCKS: Final = re.findall(r"```python\n(.*?)```", TEXT, flags=re.DOTALL)

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import pytest
+from host_assumptions import needs_8_byte_atomics
 from support import provoke, python_environment
 
 from vm_memory import (
@@ -199,6 +200,7 @@ def _gate(memory: GuestMemoryMmap, sock: socket.socket, atomic: bool) -> None:
     assert _line(sock) == "raced"
 
 
+@needs_8_byte_atomics
 def test_peer_process_sees_every_write_both_ways() -> None:
     """Bulk, typed and atomic writes cross in both directions; the peer cannot truncate;
     concurrent fetch_add loses nothing while plain read-then-write loses updates."""
@@ -251,7 +253,7 @@ def test_peer_process_sees_every_write_both_ways() -> None:
     assert report["flags"] == 0b11
     assert report["swapped"] == 42
     assert report["truncate"] == ["PermissionError", "PermissionError"]
-    assert on_file == FILE_BYTES[:5] + (0xC0DE_CAFE).to_bytes(4, "little"), \
+    assert on_file == FILE_BYTES[:5] + (0xC0DE_CAFE).to_bytes(4, sys.byteorder), \
         "the peer's write reached the shared file at its offset"
     assert atomic_total == 2 * INCREMENTS, "fetch_add from two processes lost updates"
     assert 0 < plain_total < 2 * INCREMENTS

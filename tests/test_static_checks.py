@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 from support import ROOT
 
+pytestmark = pytest.mark.type_checker  # not in the runtime suite run on foreign ports
+
 CHECKERS = {
     "mypy": [sys.executable, "-m", "mypy", "--cache-dir", "{cache}"],
     "pyright": [sys.executable, "-m", "pyright", "--pythonpath", sys.executable],

@@ -6,9 +6,12 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 from support import ROOT
 
 from vm_memory import access_path
+
+pytestmark = pytest.mark.type_checker  # not in the runtime suite run on foreign ports
 
 
 def test_stubtest_is_clean() -> None:

@@ -20,6 +20,8 @@ from typing import Any, Final
 
 import pytest
 
+pytestmark = pytest.mark.type_checker  # not in the runtime suite run on foreign ports
+
 ROOT: Final = Path(__file__).resolve().parent.parent
 CASES: Final = ROOT / "tests" / "typing_cases"
 ACCEPTED: Final = CASES / "accepted.py"

@@ -20,7 +20,7 @@ from typing import Any, Final
 
 import pytest
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.type_checker]  # type checkers: not on foreign ports
 
 ROOT: Final = Path(__file__).resolve().parent.parent
 INSTALL: Final = re.compile(r"\S*python3? -m pip install -e \.(?=\s|$)")

@@ -1,15 +1,16 @@
 """The demo: a guest driver and a Python device exchange messages through a split ring.
 
 `run_demo` builds 1 MiB of guest RAM in a sealed memfd (`GuestMemoryMmap`), puts a
-virtio-style split ring in it (`vm_memory_tools.split_ring`, layout in `vm_memory_tools.demo_guest`)
+virtio split ring in it (`vm_memory_virtio`, layout in `vm_memory_tools.demo_guest`)
 and runs the two sides at once:
 
 - the driver ("the guest"): a real KVM vCPU running the hand-encoded real-mode program
   `demo_guest.ring_driver_program`, where ``/dev/kvm`` is usable; otherwise (or with
   ``--no-kvm``) a second Python process that receives the memory table and the memfd
   over a Unix socket (`sharing.send_memory`/`receive_memory`, the vhost-user way) and
-  runs the same protocol with `SplitRingDriver`;
-- the device: Python code in this process (`DeviceModel`) that takes each chain with
+  runs the same protocol with `vm_memory_virtio.DriverQueue`;
+- the device: Python code in this process (`DeviceModel`, on `vm_memory_virtio.SplitQueue`)
+  that takes each chain with
   ``read_atomic(ACQUIRE)`` on the available index, checks the request, writes a reply
   and publishes it with ``write_atomic(RELEASE)`` on the used index.
 
@@ -58,13 +59,7 @@ from vm_memory_tools.demo_guest import (
     ring_driver_program,
 )
 from vm_memory_tools.kvm import IoDirection, KvmError, KvmVm, VcpuExit, kvm_unavailable_reason
-from vm_memory_tools.split_ring import (
-    Buffer,
-    DescriptorChain,
-    RingError,
-    SplitRingDevice,
-    SplitRingDriver,
-)
+from vm_memory_virtio import DescriptorChain, DriverQueue, SplitQueue
 
 __all__ = [
     "DEFAULT_MESSAGES",
@@ -127,12 +122,12 @@ class DeviceModel:
             self.errors.append(f"device: stopped by {error!r} after {self.handled} messages")
 
     def _serve(self, deadline: float, driver_gone: Callable[[], bool]) -> None:
-        device = SplitRingDevice(self.memory, QUEUE_LAYOUT)
+        device = SplitQueue(self.memory, QUEUE_LAYOUT)
         idle = 0
         while self.handled < self.messages:
             try:
                 chain = device.pop()
-            except (RingError, GuestMemoryError) as error:
+            except GuestMemoryError as error:  # VirtqueueError among them
                 self.errors.append(f"device: ring broken after {self.handled} messages: "
                                    f"{error}")
                 return
@@ -153,18 +148,20 @@ class DeviceModel:
                 self._answer(chain, seq)
             except GuestMemoryError as error:
                 self.errors.append(f"message {seq}: bad buffer: {error}")
-            device.push(chain.head, MESSAGE_BYTES)
+            device.add_used(chain.head, MESSAGE_BYTES)
             self.handled = seq
             self.progress(seq)
 
     def _answer(self, chain: DescriptorChain, seq: int) -> None:
-        shape = [(buffer.writable, buffer.length) for buffer in chain.buffers]
+        shape = [(False, length) for _, length in chain.readable] + \
+            [(True, length) for _, length in chain.writable]
         if shape != [(False, MESSAGE_BYTES), (True, MESSAGE_BYTES)]:
             self.errors.append(f"message {seq}: chain of (writable, length) {shape}, expected "
                                f"a {MESSAGE_BYTES}-byte request and a {MESSAGE_BYTES}-byte "
                                "reply buffer")
             return
-        request_at, reply_at = chain.buffers[0].address, chain.buffers[1].address
+        request_at = GuestAddress(chain.readable[0][0])
+        reply_at = GuestAddress(chain.writable[0][0])
         if self.corrupt == "request" and seq == self.corrupt_seq:
             _flip_byte(self.memory, request_at + 4)
         request = self.memory.read_obj(AlignedGuestAddress.new(Request, request_at))
@@ -359,30 +356,31 @@ def _print_result(result: DemoResult, out: TextIO) -> None:
 
 def _python_driver(memory: GuestMemory, messages: int, deadline: float) -> GuestStatus:
     """The driver in Python: the same protocol as `ring_driver_program`."""
-    driver = SplitRingDriver(memory, QUEUE_LAYOUT)
+    driver = DriverQueue(memory, QUEUE_LAYOUT)
     status = GuestStatus()
     in_flight: deque[tuple[int, int]] = deque()  # (head, seq), oldest first
     seq = 1
     idle = 0
     while status.reaped < messages:
-        used = driver.pop_used()
-        if used is not None:
+        reaped = driver.used()
+        for used_head, _ in reaped:
             head, expected = in_flight.popleft()
             reply = memory.read_obj(AlignedGuestAddress.new(Reply, reply_buffer(expected)))
             status.reaped += 1
-            if used.id == head and reply.seq == expected \
+            if used_head == head and reply.seq == expected \
                     and reply.result == reply_result(message_value(expected)):
                 status.verified += 1
             else:
                 status.bad += 1
                 status.first_bad = status.first_bad or expected
+        if reaped:
             continue
         if seq <= messages and len(in_flight) < SLOTS:
             value = message_value(seq)
             memory.write_obj(AlignedGuestAddress.new(Request, request_buffer(seq)),
                              Request(seq, value, request_checksum(seq, value), REQUEST_MAGIC))
-            head = driver.publish([Buffer(request_buffer(seq), MESSAGE_BYTES, False),
-                                   Buffer(reply_buffer(seq), MESSAGE_BYTES, True)])
+            head = driver.add([(request_buffer(seq).raw_value(), MESSAGE_BYTES)],
+                              [(reply_buffer(seq).raw_value(), MESSAGE_BYTES)])
             in_flight.append((head, seq))
             status.sent = seq
             seq += 1

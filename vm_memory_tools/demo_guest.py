@@ -3,7 +3,7 @@
 Both sides of the demo agree on what is here: where the queue and the buffers live in
 guest memory, what a request and a reply hold, and how a message is checked. The guest
 program `ring_driver_program` is the driver of a virtio-style split ring
-(`vm_memory_tools.split_ring`): for each sequence number it fills a request, chains a reply
+(`vm_memory_virtio`'s layout): for each sequence number it fills a request, chains a reply
 buffer behind it, publishes the chain on the available ring, collects replies from the
 used ring and checks each one; then it reports on an I/O port and halts. No assembler
 is needed: every instruction is encoded by hand and commented with its assembly, and
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, ClassVar, Final
 from vm_memory.address import GuestAddress
 from vm_memory.endian import Le32
 from vm_memory_tools.real_mode import OPERAND_SIZE_32, Condition, RealModeAssembler, u8, u16, u32
-from vm_memory_tools.split_ring import SplitRingLayout
+from vm_memory_virtio import QueueLayout
 
 __all__ = [
     "CODE_ADDRESS",
@@ -60,8 +60,8 @@ QUEUE_SIZE: Final = 32
 """Descriptor-table and ring entries; every message is a two-descriptor chain."""
 SLOTS: Final = QUEUE_SIZE // 2
 """Messages in flight at most (each slot owns one request and one reply buffer)."""
-QUEUE_LAYOUT: Final = SplitRingLayout(QUEUE_SIZE, GuestAddress(0x2000), GuestAddress(0x3000),
-                                      GuestAddress(0x4000))
+QUEUE_LAYOUT: Final = QueueLayout(QUEUE_SIZE, GuestAddress(0x2000), GuestAddress(0x3000),
+                                  GuestAddress(0x4000))
 REQUEST_BUFFERS: Final = 0x5000
 REPLY_BUFFERS: Final = 0x6000
 STATUS_ADDRESS: Final = 0x7000

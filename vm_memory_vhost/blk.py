@@ -3,13 +3,14 @@
 A request is a device-readable header (`VirtioBlkReqHeader`: type, reserved, sector),
 data buffers (device-writable for IN and GET_ID, device-readable for OUT), and a last
 device-writable byte for the status. Data moves zero-copy between the image and guest
-memory (`file_to_guest`/`guest_to_file`: `preadv`/`pwritev` per guest buffer, which
-release the GIL, so queues on other threads run meanwhile).
+memory (`file_to_guest`/`guest_to_file`: one `preadv`/`pwritev` for all of a request's
+guest buffers, which releases the GIL, so queues on other threads run meanwhile).
 
 Statuses follow the virtio spec (5.2.6): `VIRTIO_BLK_S_OK`; `VIRTIO_BLK_S_IOERR` for a
 header that is too short, data on the wrong side (device-readable where it must be
 writable, or the reverse), a length that is not a whole number of sectors, a range past
-the end of the disk, a write to a read-only disk, a failing system call;
+the end of the disk, a write to a read-only disk, a data buffer in guest memory that
+cannot take it (read-only), a failing system call;
 `VIRTIO_BLK_S_UNSUPP` for an unknown request type. A chain with no writable byte for
 the status cannot be answered at all: that is an `InvalidChain` (the queue needs a
 reset).
@@ -22,7 +23,13 @@ import os
 import struct
 from typing import TYPE_CHECKING, ClassVar, Final
 
-from vm_memory import AlignedGuestAddress, GuestAddress, GuestMemory, Le32, Le64
+from vm_memory import (
+    GuestAddress,
+    GuestMemory,
+    GuestMemoryError,
+    Le32,
+    Le64,
+)
 from vm_memory_vhost.errors import VhostUserError
 from vm_memory_virtio import (
     VIRTIO_F_VERSION_1,
@@ -64,6 +71,10 @@ SEG_MAX: Final = 1022
 # (cylinders, heads, sectors), blk_size, physical_block_exp, alignment_offset,
 # min_io_size, opt_io_size, writeback, unused0, num_queues.
 _CONFIG: Final = struct.Struct("<QIIHBBIBBHIBBH")
+
+
+_STATUS_BYTES: Final = {status: bytes([status]) for status in
+                        (VIRTIO_BLK_S_OK, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_UNSUPP)}
 
 
 class VirtioBlkReqHeader(ctypes.Structure):
@@ -128,7 +139,7 @@ class BlkDevice:
                                "no device-writable byte for the request status")
         data_out = take(chain.writable, chain.writable_bytes - 1)
         status, written = self._serve(memory, chain, data_out)
-        memory.write_obj(AlignedGuestAddress.new(ctypes.c_uint8, GuestAddress(status_at)), status)
+        memory.write_slice(GuestAddress(status_at), _STATUS_BYTES[status])
         return written + 1
 
     def _serve(self, memory: GuestMemory, chain: DescriptorChain,
@@ -162,8 +173,8 @@ class BlkDevice:
                 identity = self.serial.ljust(VIRTIO_BLK_ID_BYTES, b"\0")
                 done = write_bytes(memory, data_out, identity[:out_bytes])
                 return VIRTIO_BLK_S_OK, done
-        except OSError:
-            return VIRTIO_BLK_S_IOERR, 0
+        except (OSError, GuestMemoryError):  # the file failed, or a buffer the guest
+            return VIRTIO_BLK_S_IOERR, 0   # gave is not writable memory: nothing moved
         return VIRTIO_BLK_S_UNSUPP, 0
 
     def _in_range(self, sector: int, length: int) -> bool:

@@ -55,6 +55,9 @@ class DescState(ctypes.Structure):
         counter: int
 
 
+_PADDING: Final = (ctypes.c_uint8 * 5)()
+
+
 def queue_area_size(queue_size: int) -> int:
     """Bytes of one queue's area."""
     raw = ctypes.sizeof(InflightHeader) + ctypes.sizeof(DescState) * queue_size
@@ -156,8 +159,7 @@ class InflightQueue:
     def begin(self, head: int) -> None:
         """Chain `head` was taken from the available ring."""
         self.counter += 1
-        self.memory.write_obj(self._states[head], DescState(1, (ctypes.c_uint8 * 5)(), 0,
-                                                            self.counter))
+        self.memory.write_obj(self._states[head], DescState(1, _PADDING, 0, self.counter))
 
     def before_publish(self, head: int) -> None:
         self.memory.write_obj(self._last_batch_head, head)

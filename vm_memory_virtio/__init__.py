@@ -17,6 +17,7 @@ The driver side (`DriverQueue`) builds honest and hostile tables, for tests.
 from vm_memory_virtio.chain import (
     DescriptorChain,
     Segment,
+    coalesce,
     file_to_guest,
     guest_to_file,
     last_byte,
@@ -30,6 +31,7 @@ from vm_memory_virtio.errors import (
     InvalidAvailIndex,
     InvalidChain,
     InvalidQueueLayout,
+    InvalidUsedEntry,
     VirtqueueError,
 )
 from vm_memory_virtio.layout import (
@@ -69,6 +71,7 @@ __all__ = [
     "InvalidAvailIndex",
     "InvalidChain",
     "InvalidQueueLayout",
+    "InvalidUsedEntry",
     "QueueLayout",
     "Segment",
     "SplitQueue",
@@ -77,6 +80,7 @@ __all__ = [
     "VirtqUsedElem",
     "VirtqueueError",
     "avail_ring_bytes",
+    "coalesce",
     "feature",
     "file_to_guest",
     "guest_to_file",

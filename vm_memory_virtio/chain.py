@@ -5,8 +5,9 @@ chain: its head index and two lists of guest buffers, the device-readable ones (
 request) followed by the device-writable ones (the reply). Every buffer is already
 proven to lie inside guest memory, so the I/O here can only fail on the file side.
 
-Payloads move with `GuestMemory.read_from`/`write_to`: one `preadv`/`pwritev` per guest
-buffer, straight between the file and guest memory, never through a Python bytes object.
+Payloads move with `GuestMemory.read_vectored_from`/`write_vectored_to`: one
+`preadv`/`pwritev` for a whole request's buffers, straight between the file and guest
+memory, never through a Python bytes object.
 """
 
 from __future__ import annotations
@@ -27,12 +28,16 @@ class DescriptorChain:
 
     __slots__ = ("head", "readable", "readable_bytes", "writable", "writable_bytes")
 
-    def __init__(self, head: int, readable: list[Segment], writable: list[Segment]) -> None:
+    def __init__(self, head: int, readable: list[Segment], writable: list[Segment],
+                 readable_bytes: int | None = None, writable_bytes: int | None = None,
+                 ) -> None:
         self.head = head
         self.readable = readable
         self.writable = writable
-        self.readable_bytes = sum(length for _, length in readable)
-        self.writable_bytes = sum(length for _, length in writable)
+        self.readable_bytes = sum(length for _, length in readable) \
+            if readable_bytes is None else readable_bytes
+        self.writable_bytes = sum(length for _, length in writable) \
+            if writable_bytes is None else writable_bytes
 
     def __repr__(self) -> str:
         return (f"DescriptorChain(head={self.head}, readable={self.readable_bytes} bytes in "
@@ -42,26 +47,25 @@ class DescriptorChain:
 
 def skip(segments: list[Segment], count: int) -> list[Segment]:
     """The part of `segments` after the first `count` bytes."""
-    result: list[Segment] = []
-    for address, length in segments:
-        if count >= length:
-            count -= length
-            continue
-        result.append((address + count, length - count))
-        count = 0
-    return result
+    for position, (address, length) in enumerate(segments):
+        if count < length:
+            rest = segments[position + 1:]
+            return [(address + count, length - count), *rest] if count else \
+                segments[position:]
+        count -= length
+    return []
 
 
 def take(segments: list[Segment], count: int) -> list[Segment]:
     """The first `count` bytes of `segments` (fewer if they are shorter)."""
-    result: list[Segment] = []
-    for address, length in segments:
-        if count <= 0:
-            break
-        piece = min(length, count)
-        result.append((address, piece))
-        count -= piece
-    return result
+    for position, (address, length) in enumerate(segments):
+        if count <= length:
+            if count <= 0:
+                return segments[:position]
+            return [*segments[:position], (address, count)] if count < length else \
+                segments[:position + 1]
+        count -= length
+    return list(segments)
 
 
 def last_byte(segments: list[Segment]) -> int | None:
@@ -93,36 +97,58 @@ def read_struct(memory: GuestMemory, segments: list[Segment], ctype: type[_S]) -
     return ctype.from_buffer_copy(gathered)
 
 
+def coalesce(segments: list[Segment]) -> list[Segment]:
+    """`segments` with each run of adjacent buffers (one ending where the next starts)
+    merged into one: a guest's large request is often physically contiguous pages, and
+    every range costs the library a check."""
+    merged: list[Segment] = []
+    end = -1
+    for address, length in segments:
+        if address == end and merged:
+            start, previous = merged[-1]
+            merged[-1] = (start, previous + length)
+        else:
+            merged.append((address, length))
+        end = address + length
+    return merged
+
+
+def _ranges(segments: list[Segment]) -> list[tuple[GuestAddress, int]]:
+    return [(GuestAddress(address), length) for address, length in segments]
+
+
 def file_to_guest(memory: GuestMemory, segments: list[Segment], fd: int,
                   file_offset: int) -> int:
-    """Read the file at `file_offset` into `segments`, zero-copy; returns the bytes read
-    (short only at the end of the file)."""
-    done = 0
-    for address, length in segments:
-        at = 0
-        while at < length:
-            count = memory.read_from(GuestAddress(address + at), fd, length - at,
-                                     file_offset=file_offset + done)
-            if count == 0:
-                return done
-            at += count
-            done += count
+    """Read the file at `file_offset` into `segments`, zero-copy, with one `preadv` for
+    the whole scatter list (per `IOV_MAX` buffers); returns the bytes read (short only at
+    the end of the file). Every segment is checked (backed, writable) before a byte
+    moves, so a bad one raises the library's typed error with guest memory untouched."""
+    segments = coalesce(segments)
+    total = sum(length for _, length in segments)
+    done = memory.read_vectored_from(_ranges(segments), fd, file_offset=file_offset)
+    while 0 < done < total:  # a short read (a signal, the end of the file): go on
+        count = memory.read_vectored_from(_ranges(skip(segments, done)), fd,
+                                          file_offset=file_offset + done)
+        if count == 0:
+            break
+        done += count
     return done
 
 
 def guest_to_file(memory: GuestMemory, segments: list[Segment], fd: int,
                   file_offset: int) -> int:
-    """Write `segments` to the file at `file_offset`, zero-copy; returns the bytes written."""
-    done = 0
-    for address, length in segments:
-        at = 0
-        while at < length:
-            count = memory.write_to(GuestAddress(address + at), fd, length - at,
-                                    file_offset=file_offset + done)
-            if count == 0:
-                return done
-            at += count
-            done += count
+    """Write `segments` to the file at `file_offset`, zero-copy, with one `pwritev` for
+    the whole gather list (per `IOV_MAX` buffers); returns the bytes written. Every
+    segment is checked before a byte moves."""
+    segments = coalesce(segments)
+    total = sum(length for _, length in segments)
+    done = memory.write_vectored_to(_ranges(segments), fd, file_offset=file_offset)
+    while 0 < done < total:
+        count = memory.write_vectored_to(_ranges(skip(segments, done)), fd,
+                                         file_offset=file_offset + done)
+        if count == 0:
+            break
+        done += count
     return done
 
 

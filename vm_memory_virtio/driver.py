@@ -13,6 +13,7 @@ import ctypes
 
 from vm_memory import AlignedGuestAddress, GuestAddress, GuestMemory, Ordering
 from vm_memory_virtio.chain import Segment
+from vm_memory_virtio.errors import InvalidUsedEntry
 from vm_memory_virtio.layout import (
     DESC_SIZE,
     VIRTQ_AVAIL_F_NO_INTERRUPT,
@@ -30,8 +31,9 @@ class DriverQueue:
     """One split virtqueue, driver side; used from one thread."""
 
     def __init__(self, memory: GuestMemory, layout: QueueLayout, *,
-                 event_idx: bool = False) -> None:
+                 event_idx: bool = False, index: int = 0) -> None:
         self.memory = memory
+        self.index = index
         self.layout = layout
         self.size = layout.size
         self.event_idx = event_idx
@@ -88,14 +90,29 @@ class DriverQueue:
         return len(self._free)
 
     def used(self) -> list[tuple[int, int]]:
-        """Every (head, written length) the device returned since the last call."""
+        """Every (head, written length) the device returned since the last call.
+
+        The device is not trusted: a head that is not in flight, or a used index further
+        ahead than the chains in flight, raises `InvalidUsedEntry` and consumes nothing.
+        """
         published = to_le16(self.memory.read_atomic(self.layout.used_idx, Ordering.ACQUIRE))
+        ahead = (published - self.next_used) & 0xFFFF
+        if ahead > len(self._in_flight):
+            raise InvalidUsedEntry(self.index, -1, f"used index {published} is {ahead} "
+                                   f"entries ahead of {self.next_used}, with "
+                                   f"{len(self._in_flight)} chains in flight")
+        entries = [self.memory.read_obj(self._used_entries[(self.next_used + step) % self.size])
+                   for step in range(ahead)]
+        heads = [entry.id for entry in entries]
+        for head in heads:
+            if head not in self._in_flight or heads.count(head) > 1:
+                raise InvalidUsedEntry(self.index, head, "not a chain in flight"
+                                       if head not in self._in_flight else "returned twice")
         result: list[tuple[int, int]] = []
-        while self.next_used != published:
-            element = self.memory.read_obj(self._used_entries[self.next_used % self.size])
-            result.append((element.id, element.len))
-            self._free.extend(reversed(self._in_flight.pop(element.id, [])))
-            self.next_used = (self.next_used + 1) & 0xFFFF
+        for entry in entries:
+            result.append((entry.id, entry.len))
+            self._free.extend(reversed(self._in_flight.pop(entry.id)))
+        self.next_used = published
         if self.event_idx:
             self.memory.write_atomic(self.layout.used_event, to_le16(self.next_used))
         return result

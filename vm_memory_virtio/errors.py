@@ -1,8 +1,9 @@
 """Typed errors for hostile or broken virtqueues: each carries the facts that condemn it.
 
-A `VirtqueueError` means the driver broke the ring protocol in a way no single request
-status can report (an index ran ahead, a chain loops, a buffer lies outside guest
-memory...). The device must stop using the queue and ask for a reset: virtio's
+A `VirtqueueError` means one side broke the ring protocol in a way no single request
+status can report. For a device, the driver: an index ran ahead, a chain loops, a buffer
+lies outside guest memory... For `DriverQueue`, the device: it returned what was not in
+flight. The device must stop using the queue and ask for a reset: virtio's
 DEVICE_NEEDS_RESET, or in vhost-user a signal on the queue's error eventfd.
 """
 
@@ -12,7 +13,7 @@ from vm_memory import GuestMemoryError
 
 
 class VirtqueueError(GuestMemoryError):
-    """The driver broke the split-ring protocol; the queue needs a reset."""
+    """A side broke the split-ring protocol; the queue needs a reset."""
 
     def __init__(self, queue: int, reason: str) -> None:
         self.queue = queue
@@ -48,3 +49,14 @@ class InvalidChain(VirtqueueError):
         self.chain_reason = reason
         super().__init__(queue, f"chain from head {head}, descriptor {index}: {reason}")
         self._init_args = (queue, head, index, reason)
+
+
+class InvalidUsedEntry(VirtqueueError):
+    """The device returned a head that is not in flight, or its used index ran further
+    ahead of the driver than there are chains in flight (seen by `DriverQueue`)."""
+
+    def __init__(self, queue: int, head: int, reason: str) -> None:
+        self.head = head
+        self.used_reason = reason
+        super().__init__(queue, f"used entry for head {head}: {reason}")
+        self._init_args = (queue, head, reason)

@@ -37,6 +37,8 @@ def configuration_key(item: pytest.Item) -> tuple[str, str]:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     slots = [index for index, item in enumerate(items) if HERE in item.path.parents]
+    for index in slots:
+        items[index].add_marker(pytest.mark.type_checker)
     grouped = sorted((items[index] for index in slots), key=configuration_key)
     for index, item in zip(slots, grouped, strict=True):
         items[index] = item

@@ -21,6 +21,7 @@ from vm_memory_mypy import MINIMUM_MYPY
 from vm_memory_mypy.targets import ARCHITECTURES, make_target
 
 ROOT: Final = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.type_checker  # not in the runtime suite run on foreign ports
 ERROR_LINE: Final = re.compile(r"^(?P<file>[^:]+):(?P<line>\d+): error: .*\[(?P<code>[\w-]+)\]$")
 
 WIDE_ATOMICS: Final = '''\

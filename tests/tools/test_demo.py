@@ -3,8 +3,9 @@
 The demo runs in subprocesses, as a user runs it: with a real KVM guest where /dev/kvm
 works and with a second process as the guest. Each mode must verify every message, and
 each must fail (exit 1) when one request or one reply is corrupted in guest memory, so
-both sides' checks are shown to bite. The split ring itself is exercised in-process,
-including the protocol errors a device must refuse.
+both sides' checks are shown to bite. The ring is `vm_memory_virtio`'s (tested in
+tests/virtio); here it runs in-process on the demo's layout, and a broken ring stops the
+demo's device with the queue's error.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import sys
 from typing import Final
 
 import pytest
+from host_assumptions import needs_x86_kvm_host
 from support import ROOT, python_environment, require, run_python, unavailable
 
 from vm_memory import AlignedGuestAddress, GuestAddress, GuestMemoryMmap, Ordering
@@ -34,15 +36,7 @@ from vm_memory_tools.demo_guest import (
     ring_driver_program,
 )
 from vm_memory_tools.kvm import kvm_unavailable_reason
-from vm_memory_tools.split_ring import (
-    VIRTQ_DESC_F_NEXT,
-    Buffer,
-    RingError,
-    SplitRingDevice,
-    SplitRingDriver,
-    SplitRingLayout,
-    VirtqDesc,
-)
+from vm_memory_virtio import VIRTQ_DESC_F_NEXT, DriverQueue, Segment, SplitQueue, VirtqDesc
 
 MESSAGES: Final = 300
 EXCHANGE_TIMEOUT: Final = "300"
@@ -51,7 +45,7 @@ TIMEOUT_SECONDS: Final = 600
 """The child process's: a hang guard beyond the demo's own."""
 
 
-@pytest.fixture(params=[pytest.param([], id="kvm"),
+@pytest.fixture(params=[pytest.param([], id="kvm", marks=needs_x86_kvm_host),
                         pytest.param(["--no-kvm"], id="second-process")])
 def mode(request: pytest.FixtureRequest) -> list[str]:
     """The demo's guest: a KVM vCPU (where /dev/kvm is usable), or a second process."""
@@ -145,96 +139,63 @@ def test_guest_program_rejects_counts_it_cannot_hold() -> None:
     assert ring_driver_program(0)[-1:] == b"\xf4"  # ends with hlt
 
 
-# ---- The split ring, in-process ------------------------------------------------------
+# ---- The demo's ring (vm_memory_virtio's; its own tests are in tests/virtio) ----------
 
 def ring_memory() -> GuestMemoryMmap:
     return GuestMemoryMmap.from_ranges([(GuestAddress(0), 0x10000)])
 
 
-def message(seq: int) -> list[Buffer]:
-    return [Buffer(request_buffer(seq), MESSAGE_BYTES, False),
-            Buffer(reply_buffer(seq), MESSAGE_BYTES, True)]
+def message(seq: int) -> tuple[list[Segment], list[Segment]]:
+    """A message's chain: its request buffer (readable), then its reply buffer."""
+    return ([(request_buffer(seq).raw_value(), MESSAGE_BYTES)],
+            [(reply_buffer(seq).raw_value(), MESSAGE_BYTES)])
 
 
 def test_ring_round_trip_across_index_wrap() -> None:
-    """70,000 chains: both 16-bit indices wrap; every chain comes back whole and in order."""
+    """70,000 chains on the demo's layout: both 16-bit indices wrap; every chain comes
+    back whole and in order."""
     memory = ring_memory()
-    driver = SplitRingDriver(memory, QUEUE_LAYOUT)
-    device = SplitRingDevice(memory, QUEUE_LAYOUT)
+    driver = DriverQueue(memory, QUEUE_LAYOUT)
+    device = SplitQueue(memory, QUEUE_LAYOUT)
     batch = QUEUE_LAYOUT.size // 2
     seq = 0
     for _ in range(70_000 // batch):
-        heads = [driver.publish(message(seq + index)) for index in range(batch)]
-        assert driver.free_descriptors == 0
+        heads = [driver.add(*message(seq + index)) for index in range(batch)]
+        assert driver.free_count() == 0
         for index, head in enumerate(heads):
             chain = device.pop()
             assert chain is not None and chain.head == head
-            assert chain.buffers == tuple(message(seq + index))
-            device.push(chain.head, 7)
+            assert (chain.readable, chain.writable) == message(seq + index)
+            device.add_used(chain.head, 7)
         assert device.pop() is None
-        for head in heads:
-            used = driver.pop_used()
-            assert used is not None and (used.id, used.len) == (head, 7)
-        assert driver.pop_used() is None
+        assert driver.used() == [(head, 7) for head in heads]
+        assert driver.used() == []
         seq += batch
-    used_idx = memory.read_atomic(QUEUE_LAYOUT.used_idx(), Ordering.ACQUIRE)
+    used_idx = memory.read_atomic(QUEUE_LAYOUT.used_idx, Ordering.ACQUIRE)
     assert used_idx == seq % 0x10000 and seq > 0x10000
 
 
-def test_ring_device_refuses_an_index_running_ahead() -> None:
+def test_device_model_reports_a_broken_ring() -> None:
+    """A looping chain stops the demo's device with the queue's error, not a crash."""
     memory = ring_memory()
-    device = SplitRingDevice(memory, QUEUE_LAYOUT)
-    memory.write_atomic(QUEUE_LAYOUT.avail_idx(), QUEUE_LAYOUT.size + 1, Ordering.RELEASE)
-    with pytest.raises(RingError, match="more than the queue size"):
-        device.pop()
-
-
-def test_ring_device_refuses_a_looping_chain() -> None:
-    memory = ring_memory()
-    driver = SplitRingDriver(memory, QUEUE_LAYOUT)
-    device = SplitRingDevice(memory, QUEUE_LAYOUT)
-    head = driver.publish(message(1))
-    memory.write_obj(QUEUE_LAYOUT.descriptor(head),
-                     VirtqDesc(0x5000, 16, VIRTQ_DESC_F_NEXT, head))  # points at itself
-    with pytest.raises(RingError, match="a loop"):
-        device.pop()
-
-
-def test_ring_driver_refuses_an_unknown_head_and_a_full_table() -> None:
-    memory = ring_memory()
-    layout = SplitRingLayout.contiguous(4, GuestAddress(0x1000))
-    driver = SplitRingDriver(memory, layout)
-    device = SplitRingDevice(memory, layout)
-    driver.publish(message(1))
-    driver.publish(message(2))
-    with pytest.raises(RingError, match="2 descriptors needed, 0 free"):
-        driver.publish(message(3))
-    chain = device.pop()
-    assert chain is not None
-    device.push(chain.head + 1, 0)  # not a head the driver published
-    with pytest.raises(RingError, match="not in flight"):
-        driver.pop_used()
-
-
-def test_ring_layout_checks() -> None:
-    with pytest.raises(ValueError, match="power of two"):
-        SplitRingLayout(24, GuestAddress(0), GuestAddress(0x1000), GuestAddress(0x2000))
-    with pytest.raises(ValueError, match="used ring at 0x2002 is not 4-byte aligned"):
-        SplitRingLayout(16, GuestAddress(0), GuestAddress(0x1000), GuestAddress(0x2002))
-    layout = SplitRingLayout.contiguous(256, GuestAddress(0x10000))
-    assert layout.avail_ring == GuestAddress(0x10000 + 256 * 16)
-    assert layout.used_ring.raw_value() % 4 == 0
-    assert layout.end == layout.used_ring + 4 + 8 * 256 + 2
+    driver = DriverQueue(memory, QUEUE_LAYOUT)
+    head = driver.add(*message(1))
+    driver.write_descriptor(head, VirtqDesc(0x5000, 16, VIRTQ_DESC_F_NEXT, head))
+    model = DeviceModel(memory, 1)
+    model.serve(deadline=0.0, driver_gone=lambda: True)
+    assert model.handled == 0
+    assert len(model.errors) == 1 and "ring broken after 0 messages" in model.errors[0]
+    assert "loop" in model.errors[0] or "chain" in model.errors[0]
 
 
 def test_device_model_catches_a_skipped_sequence_number() -> None:
     """A driver that loses message 1 and sends 2 first: the device names the gap."""
     memory = ring_memory()
-    driver = SplitRingDriver(memory, QUEUE_LAYOUT)
+    driver = DriverQueue(memory, QUEUE_LAYOUT)
     value = message_value(2)
     memory.write_obj(AlignedGuestAddress.new(Request, request_buffer(2)),
                      Request(2, value, request_checksum(2, value), REQUEST_MAGIC))
-    driver.publish(message(2))
+    driver.add(*message(2))
     model = DeviceModel(memory, 1)
     model.serve(deadline=0.0, driver_gone=lambda: True)
     assert model.handled == 1 and model.verified == 0

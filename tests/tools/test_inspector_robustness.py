@@ -65,7 +65,7 @@ sys.exit(main(arguments))
 @pytest.fixture
 def ram_file(tmp_path: Path) -> Path:
     data = bytearray(FILE_SIZE)
-    struct.pack_into("<Q", data, VALUE_ADDRESS, VALUE)
+    struct.pack_into("=Q", data, VALUE_ADDRESS, VALUE)  # u64 reads the host's order
     path = tmp_path / "ram.img"
     path.write_bytes(bytes(data))
     return path
@@ -107,11 +107,12 @@ def test_a_fifo_a_directory_and_a_character_device_are_refused_up_front(
 
 
 def test_the_address_space_limit_bites() -> None:
-    """The control: under the children's RLIMIT_AS, a 4 GiB buffer is a MemoryError."""
+    """The control: under the children's RLIMIT_AS, a 4 GiB buffer is a MemoryError (on
+    a 32-bit host, the largest a buffer can be: 2 GiB less a byte)."""
     result = run_python_code(f"""
-        import resource
+        import resource, sys
         resource.setrlimit(resource.RLIMIT_AS, ({ADDRESS_SPACE_LIMIT}, {ADDRESS_SPACE_LIMIT}))
-        bytearray(1 << 32)
+        bytearray(min(1 << 32, sys.maxsize))
     """)
     assert result.returncode == 1 and "MemoryError" in result.stderr
 
@@ -155,7 +156,7 @@ def test_regions_cost_no_descriptor(ram_file: Path) -> None:
     for command, expected in (
         (["map"], "700 region(s), 0x2bc0 B of guest memory"),
         (["read", "--atomic", "u64", hex(VALUE_ADDRESS)], f"{VALUE:#x}"),
-        (["search", (VALUE).to_bytes(8, "little").hex()], "1 match(es)"),
+        (["search", (VALUE).to_bytes(8, sys.byteorder).hex()], "1 match(es)"),
         (["hexdump", "0", "0x2bc0"], "00002bb0  00 00"),
     ):
         result = inspect(str(ram_file), "--layout", layout, *command,
@@ -196,7 +197,7 @@ def test_watch_follows_a_live_value_until_interrupted(ram_file: Path, atomic: bo
         assert first.endswith(f"{VALUE_ADDRESS:#x}  u64  {VALUE}  {VALUE:#018x}\n"), first
         with ram_file.open("r+b") as file:
             file.seek(VALUE_ADDRESS)
-            file.write((42).to_bytes(8, "little"))
+            file.write((42).to_bytes(8, sys.byteorder))
         readings = 1
         while not (line := process.stdout.readline()).endswith("  u64  42  0x000000000000002a\n"):
             assert line, "the watch ended before it showed the new value"

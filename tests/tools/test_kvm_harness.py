@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Final
 
 import pytest
+from host_assumptions import needs_x86_kvm_host
 from support import provoke, python_environment, require, unavailable
 
 from vm_memory_tools import guest_programs
@@ -69,6 +70,8 @@ CONTROL_ATTEMPTS: Final = 10
 HOST_BATCH: Final = 256  # libatomic calls between looks at the stop flag
 SEQ_CST: Final = 5
 SUBPROCESS_TIMEOUT_SECONDS: Final = 300.0
+
+pytestmark = needs_x86_kvm_host
 
 
 @pytest.fixture(autouse=True)

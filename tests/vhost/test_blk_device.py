@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from vm_memory import GuestAddress, GuestMemoryMmap
+from vm_memory import GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion
 from vm_memory_vhost import BlkDevice, VirtioBlkReqHeader
 from vm_memory_vhost.blk import (
     VIRTIO_BLK_F_RO,
@@ -25,6 +25,7 @@ SECTORS = 64
 HEADER = 0x10000
 STATUS = 0x10100
 DATA = 0x20000
+ROM = 0x100000  # a read-only region, above the RAM
 
 
 @pytest.fixture
@@ -110,6 +111,34 @@ def test_bad_requests_get_the_status_the_spec_names(
     assert rig.run(readable, writable)[0] == status
     if writable[0][0] == DATA:  # nothing was read into the guest's buffer
         assert rig.memory.read_bytes(GuestAddress(DATA), 1024) == b"\x55" * 1024
+
+
+def test_reads_touch_exactly_the_guests_buffers(image: Path) -> None:
+    """Guard bytes around every buffer of a scattered IN stay as they were; a request
+    with one buffer in read-only guest memory fails (IOERR) having written nothing."""
+    fd = os.memfd_create("rom")
+    os.ftruncate(fd, 0x1000)
+    rom = GuestRegionMmap(MmapRegion.from_file(fd, 0x1000, read_only=True),
+                          GuestAddress(ROM))
+    os.close(fd)
+    rig = Rig(image)
+    rig.memory = rig.memory.insert_region(rom)
+    rig.queue.set_memory(rig.memory)
+    guard = b"\xee" * 0x3000
+    rig.memory.write_slice(GuestAddress(DATA), guard)
+    buffers = [(DATA + 0x10, 512), (DATA + 0x1000, 1024), (DATA + 0x1400, 512)]
+    rig.header(VIRTIO_BLK_T_IN, 2)
+    assert rig.run([(HEADER, 16)], [*buffers, (STATUS, 1)]) == (VIRTIO_BLK_S_OK, 2049)
+    after = rig.memory.read_bytes(GuestAddress(DATA), 0x3000)
+    disk = image.read_bytes()[1024:1024 + 2048]
+    assert after[0x10:0x210] + after[0x1000:0x1600] == disk
+    assert after[:0x10] + after[0x210:0x1000] + after[0x1600:] == \
+        guard[:0x10] + guard[0x210:0x1000] + guard[0x1600:]
+    rig.memory.write_slice(GuestAddress(DATA), guard)
+    rig.header(VIRTIO_BLK_T_IN, 0)
+    assert rig.run([(HEADER, 16)], [(DATA, 512), (ROM, 512), (STATUS, 1)])[0] == \
+        VIRTIO_BLK_S_IOERR
+    assert rig.memory.read_bytes(GuestAddress(DATA), 0x3000) == guard
 
 
 def test_write_with_data_device_writable_is_refused(image: Path) -> None:

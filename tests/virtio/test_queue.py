@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import ctypes
 import multiprocessing
+import os
 import zlib
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support import unavailable
 
 from vm_memory import AlignedGuestAddress, GuestAddress, GuestMemoryMmap, Ordering
 from vm_memory_virtio import (
@@ -19,10 +21,12 @@ from vm_memory_virtio import (
     InvalidAvailIndex,
     InvalidChain,
     InvalidQueueLayout,
+    InvalidUsedEntry,
     QueueLayout,
     SplitQueue,
     VirtqDesc,
     VirtqueueError,
+    coalesce,
     file_to_guest,
     guest_to_file,
     read_struct,
@@ -66,6 +70,33 @@ def test_honest_chains_come_out_as_published() -> None:
         queue.add_used(chain.head, length)
     assert driver.used() == [(first, 513), (second, 1), (third, 7)]
     assert driver.free_count() == SIZE
+
+
+@pytest.mark.parametrize("lie", ["not in flight", "returned twice", "index far ahead"])
+def test_a_hostile_device_is_refused_by_the_driver_and_consumes_nothing(lie: str) -> None:
+    memory = make_memory()
+    driver, queue = make_pair(memory)
+    heads = [driver.add([(0x10000, 16)], []) for _ in range(2)]
+    assert [chain.head for chain in (queue.pop(), queue.pop()) if chain] == heads
+    if lie == "not in flight":
+        queue.add_used(SIZE - 1, 0)
+    elif lie == "returned twice":
+        queue.add_used(heads[0], 0)
+        queue.add_used(heads[0], 0)
+    else:
+        memory.write_atomic(queue.layout.used_idx, 5)
+    free, next_used = driver.free_count(), driver.next_used
+    with pytest.raises(InvalidUsedEntry) as refused:
+        driver.used()
+    assert lie.rsplit(maxsplit=1)[-1] in str(refused.value)
+    assert (driver.free_count(), driver.next_used) == (free, next_used)
+    # The control: the same driver takes an honest device's entries.
+    honest, honest_queue = make_pair(make_memory())
+    honest_heads = [honest.add([(0x10000, 16)], []) for _ in range(2)]
+    for head in honest_heads:
+        assert honest_queue.pop() is not None
+        honest_queue.add_used(head, 0)
+    assert [head for head, _ in honest.used()] == honest_heads
 
 
 def test_ring_indices_wrap_at_16_bits() -> None:
@@ -266,7 +297,6 @@ def test_any_table_gives_a_checked_chain_or_a_typed_error(
 # ---- the payload helpers ----------------------------------------------------------------
 
 def test_payload_moves_between_files_and_scattered_buffers(tmp_path: object) -> None:
-    import os
     import tempfile
     memory = make_memory()
     with tempfile.TemporaryFile() as image:
@@ -283,6 +313,95 @@ def test_payload_moves_between_files_and_scattered_buffers(tmp_path: object) -> 
         assert image.read() == data
         # Past the end of the file: a short count, not an error.
         assert file_to_guest(memory, segments, image.fileno(), len(data)) == 512
+
+
+def _syscalls() -> tuple[int, int]:
+    """This thread's (read, write) system call counts, as the kernel keeps them."""
+    if not os.path.exists("/proc/thread-self/io"):
+        unavailable("the kernel keeps no per-thread I/O counts (/proc/thread-self/io: "
+                    "CONFIG_TASK_IO_ACCOUNTING)")
+    with open("/proc/thread-self/io") as stream:
+        counts = dict(line.split(": ") for line in stream.read().splitlines())
+    return int(counts["syscr"]), int(counts["syscw"])
+
+
+def test_a_whole_scatter_list_moves_in_one_system_call(tmp_path: object) -> None:
+    import tempfile
+    memory = make_memory()
+    segments = [(0x10000 + 0x1000 * i, 512) for i in range(8)] + [(SECOND, 4096)]
+    with tempfile.TemporaryFile() as image:
+        image.write(bytes(range(256)) * 32)
+        image.flush()
+        first = _syscalls()
+        counting = _syscalls()[0] - first[0]  # what one count itself costs
+        before = _syscalls()
+        assert file_to_guest(memory, segments, image.fileno(), 0) == 8192
+        assert guest_to_file(memory, segments, image.fileno(), 0) == 8192
+        after = _syscalls()
+        assert (after[0] - before[0] - counting, after[1] - before[1]) == (1, 1)
+        # Control: the same buffers one by one cost a system call each.
+        before = _syscalls()
+        for address, length in segments:
+            memory.read_from(GuestAddress(address), image.fileno(), length, file_offset=0)
+        after = _syscalls()
+        assert after[0] - before[0] - counting == len(segments)
+
+
+def test_adjacent_buffers_are_merged_and_nothing_else() -> None:
+    assert coalesce([(0x1000, 0x1000), (0x2000, 0x800), (0x2800, 0x800), (0x4000, 16),
+                     (0x3000, 16), (0x3010, 0)]) == \
+        [(0x1000, 0x2000), (0x4000, 16), (0x3000, 16)]
+    assert coalesce([]) == []
+    # A request over 256 adjacent guest pages reads as one range: the file's bytes land
+    # exactly where they would buffer by buffer.
+    import tempfile
+    memory = make_memory()
+    pages = [(0x20000 + 0x1000 * i, 0x1000) for i in range(16)]
+    with tempfile.TemporaryFile() as image:
+        data = bytes(range(256)) * 256
+        image.write(data)
+        image.flush()
+        assert file_to_guest(memory, pages[::2] + pages[1::2], image.fileno(), 0) == len(data)
+    expected = b"".join(data[0x1000 * (i // 2 if i % 2 == 0 else 8 + i // 2):][:0x1000]
+                        for i in range(16))
+    assert memory.read_bytes(GuestAddress(0x20000), 0x10000) == expected
+
+
+def test_a_bad_segment_anywhere_refuses_the_whole_request_untouched() -> None:
+    import tempfile
+
+    from vm_memory import GuestRegionMmap, MmapRegion, PartialBuffer, ReadOnlyRegion
+    fd = os.memfd_create("read-only")
+    os.ftruncate(fd, 0x1000)
+    read_only = GuestRegionMmap(MmapRegion.from_file(fd, 0x1000, read_only=True),
+                                GuestAddress(0x100000))
+    os.close(fd)
+    memory = GuestMemoryMmap.from_ranges([(GuestAddress(0), MEMORY_SIZE)], shared=True)
+    memory = memory.insert_region(read_only)
+    memory.write_slice(GuestAddress(0x10000), b"\x55" * 1024)
+    with tempfile.TemporaryFile() as image:
+        image.write(b"\xaa" * 8192)
+        image.flush()
+        cases = [
+            ("past the region", [(0x10000, 1024), (MEMORY_SIZE - 512, 1024)], PartialBuffer),
+            ("in no region", [(0x10000, 1024), (HOLE_START + 0x100, 16)], PartialBuffer),
+            ("read-only memory", [(0x10000, 1024), (0x100000, 512)], ReadOnlyRegion),
+        ]
+        for case, segments, error in cases:
+            with pytest.raises(error):
+                file_to_guest(memory, segments, image.fileno(), 0)
+            assert memory.read_bytes(GuestAddress(0x10000), 1024) == b"\x55" * 1024, case
+        # The gather side: the file is untouched by a list with a range past memory.
+        with pytest.raises(PartialBuffer):
+            guest_to_file(memory, [(0x10000, 512), (MEMORY_SIZE - 16, 32)], image.fileno(), 0)
+        image.seek(0)
+        assert image.read() == b"\xaa" * 8192
+        # Control: the same first buffer alone is filled, and writes to the file.
+        assert file_to_guest(memory, [(0x10000, 1024)], image.fileno(), 0) == 1024
+        assert memory.read_bytes(GuestAddress(0x10000), 1024) == b"\xaa" * 1024
+        assert guest_to_file(memory, [(0x100000, 16)], image.fileno(), 0) == 16
+        image.seek(0)
+        assert image.read(16) == bytes(16)
 
 
 class Header(ctypes.Structure):

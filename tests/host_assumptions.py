@@ -1,0 +1,53 @@
+"""What some tests assume of the host, said once, with the reason they skip elsewhere.
+
+- 8-byte atomics. Most hosts do them; mips (o32) and riscv32 refuse them with
+  `AtomicWidthUnsupported`, as the atomicity contract says. Tests written with 64-bit
+  atomics are marked `needs_8_byte_atomics` and skip there, the library's own refusal as
+  the reason; a missing libatomic is not a refusal (those tests then fail and say so).
+- An x86 host for KVM: the KVM harness's guests are x86 code that the host's KVM runs.
+  Under qemu-user (tests/ports) /dev/kvm is the x86 host's and the emulator forwards none
+  of its ioctls: `needs_x86_kvm_host` skips there, whatever CI says (nothing is missing
+  that a machine could install).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import platform
+from typing import Final
+
+import pytest
+
+from vm_memory import (
+    AlignedGuestAddress,
+    AtomicLibraryMissing,
+    AtomicWidthUnsupported,
+    GuestAddress,
+    GuestMemoryMmap,
+)
+
+
+def _refusal() -> str | None:
+    memory = GuestMemoryMmap.from_ranges([(GuestAddress(0), 0x1000)])
+    try:
+        memory.read_atomic(AlignedGuestAddress.new(ctypes.c_uint64, GuestAddress(0)))
+    except AtomicWidthUnsupported as error:
+        return str(error)
+    except AtomicLibraryMissing:
+        return None
+    return None
+
+
+EIGHT_BYTE_REFUSAL: Final = _refusal()
+"""The library's refusal of 8-byte atomics on this host, or None where they work."""
+
+needs_8_byte_atomics: Final = pytest.mark.skipif(
+    EIGHT_BYTE_REFUSAL is not None,
+    reason=f"uses 8-byte atomics, which this host refuses: {EIGHT_BYTE_REFUSAL}")
+
+X86_MACHINES: Final = ("x86_64", "i386", "i486", "i586", "i686")
+
+needs_x86_kvm_host: Final = pytest.mark.skipif(
+    platform.machine() not in X86_MACHINES,
+    reason=f"KVM runs x86 guest code on an x86 host's KVM; this interpreter is "
+           f"{platform.machine()} (under qemu-user, which forwards no KVM ioctl)")

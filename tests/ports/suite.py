@@ -1,0 +1,140 @@
+"""The runtime test suite under a port's Python, and what came of it.
+
+The runtime suite is every test but the type-checker tests (marked `type_checker`: mypy,
+pyright, ruff, stubtest, the plugin), the long runs and these port tests themselves. It
+runs with the repository, its `mypy_plugin/` directory (imported by the type-checker
+modules at collection) and the pure-Python test packages on PYTHONPATH; the foreign
+interpreter writes its bytecode to the cache, not into the repository.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Final
+
+from .emulator_limits import EMULATOR_VARIABLE
+from .foreign_plugin import EXAMPLES_VARIABLE, PROFILE, REPORT_VARIABLE
+from .roots import REPOSITORY, Root, cache_home
+
+SELECTION: Final = "not long and not type_checker and not ports"
+"""The runtime suite, as a marker expression."""
+IGNORED: Final = ("tests/ports", "tests/plugin")
+"""Not even collected: these port tests, and the plugin's tests (every one a type-checker
+test, and their modules import what only the host has: mypy, yaml)."""
+SUITE_TIMEOUT_SECONDS: Final = 3600
+EMULATED_EXAMPLES: Final = 25
+"""Hypothesis examples per property under an emulator (the host suite runs 150): each
+property still runs, at a sixth of the cost. A native port runs the host's 150."""
+OUTCOMES: Final = ("passed", "failed", "error", "skipped", "xfailed", "xpassed")
+
+
+@dataclass
+class SuiteResult:
+    """One port's run: the outcome of every test, with a skip's reason."""
+
+    root: Root
+    seconds: float
+    cpu_seconds: float
+    """User and system time of the run and every process it waited for: the cost on a
+    quiet machine (wall time here depends on what else runs)."""
+    exit_status: int
+    max_examples: int
+    outcomes: list[dict[str, Any]]
+    deselected: list[str]
+    log: Path
+    counts: Counter[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.counts = Counter(outcome["outcome"] for outcome in self.outcomes)
+
+    @property
+    def green(self) -> bool:
+        return (self.exit_status == 0 and self.counts["passed"] > 0
+                and not any(self.counts[name] for name in ("failed", "error", "xpassed")))
+
+    def tests(self, outcome: str) -> list[dict[str, Any]]:
+        return [item for item in self.outcomes if item["outcome"] == outcome]
+
+    def summary(self) -> str:
+        """passed/failed/skipped counts, then each skip and failure with its reason."""
+        counts = ", ".join(f"{self.counts[name]} {name}" for name in OUTCOMES
+                           if self.counts[name] or name in ("passed", "failed", "skipped"))
+        lines = [f"{self.root.port.debian} ({self.root.describe()}): {counts} "
+                 f"in {self.seconds:.0f} s ({self.cpu_seconds:.0f} s of CPU); "
+                 f"hypothesis {self.max_examples} examples; "
+                 f"exit status {self.exit_status}"]
+        for outcome in ("failed", "error", "xpassed", "xfailed", "skipped"):
+            reasons = Counter(item["reason"] for item in self.tests(outcome))
+            lines += [f"  {outcome} ({count}): {reason}" for reason, count in reasons.items()]
+        return "\n".join(lines)
+
+
+def foreign_environment(root: Root, site: Path) -> dict[str, str]:
+    """The environment of the port's Python: the repository and the test packages on its
+    path, its bytecode in the cache."""
+    environment = dict(os.environ)
+    environment["PYTHONPATH"] = os.pathsep.join(
+        [str(site), str(REPOSITORY), str(REPOSITORY / "mypy_plugin")])
+    environment["PYTHONPYCACHEPREFIX"] = str(cache_home() / f"pycache-{root.port.debian}")
+    for name in ("PYTHONHOME", "PYTHONSTARTUP", "PYTHONSAFEPATH"):
+        environment.pop(name, None)
+    return environment
+
+
+def ignored() -> list[str]:
+    """pytest's options that leave the IGNORED directories out."""
+    return [option for directory in IGNORED for option in ("--ignore", directory)]
+
+
+def run_suite(root: Root, site: Path, *, max_examples: int | None = None,
+              arguments: tuple[str, ...] = ()) -> SuiteResult:
+    """Run the runtime suite under the port's Python (extra pytest `arguments` narrow it)."""
+    if max_examples is None:
+        max_examples = 150 if root.port.emulator is None else EMULATED_EXAMPLES
+    runs = cache_home() / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    label = root.port.debian + ("-narrowed" if arguments else "")  # not the full run's files
+    report, log = runs / f"{label}.json", runs / f"{label}.log"
+    report.unlink(missing_ok=True)
+    environment = foreign_environment(root, site)
+    environment.update({REPORT_VARIABLE: str(report), "HYPOTHESIS_PROFILE": PROFILE,
+                        EXAMPLES_VARIABLE: str(max_examples),
+                        EMULATOR_VARIABLE: root.port.emulator or ""})
+    command = [str(root.python), "-m", "pytest", "-p", "tests.ports.foreign_plugin",
+               "-m", SELECTION, *ignored(), "-q", "-rfE",
+               *(arguments or ("tests",))]
+    started = time.monotonic()
+    with log.open("w") as output:
+        exit_status, cpu_seconds = run_measured(command, environment, output)
+    seconds = time.monotonic() - started
+    if not report.exists():
+        tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-30:])
+        raise RuntimeError(f"pytest under {root.port.debian} wrote no report "
+                           f"(exit status {exit_status}):\n{tail}")
+    document = json.loads(report.read_text())
+    return SuiteResult(root, seconds, cpu_seconds, exit_status, document["max_examples"],
+                       document["outcomes"], document["deselected"], log)
+
+
+def run_measured(command: list[str], environment: dict[str, str],
+                 output: IO[str]) -> tuple[int, float]:
+    """(exit status, CPU seconds of the process and its descendants); killed after
+    SUITE_TIMEOUT_SECONDS."""
+    process = subprocess.Popen(command, cwd=REPOSITORY, env=environment, stdout=output,
+                               stderr=subprocess.STDOUT, start_new_session=True)
+    watchdog = threading.Timer(SUITE_TIMEOUT_SECONDS, os.killpg, (process.pid, signal.SIGKILL))
+    watchdog.start()
+    try:
+        _, status, usage = os.wait4(process.pid, 0)
+    finally:
+        watchdog.cancel()
+    process.returncode = os.waitstatus_to_exitcode(status)
+    return process.returncode, usage.ru_utime + usage.ru_stime
