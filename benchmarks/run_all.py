@@ -3,7 +3,9 @@
 Plain access (issue 2), atomics and aligned access (issue 3), stream I/O and dirty
 tracking (issue 5) and, when installed, the
 Python alternatives (unicorn, the `atomics` package), each as a ratio to a raw baseline
-measured in the same run on the same memory. Prints Markdown; `--json FILE` also writes
+measured in the same run on the same memory, on the access path this process runs
+(`VM_MEMORY_PURE=1` for the pure one; `python -m benchmarks.bench_paths` puts both side
+by side). Prints Markdown; `--json FILE` also writes
 the figures machine-readable; `--quick` is a fast smoke run with rough figures.
 """
 
@@ -16,6 +18,7 @@ from benchmarks.bench_access import access_comparisons
 from benchmarks.bench_atomics import atomic_comparisons
 from benchmarks.bench_io import io_comparisons
 from benchmarks.common import FULL, QUICK, measure, report, write_json
+from vm_memory import access_path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     io, io_skipped = io_comparisons()
     rows = measure(access + atomic + io, settings)
     skipped = access_skipped + atomic_skipped + io_skipped
-    print(report("vm-memory performance: ratios to raw baselines", rows, skipped, settings))
+    title = f"vm-memory performance, {access_path().name} path: ratios to raw baselines"
+    print(report(title, rows, skipped, settings))
     missed = [row.operation for row in rows if row.within_target is False]
     print()
     print(f"{len(rows)} rows, {sum(row.target is not None for row in rows)} with a target, "

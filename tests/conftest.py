@@ -19,6 +19,9 @@ import pytest
 from hypothesis import HealthCheck, settings
 from support import unstable_ids
 
+from vm_memory import PURE_ENVIRONMENT_VARIABLE, access_path
+from vm_memory.implementation import compiled
+
 settings.register_profile(
     "default", max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
@@ -47,3 +50,21 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         raise pytest.UsageError("test ids differ from process to process (a memory address "
                                 "in a repr; use support.stable_id): " + ", ".join(unstable))
     items.sort(key=lambda item: item.path.name not in STARTED_FIRST)
+
+
+@pytest.fixture
+def compiled_path() -> object:
+    """The compiled access path's extension module, for tests of that path alone.
+
+    Skipped (with the reason) when the pure path is forced — the pure run of the suite
+    has nothing compiled to test; without the extension built it is a skip off CI and a
+    failure on CI (the CI machine has a compiler, so the extension must be there).
+    """
+    path = access_path()
+    if path.name == "compiled":
+        return compiled
+    if os.environ.get(PURE_ENVIRONMENT_VARIABLE, "") not in ("", "0"):
+        pytest.skip(f"the pure path is forced ({path.reason}); these run in the compiled run")
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"the compiled path must be built on CI: {path.reason}")
+    pytest.skip(f"the compiled path is not built here: {path.reason}")

@@ -199,11 +199,7 @@ def test_read_only_region_allows_atomic_loads() -> None:
 # ---- libatomic missing ------------------------------------------------------------------
 
 
-def test_missing_libatomic_fails_only_atomics_and_names_the_package() -> None:
-    """With the atomic library unloadable, each atomic call raises AtomicLibraryMissing
-    naming `libatomic1` (again on a second call), memory is untouched, and plain access
-    keeps working in the same process."""
-    results = run_child('''
+MISSING_LIBATOMIC_PROGRAM: Final = '''
         memory = GuestMemoryMmap.from_regions([memfd_region(0, PAGE)])
         for name in ("c_uint32", "c_uint64", "c_bool"):
             address = AlignedGuestAddress.new(getattr(ctypes, name), GuestAddress(0x40))
@@ -222,7 +218,15 @@ def test_missing_libatomic_fails_only_atomics_and_names_the_package() -> None:
             "pread": os.pread(memory.regions()[0].mapping.fd, 8, 0x100).hex(),
         }
         results["plain"] = plain
-    ''', VM_MEMORY_LIBATOMIC=MISSING_LIBRARY)
+    '''
+
+
+def test_missing_libatomic_fails_only_atomics_and_names_the_package() -> None:
+    """On the pure path (mmap + ctypes + libatomic), with the atomic library unloadable,
+    each atomic call raises AtomicLibraryMissing naming `libatomic1` (again on a second
+    call), memory is untouched, and plain access keeps working in the same process."""
+    results = run_child(MISSING_LIBATOMIC_PROGRAM, VM_MEMORY_LIBATOMIC=MISSING_LIBRARY,
+                        VM_MEMORY_PURE="1")
     plain = results.pop("plain")
     stored = (0x1122334455667788).to_bytes(8, sys.byteorder)
     assert plain == {
@@ -235,6 +239,15 @@ def test_missing_libatomic_fails_only_atomics_and_names_the_package() -> None:
     for outcome in results.values():
         assert "libatomic1" in outcome["message"], outcome["message"]
         assert MISSING_LIBRARY in outcome["message"], outcome["message"]
+
+
+def test_the_compiled_path_needs_no_libatomic(compiled_path: object) -> None:
+    """The compiled path inlines its atomics (compiler builtins): with libatomic
+    unloadable every atomic operation on host memory still runs, and plain access too."""
+    results = run_child(MISSING_LIBATOMIC_PROGRAM, VM_MEMORY_LIBATOMIC=MISSING_LIBRARY)
+    results.pop("plain")
+    assert len(results) == 9 + 9 + 7 + 1
+    assert all(outcome["raised"] is None for outcome in results.values()), results
 
 
 # ---- Width not lock-free: a real libatomic whose lock-free probe says no for 8 bytes ----
@@ -273,9 +286,10 @@ def not_lock_free_for_8_bytes(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_width_that_is_not_lock_free_is_refused(not_lock_free_for_8_bytes: Path) -> None:
-    """Where the host says 8 bytes are not lock-free, 8-byte atomics raise
-    AtomicWidthUnsupported (never libatomic's lock-based fallback) and write nothing,
-    while 4-byte atomics through the same library work."""
+    """On the pure path, where the host says 8 bytes are not lock-free, 8-byte atomics
+    raise AtomicWidthUnsupported (never libatomic's lock-based fallback) and write
+    nothing, while 4-byte atomics through the same library work. (The compiled path asks
+    the compiler instead: see test_compiled_lock_free_widths_agree_with_libatomic.)"""
     results = run_child('''
         memory = GuestMemoryMmap.from_regions([memfd_region(0, PAGE)])
         address = AlignedGuestAddress.new(c_uint64, GuestAddress(0x40))
@@ -283,7 +297,7 @@ def test_width_that_is_not_lock_free_is_refused(not_lock_free_for_8_bytes: Path)
             attempt(f"c_uint64 {operation}", memory, call)
         narrow = AlignedGuestAddress.new(c_uint32, GuestAddress(0x80))
         attempt("c_uint32 fetch_add", memory, lambda: memory.fetch_add(narrow, 1))
-    ''', VM_MEMORY_LIBATOMIC=str(not_lock_free_for_8_bytes))
+    ''', VM_MEMORY_LIBATOMIC=str(not_lock_free_for_8_bytes), VM_MEMORY_PURE="1")
     narrow = results.pop("c_uint32 fetch_add")
     assert narrow["raised"] is None and not narrow["unchanged"], narrow
     assert narrow["value"] == int.from_bytes(pattern(4096)[0x80:0x84], sys.byteorder)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -84,6 +85,53 @@ def test_quick_run_prints_every_row_with_a_numeric_ratio(tmp_path: Path) -> None
     reported = set(by_name) | {item["operation"] for item in document["skipped"]}
     for prefix in OPTIONAL_ROW_PREFIXES:
         assert any(name.startswith(prefix) for name in reported), prefix
+
+
+PATH_ROWS = [
+    "read_obj u64", "read_obj_unaligned u64", "write_obj u64",
+    *(f"{method} u64 vs struct"
+      for method in ("read_atomic", "write_atomic", "fetch_add", "compare_exchange")),
+    *(f"{method} u64 vs libatomic"
+      for method in ("read_atomic", "write_atomic", "swap", "compare_exchange", "fetch_add",
+                     "fetch_sub", "fetch_and", "fetch_or", "fetch_xor")),
+    "read_slice 4 KiB", "write_slice 4 KiB", "AlignedGuestAddress.new u64",
+    *(f"floor: {operation}" for operation in (
+        "read_obj u64", "write_obj u64", "read_atomic u64", "write_atomic u64",
+        "fetch_add u64", "compare_exchange u64", "read_slice 4 KiB")),
+    *(f"{method} u64 alternating between 100 regions" for method in ("read_atomic", "read_obj")),
+    "lookup at 10,000 regions vs the same 10,000 mmaps",
+]
+
+
+def test_both_paths_benchmark_measures_every_row_on_each_path(tmp_path: Path) -> None:
+    """`python -m benchmarks.bench_paths --quick` measures every issue-13 row on the
+    compiled path and on the pure one (each in its own process), the compiled reference
+    included, and prints them side by side."""
+    json_path = tmp_path / "paths.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench_paths", "--quick", "--json", str(json_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    document = json.loads(json_path.read_text(encoding="utf-8"))
+    assert document["pure"]["path"] == "pure"
+    if document["compiled"]["path"] != "compiled":
+        assert os.environ.get("CI") != "true", "the compiled path must be built on CI"
+        pytest.skip(f"the compiled path is not built here: {document['compiled']['reason']}")
+    for side in ("compiled", "pure"):
+        rows = {row["operation"]: row for row in document[side]["rows"]}
+        assert sorted(rows) == sorted(PATH_ROWS), (side, sorted(rows))
+        assert not document[side]["skipped"], document[side]["skipped"]
+        for name, row in rows.items():
+            # A quick run's few short samples can leave a ~20 ns baseline at 0 net of its
+            # loop (an infinite ratio); a missing or negative figure is still a failure.
+            assert row["ratio"] > 0 and row["ours_ns"] > 0, (side, name, row)
+            assert row["baseline_ns"] >= 0, (side, name, row)
+        scale = document[side]["scale"]
+        # The bare mmaps' RSS can round to 0 pages (the allocator reuses freed memory).
+        assert len(scale) == 4 and all(row["ours"] > 0 and row["raw"] >= 0 for row in scale)
+    printed = table_rows(result.stdout)
+    assert set(PATH_ROWS) <= set(printed)
+    assert all(len(printed[name]) == 8 for name in PATH_ROWS)
 
 
 @pytest.mark.type_checker

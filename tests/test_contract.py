@@ -14,18 +14,26 @@ model, a file reached with pread/pwrite):
 Cold and warm must give the same result or the same error class, and leave the same
 bytes. Across kinds, every answer must be the same, except that a file region refuses
 every atomic operation that another kind performs (`AtomicAccessUnsupported`).
+
+Across access paths: the same calls run in a child process on the other path (pure when
+this process runs the compiled one, compiled when the pure one is forced), call by call,
+cold and warm, on every kind; every answer — results, bytes left and refusals — must be
+the same as this process's (`tests/path_oracle.py`).
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+import pickle
+import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import Any, Final
+from pathlib import Path
+from typing import IO, Any, Final
 
 import numpy as np
 import pytest
@@ -44,6 +52,7 @@ from vm_memory import (
     Le32,
     MmapRegion,
     Ordering,
+    access_path,
 )
 from vm_memory import guest_memory as guest_memory_module
 
@@ -94,6 +103,10 @@ def initial(size: int, seed: int) -> bytes:
 
 INITIAL: Final = initial(2 * PAGE, 0) + initial(2 * PAGE, 1) + initial(PAGE, 2)
 """Every kind's bytes before a call, as `Built.contents` reads them."""
+
+
+MEMORY_CLASS: type[GuestMemory] = GuestMemory
+"""The memory class `build` makes (the controls swap in one that lies)."""
 
 
 @dataclass
@@ -147,7 +160,7 @@ def build(kind: str) -> Generator[Built]:
                                     read_only=read_only)
                 readers.append(_file_reader(handle.fileno(), size))
             regions.append(region)
-        yield Built(GuestMemory(regions), lambda: b"".join(read() for read in readers))
+        yield Built(MEMORY_CLASS(regions), lambda: b"".join(read() for read in readers))
 
 
 @dataclass(frozen=True)
@@ -291,18 +304,26 @@ def restore(memory: GuestMemory) -> None:
         memory.write_slice(GuestAddress(start), initial(2 * PAGE, index))
 
 
+Answer = tuple[tuple[str, str], bytes]
+"""What a call gave (see `outcome`) and the bytes of every region after it."""
+
+
+def answers(call: Call) -> dict[str, tuple[Answer, Answer]]:
+    """(cold, warm) answers of `call` on each kind of region."""
+    return {kind: (cold(kind, call), warm(kind, call)) for kind in KINDS}
+
+
 def check(call: Call) -> None:
-    answers: dict[str, tuple[tuple[str, str], bytes]] = {}
-    for kind in KINDS:
-        cold_answer, warm_answer = cold(kind, call), warm(kind, call)
+    by_kind: dict[str, Answer] = {}
+    for kind, (cold_answer, warm_answer) in answers(call).items():
         assert cold_answer == warm_answer, f"{kind}: cold {cold_answer[0]} != warm " \
                                            f"{warm_answer[0]} for {call}"
-        answers[kind] = cold_answer
-    reference = answers["mmap"]
+        by_kind[kind] = cold_answer
+    reference = by_kind["mmap"]
     for kind in ("memfd", "device"):
-        assert answers[kind] == reference, f"{kind} {answers[kind][0]} != mmap " \
+        assert by_kind[kind] == reference, f"{kind} {by_kind[kind][0]} != mmap " \
                                            f"{reference[0]} for {call}"
-    file_answer = answers["file"]
+    file_answer = by_kind["file"]
     if call.method in ATOMIC_METHODS and reference[0][0] == "ok":
         assert file_answer == (("error", "AtomicAccessUnsupported"), INITIAL), call
     else:
@@ -352,19 +373,104 @@ def test_integer_like_values_store_the_same_warm_and_cold(kind: str, value: Any)
     assert int.from_bytes(stored, sys.byteorder) == int(value)
 
 
+class LyingMemory(GuestMemory):
+    """A memory whose `read_atomic` answers 999 once it has been called: a warm fast path
+    that disagrees with the general path (the controls' defect, on either access path)."""
+
+    __slots__ = ("warm",)
+
+    def read_atomic(self, address: Any, order: Ordering = Ordering.SEQ_CST) -> Any:
+        if getattr(self, "warm", False):
+            return 999
+        self.warm = True
+        return super().read_atomic(address, order)
+
+
 def test_the_differential_check_can_fail(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The control: a fast path that answers differently from the general path (here a
-    load that lies) makes cold and warm differ, and `check` says so."""
-    real = guest_memory_module._prime_fast_atomics  # pyright: ignore[reportPrivateUsage]
+    """The control: a fast path that answers differently once warm (here a load that
+    lies) makes cold and warm differ, and `check` says so."""
+    monkeypatch.setattr(sys.modules[__name__], "MEMORY_CLASS", LyingMemory)
+    with pytest.raises(AssertionError, match="999"):
+        check(Call("read_atomic", (u32(0x40), Ordering.SEQ_CST)))
 
-    def prime_a_liar(ctype: type[Any], *arguments: Any) -> None:
-        real(ctype, *arguments)
-        guest_memory_module._FAST_ATOMICS["read_atomic"][ctype] = (  # pyright: ignore[reportPrivateUsage]
-            lambda host, order: 999)  # pyright: ignore[reportUnknownLambdaType]
 
-    monkeypatch.setattr(guest_memory_module, "_prime_fast_atomics", prime_a_liar)
+# ---- Compiled against pure, call by call ------------------------------------------------
+
+
+class PathOracle:
+    """A child process on the other access path answering `answers(call)` for each call."""
+
+    def __init__(self, child: subprocess.Popen[bytes]) -> None:
+        self.child = child
+        assert child.stdin is not None and child.stdout is not None
+        self.requests: IO[bytes] = child.stdin
+        self.replies: IO[bytes] = child.stdout
+        self.path: str = pickle.load(self.replies)
+
+    def ask(self, call: Call) -> dict[str, tuple[Answer, Answer]]:
+        pickle.dump(call, self.requests)
+        self.requests.flush()
+        reply: dict[str, tuple[Answer, Answer]] = pickle.load(self.replies)
+        return reply
+
+
+ORACLE: Final = Path(__file__).resolve().parent / "path_oracle.py"
+
+
+@pytest.fixture(scope="module")
+def other_path() -> Iterator[PathOracle]:
+    """The oracle on the path this process does not run (skipped or failed as
+    `compiled_path` would be when there is no compiled path to compare with)."""
+    here = access_path().name
+    environment = dict(os.environ)
+    if here == "compiled":
+        environment["VM_MEMORY_PURE"] = "1"
+    else:
+        environment.pop("VM_MEMORY_PURE", None)
+    child = subprocess.Popen([sys.executable, str(ORACLE)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, env=environment)
     try:
-        with pytest.raises(AssertionError, match="999"):
-            check(Call("read_atomic", (u32(0x40), Ordering.SEQ_CST)))
+        oracle = PathOracle(child)
+        if oracle.path == here:
+            if os.environ.get("CI") == "true":
+                pytest.fail("no compiled path to compare the pure path with (CI builds it)")
+            pytest.skip("the compiled path is not built here: nothing to compare with")
+        yield oracle
     finally:
-        empty_fast_path_caches()  # the liar must not outlive this test
+        if child.stdin is not None:
+            child.stdin.close()
+        child.wait(timeout=60)
+
+
+def compare_paths(oracle: PathOracle, call: Call) -> None:
+    mine, theirs = answers(call), oracle.ask(call)
+    here = access_path().name
+    for kind in KINDS:
+        for moment, my_answer, their_answer in zip(("cold", "warm"), mine[kind], theirs[kind],
+                                                   strict=True):
+            assert my_answer == their_answer, (
+                f"{kind}, {moment}: {here} path {my_answer[0]} != {oracle.path} path "
+                f"{their_answer[0]} for {call}")
+
+
+@given(calls())
+def test_compiled_and_pure_paths_answer_alike(other_path: PathOracle, call: Call) -> None:
+    compare_paths(other_path, call)
+
+
+@pytest.mark.long
+@settings(settings.get_profile("long"))
+@given(calls())
+def test_compiled_and_pure_paths_answer_alike_long(other_path: PathOracle,
+                                                   call: Call) -> None:
+    """10,000 examples (the `long` profile)."""
+    compare_paths(other_path, call)
+
+
+def test_the_path_comparison_can_fail(other_path: PathOracle,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The control: this process answering differently (a load that lies once warm) is
+    caught by the comparison with the other path, which answers honestly."""
+    monkeypatch.setattr(sys.modules[__name__], "MEMORY_CLASS", LyingMemory)
+    with pytest.raises(AssertionError, match="999"):
+        compare_paths(other_path, Call("read_atomic", (u32(0x40), Ordering.SEQ_CST)))

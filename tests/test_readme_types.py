@@ -77,7 +77,7 @@ def test_pyright(blocks: list[Path]) -> None:
 def test_a_mistake_in_a_block_would_be_seen(blocks: list[Path]) -> None:
     """The control: the same run reports an error written into a block."""
     broken = blocks[0].parent / "readme_block_broken.py"
-    broken.write_text(BLOCKS[0] + "\nfrom vm_memory import AlignedGuestAddress\n"
+    broken.write_text(BLOCKS[0] + "\nfrom vm_memory import AlignedGuestAddress, GuestAddress\n"
                       "AlignedGuestAddress.new(ctypes.c_uint32, GuestAddress(0x1002))\n"
                       "import ctypes\n")
     output = mypy_output([broken],

@@ -59,6 +59,12 @@ from vm_memory.errors import (
 from vm_memory.file_region import FileRegion
 from vm_memory.guest_memory import GuestMemory
 from vm_memory.hotplug import GuestMemoryAtomic
+from vm_memory.implementation import (
+    PURE_ENVIRONMENT_VARIABLE,
+    AccessPath,
+    access_path,
+)
+from vm_memory.implementation import check_registrations as _check_registrations
 from vm_memory.mmap_memory import GuestMemoryMmap
 from vm_memory.mmap_region import FileOffset, GuestRegionMmap, MmapRegion
 from vm_memory.ordering import Ordering
@@ -69,6 +75,8 @@ from vm_memory.volatile import ViewedMemory, VolatileArrayRef, VolatileRef, Vola
 __version__ = "0.1.0"
 
 __all__ = [
+    "PURE_ENVIRONMENT_VARIABLE",
+    "AccessPath",
     "AddressOutOfRange",
     "AddressOverflow",
     "AlignedAddressConstruction",
@@ -134,8 +142,11 @@ __all__ = [
     "VolatileRef",
     "VolatileSlice",
     "__version__",
+    "access_path",
     "is_atomic_access",
     "is_byte_valued",
     "receive_memory",
     "send_memory",
 ]
+
+_check_registrations()

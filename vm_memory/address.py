@@ -4,11 +4,12 @@ Like the standard library's `ipaddress` types, addresses are values with checked
 constructors, not `int` subclasses: an address can never be used as a plain offset by
 accident, and every arithmetic method states what happens at the 2**64 edge.
 """
+# pyright: reportPrivateUsage=false
 
 from __future__ import annotations
 
 from operator import index
-from typing import Any, ClassVar, Final, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Self
 
 from vm_memory.errors import (
     AddressOutOfRange,
@@ -16,6 +17,7 @@ from vm_memory.errors import (
     InvalidAlignment,
     InvalidArgumentType,
 )
+from vm_memory.implementation import compiled
 
 ADDRESS_SPACE_SIZE: Final = 1 << 64
 """Number of addresses in the 64-bit space; every address is below this."""
@@ -211,16 +213,70 @@ class _Address64:
         return format(self.raw_value(), spec) if spec else repr(self)
 
 
-class GuestAddress(_Address64):
+class _PureGuestAddressBase:
+    """Nothing: on the pure path GuestAddress keeps its value in its own slot."""
+
+    __slots__ = ()
+
+
+if TYPE_CHECKING or compiled is None:
+    _GuestAddressBase = _PureGuestAddressBase
+    _GUEST_ADDRESS_SLOTS: tuple[str, ...] = ("_guest_value",)
+else:  # the value lives in the compiled base (GuestAddressCore), which C reads directly
+    _GuestAddressBase = compiled.GuestAddressCore
+    _GUEST_ADDRESS_SLOTS = ()
+
+
+class GuestAddress(_GuestAddressBase, _Address64):
     """A guest physical address."""
 
-    __slots__ = ("_guest_value",)
+    __slots__ = _GUEST_ADDRESS_SLOTS
     _VALUE_SLOT = "_guest_value"
     _guest_value: int
+
+    def __init__(self, value: int) -> None:
+        if type(value) is not int or not 0 <= value <= _MASK:
+            value = check_u64(value)
+        _set_guest_value(self, value)
 
     def raw_value(self) -> int:
         """The address as an int."""
         return self._guest_value
+
+    @classmethod
+    def _unchecked(cls, value: int) -> Self:
+        address = _new_object(cls)
+        _set_guest_value(address, value)
+        return address
+
+    def __add__(self, offset: int) -> Self:
+        if offset.__class__ is not int or not 0 <= offset <= _MASK \
+                or self._guest_value + offset > _MASK:
+            return self.unchecked_add(offset)  # the checks, and their errors
+        address = _new_object(self.__class__)
+        _set_guest_value(address, self._guest_value + offset)
+        return address
+
+    def __sub__(self, offset: int) -> Self:
+        if offset.__class__ is not int or not 0 <= offset <= self._guest_value:
+            return self.unchecked_sub(offset)  # the checks, and their errors
+        address = _new_object(self.__class__)
+        _set_guest_value(address, self._guest_value - offset)
+        return address
+
+
+_new_object = object.__new__
+if compiled is None:  # the slot's own setter: cheaper than object.__setattr__
+    _set_guest_value = GuestAddress._guest_value.__set__  # type: ignore[attr-defined]
+else:
+    # The compiled base checks and stores the value in __new__ and answers raw_value,
+    # `+` and `-` itself (the pure methods below stay as its fallbacks for refusals).
+    del GuestAddress.__init__, GuestAddress.raw_value, GuestAddress._unchecked
+    del GuestAddress.__add__, GuestAddress.__sub__
+    compiled.register("guest_address", GuestAddress)
+    compiled.register("address.add", _Address64.__add__)
+    compiled.register("address.sub", _Address64.__sub__)
+    compiled.register("check_u64", check_u64)
 
 
 class MemoryRegionAddress(_Address64):

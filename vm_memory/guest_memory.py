@@ -27,7 +27,8 @@ import ctypes
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import pairwise
-from typing import TYPE_CHECKING, Any, Final, Self, TypeVar, overload
+from operator import attrgetter
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Self, TypeVar, overload
 
 from vm_memory.address import ADDRESS_SPACE_SIZE, GuestAddress, MemoryRegionAddress, check_u64
 from vm_memory.aligned_address import AlignedGuestAddress
@@ -54,9 +55,10 @@ from vm_memory.errors import (
     ReadOnlyRegion,
     RegionOverlap,
 )
+from vm_memory.implementation import compiled
 from vm_memory.lifetime import lifetime_lock, register
 from vm_memory.ordering import Ordering, check_ordering
-from vm_memory.region import GuestMemoryRegion, NoRegion
+from vm_memory.region import GuestMemoryRegion, NoRegion, regions_tracking_dirty_pages
 from vm_memory.stream_io import StreamSink, StreamSource, gather_write, scatter_read
 from vm_memory.volatile import VolatileSlice
 
@@ -77,6 +79,7 @@ _SMALL_REGION_SLOTS: Final = 16
 """Regions spanning at most this many slots go in the page table."""
 _OWNED_BUFFERS: Final = (bytes, bytearray)
 """Buffer types that own their memory: never guest memory, so never overlapping it."""
+_START_VALUE: Final = attrgetter("start_value")
 
 # What each atomic operation's fast path needs, by ctype, filled when the general path
 # first runs the operation on a type on host memory (so its width is known lock-free).
@@ -91,6 +94,14 @@ def _not_aligned_address(address: object, method: str) -> InvalidArgumentType:
 
 def _not_address(address: object, method: str) -> InvalidArgumentType:
     return InvalidArgumentType(f"{method}'s address", "a GuestAddress", address)
+
+
+def _aligned_parts(address: AlignedGuestAddress[Any], method: str) -> tuple[TypeLayout, int]:
+    """The layout and the int behind an aligned address; anything else refused."""
+    try:
+        return address._layout, address._guest_value
+    except AttributeError:
+        raise _not_aligned_address(address, method) from None
 
 
 def _guest_value(address: GuestAddress, method: str) -> int:
@@ -181,21 +192,76 @@ def _write_spans(spans: list[Span], source: memoryview) -> None:
     _mark(spans)
 
 
-class GuestMemory:
+def _small_region_pages(region: GuestMemoryRegion) -> range:
+    """The page-table slots of `region` if it is small enough to be in the table, else none."""
+    first = region.start_value >> _LOOKUP_SHIFT
+    last = (region.end_value - 1) >> _LOOKUP_SHIFT
+    return range(first, last + 1) if last - first < _SMALL_REGION_SLOTS else range(0)
+
+
+def _add_pages(pages: dict[int, GuestMemoryRegion], region: GuestMemoryRegion) -> None:
+    """Point the page-table slots of a small `region` at it (where no region is yet)."""
+    for page in _small_region_pages(region):
+        pages.setdefault(page, region)
+
+
+def _drop_pages(pages: dict[int, GuestMemoryRegion], region: GuestMemoryRegion,
+                remaining: tuple[GuestMemoryRegion, ...], index: int) -> None:
+    """Remove `region` from the page table; a slot it shared goes to a neighbour on the
+    same page (the table is a guess checked at each use: any region on the page will do,
+    and only the removed region's two neighbours can share its pages)."""
+    neighbours = [_small_region_pages(neighbour)
+                  for neighbour in remaining[max(index - 1, 0):index + 1]]
+    for page in _small_region_pages(region):
+        if pages.get(page) is region:
+            del pages[page]
+            for slots, neighbour in zip(neighbours, remaining[max(index - 1, 0):index + 1],
+                                        strict=True):
+                if page in slots:
+                    pages[page] = neighbour
+                    break
+
+
+class _PureMemoryBase:
+    """Nothing: on the pure path GuestMemory keeps its lookup in its own slots."""
+
+    __slots__ = ()
+
+
+if TYPE_CHECKING or compiled is None:
+    _MemoryBase = _PureMemoryBase
+    _MEMORY_SLOTS: tuple[str, ...] = ("__weakref__", "_last", "_pages", "_regions", "_starts")
+else:  # the region table and the hot methods live in the compiled base (MemoryCore)
+    _MemoryBase = compiled.MemoryCore
+    _MEMORY_SLOTS = ("__weakref__",)
+
+
+class GuestMemory(_MemoryBase):
     """Guest physical memory made of regions; immutable (hot-plug returns new objects).
 
     `GuestMemory(())` is an empty memory, a starting point for hot-plug.
     """
 
-    __slots__ = ("__weakref__", "_last", "_pages", "_regions", "_starts")
+    __slots__ = _MEMORY_SLOTS
 
     _regions: tuple[GuestMemoryRegion, ...]
+    # Pure-path lookup, fastest first: the region the last access hit (any region of this
+    # memory is a valid guess, so threads may race on it harmlessly); a page table of the
+    # small regions, so thousands of them cost one dict probe; a binary search over the
+    # starts. (The compiled path keeps the same in its C table.)
     _starts: list[int]
-    # Lookup, fastest first: the region the last access hit (any region of this memory is
-    # a valid guess, so threads may race on it harmlessly); a page table of the small
-    # regions, so thousands of them cost one dict probe; a binary search.
     _last: GuestMemoryRegion
     _pages: dict[int, GuestMemoryRegion]
+
+    _hotplug_skips_init: ClassVar[bool] = True
+    """Whether hot-plug may make this class's new objects without calling `__init__`
+    (checking only the region that changes); False for a subclass with its own
+    `__init__` unless it says otherwise."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__init__" in vars(cls) and "_hotplug_skips_init" not in vars(cls):
+            cls._hotplug_skips_init = False
 
     def __init__(self, regions: Iterable[GuestMemoryRegion]) -> None:
         try:
@@ -204,35 +270,55 @@ class GuestMemory:
             raise InvalidArgumentType("regions", "an iterable of GuestMemoryRegion",
                                       regions) from None
         for region in regions:
-            if not isinstance(region, GuestMemoryRegion):
-                raise InvalidArgumentType("a region", "a GuestMemoryRegion", region)
-        ordered = sorted(regions, key=lambda region: region.start_value)
+            self._admit(region)
+        ordered = sorted(regions, key=_START_VALUE)
         for before, after in pairwise(ordered):
             if before.end_value > after.start_value:
                 raise RegionOverlap(before.start_value, before.length, after.start_value,
                                     after.length)
-        self._regions = tuple(ordered)
-        self._starts = [region.start_value for region in ordered]
-        self._pages = {}
-        for region in ordered:
-            first = region.start_value >> _LOOKUP_SHIFT
-            last = (region.end_value - 1) >> _LOOKUP_SHIFT
-            if last - first < _SMALL_REGION_SLOTS:
-                for page in range(first, last + 1):
-                    self._pages.setdefault(page, region)
-        self._last = _NO_REGION
+        self._install(tuple(ordered))
         with lifetime_lock():  # no close can slip between the check and the registration
             for region in ordered:
                 if region.closed:
                     raise MappingError(region.length, f"{region!r} is closed")
             register(self)
 
-    def holds(self, region: object) -> bool:
-        """Whether `region` (this very object) is one of this memory's regions."""
+    @classmethod
+    def _admit(cls, region: object) -> None:
+        """Refuse what cannot be one of this class's regions (subclasses narrow it)."""
         if not isinstance(region, GuestMemoryRegion):
-            return False
-        index = bisect_right(self._starts, region.start_value) - 1
-        return index >= 0 and self._regions[index] is region
+            raise InvalidArgumentType("a region", "a GuestMemoryRegion", region)
+
+    # The lookup primitives. Pure-path versions; the compiled base replaces each.
+
+    def _install(self, regions: tuple[GuestMemoryRegion, ...]) -> None:
+        """Set up the lookup for `regions` (sorted, checked), once."""
+        self._regions = regions
+        self._starts = [region.start_value for region in regions]
+        self._pages = {}
+        for region in regions:
+            _add_pages(self._pages, region)
+        self._last = _NO_REGION
+
+    def _install_changed(self, old: GuestMemory, regions: tuple[GuestMemoryRegion, ...],
+                         index: int, inserted: bool) -> None:
+        """Set up the lookup from `old`'s, with `regions[index]` inserted or `old`'s region
+        at `index` removed: work proportional to the change, plus copies of the tables."""
+        self._regions = regions
+        self._starts = old._starts.copy()
+        self._pages = old._pages.copy()
+        if inserted:
+            region = regions[index]
+            self._starts.insert(index, region.start_value)
+            _add_pages(self._pages, region)
+        else:
+            del self._starts[index]
+            _drop_pages(self._pages, old._regions[index], regions, index)
+        self._last = _NO_REGION
+
+    def _index_at(self, value: int) -> int:
+        """The index of the last region starting at or below `value`, or -1."""
+        return bisect_right(self._starts, value) - 1
 
     def _region_at(self, value: int) -> GuestMemoryRegion:
         """The region holding `value` (remembered for the next access), or `_NO_REGION`."""
@@ -246,6 +332,13 @@ class GuestMemory:
                 return _NO_REGION
         self._last = region
         return region
+
+    def holds(self, region: object) -> bool:
+        """Whether `region` (this very object) is one of this memory's regions."""
+        if not isinstance(region, GuestMemoryRegion):
+            return False
+        index = self._index_at(region.start_value)
+        return index >= 0 and self._regions[index] is region
 
     # ---- Layout --------------------------------------------------------------------
 
@@ -327,7 +420,7 @@ class GuestMemory:
     def _spans(self, value: int, length: int) -> list[Span]:
         """The pieces covering `[value, value + length)`, in order, up to a hole."""
         spans: list[Span] = []
-        index = bisect_right(self._starts, value) - 1
+        index = self._index_at(value)
         regions = self._regions
         remaining = length
         while remaining > 0 and 0 <= index < len(regions):
@@ -406,6 +499,11 @@ class GuestMemory:
             return
         _read_spans(self._whole_spans(value, length, writing=False), destination)
 
+    def _read_slice_general(self, address: GuestAddress, buffer: WritableBuffer) -> None:
+        destination = byte_view(buffer, writable=True, what="read_slice's buffer")
+        value = self._checked_start(address, len(destination), "read_slice")
+        _read_spans(self._whole_spans(value, len(destination), writing=False), destination)
+
     def write_slice(self, address: GuestAddress, data: Buffer) -> None:
         """Copy all of `data` into guest memory, or raise having written nothing."""
         source = byte_view(data, writable=False, what="write_slice's buffer")
@@ -422,6 +520,11 @@ class GuestMemory:
                 region.dirty.mark(offset, length)
             return
         _write_spans(self._whole_spans(value, length, writing=True), source)
+
+    def _write_slice_general(self, address: GuestAddress, data: Buffer) -> None:
+        source = byte_view(data, writable=False, what="write_slice's buffer")
+        value = self._checked_start(address, len(source), "write_slice")
+        _write_spans(self._whole_spans(value, len(source), writing=True), source)
 
     def read_bytes(self, address: GuestAddress, length: int) -> bytes:
         """`length` bytes from guest memory, or raise `PartialBuffer` (before allocating)."""
@@ -454,8 +557,7 @@ class GuestMemory:
             layout = _LAYOUTS[ctype]
             value = address._guest_value
         except (KeyError, TypeError, AttributeError):
-            layout = layout_of(ctype)
-            value = self._checked_start(address, layout.size, "read_obj_unaligned")
+            return self._read_obj_unaligned_general(address, ctype)
         region = self._last
         unpack = layout.struct_unpack
         if region.start_value <= value < region.read_limit and unpack is not None:
@@ -465,6 +567,10 @@ class GuestMemory:
         if region.start_value <= value < region.read_limit and unpack is not None:
             self._last = region
             return unpack(region.buffer, value - region.start_value)[0]
+        return self._read_obj_unaligned_general(address, ctype)
+
+    def _read_obj_unaligned_general(self, address: GuestAddress, ctype: type[Any]) -> Any:
+        layout = layout_of(ctype)
         value = self._checked_start(address, layout.size, "read_obj_unaligned")
         region = self._region_at(value)
         buffer = region.buffer
@@ -486,8 +592,7 @@ class GuestMemory:
             layout = _LAYOUTS[ctype]
             raw = address._guest_value
         except (KeyError, TypeError, AttributeError):
-            layout = layout_of(ctype)
-            raw = self._checked_start(address, layout.size, "write_obj_unaligned")
+            return self._write_obj_unaligned_general(address, ctype, value)
         region = self._last
         pack = layout.struct_pack
         if region.start_value <= raw < region.write_limit and pack is not None \
@@ -495,8 +600,13 @@ class GuestMemory:
             pack(region.buffer, raw - region.start_value, value)  # checked: cannot fail
             if region.dirty is not None:
                 region.dirty.mark(raw - region.start_value, layout.size)
-            return
-        self._checked_start(address, layout.size, "write_obj_unaligned")
+            return None
+        return self._write_obj_unaligned_general(address, ctype, value)
+
+    def _write_obj_unaligned_general(self, address: GuestAddress, ctype: type[Any],
+                                     value: Any) -> None:
+        layout = layout_of(ctype)
+        raw = self._checked_start(address, layout.size, "write_obj_unaligned")
         self._region_at(raw)  # remember the region for the next access
         scratch = bytearray(layout.size)
         layout.pack_into(scratch, 0, value)  # validates the value before any store
@@ -509,21 +619,28 @@ class GuestMemory:
     def read_obj(self, address: AlignedGuestAddress[Any]) -> Any:
         """The value at an aligned address: bounds-checked, not guaranteed atomic."""
         try:
-            layout: TypeLayout = address._layout
+            layout: TypeLayout = address._info.layout
             value = address._guest_value
         except AttributeError:
             raise _not_aligned_address(address, "read_obj") from None
         region = self._last
-        if region.start_value <= value < region.read_limit:
-            try:  # the typed view: one subscript, for an aligned native integer
-                return region.typed_views[layout.native_code][  # type: ignore[index]
-                    (value - region.start_value) >> layout.shift]
-            except KeyError:
-                unpack = layout.struct_unpack
-                if unpack is not None:
-                    if layout.native_code is not None:
-                        region.typed_view(layout.native_code, layout.size)
-                    return unpack(region.buffer, value - region.start_value)[0]
+        if not region.start_value <= value < region.read_limit:
+            region = self._region_at(value)  # another region (remembered)
+            if not region.start_value <= value < region.read_limit:
+                return self._read_obj_general(address)
+        try:  # the typed view: one subscript, for an aligned native integer
+            return region.typed_views[layout.native_code][  # type: ignore[index]
+                (value - region.start_value) >> layout.shift]
+        except KeyError:
+            unpack = layout.struct_unpack
+            if unpack is not None:
+                if layout.native_code is not None:
+                    region.typed_view(layout.native_code, layout.size)
+                return unpack(region.buffer, value - region.start_value)[0]
+        return self._read_obj_general(address)
+
+    def _read_obj_general(self, address: AlignedGuestAddress[Any]) -> Any:
+        layout, value = _aligned_parts(address, "read_obj")
         region, offset = self._locate(value, layout.size)
         buffer = region.buffer
         if buffer is not None:
@@ -539,13 +656,17 @@ class GuestMemory:
     def write_obj(self, address: AlignedGuestAddress[Any], value: Any) -> None:
         """Store at an aligned address: bounds-checked, not guaranteed atomic."""
         try:
-            layout: TypeLayout = address._layout
+            layout: TypeLayout = address._info.layout
             raw = address._guest_value
         except AttributeError:
             raise _not_aligned_address(address, "write_obj") from None
         region = self._last
-        if region.start_value <= raw < region.write_limit and value.__class__ is int \
-                and layout.minimum <= value <= layout.maximum:
+        if not region.start_value <= raw < region.write_limit:
+            region = self._region_at(raw)  # another region (remembered)
+            if not region.start_value <= raw < region.write_limit:
+                self._write_obj_general(address, value)
+                return
+        if value.__class__ is int and layout.minimum <= value <= layout.maximum:
             offset = raw - region.start_value
             try:  # the typed view: one subscript, for an aligned native integer
                 region.typed_views[layout.native_code][  # type: ignore[index]
@@ -562,6 +683,10 @@ class GuestMemory:
                 if region.dirty is not None:
                     region.dirty.mark(offset, layout.size)
                 return
+        self._write_obj_general(address, value)
+
+    def _write_obj_general(self, address: AlignedGuestAddress[Any], value: Any) -> None:
+        layout, raw = _aligned_parts(address, "write_obj")
         region, offset = self._locate(raw, layout.size)
         if region.read_only:
             raise ReadOnlyRegion(raw, layout.size)
@@ -742,17 +867,24 @@ class GuestMemory:
         """
         if not isinstance(region, GuestMemoryRegion):
             raise InvalidArgumentType("insert_region's region", "a GuestMemoryRegion", region)
-        page_size = next((tracked.dirty.page_size for tracked in self._regions
-                          if tracked.dirty is not None), None)
+        page_size = self._tracked_page_size()
         started = page_size is not None and region.dirty is None
         if page_size is not None:
             region.track_dirty_pages(page_size)
         try:
-            return self._with_regions((*self._regions, region))
+            return self._with_inserted(region)
         except BaseException:
             if started:
                 region.stop_tracking_dirty_pages()
             raise
+
+    def _tracked_page_size(self) -> int | None:
+        """The page size of the first region that tracks dirty pages, if any does (no scan
+        at all while no region anywhere tracks)."""
+        if not regions_tracking_dirty_pages():
+            return None
+        return next((tracked.dirty.page_size for tracked in self._regions
+                     if tracked.dirty is not None), None)
 
     def remove_region(self, address: GuestAddress,
                       length: int) -> tuple[Self, GuestMemoryRegion]:
@@ -763,16 +895,49 @@ class GuestMemory:
         """
         value = _guest_value(address, "remove_region")
         length = check_u64(length, "length")
-        index = bisect_right(self._starts, value) - 1
+        index = self._index_at(value)
         if index >= 0:
             region = self._regions[index]
             if region.start_value == value and region.length == length:
                 remaining = self._regions[:index] + self._regions[index + 1:]
-                return self._with_regions(remaining), region
+                if not type(self)._hotplug_skips_init:
+                    return type(self)(remaining), region
+                return self._changed(remaining, index, inserted=False), region
         raise InvalidRange(value, length, "no region has exactly this range")
 
-    def _with_regions(self, regions: tuple[GuestMemoryRegion, ...]) -> Self:
-        return type(self)(regions)
+    def _with_inserted(self, region: GuestMemoryRegion) -> Self:
+        """A new memory object with `region` inserted, checking only what changes: the
+        region itself and its two neighbours (the others were checked when this memory
+        was made, and a live memory's regions cannot be closed)."""
+        regions = self._regions
+        if not type(self)._hotplug_skips_init:
+            return type(self)((*regions, region))
+        self._admit(region)
+        index = self._index_at(region.start_value) + 1
+        if index > 0 and regions[index - 1].end_value > region.start_value:
+            before = regions[index - 1]
+            raise RegionOverlap(before.start_value, before.length, region.start_value,
+                                region.length)
+        if index < len(regions) and region.end_value > regions[index].start_value:
+            after = regions[index]
+            raise RegionOverlap(region.start_value, region.length, after.start_value,
+                                after.length)
+        with lifetime_lock():  # as in __init__: no close between the check and registration
+            if region.closed:
+                raise MappingError(region.length, f"{region!r} is closed")
+            return self._changed((*regions[:index], region, *regions[index:]), index,
+                                 inserted=True)
+
+    def _changed(self, regions: tuple[GuestMemoryRegion, ...], index: int, *,
+                 inserted: bool) -> Self:
+        """A new registered object of this class over `regions`, its lookup derived from
+        this one's (call with the lifetime lock held when inserting)."""
+        cls = type(self)
+        memory = cls.__new__(cls)
+        memory._install_changed(self, regions, index, inserted)
+        with lifetime_lock():
+            register(memory)
+        return memory
 
     # ---- Dirty-page tracking -------------------------------------------------------
 
@@ -993,6 +1158,46 @@ def _prime_fast_atomics(ctype: type[Any], minimum: int, maximum: int, value_type
         _FAST_ATOMICS[operation.name][ctype] = entry
 
 
+def _compare_exchange_method(operation: AtomicOperation, entries: dict[type[Any], Any],
+                             members: Any, failure_members: tuple[Any, ...]
+                             ) -> Callable[..., Any]:
+    """`_atomic_method`'s fast path for compare_exchange (two operands, two orderings,
+    the expected value boxed for libatomic)."""
+    ordering_type = Ordering
+    byref = ctypes.byref
+
+    def compare_exchange(self: GuestMemory, address: AlignedGuestAddress[Any],
+                         expected: int, desired: int, success: Ordering = _SEQ_CST,
+                         failure: Ordering = _SEQ_CST) -> Any:
+        try:
+            function, value_type, minimum, maximum = entries[address._info.ctype]
+            raw = address._guest_value
+        except (KeyError, AttributeError):
+            return self._atomic(operation, address, success, (expected, desired),
+                                failure)
+        region = self._last
+        if not region.start_value <= raw < region.atomic_write_limit:
+            region = self._region_at(raw)  # another region (remembered)
+            if not region.start_value <= raw < region.atomic_write_limit:
+                return self._atomic(operation, address, success, (expected, desired),
+                                    failure)
+        if expected.__class__ is int and desired.__class__ is int \
+                and minimum <= expected <= maximum and minimum <= desired <= maximum \
+                and (success is _SEQ_CST or (success.__class__ is ordering_type
+                                             and success in members)) \
+                and (failure is _SEQ_CST or (failure.__class__ is ordering_type
+                                             and failure in failure_members)):
+            box = value_type(expected)
+            if function(raw + region.atomic_delta, byref(box), desired, success,
+                        failure):
+                if region.dirty is not None:
+                    region.dirty.mark(raw - region.start_value, 1)
+                return True, expected
+            return False, box.value
+        return self._atomic(operation, address, success, (expected, desired), failure)
+    return compare_exchange
+
+
 def _atomic_method(operation: AtomicOperation) -> Callable[..., Any]:
     """The public method for `operation`: its fast path, then `GuestMemory._atomic`.
 
@@ -1011,59 +1216,37 @@ def _atomic_method(operation: AtomicOperation) -> Callable[..., Any]:
         def load(self: GuestMemory, address: AlignedGuestAddress[Any],
                  order: Ordering = _SEQ_CST) -> Any:
             try:
-                function = entries[address._type]
+                function = entries[address._info.ctype]
                 value = address._guest_value
             except (KeyError, AttributeError):
                 return self._atomic(operation, address, order, ())
             region = self._last
-            if region.start_value <= value < region.atomic_read_limit and (
-                    order is _SEQ_CST or (order.__class__ is ordering_type
-                                          and order in members)):
+            if not region.start_value <= value < region.atomic_read_limit:
+                region = self._region_at(value)  # another region (remembered)
+                if not region.start_value <= value < region.atomic_read_limit:
+                    return self._atomic(operation, address, order, ())
+            if order is _SEQ_CST or (order.__class__ is ordering_type and order in members):
                 return function(value + region.atomic_delta, order)
             return self._atomic(operation, address, order, ())
         method = load
 
     elif operation.shape == "compare-exchange":
-        byref = ctypes.byref
-
-        def compare_exchange(self: GuestMemory, address: AlignedGuestAddress[Any],
-                             expected: int, desired: int, success: Ordering = _SEQ_CST,
-                             failure: Ordering = _SEQ_CST) -> Any:
-            try:
-                function, value_type, minimum, maximum = entries[address._type]
-                raw = address._guest_value
-            except (KeyError, AttributeError):
-                return self._atomic(operation, address, success, (expected, desired),
-                                    failure)
-            region = self._last
-            if region.start_value <= raw < region.atomic_write_limit \
-                    and expected.__class__ is int and desired.__class__ is int \
-                    and minimum <= expected <= maximum and minimum <= desired <= maximum \
-                    and (success is _SEQ_CST or (success.__class__ is ordering_type
-                                                 and success in members)) \
-                    and (failure is _SEQ_CST or (failure.__class__ is ordering_type
-                                                 and failure in failure_members)):
-                box = value_type(expected)
-                if function(raw + region.atomic_delta, byref(box), desired, success,
-                            failure):
-                    if region.dirty is not None:
-                        region.dirty.mark(raw - region.start_value, 1)
-                    return True, expected
-                return False, box.value
-            return self._atomic(operation, address, success, (expected, desired), failure)
-        method = compare_exchange
+        method = _compare_exchange_method(operation, entries, members, failure_members)
 
     else:
         def store_or_modify(self: GuestMemory, address: AlignedGuestAddress[Any],
                             value: int, order: Ordering = _SEQ_CST) -> Any:
             try:
-                function, minimum, maximum = entries[address._type]
+                function, minimum, maximum = entries[address._info.ctype]
                 raw = address._guest_value
             except (KeyError, AttributeError):
                 return self._atomic(operation, address, order, (value,))
             region = self._last
-            if region.start_value <= raw < region.atomic_write_limit \
-                    and value.__class__ is int and minimum <= value <= maximum \
+            if not region.start_value <= raw < region.atomic_write_limit:
+                region = self._region_at(raw)  # another region (remembered)
+                if not region.start_value <= raw < region.atomic_write_limit:
+                    return self._atomic(operation, address, order, (value,))
+            if value.__class__ is int and minimum <= value <= maximum \
                     and (order is _SEQ_CST or (order.__class__ is ordering_type
                                                and order in members)):
                 result = function(raw + region.atomic_delta, value, order)
@@ -1079,5 +1262,44 @@ def _atomic_method(operation: AtomicOperation) -> Callable[..., Any]:
     return method
 
 
-for _operation in OPERATIONS.values():
-    setattr(GuestMemory, _operation.name, _atomic_method(_operation))
+def _atomic_general(operation: AtomicOperation) -> Callable[..., Any]:
+    """The general path of `operation` with the public method's signature (what the
+    compiled path falls back on)."""
+    if operation.shape == "load":
+        def load(self: GuestMemory, address: AlignedGuestAddress[Any],
+                 order: Ordering = _SEQ_CST) -> Any:
+            return self._atomic(operation, address, order, ())
+        return load
+    if operation.shape == "compare-exchange":
+        def compare_exchange(self: GuestMemory, address: AlignedGuestAddress[Any],
+                             expected: int, desired: int, success: Ordering = _SEQ_CST,
+                             failure: Ordering = _SEQ_CST) -> Any:
+            return self._atomic(operation, address, success, (expected, desired), failure)
+        return compare_exchange
+
+    def store_or_modify(self: GuestMemory, address: AlignedGuestAddress[Any], value: int,
+                        order: Ordering = _SEQ_CST) -> Any:
+        return self._atomic(operation, address, order, (value,))
+    return store_or_modify
+
+
+COMPILED_METHODS: Final = (
+    *OPERATIONS, "read_obj", "write_obj", "read_obj_unaligned", "write_obj_unaligned",
+    "read_slice", "write_slice")
+"""The access methods the compiled base runs in C (each falling back on its general
+path, `_<name>_general` or the atomic table's)."""
+_COMPILED_LOOKUP: Final = ("_install", "_install_changed", "_index_at", "_region_at")
+
+if compiled is None:
+    for _operation in OPERATIONS.values():
+        setattr(GuestMemory, _operation.name, _atomic_method(_operation))
+else:
+    for _operation in OPERATIONS.values():
+        compiled.register(_operation.name, _atomic_general(_operation))
+    for _name in COMPILED_METHODS[len(OPERATIONS):]:
+        compiled.register(_name, getattr(GuestMemory, f"_{_name}_general"))
+        delattr(GuestMemory, _name)  # the compiled base's method answers
+    for _name in _COMPILED_LOOKUP:
+        delattr(GuestMemory, _name)
+    compiled.register("no_region", _NO_REGION)
+    compiled.register("orderings", tuple(Ordering))

@@ -15,6 +15,7 @@ class GuestMemoryMmap(GuestMemory):
     """A `GuestMemory` made only of `GuestRegionMmap`s (every address has a host pointer)."""
 
     __slots__ = ()
+    _hotplug_skips_init = True  # __init__ checks no more than `_admit` does
 
     def __init__(self, regions: Iterable[GuestRegionMmap]) -> None:
         try:
@@ -22,11 +23,13 @@ class GuestMemoryMmap(GuestMemory):
         except TypeError:
             raise InvalidArgumentType("regions", "an iterable of GuestRegionMmap",
                                       regions) from None
-        for region in regions:
-            if not isinstance(region, GuestRegionMmap):
-                raise InvalidArgumentType("a region of GuestMemoryMmap", "a GuestRegionMmap",
-                                          region)
         super().__init__(regions)
+
+    @classmethod
+    def _admit(cls, region: object) -> None:
+        if not isinstance(region, GuestRegionMmap):
+            raise InvalidArgumentType("a region of GuestMemoryMmap", "a GuestRegionMmap",
+                                      region)
 
     @classmethod
     def from_ranges(cls, ranges: Iterable[tuple[GuestAddress, int]], *,

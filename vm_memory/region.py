@@ -28,7 +28,8 @@ Writing a new kind of region — what it must keep true:
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+import weakref
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from vm_memory.address import GuestAddress, MemoryRegionAddress
 from vm_memory.atomic_access import AtomicTypeInfo
@@ -41,6 +42,7 @@ from vm_memory.errors import (
     MappingError,
     ReadOnlyRegion,
 )
+from vm_memory.implementation import compiled
 
 _FIXED: frozenset[str] = frozenset({
     "start", "start_value", "length", "read_only", "buffer", "host_address", "dirty",
@@ -48,7 +50,35 @@ _FIXED: frozenset[str] = frozenset({
     "atomic_write_limit"})
 
 
-class GuestMemoryRegion:
+_TRACKING: weakref.WeakSet[GuestMemoryRegion] = weakref.WeakSet()
+"""Every region tracking dirty pages now (hot-plug looks for one only if there is any)."""
+
+
+def regions_tracking_dirty_pages() -> bool:
+    """Whether any region anywhere tracks dirty pages."""
+    return bool(_TRACKING)
+
+
+class _PureRegionBase:
+    """Where a region keeps its dirty bitmap on the pure path (the compiled path keeps it,
+    with what the C paths need to mark pages, in its base type `RegionCore`)."""
+
+    __slots__ = ("dirty",)
+    dirty: DirtyBitmap | None
+
+    def _set_fast_state(self, start: int, length: int, read_only: bool,
+                        host_address: int | None) -> None:
+        """The compiled base copies these for the C paths; nothing to do here."""
+
+
+# The checkers see the pure base (a conditional expression would hide the class from them).
+if TYPE_CHECKING or compiled is None:  # noqa: SIM108
+    _RegionBase = _PureRegionBase
+else:
+    _RegionBase = compiled.RegionCore
+
+
+class GuestMemoryRegion(_RegionBase):
     """A contiguous range of guest physical memory, `[start, start + length)`.
 
     Offsets given to the primitives are already checked by `GuestMemory` to lie inside
@@ -57,7 +87,7 @@ class GuestMemoryRegion:
     """
 
     __slots__ = ("__weakref__", "atomic_delta", "atomic_read_limit", "atomic_write_limit",
-                 "buffer", "dirty", "end_value", "host_address", "length", "read_limit",
+                 "buffer", "end_value", "host_address", "length", "read_limit",
                  "read_only", "start", "start_value", "typed_views", "write_limit")
 
     fixed_attributes: ClassVar[frozenset[str]] = _FIXED
@@ -164,6 +194,7 @@ class GuestMemoryRegion:
         fix(self, "write_limit", -1 if self.read_only else read_limit)
         fix(self, "atomic_read_limit", atomic_limit)
         fix(self, "atomic_write_limit", -1 if self.read_only else atomic_limit)
+        self._set_fast_state(self.start_value, self.length, self.read_only, host)
 
     def _detach_memory(self) -> None:
         """Forget the buffer and host address (the memory is gone): every access takes
@@ -183,6 +214,7 @@ class GuestMemoryRegion:
         if dirty is None:
             dirty = DirtyBitmap(self.length, page_size)
             object.__setattr__(self, "dirty", dirty)
+            _TRACKING.add(self)
         elif dirty.page_size != page_size:
             raise InvalidRange(self.start_value, self.length,
                                f"already tracking dirty pages of {dirty.page_size} bytes")
@@ -191,6 +223,7 @@ class GuestMemoryRegion:
     def stop_tracking_dirty_pages(self) -> None:
         """Stop marking written pages (the marks not yet taken are dropped)."""
         object.__setattr__(self, "dirty", None)
+        _TRACKING.discard(self)
 
     @property
     def last_addr(self) -> GuestAddress:

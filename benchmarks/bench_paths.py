@@ -1,0 +1,420 @@
+"""Issue 13's targets, on the compiled and the pure access path side by side.
+
+Each path runs in its own child process (`VM_MEMORY_PURE` set or not), and each figure
+is a ratio to a raw baseline measured in that same child on the same memory:
+
+- typed access (`read_obj`, `read_obj_unaligned`, `write_obj` u64) against a bare
+  `struct.Struct` `unpack_from`/`pack_into` on the same mmap (compiled target ≤ 1.0);
+- atomics (`read_atomic`, `write_atomic`, `fetch_add`, `compare_exchange` u64) against
+  the same bare `unpack_from` (compiled target ≤ 1.5), and every atomic operation against
+  the bare ctypes libatomic call doing the same thing (pure target ≤ 1.3);
+- `read_slice`/`write_slice` of 4 KiB against a raw memoryview slice copy (compiled
+  target ≥ 0.8 of its bandwidth);
+- alternating between 100 regions against staying in one (≤ 1.3, both paths);
+- `AlignedGuestAddress.new` against `GuestAddress(int)` (pure target ≤ 2);
+- lookup at 10,000 one-page regions against bare `struct` reads over the same 10,000
+  mmaps (≤ 1.5, both paths);
+- the compiled floor: ours against a few lines of C doing the same access on the raw
+  pointer through one `METH_FASTCALL` call (`benchmarks/c_reference.py`; reported);
+- scale: building 100,000 one-page regions, one insert and one remove at that size, and
+  the RSS each region costs beyond its mapping (absolute targets: ≤ 0.5 s, ≤ 5 ms,
+  ≤ 1 KiB), against making the same bare mmaps. Each region is its own mapping, and
+  Linux allows `vm.max_map_count` (65,530 by default) per process: where that is below
+  100,000 the rows are measured at the largest round count it allows, the build target
+  scaled to it.
+
+Run with `python -m benchmarks.bench_paths [--quick] [--json FILE]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import json
+import mmap
+import os
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from benchmarks.bench_access import (
+    LOOKUP_ADDRESSES,
+    lookup_addresses,
+    lookup_case,
+    page_regions,
+    raw_touch_case,
+)
+from benchmarks.bench_atomics import libatomic
+from benchmarks.c_reference import build
+from benchmarks.common import FULL, QUICK, Case, Comparison, Settings, Skipped, measure
+from vm_memory import (
+    PURE_ENVIRONMENT_VARIABLE,
+    AlignedGuestAddress,
+    GuestAddress,
+    GuestMemoryMmap,
+    access_path,
+)
+
+PAGE = mmap.PAGESIZE
+MEMORY_START = 0x10_0000
+MEMORY_SIZE = 0x1_0000
+OFFSET = 0x80
+SEQ_CST = 5
+ALTERNATING_REGIONS = 100
+SCALE_TARGET_REGIONS = 100_000
+SCALE_REGIONS_QUICK = 10_000
+MAPPINGS_HEADROOM = 15_000
+"""Mappings left for the interpreter, its libraries and the other rows' memory."""
+
+
+def scale_regions() -> int:
+    """100,000 regions, or as many as the kernel's mapping limit allows (each one-page
+    region is its own mapping: `vm.max_map_count` is 65,530 by default on Linux)."""
+    try:
+        with open("/proc/sys/vm/max_map_count", encoding="ascii") as limit:
+            allowed = int(limit.read()) - MAPPINGS_HEADROOM
+    except OSError:
+        return SCALE_TARGET_REGIONS
+    return max(SCALE_REGIONS_QUICK, min(SCALE_TARGET_REGIONS, allowed // 10_000 * 10_000))
+
+# Targets by path: (compiled, pure); None: reported only.
+TYPED = (1.0, None)
+ATOMIC_VS_STRUCT = (1.5, None)
+ATOMIC_VS_LIBATOMIC = (None, 1.3)
+SLICE = (0.8, None)
+ALTERNATING = (1.3, 1.3)
+ADDRESS = (None, 2.0)
+LOOKUP = (1.5, 1.5)
+
+
+def _target(targets: tuple[float | None, float | None]) -> float | None:
+    return targets[0] if access_path().name == "compiled" else targets[1]
+
+
+def _libatomic_functions(library: ctypes.CDLL) -> dict[str, Any]:
+    """Bare typed 8-byte libatomic functions, as a raw ctypes user would declare them."""
+    pointer, order, value = ctypes.c_void_p, ctypes.c_int, ctypes.c_uint64
+
+    def function(name: str, restype: Any, *argtypes: Any) -> Any:
+        return ctypes.CFUNCTYPE(restype, *argtypes)((f"__atomic_{name}_8", library))
+
+    functions = {"load": function("load", value, pointer, order),
+                 "store": function("store", None, pointer, value, order),
+                 "exchange": function("exchange", value, pointer, value, order),
+                 "cas": function("compare_exchange", ctypes.c_bool, pointer,
+                                 ctypes.POINTER(value), value, order, order)}
+    for name in ("add", "sub", "and", "or", "xor"):
+        functions[f"fetch_{name}"] = function(f"fetch_{name}", value, pointer, value, order)
+    return functions
+
+
+def access_comparisons() -> tuple[list[Comparison], list[Skipped]]:
+    """Typed, atomic, bulk, address and floor rows on one host-backed region."""
+    memory = GuestMemoryMmap.from_ranges([(GuestAddress(MEMORY_START), MEMORY_SIZE)])
+    region = memory.regions()[0]
+    assert region.host_address is not None
+    host = region.host_address + OFFSET
+    names: dict[str, Any] = {
+        "memory": memory, "ctype": ctypes.c_uint64, "raw_map": region.mapping.mapping,
+        "offset": OFFSET, "codec": struct.Struct("<Q"), "host": host, "order": SEQ_CST,
+        "aligned": AlignedGuestAddress.new(ctypes.c_uint64, GuestAddress(MEMORY_START + OFFSET)),
+        "plain": GuestAddress(MEMORY_START + OFFSET), "box": ctypes.c_uint64(0),
+        "byref": ctypes.byref, "GuestAddress": GuestAddress, "value": MEMORY_START + OFFSET,
+        "new": AlignedGuestAddress.new,
+        **_libatomic_functions(libatomic()),
+    }
+    unpack = Case("Struct('<Q').unpack_from", "unpack(raw_map, offset)", names,
+                  "unpack = codec.unpack_from")
+    pack = Case("Struct('<Q').pack_into", "pack(raw_map, offset, 0)", names,
+                "pack = codec.pack_into")
+
+    def ours(stmt: str, method: str) -> Case:
+        return Case("ours", stmt, names, f"op = memory.{method}")
+
+    rows = [
+        Comparison("read_obj u64", ours("op(aligned)", "read_obj"), unpack,
+                   target=_target(TYPED)),
+        Comparison("read_obj_unaligned u64", ours("op(plain, ctype)", "read_obj_unaligned"),
+                   unpack, target=_target(TYPED)),
+        Comparison("write_obj u64", ours("op(aligned, 0)", "write_obj"), pack,
+                   target=_target(TYPED)),
+        Comparison("read_atomic u64 vs struct", ours("op(aligned)", "read_atomic"), unpack,
+                   target=_target(ATOMIC_VS_STRUCT)),
+        Comparison("write_atomic u64 vs struct", ours("op(aligned, 0)", "write_atomic"),
+                   unpack, target=_target(ATOMIC_VS_STRUCT)),
+        Comparison("fetch_add u64 vs struct", ours("op(aligned, 0)", "fetch_add"), unpack,
+                   target=_target(ATOMIC_VS_STRUCT)),
+        # The value stays 0, so every compare-exchange succeeds on both sides.
+        Comparison("compare_exchange u64 vs struct",
+                   ours("op(aligned, 0, 0)", "compare_exchange"), unpack,
+                   target=_target(ATOMIC_VS_STRUCT)),
+    ]
+    libatomic_rows = [
+        ("read_atomic", "op(aligned)", "load(host, order)", "__atomic_load_8"),
+        ("write_atomic", "op(aligned, 0)", "store(host, 0, order)", "__atomic_store_8"),
+        ("swap", "op(aligned, 0)", "exchange(host, 0, order)", "__atomic_exchange_8"),
+        ("compare_exchange", "op(aligned, 0, 0)", "cas(host, byref(box), 0, order, order)",
+         "__atomic_compare_exchange_8"),
+        *((f"fetch_{name}", "op(aligned, 0)", f"fetch_{name}(host, 0, order)",
+           f"__atomic_fetch_{name}_8") for name in ("add", "sub", "and", "or", "xor")),
+    ]
+    for method, stmt, raw, label in libatomic_rows:
+        rows.append(Comparison(f"{method} u64 vs libatomic", ours(stmt, method),
+                               Case(label, raw, names), target=_target(ATOMIC_VS_LIBATOMIC)))
+    size = 4096
+    destination = bytearray(size)
+    bulk: dict[str, Any] = {**names, "raw": memoryview(region.mapping.mapping),
+                            "destination": destination, "source": bytes(range(256)) * 16,
+                            "destination_view": memoryview(destination), "size": size,
+                            "start": GuestAddress(MEMORY_START)}
+    rows += [
+        Comparison("read_slice 4 KiB", Case("ours", "op(start, destination)", bulk,
+                                            "op = memory.read_slice"),
+                   Case("memoryview slice copy", "destination_view[:] = raw[0:size]", bulk),
+                   kind="bandwidth", target=_target(SLICE), bytes_per_op=size),
+        Comparison("write_slice 4 KiB", Case("ours", "op(start, source)", bulk,
+                                             "op = memory.write_slice"),
+                   Case("memoryview slice copy", "raw[0:size] = source", bulk),
+                   kind="bandwidth", target=_target(SLICE), bytes_per_op=size),
+        Comparison("AlignedGuestAddress.new u64",
+                   Case("ours", "new(ctype, plain)", names),
+                   Case("GuestAddress(int)", "GuestAddress(value)", names),
+                   target=_target(ADDRESS)),
+    ]
+    floor, skipped = floor_comparisons(memory, names, bulk)
+    return rows + floor, skipped
+
+
+def floor_comparisons(memory: GuestMemoryMmap, names: dict[str, Any], bulk: dict[str, Any]
+                      ) -> tuple[list[Comparison], list[Skipped]]:
+    """Ours against the compiled reference on the raw pointer (reported, no target)."""
+    reference, why = build()
+    if reference is None:
+        return [], [Skipped("floor: the compiled C reference", why)]
+    floor = {**names, **bulk, "c": reference}
+    rows = [
+        ("read_obj u64", "op(aligned)", "read_obj", "c.read_u64(host)"),
+        ("write_obj u64", "op(aligned, 0)", "write_obj", "c.write_u64(host, 0)"),
+        ("read_atomic u64", "op(aligned)", "read_atomic", "c.load_u64(host)"),
+        ("write_atomic u64", "op(aligned, 0)", "write_atomic", "c.store_u64(host, 0)"),
+        ("fetch_add u64", "op(aligned, 0)", "fetch_add", "c.fetch_add_u64(host, 0)"),
+        ("compare_exchange u64", "op(aligned, 0, 0)", "compare_exchange",
+         "c.cas_u64(host, 0, 0)"),
+        ("read_slice 4 KiB", "op(start, destination)", "read_slice",
+         "c.copy_out(host, destination)"),
+    ]
+    return [Comparison(f"floor: {operation}", Case("ours", stmt, floor, f"op = memory.{method}"),
+                       Case("C reference (raw pointer, one call)", raw, floor))
+            for operation, stmt, method, raw in rows], []
+
+
+def region_comparisons() -> list[Comparison]:
+    """Alternating between 100 regions against staying in one; lookup at 10,000."""
+    many = GuestMemoryMmap.from_ranges(
+        [(GuestAddress(MEMORY_START + 2 * PAGE * index), PAGE)
+         for index in range(ALTERNATING_REGIONS)])
+    alternating = [AlignedGuestAddress.new(ctypes.c_uint64,
+                                           GuestAddress(MEMORY_START + 2 * PAGE * index + 64))
+                   for index in range(ALTERNATING_REGIONS)]
+    staying = [AlignedGuestAddress.new(ctypes.c_uint64, GuestAddress(MEMORY_START + 8 * index))
+               for index in range(ALTERNATING_REGIONS)]
+    rows: list[Comparison] = []
+    for method in ("read_atomic", "read_obj"):
+        def case(label: str, addresses: list[AlignedGuestAddress[Any]],
+                 method: str = method) -> Case:
+            return Case(label, "for address in addresses:\n    op(address)",
+                        {"memory": many, "addresses": addresses}, f"op = memory.{method}",
+                        ops_per_stmt=len(addresses),
+                        overhead_stmt="for address in addresses:\n    pass")
+        rows.append(Comparison(f"{method} u64 alternating between 100 regions",
+                               case("100 regions in turn", alternating),
+                               case("one region", staying), target=_target(ALTERNATING)))
+    count = 10_000
+    addresses = lookup_addresses(count)
+    regions = page_regions(count)
+    rows.append(Comparison("lookup at 10,000 regions vs the same 10,000 mmaps",
+                           lookup_case(regions, addresses, "read_obj_unaligned u32"),
+                           raw_touch_case(regions, addresses, "Struct('<I').unpack_from"),
+                           target=_target(LOOKUP)))
+    assert len(addresses) == LOOKUP_ADDRESSES
+    return rows
+
+
+@dataclass(frozen=True)
+class ScaleRow:
+    """An absolute figure at scale, beside its raw counterpart measured in the same run."""
+
+    operation: str
+    ours: float
+    raw_label: str
+    raw: float
+    unit: str
+    target: float
+
+    def as_json(self) -> dict[str, Any]:
+        return {"operation": self.operation, "ours": self.ours, "raw_label": self.raw_label,
+                "raw": self.raw, "unit": self.unit, "target": self.target,
+                "within_target": self.ours <= self.target}
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm", encoding="ascii") as statm:
+        return int(statm.read().split()[1]) * PAGE
+
+
+def scale_rows(count: int) -> list[ScaleRow]:
+    """Build, insert into and remove from `count` one-page regions; RSS per region."""
+    ranges = [(GuestAddress(MEMORY_START + 2 * PAGE * index), PAGE) for index in range(count)]
+    gc.collect()
+    before = _rss_bytes()
+    started = time.perf_counter()
+    raw_maps = [mmap.mmap(-1, PAGE) for _ in range(count)]
+    raw_build = time.perf_counter() - started
+    raw_rss = _rss_bytes() - before
+    del raw_maps
+    gc.collect()
+    before = _rss_bytes()
+    started = time.perf_counter()
+    memory = GuestMemoryMmap.from_ranges(ranges)
+    build_time = time.perf_counter() - started
+    ours_rss = _rss_bytes() - before
+    extra = GuestMemoryMmap.from_ranges([(GuestAddress(MEMORY_START + PAGE), PAGE)])
+    region = extra.regions()[0]
+    inserts: list[float] = []
+    removes: list[float] = []
+    for _ in range(5):
+        started = time.perf_counter()
+        bigger = memory.insert_region(region)
+        inserts.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        bigger.remove_region(GuestAddress(MEMORY_START + PAGE), PAGE)
+        removes.append(time.perf_counter() - started)
+        del bigger
+    copies: list[list[Any]] = [list(memory.regions()) for _ in range(10)]
+    insert_raw = min(_timed(partial(copy.insert, 1, region)) for copy in copies[:5])
+    remove_raw = min(_timed(partial(copy.pop, 1)) for copy in copies[5:])
+    label = f"{count:,}"
+    return [
+        # The target is 0.5 s for 100,000 regions: scaled to the count measured.
+        ScaleRow(f"build {label} one-page regions", build_time,
+                 f"{label} bare mmap.mmap(-1, PAGE)", raw_build, "s",
+                 0.5 * count / SCALE_TARGET_REGIONS),
+        ScaleRow(f"insert one region into {label}", min(inserts),
+                 f"list.insert into {label}", insert_raw, "s", 0.005),
+        ScaleRow(f"remove one region from {label} + 1", min(removes),
+                 f"list.pop from {label}", remove_raw, "s", 0.005),
+        ScaleRow("RSS per region beyond its mapping", (ours_rss - raw_rss) / count,
+                 "RSS per bare mmap object", raw_rss / count, "B", 1024.0),
+    ]
+
+
+def _timed(action: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    action()
+    return time.perf_counter() - started
+
+
+def child(settings: Settings) -> dict[str, Any]:
+    """Every row measured on the path this process runs."""
+    comparisons, skipped = access_comparisons()
+    rows = measure(comparisons + region_comparisons(), settings)
+    scale = scale_rows(SCALE_REGIONS_QUICK if settings.quick else scale_regions())
+    return {"path": access_path().name, "reason": access_path().reason,
+            "rows": [row.as_json() | {"baseline": row.baseline} for row in rows],
+            "skipped": [{"operation": s.operation, "reason": s.reason} for s in skipped],
+            "scale": [row.as_json() for row in scale]}
+
+
+def run_path(pure: bool, quick: bool) -> dict[str, Any]:
+    """`child` in a fresh interpreter on the compiled path or (`pure`) the pure one."""
+    environment = {key: value for key, value in os.environ.items()
+                   if key != PURE_ENVIRONMENT_VARIABLE}
+    if pure:
+        environment[PURE_ENVIRONMENT_VARIABLE] = "1"
+    command = [sys.executable, "-m", "benchmarks.bench_paths", "--child"]
+    if quick:
+        command.append("--quick")
+    output = subprocess.run(command, env=environment, capture_output=True, text=True,
+                            check=True).stdout
+    result: dict[str, Any] = json.loads(output)
+    return result
+
+
+def _cell(row: dict[str, Any] | None) -> tuple[str, str, str]:
+    """(ours ns, ratio, within target) of one path's row."""
+    if row is None:
+        return "—", "—", "not measured"
+    within = {None: "n/a", True: "yes", False: "no"}[row["within_target"]]
+    if row["target"] is not None:
+        sign = "≤" if row["ratio_kind"] == "slowdown" else "≥"
+        within = f"{within} ({sign} {row['target']:g})"
+    ours = row["ours_ns"]
+    return (f"{ours:,.0f}" if ours >= 1000 else f"{ours:.1f}"), f"{row['ratio']:.2f}", within
+
+
+def side_by_side(compiled: dict[str, Any], pure: dict[str, Any]) -> str:
+    """One Markdown table of both paths' rows, then the scale table."""
+    lines = ["| operation | baseline | compiled (ns/op) | compiled ratio | compiled target | "
+             "pure (ns/op) | pure ratio | pure target |",
+             "|---|---|---:|---:|---|---:|---:|---|"]
+    by_path = [{row["operation"]: row for row in side["rows"]} for side in (compiled, pure)]
+    operations = list(dict.fromkeys([*by_path[0], *by_path[1]]))
+    for operation in operations:
+        first = by_path[0].get(operation) or by_path[1][operation]
+        ours_c, ratio_c, within_c = _cell(by_path[0].get(operation))
+        ours_p, ratio_p, within_p = _cell(by_path[1].get(operation))
+        lines.append(f"| {operation} | {first['baseline']} | {ours_c} | {ratio_c} | {within_c} "
+                     f"| {ours_p} | {ratio_p} | {within_p} |")
+    lines += ["", "| at scale | raw counterpart | compiled | pure | raw (compiled run) | "
+              "target | within target (compiled, pure) |", "|---|---|---:|---:|---:|---|---|"]
+    for ours_row, pure_row in zip(compiled["scale"], pure["scale"], strict=True):
+        def show(value: float, unit: str) -> str:
+            return f"{value * 1000:.2f} ms" if unit == "s" else f"{value:,.0f} B"
+        unit = ours_row["unit"]
+        lines.append(
+            f"| {ours_row['operation']} | {ours_row['raw_label']} | "
+            f"{show(ours_row['ours'], unit)} | {show(pure_row['ours'], unit)} | "
+            f"{show(ours_row['raw'], unit)} | ≤ {show(ours_row['target'], unit)} | "
+            f"{'yes' if ours_row['within_target'] else 'no'}, "
+            f"{'yes' if pure_row['within_target'] else 'no'} |")
+    for side in (compiled, pure):
+        for skipped in side["skipped"]:
+            lines.append(f"\nNot measured on the {side['path']} path: "
+                         f"{skipped['operation']}: {skipped['reason']}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_paths",
+                                     description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="a fast smoke run")
+    parser.add_argument("--json", metavar="FILE", help="also write both paths' results")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    arguments = parser.parse_args(argv)
+    settings = QUICK if arguments.quick else FULL
+    if arguments.child:
+        print(json.dumps(child(settings)))
+        return 0
+    compiled = run_path(False, arguments.quick)
+    pure = run_path(True, arguments.quick)
+    if compiled["path"] != "compiled":
+        print(f"The compiled path is not available here ({compiled['reason']}): both "
+              "columns are the pure path.\n")
+    print(f"## Issue 13: the compiled and the pure path\n\n"
+          f"Best of {settings.repeats} interleaved samples per row, each path in its own "
+          "process, every ratio to the baseline measured in that process.\n")
+    print(side_by_side(compiled, pure))
+    if arguments.json:
+        with open(arguments.json, "w", encoding="utf-8") as stream:
+            json.dump({"compiled": compiled, "pure": pure}, stream, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

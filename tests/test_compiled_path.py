@@ -1,0 +1,382 @@
+"""The compiled access path: how it is chosen, what it is made of, and its lifetimes.
+
+Which path answers is decided at import (`vm_memory.access_path()`); that both give the
+same answer to every call is tests/test_contract.py's comparison, call by call. Here:
+the environment variable forces the pure path, a build older than its C source is not
+used, the hot methods really are the C ones, the extension inlines its atomics (no
+libatomic call) on exactly the widths libatomic calls lock-free, half-built core objects
+cannot exist, and the scenarios where a stale raw pointer would be a SIGSEGV run in
+child processes (with a control that shows such a child does die).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import zipfile
+from pathlib import Path
+from typing import Any, Final
+
+import pytest
+from test_lifetimes import CHILD_TIMEOUT, PRELUDE
+
+import vm_memory
+from vm_memory import (
+    AlignedGuestAddress,
+    GuestAddress,
+    GuestMemory,
+    GuestMemoryMmap,
+    MisalignedAddress,
+    access_path,
+)
+from vm_memory.atomic_backend import is_lock_free
+from vm_memory.guest_memory import COMPILED_METHODS
+
+ROOT: Final = Path(__file__).resolve().parent.parent
+
+
+def run_child(body: str, *, pure: bool = False, path: Path = ROOT) -> dict[str, Any]:
+    """Run the prelude and `body` in a fresh interpreter on the compiled path (or the pure
+    one); it must exit normally (not by a signal) and print its `results` as JSON."""
+    code = PRELUDE + textwrap.dedent(body) + "\nprint(json.dumps(results))\n"
+    environment = {key: value for key, value in os.environ.items()
+                   if key != vm_memory.PURE_ENVIRONMENT_VARIABLE}
+    environment["PYTHONPATH"] = str(path)
+    if pure:
+        environment[vm_memory.PURE_ENVIRONMENT_VARIABLE] = "1"
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           env=environment, timeout=CHILD_TIMEOUT, check=False, cwd=path)
+    assert child.returncode == 0, (
+        f"the child died (status {child.returncode}; -11 is SIGSEGV):\n{child.stderr}")
+    results: dict[str, Any] = json.loads(child.stdout.splitlines()[-1])
+    return results
+
+
+# ---- Which path runs ---------------------------------------------------------------------
+
+
+def test_access_path_says_which_path_runs_and_why() -> None:
+    path = access_path()
+    assert path.name in ("compiled", "pure")
+    assert str(path) == path.name
+    assert path.reason
+
+
+def test_the_environment_variable_forces_the_pure_path() -> None:
+    """VM_MEMORY_PURE=1: the pure path, whatever is built, with no compiled base class."""
+    results = run_child('''
+        from vm_memory.implementation import compiled
+        results["path"] = access_path().name
+        results["reason"] = access_path().reason
+        results["compiled_bases"] = [cls.__module__ for cls in GuestMemory.__mro__
+                                     if cls.__module__ == "vm_memory._fastpath"]
+        memory = GuestMemoryMmap.from_ranges([(GuestAddress(0), PAGE)])
+        memory.write_atomic(u64(8), 7)
+        results["value"] = memory.fetch_add(u64(8), 1)
+    ''', pure=True)
+    assert results == {"path": "pure", "reason": "forced by VM_MEMORY_PURE=1",
+                       "compiled_bases": [], "value": 7}
+
+
+def test_the_compiled_path_runs_where_it_is_built(compiled_path: object) -> None:
+    results = run_child('''
+        results["path"] = access_path().name
+        results["bases"] = sorted({cls.__name__ for cls in (*GuestMemory.__mro__,
+                                   *GuestAddress.__mro__, *AlignedGuestAddress.__mro__,
+                                   *GuestRegionMmap.__mro__)
+                                   if cls.__module__ == "vm_memory._fastpath"})
+    ''')
+    assert results == {"path": "compiled", "bases": ["AlignedCore", "GuestAddressCore",
+                                                     "MemoryCore", "RegionCore"]}
+
+
+def test_a_build_older_than_its_source_is_not_used(compiled_path: object,
+                                                   tmp_path: Path) -> None:
+    """A copy of the package whose C source changed after the build: the pure path, saying
+    why (an editable install rebuilds on `pip install -e .`)."""
+    package = tmp_path / "vm_memory"
+    shutil.copytree(ROOT / "vm_memory", package,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    source = package / "_fastpath.c"
+    source.write_text(source.read_text() + "\n/* edited after the build */\n")
+    results = run_child('''
+        results["path"] = access_path().name
+        results["reason"] = access_path().reason
+        results["module"] = GuestMemory.__module__ and sys.modules["vm_memory"].__file__
+    ''', path=tmp_path)
+    assert results["path"] == "pure"
+    assert "older than vm_memory/_fastpath.c" in results["reason"]
+    assert results["module"].startswith(str(tmp_path))
+
+
+def build_wheel(tmp_path: Path, compiler: str | None) -> tuple[Path, str]:
+    """A wheel of this checkout built by pip (the build back-end in its own isolated
+    environment, as a user's `pip install` does), with `CC` set to `compiler` if given;
+    (the wheel, the build's output)."""
+    environment = {key: value for key, value in os.environ.items()
+                   if key not in ("PYTHONPATH", vm_memory.PURE_ENVIRONMENT_VARIABLE)}
+    if compiler is not None:
+        environment["CC"] = compiler
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--verbose", "--wheel-dir",
+         str(tmp_path), str(ROOT)],
+        capture_output=True, text=True, env=environment, timeout=900, check=False)
+    assert build.returncode == 0, build.stdout + build.stderr
+    (wheel,) = tmp_path.glob("vm_memory-*.whl")
+    return wheel, build.stdout + build.stderr
+
+
+def path_of_installed_wheel(wheel: Path, target: Path) -> dict[str, Any]:
+    """Unpack `wheel` as an installer would (a wheel is a zip of the site-packages
+    files) and report which path the library takes from there, after a few accesses."""
+    with zipfile.ZipFile(wheel) as archive:
+        archive.extractall(target)
+    return run_child('''
+        results["path"] = access_path().name
+        results["reason"] = access_path().reason
+        results["file"] = sys.modules["vm_memory"].__file__
+        memory = GuestMemoryMmap.from_ranges([(GuestAddress(0), PAGE)])
+        memory.write_atomic(u64(8), 7)
+        results["value"] = [memory.fetch_add(u64(8), 1), memory.read_obj(u64(8))]
+    ''', path=target)
+
+
+@pytest.mark.slow
+def test_an_install_without_a_compiler_works_on_the_pure_path(tmp_path: Path) -> None:
+    """With `CC` naming a compiler that always fails, the build succeeds, says why it
+    went pure, and makes a pure wheel (no extension, tagged py3-none-any) whose library
+    runs the pure path. The control: with the real compiler, the same build makes an
+    abi3 wheel carrying the extension, and the library runs compiled from it."""
+    wheel, output = build_wheel(tmp_path / "pure", "false")
+    assert wheel.name.endswith("-py3-none-any.whl"), wheel.name
+    assert "building without the compiled access path" in output, output
+    with zipfile.ZipFile(wheel) as archive:
+        assert not [name for name in archive.namelist() if name.endswith(".so")]
+    results = path_of_installed_wheel(wheel, tmp_path / "pure-site")
+    assert results["path"] == "pure", results
+    assert "not built here" in results["reason"], results
+    assert results["file"].startswith(str(tmp_path / "pure-site")), results
+    assert results["value"] == [7, 8]
+
+    if shutil.which(os.environ.get("CC") or "cc") is None:
+        assert os.environ.get("CI") != "true", "CI must have a C compiler"
+        pytest.skip("no C compiler here for the control")
+    wheel, _ = build_wheel(tmp_path / "compiled", None)
+    assert "-cp311-abi3-" in wheel.name, wheel.name
+    with zipfile.ZipFile(wheel) as archive:
+        assert "vm_memory/_fastpath.abi3.so" in archive.namelist()
+    results = path_of_installed_wheel(wheel, tmp_path / "compiled-site")
+    assert results["path"] == "compiled", results
+    assert results["value"] == [7, 8]
+
+
+# ---- What the compiled path is made of ---------------------------------------------------
+
+
+def test_the_hot_methods_are_the_compiled_ones(compiled_path: Any) -> None:
+    assert compiled_path.missing_registrations() == []
+    for name in COMPILED_METHODS:
+        assert name not in vars(GuestMemory), name
+        assert getattr(GuestMemory, name) is vars(compiled_path.MemoryCore)[name], name
+    for name in ("new", "try_new", "offset", "_make", "__add__", "__sub__"):
+        assert name not in vars(AlignedGuestAddress), name
+    assert "__init__" not in vars(GuestAddress)
+
+
+def test_the_extension_makes_no_libatomic_call(compiled_path: Any) -> None:
+    """Every atomic is inlined: the extension imports no `__atomic_*` function."""
+    nm = shutil.which("nm")
+    if nm is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("nm (binutils) is needed on CI")
+        pytest.skip("nm (binutils) is not installed here")
+    undefined = subprocess.run([nm, "-D", "--undefined-only", compiled_path.__file__],
+                               capture_output=True, text=True, check=True).stdout
+    assert "PyLong_FromUnsignedLongLong" in undefined  # the listing is the real one
+    assert [line for line in undefined.splitlines() if "__atomic" in line] == []
+
+
+def test_lock_free_widths_agree_with_libatomic(compiled_path: Any) -> None:
+    """C runs an atomic width only where the compiler does it lock-free, which must be
+    exactly where libatomic (the pure path's judge) says lock-free on this host."""
+    compiled_widths = compiled_path.lock_free_widths()
+    assert compiled_widths == tuple(size for size in (1, 2, 4, 8) if is_lock_free(size))
+
+
+def test_half_built_core_objects_cannot_exist(compiled_path: Any) -> None:
+    with pytest.raises(TypeError):
+        compiled_path.AlignedCore()
+    with pytest.raises(TypeError):
+        object.__new__(AlignedGuestAddress)  # type: ignore[vm-memory-aligned-construction]
+    memory = GuestMemoryMmap.from_ranges([(GuestAddress(0), 0x1000)])
+    with pytest.raises(AttributeError, match="fixed at construction"):
+        memory._install(())  # pyright: ignore[reportPrivateUsage]
+    fresh = GuestMemory.__new__(GuestMemory)
+    with pytest.raises(TypeError):
+        fresh._install((compiled_path.RegionCore(),))  # pyright: ignore[reportPrivateUsage]
+    with pytest.raises(ValueError, match="does not fit"):
+        fresh._install_changed(memory, (), 5, True)  # pyright: ignore[reportPrivateUsage]
+    assert fresh.regions() == ()
+    assert fresh.read_bytes(GuestAddress(0), 0) == b""
+
+
+# ---- Lifetimes under raw pointers (children) ----------------------------------------------
+
+
+def test_the_compiled_children_can_fail(compiled_path: object) -> None:
+    """The control: unmapping a region's memory behind the library's back (no close, so
+    nothing tells the C table) and then reading through the compiled path kills the
+    child, and `run_child` reports it: the scenarios below would be seen to crash."""
+    with pytest.raises(AssertionError, match="status -11"):
+        run_child('''
+            memory = GuestMemoryMmap.from_ranges([(GuestAddress(0), PAGE)])
+            libc = ctypes.CDLL(None)
+            libc.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
+            libc.munmap(memory.get_host_address(GuestAddress(0)), PAGE)
+            memory.read_atomic(u64(8))
+        ''')
+
+
+def test_a_close_inside_garbage_collection_reaches_the_c_table(compiled_path: object) -> None:
+    """A memory in a reference cycle is garbage: the collector clears the weak reference
+    that counts it as a user before finalizers run, so a finalizer may close its region
+    and another use the memory after. The close tells every C table (its copy of the host
+    pointer is refreshed): the use is a typed refusal, not a SIGSEGV."""
+    results = run_child('''
+        region = GuestRegionMmap(MmapRegion.anonymous(PAGE), GuestAddress(0))
+
+        class Cycle:
+            def __del__(self):
+                memory = self.memory
+                results["close"] = outcome(region.close)
+                for name, call in (("read_atomic", lambda: memory.read_atomic(u64(8))),
+                                   ("write_obj", lambda: memory.write_obj(u64(8), 1)),
+                                   ("read_slice", lambda: memory.read_slice(
+                                       GuestAddress(0), bytearray(8)))):
+                    results[name] = outcome(call)
+
+        def make_garbage():
+            memory = GuestMemoryMmap.from_regions([region])
+            memory.write_atomic(u64(8), 5)  # the C table is warm on this region
+            cycle = Cycle()
+            cycle.self, cycle.memory = cycle, memory  # the cycle alone keeps the memory
+
+        make_garbage()
+        gc.collect()
+        results["closed"] = region.closed
+    ''')
+    assert results["close"] == {"value": None}
+    assert results["closed"] is True
+    assert results["read_atomic"]["raised"] == "AtomicAccessUnsupported"
+    assert results["write_obj"]["raised"] == "MappingError"
+    assert results["read_slice"]["raised"] == "MappingError"
+
+
+def test_dirty_tracking_switched_while_writes_run(compiled_path: object) -> None:
+    """One thread writes through every compiled write path while another starts and
+    stops dirty tracking (each stop frees a bitmap the C paths mark): no crash, and
+    pages written while tracking is on are marked."""
+    results = run_child('''
+        memory = GuestMemoryMmap.from_ranges([(GuestAddress(0), 16 * PAGE)])
+        region = memory.regions()[0]
+        stop = threading.Event()
+        writes = [0]
+
+        def writer():
+            value = 0
+            while not stop.is_set():
+                value = (value + 1) & 0xFFFF
+                memory.write_obj(u64(8 * (value % 512)), value)
+                memory.write_atomic(u64(PAGE + 8 * (value % 512)), value)
+                memory.fetch_add(u64(2 * PAGE), 1)
+                memory.write_slice(GuestAddress(3 * PAGE), b"x" * 64)
+                memory.write_obj_unaligned(GuestAddress(4 * PAGE + 3), ctypes.c_uint32, value)
+                writes[0] += 1
+
+        thread = threading.Thread(target=writer)
+        thread.start()
+        switches = 0
+        while switches < 2000 or writes[0] < 2000:
+            region.track_dirty_pages()
+            region.stop_tracking_dirty_pages()
+            switches += 1
+            if switches % 100 == 0:
+                gc.collect()
+        bitmap = region.track_dirty_pages()
+        before = writes[0]
+        while writes[0] < before + 10:
+            pass
+        stop.set()
+        thread.join()
+        results["switches"] = switches
+        results["dirty"] = bitmap.dirty_pages()
+    ''')
+    assert results["switches"] >= 2000
+    assert results["dirty"] == [0, 1, 2, 3, 4]
+
+
+def test_a_refused_close_leaves_the_c_table_working(compiled_path: object) -> None:
+    """A close refused for an exported buffer restores the views (the host memory did not
+    move); the compiled paths keep working, and once nothing holds the mapping the close
+    succeeds."""
+    results = run_child('''
+        region = GuestRegionMmap(MmapRegion.anonymous(PAGE), GuestAddress(0))
+        memory = GuestMemoryMmap.from_regions([region])
+        memory.write_atomic(u64(8), 41)
+        exported = memory.get_slice(GuestAddress(0), 16).as_memoryview()
+        del memory
+        gc.collect()
+        results["refused"] = outcome(region.close)
+        memory = GuestMemoryMmap.from_regions([region])
+        results["after"] = memory.fetch_add(u64(8), 1)
+        results["read"] = memory.read_atomic(u64(8))
+        exported.release()
+        del memory
+        gc.collect()
+        results["close"] = outcome(region.close)
+    ''')
+    assert results["refused"]["raised"] == "RegionInUse"
+    assert (results["after"], results["read"]) == (41, 42)
+    assert results["close"] == {"value": None}
+
+
+def test_a_removed_region_stays_mapped_for_old_snapshots(compiled_path: object) -> None:
+    """Hot-plug derives each new table from the old one; an old snapshot still reads the
+    removed region through its own table, and the region cannot be closed under it."""
+    results = run_child('''
+        holder = GuestMemoryAtomic(GuestMemoryMmap.from_ranges(
+            [(GuestAddress(index * 2 * PAGE), PAGE) for index in range(64)]))
+        old = holder.memory()
+        old.write_atomic(u64(10 * 2 * PAGE), 77)
+        removed = holder.remove_region(GuestAddress(10 * 2 * PAGE), PAGE)
+        results["refused"] = outcome(removed.close)
+        results["old"] = old.read_atomic(u64(10 * 2 * PAGE))
+        results["new"] = outcome(lambda: holder.memory().read_atomic(u64(10 * 2 * PAGE)))
+        del old
+        gc.collect()
+        results["close"] = outcome(removed.close)
+    ''')
+    assert results["refused"]["raised"] == "RegionInUse"
+    assert results["new"]["raised"] == "InvalidGuestAddress"
+    assert (results["old"], results["close"]) == (77, {"value": None})
+
+
+def test_aligned_addresses_in_c_keep_their_type_and_value() -> None:
+    """The compiled constructors and arithmetic give what the pure ones give (run on
+    whichever path is active; the other path's answers are test_contract's business)."""
+    address = AlignedGuestAddress.new(ctypes.c_uint32, GuestAddress(0x1000))
+    assert (address + 8).type is ctypes.c_uint32
+    with pytest.raises(MisalignedAddress):
+        _ = address + 2  # type: ignore[vm-memory-misaligned]
+    assert (address - 4).raw_value() == 0xFFC
+    assert address.offset(-1).raw_value() == 0xFFC
+    assert address.offset(3).raw_value() == 0x100C
+    assert AlignedGuestAddress.try_new(ctypes.c_uint32,
+                                       GuestAddress(0x1002)) is None  # type: ignore[vm-memory-misaligned]
+    assert GuestAddress(5) + 3 == GuestAddress(8)
+    assert GuestAddress(5) - 5 == GuestAddress(0)
