@@ -1,6 +1,7 @@
 """The repository type-checks and lints clean: mypy --strict (with the plugin), pyright
 strict and ruff, each run for real over the whole tree as configured in pyproject.toml
-(pyright told which interpreter: the suite runs without an activated venv).
+(pyright told which interpreter, the suite runs without an activated venv, and which
+project, so a configuration in a parent directory cannot widen it).
 
 Each run keeps its caches in the test's own temporary directory: the suite runs in
 parallel, and nothing it writes may be shared with another test (or the developer's
@@ -20,7 +21,7 @@ pytestmark = pytest.mark.type_checker  # not in the runtime suite run on foreign
 
 CHECKERS = {
     "mypy": [sys.executable, "-m", "mypy", "--cache-dir", "{cache}"],
-    "pyright": [sys.executable, "-m", "pyright", "--pythonpath", sys.executable],
+    "pyright": [sys.executable, "-m", "pyright", "--pythonpath", sys.executable, "-p", str(ROOT)],
     "ruff": [sys.executable, "-m", "ruff", "check", "--cache-dir", "{cache}", "."],
 }
 
