@@ -37,6 +37,9 @@ from support import provoke
 from vm_memory import GuestMemoryMmap
 
 CONTROL_ATTEMPTS: Final = 5
+CONTROL_ITERATIONS: Final = 20_000
+"""Per thread, in each control: enough that the workers overlap even on a loaded 2-CPU
+machine where the compiled path finishes a short run within one time slice."""
 
 
 @dataclass(frozen=True)
@@ -92,7 +95,7 @@ def test_fetch_add_loses_no_update(size: Size) -> None:
 @needs_8_byte_atomics
 def test_plain_increment_loses_updates() -> None:
     """The control: read_obj + write_obj in the same harness loses updates."""
-    size = Size(4, 2, 20_000)
+    size = Size(4, 2, CONTROL_ITERATIONS)
 
     def attempt() -> tuple[int, int]:
         memory, _ = run("counter", size, mode="plain")
@@ -165,7 +168,7 @@ def test_read_modify_writes_across_processes(size: Size) -> None:
 def test_plain_read_modify_writes_break_the_same_checks() -> None:
     """The control: each operation as read_obj + write_obj fails those checks: a
     decrement lost, a bit of another thread clobbered, a swap token lost or duplicated."""
-    size = Size(4, 2, 2_001)
+    size = Size(4, 2, CONTROL_ITERATIONS + 1)
     provoke(lambda: run_read_modify_writes(size, "plain"),
             lambda outcome: (outcome.down_counter > 0 and outcome.wrong_old_values > 0
                              and not outcome.swap_conserved),
@@ -216,7 +219,7 @@ def test_compare_exchange_spin_lock_guards_a_multi_word_update(size: Size) -> No
 
 def test_without_the_lock_the_multi_word_update_breaks() -> None:
     """The control: the same update without the lock is seen half-done and loses counts."""
-    size = Size(4, 2, 5_000)
+    size = Size(4, 2, CONTROL_ITERATIONS)
     provoke(lambda: run_guarded_update(size, locked=False),
             lambda outcome: outcome.inconsistent > 0 and min(outcome.words) < size.total,
             attempts=CONTROL_ATTEMPTS, what="a half-done update seen and counts lost")

@@ -205,11 +205,15 @@ class Disk:
 
 def qemu_command(parts: GuestParts, initrd: Path, disks: list[Disk], *, cpus: int = 2,
                  memory_mib: int = 512) -> list[str]:
-    """The QEMU command line: TCG, guest RAM in a shared memfd, one disk per `Disk`."""
+    """The QEMU command line: TCG, guest RAM in a shared memfd, one disk per `Disk`.
+
+    `no_timer_check`: under TCG on a loaded host the kernel's IO-APIC timer check can
+    miss its ticks and panic ("IO-APIC + timer doesn't work"); virtual machines skip it.
+    """
     command = [require_qemu(), "-machine", "q35,accel=tcg,memory-backend=mem",
                "-object", f"memory-backend-memfd,id=mem,size={memory_mib}M,share=on",
                "-m", f"{memory_mib}M", "-smp", str(cpus), "-kernel", str(parts.kernel),
-               "-initrd", str(initrd), "-append", "console=ttyS0 quiet panic=-1",
+               "-initrd", str(initrd), "-append", "console=ttyS0 quiet panic=-1 no_timer_check",
                "-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio"]
     for number, disk in enumerate(disks):
         chardev = f"socket,id=vu{number},path={disk.socket}"
