@@ -136,6 +136,38 @@ def test_polling_device_thread_survives_refused_closes() -> None:
 
 
 @needs_8_byte_atomics
+@pytest.mark.parametrize("built_from", ["the mapping's view", "a placement's buffer"])
+def test_a_region_built_by_hand_on_a_mapping_refuses_its_close(built_from: str) -> None:
+    """A GuestMemoryRegion made from a mapping's buffer and host address (the extension
+    point for new region kinds) is no placement of the mapping, yet a memory holding it
+    uses the mapping's host memory: the close is refused, and everything keeps working."""
+    results = run_child(f'''
+        mapping = MmapRegion.anonymous(PAGE)
+        placed = GuestRegionMmap(mapping, GuestAddress(0x10000))
+        source = mapping.view if {built_from!r} == "the mapping's view" else placed.buffer
+        region = GuestMemoryRegion(GuestAddress(0), PAGE, read_only=False, buffer=source,
+                                   host_address=mapping.host_address)
+        memory = GuestMemory([region])
+        memory.write_obj(u64(8), 7)
+        memory.write_slice(GuestAddress(0x20), b"warm")
+        results["close"] = outcome(mapping.close)
+        results["closed"] = mapping.closed
+        results["read_obj"] = outcome(lambda: memory.read_obj(u64(8)))
+        results["fetch_add"] = outcome(lambda: memory.fetch_add(u64(8), 1))
+        results["write_slice"] = outcome(lambda: memory.write_slice(GuestAddress(0), b"x"))
+        del memory, region, source  # the region's typed views are exports too
+        gc.collect()
+        results["close_when_unused"] = outcome(mapping.close)
+    ''')
+    assert results["close"]["raised"] == "RegionInUse"
+    assert results["closed"] is False
+    assert results["read_obj"] == {"value": 7}
+    assert results["fetch_add"] == {"value": 7}
+    assert results["write_slice"] == {"value": None}
+    assert results["close_when_unused"] == {"value": None}
+
+
+@needs_8_byte_atomics
 def test_hot_plug_move_counts_users_per_mapping() -> None:
     """Remove a region and place its mapping again elsewhere: closing the old placement
     (which no memory holds) must be refused while the new one is in use."""

@@ -340,6 +340,14 @@ class GuestMemory(_MemoryBase):
         index = self._index_at(region.start_value)
         return index >= 0 and self._regions[index] is region
 
+    def uses_host_memory(self, low: int, high: int) -> bool:
+        """Whether a region of this memory reaches host memory in [low, high)."""
+        for region in self._regions:
+            host = region.host_address
+            if host is not None and host < high and low < host + region.length:
+                return True
+        return False
+
     # ---- Layout --------------------------------------------------------------------
 
     def regions(self) -> Sequence[GuestMemoryRegion]:

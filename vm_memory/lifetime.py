@@ -26,6 +26,10 @@ class RegionHolder(Protocol):
         """Whether `region` is one of this object's regions."""
         ...
 
+    def uses_host_memory(self, low: int, high: int) -> bool:
+        """Whether any of this object's regions reaches host memory in [low, high)."""
+        ...
+
 
 _lock = threading.RLock()
 _holders: weakref.WeakSet[RegionHolder] = weakref.WeakSet()
@@ -56,3 +60,10 @@ def holders_of(regions: Iterable[object]) -> int:
     regions = list(regions)
     return sum(1 for holder in list(_holders)
                if any(holder.holds(region) for region in regions))
+
+
+def holders_of_host_memory(low: int, high: int) -> int:
+    """How many live memory objects have a region whose host memory lies in [low, high):
+    a region built by hand on a mapping's buffer is no placement of it, yet its host
+    pointer dies with the mapping (call with the lock held)."""
+    return sum(1 for holder in list(_holders) if holder.uses_host_memory(low, high))

@@ -41,7 +41,7 @@ from vm_memory.errors import (
     RegionInUse,
     UnsealedMemory,
 )
-from vm_memory.lifetime import holders_of, lifetime_lock
+from vm_memory.lifetime import holders_of, holders_of_host_memory, lifetime_lock
 from vm_memory.region import GuestMemoryRegion
 
 PAGE_SIZE: Final = mmap.PAGESIZE
@@ -351,7 +351,8 @@ class MmapRegion:
             placements = list(self._placements)
             first = start if start is not None else min(
                 (placement.start_value for placement in placements), default=0)
-            users = holders_of(placements)
+            users = holders_of(placements) or holders_of_host_memory(
+                self.host_address, self.host_address + self.size)
             if users:
                 raise RegionInUse(first, users)
             buffers = [placement.buffer for placement in placements]

@@ -201,21 +201,24 @@ class QueueWorker(threading.Thread):
             self.vring.signal("call")
 
     def _serve_available(self) -> None:
+        """Serve every available chain. Each chain is popped and handled on the memory
+        snapshot current when it is popped: a queue kept busy by its guest follows
+        ADD_MEM_REG / REM_MEM_REG / SET_MEM_TABLE from its next chain on."""
         queue = self.queue
-        queue.set_memory(self.backend.table.memory())
-        memory = queue.memory
+        table = self.backend.table
         handle = self.backend.device.handle
         inflight = self.inflight
         served = False
         while True:
             queue.disable_notification()
             while not self.stopping:
+                queue.set_memory(table.memory())
                 chain = queue.pop()
                 if chain is None:
                     break
                 if inflight is not None:
                     inflight.begin(chain.head)
-                self._complete(chain.head, handle(memory, chain))
+                self._complete(chain.head, handle(queue.memory, chain))
                 served = True
             if self.stopping or not queue.enable_notification():
                 break

@@ -211,7 +211,7 @@ class SplitQueue:
                 budget = table_size
                 index = 0
                 continue
-            if not (low <= address and address + length <= high) and \
+            if not (low <= address < high and address + length <= high) and \
                     not contains(address, length):
                 raise InvalidChain(self.index, head, index,
                                    f"buffer [{address:#x}, +{length:#x}) is not in guest "

@@ -4,11 +4,22 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 
-from vm_memory import GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion
+from vm_memory import (
+    GuestAddress,
+    GuestMemory,
+    GuestMemoryAtomic,
+    GuestMemoryMmap,
+    GuestMemoryRegion,
+    GuestRegionMmap,
+    MmapRegion,
+)
 from vm_memory_vhost import BlkDevice, VirtioBlkReqHeader
+from vm_memory_vhost.backend import QueueWorker, Vring
 from vm_memory_vhost.blk import (
     VIRTIO_BLK_F_RO,
     VIRTIO_BLK_S_IOERR,
@@ -19,7 +30,14 @@ from vm_memory_vhost.blk import (
     VIRTIO_BLK_T_IN,
     VIRTIO_BLK_T_OUT,
 )
-from vm_memory_virtio import DriverQueue, InvalidChain, QueueLayout, SplitQueue, feature
+from vm_memory_virtio import (
+    DescriptorChain,
+    DriverQueue,
+    InvalidChain,
+    QueueLayout,
+    SplitQueue,
+    feature,
+)
 
 SECTORS = 64
 HEADER = 0x10000
@@ -179,3 +197,48 @@ def test_config_space_reports_capacity_and_queues(image: Path) -> None:
     assert int.from_bytes(config[12:16], "little") == 1022  # seg_max
     assert int.from_bytes(config[20:24], "little") == 512  # blk_size
     assert int.from_bytes(config[34:36], "little") == 3  # num_queues
+
+
+@pytest.mark.parametrize("change", ["add", "remove"])
+def test_a_busy_queue_follows_hot_plug_from_its_next_chain(image: Path, change: str) -> None:
+    """The worker loop on a queue its guest keeps busy: memory added while a chain is
+    served is usable by the next chain, memory removed is refused to it (InvalidChain:
+    the queue needs a reset) and never written after the removal."""
+    rig = Rig(image)
+    hot = 0x200000
+    atomic = GuestMemoryAtomic(rig.memory)
+    if change == "remove":
+        atomic.insert_region(GuestRegionMmap(MmapRegion.anonymous(0x10000), GuestAddress(hot)))
+    removed: list[GuestMemoryRegion] = []
+    handled: list[int] = []
+
+    def handle(memory: GuestMemory, chain: DescriptorChain) -> int:
+        handled.append(chain.head)
+        if len(handled) == 1:  # the control thread's change lands mid-request
+            if change == "add":
+                atomic.insert_region(GuestRegionMmap(MmapRegion.anonymous(0x10000),
+                                                     GuestAddress(hot)))
+            else:
+                removed.append(atomic.remove_region(GuestAddress(hot), 0x10000))
+            rig.driver.memory = atomic.memory()
+            rig.header(VIRTIO_BLK_T_IN, 0, at=HEADER + 0x100)
+            rig.driver.add([(HEADER + 0x100, 16)], [(hot, 512), (STATUS + 1, 1)])
+        return rig.device.handle(memory, chain)
+
+    backend = SimpleNamespace(table=SimpleNamespace(memory=atomic.memory),
+                              device=SimpleNamespace(handle=handle))
+    worker = QueueWorker(cast(Any, backend), Vring(0), rig.queue, None, [])
+    rig.header(VIRTIO_BLK_T_IN, 0)
+    rig.driver.add([(HEADER, 16)], [(DATA, 512), (STATUS, 1)])
+    if change == "add":
+        worker._serve_available()  # pyright: ignore[reportPrivateUsage]
+        assert len(handled) == 2
+        assert atomic.memory().read_bytes(GuestAddress(hot), 512) == image.read_bytes()[:512]
+        assert rig.driver.read_status(STATUS + 1) == VIRTIO_BLK_S_OK
+    else:
+        with pytest.raises(InvalidChain, match="not in guest memory"):
+            worker._serve_available()  # pyright: ignore[reportPrivateUsage]
+        assert len(handled) == 1
+        untouched = bytearray(512)
+        removed[0].read_into(0, memoryview(untouched))
+        assert untouched == bytes(512)

@@ -474,3 +474,15 @@ def test_device_and_driver_in_two_processes_agree_on_every_chain() -> None:
     child.join(120)
     assert child.exitcode == 0
     assert results.get(timeout=10) == f"done {CHAINS}"
+
+
+@pytest.mark.parametrize("where", ["end of the largest region", "end of a small region"])
+def test_an_empty_buffer_just_past_a_region_is_refused_alike(where: str) -> None:
+    """The inline check for the largest region answers as the general one: an address
+    at a region's end is outside it, whatever the length."""
+    memory = make_memory()
+    driver, queue = make_pair(memory)
+    address = MEMORY_SIZE if where == "end of the largest region" else SECOND + 0x10000
+    driver.add([(address, 0)], [])
+    with pytest.raises(InvalidChain, match="not in guest memory"):
+        queue.pop()
