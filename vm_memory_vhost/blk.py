@@ -137,6 +137,11 @@ class BlkDevice:
         if status_at is None:
             raise InvalidChain(-1, chain.head, chain.head,
                                "no device-writable byte for the request status")
+        try:  # first, so that a status the guest cannot receive moves nothing
+            memory.write_slice(GuestAddress(status_at), _STATUS_BYTES[VIRTIO_BLK_S_IOERR])
+        except GuestMemoryError as error:
+            raise InvalidChain(-1, chain.head, chain.head,
+                               f"the status byte cannot be written: {error}") from None
         data_out = take(chain.writable, chain.writable_bytes - 1)
         status, written = self._serve(memory, chain, data_out)
         memory.write_slice(GuestAddress(status_at), _STATUS_BYTES[status])

@@ -157,6 +157,14 @@ def test_reads_touch_exactly_the_guests_buffers(image: Path) -> None:
     assert rig.run([(HEADER, 16)], [(DATA, 512), (ROM, 512), (STATUS, 1)])[0] == \
         VIRTIO_BLK_S_IOERR
     assert rig.memory.read_bytes(GuestAddress(DATA), 0x3000) == guard
+    # The status byte itself in read-only memory: the chain is refused before any I/O.
+    rig.header(VIRTIO_BLK_T_IN, 0)
+    rig.driver.add([(HEADER, 16)], [(DATA, 512), (ROM, 1)])
+    chain = rig.queue.pop()
+    assert chain is not None
+    with pytest.raises(InvalidChain, match="status byte cannot be written"):
+        rig.device.handle(rig.memory, chain)
+    assert rig.memory.read_bytes(GuestAddress(DATA), 0x3000) == guard
 
 
 def test_write_with_data_device_writable_is_refused(image: Path) -> None:
@@ -206,6 +214,7 @@ def test_a_busy_queue_follows_hot_plug_from_its_next_chain(image: Path, change: 
     the queue needs a reset) and never written after the removal."""
     rig = Rig(image)
     hot = 0x200000
+    second_header, second_status = 0x11000, 0x11100
     atomic = GuestMemoryAtomic(rig.memory)
     if change == "remove":
         atomic.insert_region(GuestRegionMmap(MmapRegion.anonymous(0x10000), GuestAddress(hot)))
@@ -221,8 +230,8 @@ def test_a_busy_queue_follows_hot_plug_from_its_next_chain(image: Path, change: 
             else:
                 removed.append(atomic.remove_region(GuestAddress(hot), 0x10000))
             rig.driver.memory = atomic.memory()
-            rig.header(VIRTIO_BLK_T_IN, 0, at=HEADER + 0x100)
-            rig.driver.add([(HEADER + 0x100, 16)], [(hot, 512), (STATUS + 1, 1)])
+            rig.header(VIRTIO_BLK_T_IN, 0, at=second_header)
+            rig.driver.add([(second_header, 16)], [(hot, 512), (second_status, 1)])
         return rig.device.handle(memory, chain)
 
     backend = SimpleNamespace(table=SimpleNamespace(memory=atomic.memory),
@@ -234,7 +243,7 @@ def test_a_busy_queue_follows_hot_plug_from_its_next_chain(image: Path, change: 
         worker._serve_available()  # pyright: ignore[reportPrivateUsage]
         assert len(handled) == 2
         assert atomic.memory().read_bytes(GuestAddress(hot), 512) == image.read_bytes()[:512]
-        assert rig.driver.read_status(STATUS + 1) == VIRTIO_BLK_S_OK
+        assert rig.driver.read_status(second_status) == VIRTIO_BLK_S_OK
     else:
         with pytest.raises(InvalidChain, match="not in guest memory"):
             worker._serve_available()  # pyright: ignore[reportPrivateUsage]
