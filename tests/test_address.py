@@ -25,6 +25,7 @@ from vm_memory import (
     AlignedGuestAddress,
     Be32,
     GuestAddress,
+    InvalidArgumentType,
     MemoryRegionAddress,
     MisalignedAddress,
 )
@@ -400,3 +401,13 @@ def test_aligned_address_value_semantics() -> None:
     assert clone == a
     assert clone.type is ctypes.c_uint32
     assert clone.alignment == 4
+
+
+@pytest.mark.parametrize("address", [8, 8.0, MemoryRegionAddress(8), None])
+def test_an_aligned_address_is_made_from_a_guest_address_only(address: Any) -> None:
+    """Like every address parameter of the API: anything but a GuestAddress is a typed
+    refusal (a GuestMemoryError that is also a TypeError), carrying what was given."""
+    with pytest.raises(InvalidArgumentType) as refused:
+        AlignedGuestAddress.new(ctypes.c_uint64, address)
+    assert refused.value.got == type(address).__name__
+    assert AlignedGuestAddress.new(ctypes.c_uint64, GuestAddress(8)).raw_value() == 8

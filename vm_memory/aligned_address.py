@@ -19,6 +19,7 @@ from vm_memory.byte_valued import TypeLayout, layout_of
 from vm_memory.errors import (
     AddressOverflow,
     AlignedAddressConstruction,
+    InvalidArgumentType,
     MisalignedAddress,
     NotByteValued,
 )
@@ -45,8 +46,7 @@ def _as_address_value(address: GuestAddress) -> int:
     are not ints anywhere in the API."""
     if type(address) is GuestAddress:
         return address.raw_value()
-    raise TypeError(f"an address must be a GuestAddress, not {type(address).__name__} "
-                    "(wrap a constant as GuestAddress(value))")
+    raise InvalidArgumentType("an address", "a GuestAddress", address)
 
 
 class AlignmentInfo:
