@@ -118,6 +118,15 @@ class Vring:
                 with contextlib.suppress(BlockingIOError):
                     os.write(fd, _ONE)
 
+    def replace_fd(self, which: str, fd: int | None) -> None:
+        """Make `fd` the kick, call or err eventfd (`which`), closing the one it replaces."""
+        attribute = f"{which}_fd"
+        with self.fd_lock:
+            old: int | None = getattr(self, attribute)
+            if old is not None:
+                os.close(old)
+            setattr(self, attribute, fd)
+
     def close_fds(self) -> None:
         with self.fd_lock:
             for fd in (self.kick_fd, self.call_fd, self.err_fd):
@@ -520,10 +529,7 @@ class VhostUserBackend:
             self._stop_vring(vring)
             vring.base = worker.queue.next_avail
         vring.started = False
-        with vring.fd_lock:
-            if vring.kick_fd is not None:
-                os.close(vring.kick_fd)
-                vring.kick_fd = None
+        vring.replace_fd("kick", None)
         return VRING_STATE.pack(index, vring.base)
 
     def _vring_fd(self, message: Message) -> tuple[Vring, int | None]:
@@ -540,26 +546,17 @@ class VhostUserBackend:
     def _set_vring_kick(self, message: Message) -> None:
         vring, fd = self._vring_fd(message)
         self._stop_vring(vring)
-        with vring.fd_lock:
-            if vring.kick_fd is not None:
-                os.close(vring.kick_fd)
-            vring.kick_fd = fd
+        vring.replace_fd("kick", fd)
         vring.started = True
         self._start_vring(vring)
 
     def _set_vring_call(self, message: Message) -> None:
         vring, fd = self._vring_fd(message)
-        with vring.fd_lock:
-            if vring.call_fd is not None:
-                os.close(vring.call_fd)
-            vring.call_fd = fd
+        vring.replace_fd("call", fd)
 
     def _set_vring_err(self, message: Message) -> None:
         vring, fd = self._vring_fd(message)
-        with vring.fd_lock:
-            if vring.err_fd is not None:
-                os.close(vring.err_fd)
-            vring.err_fd = fd
+        vring.replace_fd("err", fd)
 
     def _set_vring_enable(self, message: Message) -> None:
         index, enable = self._state(message)
