@@ -103,11 +103,14 @@ class DriverQueue:
                                    f"{len(self._in_flight)} chains in flight")
         entries = [self.memory.read_obj(self._used_entries[(self.next_used + step) % self.size])
                    for step in range(ahead)]
-        heads = [entry.id for entry in entries]
-        for head in heads:
-            if head not in self._in_flight or heads.count(head) > 1:
-                raise InvalidUsedEntry(self.index, head, "not a chain in flight"
-                                       if head not in self._in_flight else "returned twice")
+        seen: set[int] = set()
+        for entry in entries:
+            head = entry.id
+            if head not in self._in_flight:
+                raise InvalidUsedEntry(self.index, head, "not a chain in flight")
+            if head in seen:
+                raise InvalidUsedEntry(self.index, head, "returned twice")
+            seen.add(head)
         result: list[tuple[int, int]] = []
         for entry in entries:
             result.append((entry.id, entry.len))
