@@ -938,6 +938,17 @@ typedef struct {
     RegionObject *region;   /* borrowed: the memory's regions tuple owns it */
 } Entry;
 
+/* The page table's granularity and the regions it holds: the pure path's (_LOOKUP_SHIFT
+ * and _SMALL_REGION_SLOTS in vm_memory/guest_memory.py). */
+#define PAGE_SHIFT 12
+#define SMALL_REGION_PAGES 16
+#define PAGE_TABLE_MIN_BITS 4
+
+typedef struct {
+    uint64_t page;
+    Py_ssize_t entry;       /* index + 1 of an entry whose region is on the page; 0: empty */
+} PageSlot;
+
 typedef struct {
     PyObject_HEAD
     PyObject *regions;      /* tuple of regions, sorted; NULL until installed */
@@ -946,6 +957,14 @@ typedef struct {
     Py_ssize_t count;
     Py_ssize_t last;        /* index of the last entry hit */
     uint64_t epoch;
+    /* A hash table (open addressing, linear probing) from page number to an entry of a
+     * small region on that page: a guess, checked against the entry's bounds at each
+     * use. Contiguous, like the entries: a lookup touches two cache lines, not a region
+     * object somewhere in the heap. */
+    PageSlot *pages;        /* NULL: no small region */
+    size_t page_mask;       /* slots - 1; slots is a power of two */
+    unsigned page_bits;     /* log2(slots) */
+    size_t page_used;       /* occupied slots, kept at most half of them */
 } MemoryObject;
 
 static PyTypeObject *MemoryCoreType;
@@ -980,7 +999,15 @@ index_at(const MemoryObject *self, uint64_t value)
     return (base - starts) - (*base > value);
 }
 
-/* The entry holding `value` (remembered for the next lookup), or NULL. */
+/* Fibonacci hashing: strided page numbers (regions every 1 MiB, say) spread evenly. */
+static inline size_t
+page_home(uint64_t page, unsigned bits)
+{
+    return (size_t)((page * 0x9E3779B97F4A7C15ull) >> (64 - bits));
+}
+
+/* The entry holding `value` (remembered for the next lookup), or NULL: the last entry
+ * hit, else the page table's guess, else a binary search. */
 static inline Entry *
 lookup(MemoryObject *self, uint64_t value)
 {
@@ -990,6 +1017,22 @@ lookup(MemoryObject *self, uint64_t value)
         Entry *entry = &self->entries[self->last];
         if (LIKELY(value - entry->start < entry->length))
             return entry;
+    }
+    if (self->pages != NULL) {
+        uint64_t page = value >> PAGE_SHIFT;
+        size_t slot = page_home(page, self->page_bits);
+        Py_ssize_t stored;
+        while ((stored = self->pages[slot].entry) != 0) {
+            if (self->pages[slot].page == page) {
+                Entry *entry = &self->entries[stored - 1];
+                if (LIKELY(value - entry->start < entry->length)) {
+                    self->last = stored - 1;
+                    return entry;
+                }
+                break;   /* a region on this page, not holding `value`: search */
+            }
+            slot = (slot + 1) & self->page_mask;
+        }
     }
     Py_ssize_t index = index_at(self, value);
     if (index < 0)
@@ -1029,13 +1072,186 @@ fill_entry(MemoryObject *self, Py_ssize_t index, RegionObject *region)
     self->starts[index] = region->start;
 }
 
+/* The pages of a region [start, start + length) if it is small enough for the page
+ * table (else 0). */
+static inline int
+small_region_pages(uint64_t start, uint64_t length, uint64_t *first, uint64_t *last)
+{
+    if (length == 0)
+        return 0;
+    *first = start >> PAGE_SHIFT;
+    *last = (start + length - 1) >> PAGE_SHIFT;
+    return *last - *first < SMALL_REGION_PAGES;
+}
+
+static inline int
+entry_pages(const Entry *entry, uint64_t *first, uint64_t *last)
+{
+    return small_region_pages(entry->start, entry->length, first, last);
+}
+
+/* The slot of `page`, or of the empty slot ending its probe run. */
+static inline size_t
+page_slot(const MemoryObject *self, uint64_t page)
+{
+    size_t slot = page_home(page, self->page_bits);
+    while (self->pages[slot].entry != 0 && self->pages[slot].page != page)
+        slot = (slot + 1) & self->page_mask;
+    return slot;
+}
+
+/* Point `page` at entry `index` unless an entry is there already (any region on the
+ * page is a valid guess). */
+static void
+pages_add(MemoryObject *self, uint64_t page, Py_ssize_t index)
+{
+    size_t slot = page_slot(self, page);
+    if (self->pages[slot].entry != 0)
+        return;
+    self->pages[slot].page = page;
+    self->pages[slot].entry = index + 1;
+    self->page_used++;
+}
+
+static void
+pages_add_entry(MemoryObject *self, const Entry *entry, Py_ssize_t index)
+{
+    uint64_t first, last;
+    if (entry_pages(entry, &first, &last))
+        for (uint64_t page = first; page <= last; page++)
+            pages_add(self, page, index);
+}
+
+/* Empty the slot `hole`, moving back the entries of its probe run that may fill it
+ * (backward-shift deletion: no tombstones, so probe runs stay as short as when built). */
+static void
+pages_delete(MemoryObject *self, size_t hole)
+{
+    PageSlot *pages = self->pages;
+    size_t mask = self->page_mask;
+    size_t next = hole;
+    for (;;) {
+        next = (next + 1) & mask;
+        if (pages[next].entry == 0)
+            break;
+        size_t home = page_home(pages[next].page, self->page_bits);
+        /* it may move unless its home lies cyclically in (hole, next] */
+        if (((next - home) & mask) >= ((next - hole) & mask)) {
+            pages[hole] = pages[next];
+            hole = next;
+        }
+    }
+    pages[hole].entry = 0;
+    self->page_used--;
+}
+
+/* Add `delta` to every slot's entry index at or above `from` (after an insert or a
+ * remove shifted the entries). */
+static void
+pages_shift(MemoryObject *self, Py_ssize_t from, Py_ssize_t delta)
+{
+    PageSlot *pages = self->pages;
+    size_t slots = self->page_mask + 1;
+    for (size_t slot = 0; slot < slots; slot++)
+        if (pages[slot].entry > from)   /* entry index + 1 > from: index >= from */
+            pages[slot].entry += delta;
+}
+
+/* A page table of at least twice `wanted` slots, empty; 0, or -1 with MemoryError. */
+static int
+pages_allocate(MemoryObject *self, size_t wanted)
+{
+    unsigned bits = PAGE_TABLE_MIN_BITS;
+    while (((size_t)1 << bits) < 2 * wanted)
+        bits++;
+    self->pages = PyMem_Calloc((size_t)1 << bits, sizeof(PageSlot));
+    if (self->pages == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    self->page_bits = bits;
+    self->page_mask = ((size_t)1 << bits) - 1;
+    self->page_used = 0;
+    return 0;
+}
+
+/* The page table of all `count` entries, built afresh (none if no region is small). */
+static int
+pages_build(MemoryObject *self, Py_ssize_t count)
+{
+    size_t wanted = 0;
+    uint64_t first, last;
+    for (Py_ssize_t i = 0; i < count; i++)
+        if (entry_pages(&self->entries[i], &first, &last))
+            wanted += (size_t)(last - first + 1);
+    if (wanted == 0)
+        return 0;
+    if (pages_allocate(self, wanted) < 0)
+        return -1;
+    for (Py_ssize_t i = 0; i < count; i++)
+        pages_add_entry(self, &self->entries[i], i);
+    return 0;
+}
+
+/* The page table of `self` (its `count` entries set) from `old`'s, which differs by the
+ * entry at `index` (inserted, or removed from `old`): a copy and the change, or a rebuild
+ * when the copy would be more than half full. */
+static int
+pages_derive(MemoryObject *self, const MemoryObject *old, Py_ssize_t count, Py_ssize_t index,
+             int inserted)
+{
+    uint64_t first, last;
+    const Entry *changed = inserted ? &self->entries[index] : &old->entries[index];
+    int small = entry_pages(changed, &first, &last);
+    size_t adding = inserted && small ? (size_t)(last - first + 1) : 0;
+    if (old->pages == NULL || 2 * (old->page_used + adding) > old->page_mask + 1)
+        return inserted ? pages_build(self, count) : 0;
+    size_t slots = old->page_mask + 1;
+    self->pages = PyMem_Malloc(slots * sizeof(PageSlot));
+    if (self->pages == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    memcpy(self->pages, old->pages, slots * sizeof(PageSlot));
+    self->page_mask = old->page_mask;
+    self->page_bits = old->page_bits;
+    self->page_used = old->page_used;
+    if (inserted) {
+        pages_shift(self, index, 1);
+        pages_add_entry(self, changed, index);
+        return 0;
+    }
+    /* Removed: its pages go to a neighbour on the same page if there is one (only its
+     * two neighbours can share its pages), numbered as in `old` until the shift. */
+    for (uint64_t page = first; small && page <= last; page++) {
+        size_t slot = page_slot(self, page);
+        if (self->pages[slot].entry != index + 1)
+            continue;
+        pages_delete(self, slot);
+        for (Py_ssize_t i = index - 1; i <= index + 1; i += 2) {
+            uint64_t low, high;
+            if (i >= 0 && i < old->count && entry_pages(&old->entries[i], &low, &high) &&
+                    low <= page && page <= high) {
+                pages_add(self, page, i);
+                break;
+            }
+        }
+    }
+    pages_shift(self, index + 1, -1);
+    return 0;
+}
+
 static void
 free_table(MemoryObject *self)
 {
     PyMem_Free(self->entries);
     PyMem_Free(self->starts);
+    PyMem_Free(self->pages);
     self->entries = NULL;
     self->starts = NULL;
+    self->pages = NULL;
+    self->page_mask = 0;
+    self->page_used = 0;
 }
 
 static int
@@ -1125,6 +1341,10 @@ memory_install(PyObject *op, PyObject *regions)
         }
         fill_entry(self, i, (RegionObject *)item);
     }
+    if (pages_build(self, count) < 0) {
+        free_table(self);
+        return NULL;
+    }
     Py_INCREF(regions);
     self->regions = regions;
     self->count = count;
@@ -1134,7 +1354,7 @@ memory_install(PyObject *op, PyObject *regions)
 }
 
 /* _install_changed(old, regions, index, inserted): the table of `old` with the region at
- * `index` inserted (inserted true) or removed, copied rather than read region by region;
+ * `index` inserted (inserted true) or removed, copied and changed rather than rebuilt;
  * `regions` is the new tuple, already checked by the caller. */
 static PyObject *
 memory_install_changed(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
@@ -1190,6 +1410,10 @@ memory_install_changed(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
             return NULL;
         }
     }
+    if (pages_derive(self, old, count, index, inserted) < 0) {
+        free_table(self);
+        return NULL;
+    }
     Py_INCREF(regions);
     self->regions = regions;
     self->count = count;
@@ -1222,6 +1446,28 @@ memory_region_at(PyObject *op, PyObject *value)
         Py_RETURN_NONE;
     Py_INCREF(region);
     return region;
+}
+
+/* _page_guess(value): the region the page table names for `value`'s page, or None (for
+ * tests: every page of a small region has a guess, each guess lies on its page). */
+static PyObject *
+memory_page_guess(PyObject *op, PyObject *value)
+{
+    MemoryObject *self = (MemoryObject *)op;
+    uint64_t raw;
+    if (!exact_u64(value, &raw)) {
+        PyErr_SetString(PyExc_TypeError, "_page_guess: an address value");
+        return NULL;
+    }
+    if (self->pages != NULL) {
+        size_t slot = page_slot(self, raw >> PAGE_SHIFT);
+        if (self->pages[slot].entry != 0) {
+            PyObject *region = (PyObject *)self->entries[self->pages[slot].entry - 1].region;
+            Py_INCREF(region);
+            return region;
+        }
+    }
+    Py_RETURN_NONE;
 }
 
 static PyObject *
@@ -1833,6 +2079,8 @@ static PyMethodDef memory_methods[] = {
      "Build the region table from another memory's, one region inserted or removed."},
     {"_region_at", memory_region_at, METH_O,
      "The region holding an address value (remembered), or the no-region."},
+    {"_page_guess", memory_page_guess, METH_O,
+     "The region the page table guesses for an address value's page, or None."},
     {"_index_at", memory_index_at, METH_O,
      "The index of the last region starting at or below an address value, or -1."},
     {NULL},

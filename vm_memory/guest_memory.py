@@ -316,6 +316,10 @@ class GuestMemory(_MemoryBase):
             _drop_pages(self._pages, old._regions[index], regions, index)
         self._last = _NO_REGION
 
+    def _page_guess(self, value: int) -> GuestMemoryRegion | None:
+        """The region the page table names for `value`'s page, or None (for tests)."""
+        return self._pages.get(value >> _LOOKUP_SHIFT)
+
     def _index_at(self, value: int) -> int:
         """The index of the last region starting at or below `value`, or -1."""
         return bisect_right(self._starts, value) - 1
@@ -499,7 +503,9 @@ class GuestMemory(_MemoryBase):
         value = self._checked_start(address, length, "read_slice")
         region = self._last
         if not region.start_value <= value < region.end_value:
-            region = self._region_at(value)
+            region = self._pages.get(value >> _LOOKUP_SHIFT, _NO_REGION)
+            if not region.start_value <= value < region.end_value:
+                region = self._region_at(value)
         offset = value - region.start_value
         source = region.buffer
         if source is not None and offset + length <= region.length:  # one region's buffer
@@ -519,7 +525,9 @@ class GuestMemory(_MemoryBase):
         value = self._checked_start(address, length, "write_slice")
         region = self._last
         if not region.start_value <= value < region.end_value:
-            region = self._region_at(value)
+            region = self._pages.get(value >> _LOOKUP_SHIFT, _NO_REGION)
+            if not region.start_value <= value < region.end_value:
+                region = self._region_at(value)
         offset = value - region.start_value
         target = region.buffer
         if target is not None and offset + length <= region.length and not region.read_only:
@@ -571,7 +579,9 @@ class GuestMemory(_MemoryBase):
         if region.start_value <= value < region.read_limit and unpack is not None:
             return unpack(region.buffer, value - region.start_value)[0]
         # Another region: the page table's guess first (no Python call), else a search.
-        region = self._pages.get(value >> _LOOKUP_SHIFT) or self._region_at(value)
+        region = self._pages.get(value >> _LOOKUP_SHIFT, _NO_REGION)
+        if not region.start_value <= value < region.read_limit:
+            region = self._region_at(value)
         if region.start_value <= value < region.read_limit and unpack is not None:
             self._last = region
             return unpack(region.buffer, value - region.start_value)[0]
@@ -633,9 +643,13 @@ class GuestMemory(_MemoryBase):
             raise _not_aligned_address(address, "read_obj") from None
         region = self._last
         if not region.start_value <= value < region.read_limit:
-            region = self._region_at(value)  # another region (remembered)
+            # another region: the page table's guess (no Python call), else a search
+            region = self._pages.get(value >> _LOOKUP_SHIFT, _NO_REGION)
             if not region.start_value <= value < region.read_limit:
-                return self._read_obj_general(address)
+                region = self._region_at(value)
+                if not region.start_value <= value < region.read_limit:
+                    return self._read_obj_general(address)
+            self._last = region
         try:  # the typed view: one subscript, for an aligned native integer
             return region.typed_views[layout.native_code][  # type: ignore[index]
                 (value - region.start_value) >> layout.shift]
@@ -670,10 +684,14 @@ class GuestMemory(_MemoryBase):
             raise _not_aligned_address(address, "write_obj") from None
         region = self._last
         if not region.start_value <= raw < region.write_limit:
-            region = self._region_at(raw)  # another region (remembered)
+            # another region: the page table's guess (no Python call), else a search
+            region = self._pages.get(raw >> _LOOKUP_SHIFT, _NO_REGION)
             if not region.start_value <= raw < region.write_limit:
-                self._write_obj_general(address, value)
-                return
+                region = self._region_at(raw)
+                if not region.start_value <= raw < region.write_limit:
+                    self._write_obj_general(address, value)
+                    return
+            self._last = region
         if value.__class__ is int and layout.minimum <= value <= layout.maximum:
             offset = raw - region.start_value
             try:  # the typed view: one subscript, for an aligned native integer
@@ -1185,10 +1203,14 @@ def _compare_exchange_method(operation: AtomicOperation, entries: dict[type[Any]
                                 failure)
         region = self._last
         if not region.start_value <= raw < region.atomic_write_limit:
-            region = self._region_at(raw)  # another region (remembered)
+            # another region: the page table's guess (no Python call), else a search
+            region = self._pages.get(raw >> _LOOKUP_SHIFT, _NO_REGION)
             if not region.start_value <= raw < region.atomic_write_limit:
-                return self._atomic(operation, address, success, (expected, desired),
-                                    failure)
+                region = self._region_at(raw)
+                if not region.start_value <= raw < region.atomic_write_limit:
+                    return self._atomic(operation, address, success, (expected, desired),
+                                        failure)
+            self._last = region
         if expected.__class__ is int and desired.__class__ is int \
                 and minimum <= expected <= maximum and minimum <= desired <= maximum \
                 and (success is _SEQ_CST or (success.__class__ is ordering_type
@@ -1230,9 +1252,13 @@ def _atomic_method(operation: AtomicOperation) -> Callable[..., Any]:
                 return self._atomic(operation, address, order, ())
             region = self._last
             if not region.start_value <= value < region.atomic_read_limit:
-                region = self._region_at(value)  # another region (remembered)
+                # another region: the page table's guess (no Python call), else a search
+                region = self._pages.get(value >> _LOOKUP_SHIFT, _NO_REGION)
                 if not region.start_value <= value < region.atomic_read_limit:
-                    return self._atomic(operation, address, order, ())
+                    region = self._region_at(value)
+                    if not region.start_value <= value < region.atomic_read_limit:
+                        return self._atomic(operation, address, order, ())
+                self._last = region
             if order is _SEQ_CST or (order.__class__ is ordering_type and order in members):
                 return function(value + region.atomic_delta, order)
             return self._atomic(operation, address, order, ())
@@ -1251,9 +1277,13 @@ def _atomic_method(operation: AtomicOperation) -> Callable[..., Any]:
                 return self._atomic(operation, address, order, (value,))
             region = self._last
             if not region.start_value <= raw < region.atomic_write_limit:
-                region = self._region_at(raw)  # another region (remembered)
+                # another region: the page table's guess (no Python call), else a search
+                region = self._pages.get(raw >> _LOOKUP_SHIFT, _NO_REGION)
                 if not region.start_value <= raw < region.atomic_write_limit:
-                    return self._atomic(operation, address, order, (value,))
+                    region = self._region_at(raw)
+                    if not region.start_value <= raw < region.atomic_write_limit:
+                        return self._atomic(operation, address, order, (value,))
+                self._last = region
             if value.__class__ is int and minimum <= value <= maximum \
                     and (order is _SEQ_CST or (order.__class__ is ordering_type
                                                and order in members)):
@@ -1296,7 +1326,8 @@ COMPILED_METHODS: Final = (
     "read_slice", "write_slice")
 """The access methods the compiled base runs in C (each falling back on its general
 path, `_<name>_general` or the atomic table's)."""
-_COMPILED_LOOKUP: Final = ("_install", "_install_changed", "_index_at", "_region_at")
+_COMPILED_LOOKUP: Final = ("_install", "_install_changed", "_index_at", "_region_at",
+                           "_page_guess")
 
 if compiled is None:
     for _operation in OPERATIONS.values():
