@@ -14,6 +14,8 @@ is a ratio to a raw baseline measured in that same child on the same memory:
 - `AlignedGuestAddress.new` against `GuestAddress(int)` (pure target ≤ 2);
 - lookup at 10,000 one-page regions against bare `struct` reads over the same 10,000
   mmaps (≤ 1.5, both paths);
+- the pure floor: a Python method doing nothing but the bare libatomic call, declared as
+  the library declares it (PYFUNCTYPE), against the same bare call (reported);
 - the compiled floor: ours against a few lines of C doing the same access on the raw
   pointer through one `METH_FASTCALL` call (`benchmarks/c_reference.py`; reported);
 - scale: building 100,000 one-page regions, one insert and one remove at that size, and
@@ -38,6 +40,7 @@ import struct
 import subprocess
 import sys
 import time
+import types
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -97,12 +100,14 @@ def _target(targets: tuple[float | None, float | None]) -> float | None:
     return targets[0] if access_path().name == "compiled" else targets[1]
 
 
-def _libatomic_functions(library: ctypes.CDLL) -> dict[str, Any]:
-    """Bare typed 8-byte libatomic functions, as a raw ctypes user would declare them."""
+def _libatomic_functions(library: ctypes.CDLL, *, keep_gil: bool = False) -> dict[str, Any]:
+    """Bare typed 8-byte libatomic functions, as a raw ctypes user would declare them
+    (`keep_gil`: PYFUNCTYPE, as the library declares its own)."""
     pointer, order, value = ctypes.c_void_p, ctypes.c_int, ctypes.c_uint64
+    factory = ctypes.PYFUNCTYPE if keep_gil else ctypes.CFUNCTYPE
 
     def function(name: str, restype: Any, *argtypes: Any) -> Any:
-        return ctypes.CFUNCTYPE(restype, *argtypes)((f"__atomic_{name}_8", library))
+        return factory(restype, *argtypes)((f"__atomic_{name}_8", library))
 
     functions = {"load": function("load", value, pointer, order),
                  "store": function("store", None, pointer, value, order),
@@ -167,6 +172,7 @@ def access_comparisons() -> tuple[list[Comparison], list[Skipped]]:
     for method, stmt, raw, label in libatomic_rows:
         rows.append(Comparison(f"{method} u64 vs libatomic", ours(stmt, method),
                                Case(label, raw, names), target=_target(ATOMIC_VS_LIBATOMIC)))
+    rows += pure_floor_comparisons(names, libatomic_rows)
     size = 4096
     destination = bytearray(size)
     bulk: dict[str, Any] = {**names, "raw": memoryview(region.mapping.mapping),
@@ -189,6 +195,26 @@ def access_comparisons() -> tuple[list[Comparison], list[Skipped]]:
     ]
     floor, skipped = floor_comparisons(memory, names, bulk)
     return rows + floor, skipped
+
+
+def pure_floor_comparisons(names: dict[str, Any],
+                           libatomic_rows: list[tuple[str, str, str, str]]) -> list[Comparison]:
+    """The pure path's floor for each atomic row: a Python method that does nothing but
+    the libatomic call, declared as the library declares it (PYFUNCTYPE: the GIL kept),
+    against the same bare call. What any pure method can reach (reported, no target)."""
+    floor_names = {**names, **_libatomic_functions(libatomic(), keep_gil=True)}
+    holder = type("Floor", (), {"__slots__": ()})()
+    rows: list[Comparison] = []
+    for method, stmt, raw, label in libatomic_rows:
+        source = f"def {method}(self, address, *operands):\n    return {raw}"
+        namespace: dict[str, Any] = {}
+        exec(source, floor_names, namespace)  # the method's body: the bare call alone
+        bound = types.MethodType(namespace[method], holder)
+        floor = Case("a method doing only the call", stmt, {**names, "floor_op": bound},
+                     "op = floor_op")
+        rows.append(Comparison(f"floor: pure {method} u64 vs libatomic", floor,
+                               Case(label, raw, names)))
+    return rows
 
 
 def floor_comparisons(memory: GuestMemoryMmap, names: dict[str, Any], bulk: dict[str, Any]
@@ -289,13 +315,15 @@ def scale_rows(count: int) -> list[ScaleRow]:
     inserts: list[float] = []
     removes: list[float] = []
     for _ in range(5):
+        # Both rows keep the new memory object, as hot-plug does: freeing a memory object
+        # (its regions tuple lets go of every region) is timed by neither.
         started = time.perf_counter()
         bigger = memory.insert_region(region)
         inserts.append(time.perf_counter() - started)
         started = time.perf_counter()
-        bigger.remove_region(GuestAddress(MEMORY_START + PAGE), PAGE)
+        smaller = bigger.remove_region(GuestAddress(MEMORY_START + PAGE), PAGE)
         removes.append(time.perf_counter() - started)
-        del bigger
+        del bigger, smaller
     copies: list[list[Any]] = [list(memory.regions()) for _ in range(10)]
     insert_raw = min(_timed(partial(copy.insert, 1, region)) for copy in copies[:5])
     remove_raw = min(_timed(partial(copy.pop, 1)) for copy in copies[5:])

@@ -95,6 +95,9 @@ PATH_ROWS = [
       for method in ("read_atomic", "write_atomic", "swap", "compare_exchange", "fetch_add",
                      "fetch_sub", "fetch_and", "fetch_or", "fetch_xor")),
     "read_slice 4 KiB", "write_slice 4 KiB", "AlignedGuestAddress.new u64",
+    *(f"floor: pure {method} u64 vs libatomic"
+      for method in ("read_atomic", "write_atomic", "swap", "compare_exchange", "fetch_add",
+                     "fetch_sub", "fetch_and", "fetch_or", "fetch_xor")),
     *(f"floor: {operation}" for operation in (
         "read_obj u64", "write_obj u64", "read_atomic u64", "write_atomic u64",
         "fetch_add u64", "compare_exchange u64", "read_slice 4 KiB")),

@@ -944,9 +944,12 @@ typedef struct {
 #define SMALL_REGION_PAGES 16
 #define PAGE_TABLE_MIN_BITS 4
 
+/* 8 bytes a slot: a copy made at each hot-plug costs little (fresh memory page faults
+ * dominate it). The key is the page number's low 32 bits: pages 16 TiB apart share a key,
+ * and one of them then goes to the binary search (every guess is checked anyway). */
 typedef struct {
-    uint64_t page;
-    Py_ssize_t entry;       /* index + 1 of an entry whose region is on the page; 0: empty */
+    uint32_t key;           /* (uint32_t)page */
+    uint32_t entry;         /* index + 1 of an entry whose region is on the page; 0: empty */
 } PageSlot;
 
 typedef struct {
@@ -1001,9 +1004,9 @@ index_at(const MemoryObject *self, uint64_t value)
 
 /* Fibonacci hashing: strided page numbers (regions every 1 MiB, say) spread evenly. */
 static inline size_t
-page_home(uint64_t page, unsigned bits)
+page_home(uint32_t key, unsigned bits)
 {
-    return (size_t)((page * 0x9E3779B97F4A7C15ull) >> (64 - bits));
+    return (size_t)(((uint64_t)key * 0x9E3779B97F4A7C15ull) >> (64 - bits));
 }
 
 /* The entry holding `value` (remembered for the next lookup), or NULL: the last entry
@@ -1019,11 +1022,11 @@ lookup(MemoryObject *self, uint64_t value)
             return entry;
     }
     if (self->pages != NULL) {
-        uint64_t page = value >> PAGE_SHIFT;
-        size_t slot = page_home(page, self->page_bits);
+        uint32_t key = (uint32_t)(value >> PAGE_SHIFT);
+        size_t slot = page_home(key, self->page_bits);
         Py_ssize_t stored;
         while ((stored = self->pages[slot].entry) != 0) {
-            if (self->pages[slot].page == page) {
+            if (self->pages[slot].key == key) {
                 Entry *entry = &self->entries[stored - 1];
                 if (LIKELY(value - entry->start < entry->length)) {
                     self->last = stored - 1;
@@ -1090,12 +1093,13 @@ entry_pages(const Entry *entry, uint64_t *first, uint64_t *last)
     return small_region_pages(entry->start, entry->length, first, last);
 }
 
-/* The slot of `page`, or of the empty slot ending its probe run. */
+/* The slot of `page`'s key, or the empty slot ending its probe run. */
 static inline size_t
 page_slot(const MemoryObject *self, uint64_t page)
 {
-    size_t slot = page_home(page, self->page_bits);
-    while (self->pages[slot].entry != 0 && self->pages[slot].page != page)
+    uint32_t key = (uint32_t)page;
+    size_t slot = page_home(key, self->page_bits);
+    while (self->pages[slot].entry != 0 && self->pages[slot].key != key)
         slot = (slot + 1) & self->page_mask;
     return slot;
 }
@@ -1108,8 +1112,8 @@ pages_add(MemoryObject *self, uint64_t page, Py_ssize_t index)
     size_t slot = page_slot(self, page);
     if (self->pages[slot].entry != 0)
         return;
-    self->pages[slot].page = page;
-    self->pages[slot].entry = index + 1;
+    self->pages[slot].key = (uint32_t)page;
+    self->pages[slot].entry = (uint32_t)(index + 1);
     self->page_used++;
 }
 
@@ -1134,7 +1138,7 @@ pages_delete(MemoryObject *self, size_t hole)
         next = (next + 1) & mask;
         if (pages[next].entry == 0)
             break;
-        size_t home = page_home(pages[next].page, self->page_bits);
+        size_t home = page_home(pages[next].key, self->page_bits);
         /* it may move unless its home lies cyclically in (hole, next] */
         if (((next - home) & mask) >= ((next - hole) & mask)) {
             pages[hole] = pages[next];
@@ -1154,7 +1158,7 @@ pages_shift(MemoryObject *self, Py_ssize_t from, Py_ssize_t delta)
     size_t slots = self->page_mask + 1;
     for (size_t slot = 0; slot < slots; slot++)
         if (pages[slot].entry > from)   /* entry index + 1 > from: index >= from */
-            pages[slot].entry += delta;
+            pages[slot].entry = (uint32_t)(pages[slot].entry + delta);
 }
 
 /* A page table of at least twice `wanted` slots, empty; 0, or -1 with MemoryError. */
@@ -1184,7 +1188,7 @@ pages_build(MemoryObject *self, Py_ssize_t count)
     for (Py_ssize_t i = 0; i < count; i++)
         if (entry_pages(&self->entries[i], &first, &last))
             wanted += (size_t)(last - first + 1);
-    if (wanted == 0)
+    if (wanted == 0 || count >= (Py_ssize_t)UINT32_MAX)   /* no table: the search alone */
         return 0;
     if (pages_allocate(self, wanted) < 0)
         return -1;
@@ -1204,7 +1208,8 @@ pages_derive(MemoryObject *self, const MemoryObject *old, Py_ssize_t count, Py_s
     const Entry *changed = inserted ? &self->entries[index] : &old->entries[index];
     int small = entry_pages(changed, &first, &last);
     size_t adding = inserted && small ? (size_t)(last - first + 1) : 0;
-    if (old->pages == NULL || 2 * (old->page_used + adding) > old->page_mask + 1)
+    if (old->pages == NULL || 2 * (old->page_used + adding) > old->page_mask + 1 ||
+            count >= (Py_ssize_t)UINT32_MAX)
         return inserted ? pages_build(self, count) : 0;
     size_t slots = old->page_mask + 1;
     self->pages = PyMem_Malloc(slots * sizeof(PageSlot));
@@ -1225,7 +1230,7 @@ pages_derive(MemoryObject *self, const MemoryObject *old, Py_ssize_t count, Py_s
      * two neighbours can share its pages), numbered as in `old` until the shift. */
     for (uint64_t page = first; small && page <= last; page++) {
         size_t slot = page_slot(self, page);
-        if (self->pages[slot].entry != index + 1)
+        if (self->pages[slot].entry != (uint32_t)(index + 1))
             continue;
         pages_delete(self, slot);
         for (Py_ssize_t i = index - 1; i <= index + 1; i += 2) {
