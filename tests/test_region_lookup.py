@@ -14,7 +14,9 @@ memory object made along the way against a plain model (a sorted list searched w
 - the page table is complete and sound: every page of every small region has a guess,
   and each guess is a region of this memory lying on that page (a stale or shifted entry
   would still answer right through the search, only slowly: this is what catches it);
-- old snapshots answer exactly as before the changes made from them.
+- old snapshots answer exactly as before the changes made from them;
+- calls alternating over writable, read-only and device regions (every switch a cache
+  miss) refuse and succeed as the same call made cold on a fresh memory object.
 
 On the compiled path this is the C table (`_fastpath.c`), on the pure path the dict
 page table (`guest_memory.py`); the suite runs on both.
@@ -26,6 +28,7 @@ from __future__ import annotations
 import bisect
 import ctypes
 import mmap
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -35,8 +38,10 @@ from hypothesis import strategies as st
 
 from vm_memory import (
     AlignedGuestAddress,
+    DeviceRegion,
     GuestAddress,
     GuestMemory,
+    GuestMemoryError,
     GuestMemoryRegion,
     GuestRegionMmap,
     InvalidGuestAddress,
@@ -245,3 +250,73 @@ def test_the_lookup_check_can_fail() -> None:
 
     with pytest.raises(AssertionError, match="no guess"):
         check_against(memory, model, forgetful)
+
+
+class Bytes:
+    """A device model over a bytearray."""
+
+    def __init__(self, size: int) -> None:
+        self.data = bytearray(size)
+
+    def read(self, offset: int, size: int) -> bytes:
+        return bytes(self.data[offset:offset + size])
+
+    def write(self, offset: int, data: bytes) -> None:
+        self.data[offset:offset + len(data)] = data
+
+
+def read_only_region(start: int, content: bytes) -> GuestRegionMmap:
+    """A read-only mmap'd region (a memfd mapped read-only) holding `content`."""
+    fd = os.memfd_create("vm-memory-lookup-test")
+    try:
+        os.write(fd, content)
+        return GuestRegionMmap(MmapRegion.from_file(fd, len(content), read_only=True),
+                               GuestAddress(start))
+    finally:
+        os.close(fd)
+
+
+def outcome(action: Callable[[], object]) -> tuple[str, str]:
+    try:
+        return "ok", repr(action())
+    except GuestMemoryError as error:
+        return type(error).__name__, str(error)
+
+
+def test_alternating_refusals_answer_as_cold_calls() -> None:
+    """Alternating calls over a writable, a read-only, a device and a read-only device
+    region (each switch a cache miss answered by the page table) refuse and succeed
+    exactly as the same call on a fresh memory object (cold), round after round; the
+    read-only regions' bytes never change."""
+    starts = [BASE + index * 2 * LOOKUP_PAGE for index in range(4)]
+    protected = bytes(range(256)) * (LOOKUP_PAGE // 256)
+    regions: list[GuestMemoryRegion] = [
+        make_region(starts[0], LOOKUP_PAGE, 7),
+        read_only_region(starts[1], protected),
+        DeviceRegion(Bytes(LOOKUP_PAGE), GuestAddress(starts[2]), LOOKUP_PAGE),
+        DeviceRegion(Bytes(LOOKUP_PAGE), GuestAddress(starts[3]), LOOKUP_PAGE, read_only=True),
+    ]
+    warm = GuestMemory(regions)
+
+    def calls(memory: GuestMemory, start: int) -> list[Callable[[], object]]:
+        u64 = AlignedGuestAddress.new(ctypes.c_uint64, GuestAddress(start + 0x40))
+        plain = GuestAddress(start + 0x41)
+        return [lambda: memory.read_obj(u64), lambda: memory.write_obj(u64, 5),
+                lambda: memory.read_obj_unaligned(plain, ctypes.c_uint32),
+                lambda: memory.write_obj_unaligned(plain, ctypes.c_uint32, 6),
+                lambda: memory.read_atomic(u64), lambda: memory.write_atomic(u64, 5),
+                lambda: memory.fetch_add(u64, 0), lambda: memory.swap(u64, 5),
+                lambda: memory.compare_exchange(u64, 5, 5),
+                lambda: memory.write_slice(plain, b"\x06\x00\x00\x00"),
+                lambda: memory.read_bytes(plain, 4)]
+
+    refused = 0
+    for _ in range(3):
+        for number in range(len(calls(warm, starts[0]))):
+            for start in starts:  # each call alternates over the four regions
+                cold = outcome(calls(GuestMemory(regions), start)[number])
+                assert outcome(calls(warm, start)[number]) == cold, (hex(start), number)
+                refused += cold[0] == "ReadOnlyRegion"
+    assert refused == 3 * 2 * 7, refused  # 7 storing calls refused on 2 read-only regions
+    view = regions[1].buffer
+    assert view is not None and bytes(view) == protected
