@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from support import ByteDevice
 
 from vm_memory import (
     AlignedGuestAddress,
@@ -252,19 +253,6 @@ def test_the_lookup_check_can_fail() -> None:
         check_against(memory, model, forgetful)
 
 
-class Bytes:
-    """A device model over a bytearray."""
-
-    def __init__(self, size: int) -> None:
-        self.data = bytearray(size)
-
-    def read(self, offset: int, size: int) -> bytes:
-        return bytes(self.data[offset:offset + size])
-
-    def write(self, offset: int, data: bytes) -> None:
-        self.data[offset:offset + len(data)] = data
-
-
 def read_only_region(start: int, content: bytes) -> GuestRegionMmap:
     """A read-only mmap'd region (a memfd mapped read-only) holding `content`."""
     fd = os.memfd_create("vm-memory-lookup-test")
@@ -293,8 +281,9 @@ def test_alternating_refusals_answer_as_cold_calls() -> None:
     regions: list[GuestMemoryRegion] = [
         make_region(starts[0], LOOKUP_PAGE, 7),
         read_only_region(starts[1], protected),
-        DeviceRegion(Bytes(LOOKUP_PAGE), GuestAddress(starts[2]), LOOKUP_PAGE),
-        DeviceRegion(Bytes(LOOKUP_PAGE), GuestAddress(starts[3]), LOOKUP_PAGE, read_only=True),
+        DeviceRegion(ByteDevice(bytes(LOOKUP_PAGE)), GuestAddress(starts[2]), LOOKUP_PAGE),
+        DeviceRegion(ByteDevice(bytes(LOOKUP_PAGE)), GuestAddress(starts[3]), LOOKUP_PAGE,
+                     read_only=True),
     ]
     warm = GuestMemory(regions)
 
