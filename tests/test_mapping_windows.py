@@ -72,7 +72,7 @@ def _fresh() -> tuple[GuestMemoryMmap, GuestRegionMmap, GuestRegionMmap]:
     memory = GuestMemoryMmap.from_ranges([(GuestAddress(LOW), PAGE),
                                           (GuestAddress(HIGH), PAGE)])
     low, high = memory.regions()
-    assert high.host_address == low.host_address + PAGE, "the windows are host neighbours"
+    assert high.mapping.host_address == low.mapping.host_address + PAGE, "host neighbours"
     low.mapping.view[:] = OWN
     high.mapping.view[:] = NEIGHBOUR
     return memory, low, high
