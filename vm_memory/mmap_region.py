@@ -43,7 +43,7 @@ from vm_memory.errors import (
     UnsealedMemory,
 )
 from vm_memory.lifetime import holders_of, holders_of_host_memory, lifetime_lock
-from vm_memory.region import GuestMemoryRegion, _checked_span
+from vm_memory.region import _NO_TYPED_VIEWS, GuestMemoryRegion, _checked_span
 
 PAGE_SIZE: Final = mmap.PAGESIZE
 
@@ -525,7 +525,7 @@ class GuestRegionMmap(GuestMemoryRegion):
             raise MappingError(mapping.size, "the mapping is closed")
         size = mapping.size
         self._fill(start, _checked_span(start, size), size, mapping.read_only, mapping.view,
-                   mapping.host_address)
+                   mapping.host_address, _NO_TYPED_VIEWS)
         object.__setattr__(self, "mapping", mapping)
         mapping._add_placement(self)
 

@@ -83,15 +83,45 @@ def _checked_span(start: object, length: object) -> int:
 
 
 class _PureRegionBase:
-    """Where a region keeps its dirty bitmap on the pure path (the compiled path keeps it,
-    with what the C paths need to mark pages, in its base type `RegionCore`)."""
+    """Where a region keeps its dirty bitmap on the pure path, and how it sets its fields
+    (the compiled path keeps the bitmap, with what the C paths need to mark pages, in its
+    base type `RegionCore`, whose `_fill` and `_derive` do the same in one call each)."""
 
     __slots__ = ("dirty",)
     dirty: DirtyBitmap | None
 
-    def _set_fast_state(self, start: int, length: int, read_only: bool,
-                        host_address: int | None) -> None:
-        """The compiled base copies these for the C paths; nothing to do here."""
+    def _fill(self, start: GuestAddress, start_value: int, length: int, read_only: bool,
+              buffer: memoryview | None, host_address: int | None,
+              typed_views: Mapping[str, memoryview]) -> None:
+        """Set a new region's checked inputs, then `_derive` (no dirty bitmap yet)."""
+        fix = object.__setattr__
+        fix(self, "start", start)
+        fix(self, "start_value", start_value)
+        fix(self, "length", length)
+        fix(self, "read_only", read_only)
+        fix(self, "buffer", buffer)
+        fix(self, "host_address", host_address)
+        fix(self, "typed_views", typed_views)
+        fix(self, "dirty", None)
+        self._derive(start_value, length, read_only, buffer, host_address)
+
+    def _derive(self, start_value: int, length: int, read_only: bool,
+                buffer: memoryview | None, host_address: int | None) -> None:
+        """Set the derived hot-path fields (see `GuestMemoryRegion`) from the inputs."""
+        fix = object.__setattr__
+        end = start_value + length
+        scalar_limit = end - 7
+        delta = 0 if host_address is None else host_address - start_value
+        # An atomic needs a guest address aligned for it to be aligned on the host too.
+        aligned = host_address is not None and delta % 8 == 0
+        read_limit = scalar_limit if buffer is not None else -1
+        atomic_limit = scalar_limit if aligned else -1
+        fix(self, "end_value", end)
+        fix(self, "atomic_delta", delta if aligned else 0)
+        fix(self, "read_limit", read_limit)
+        fix(self, "write_limit", -1 if read_only else read_limit)
+        fix(self, "atomic_read_limit", atomic_limit)
+        fix(self, "atomic_write_limit", -1 if read_only else atomic_limit)
 
 
 # The checkers see the pure base (a conditional expression would hide the class from them).
@@ -159,21 +189,8 @@ class GuestMemoryRegion(_RegionBase):
                                    "the buffer must be a 1-D byte view of the whole region")
         elif host_address is not None:
             raise MappingError(length, "a host address needs the buffer behind it")
-        self._fill(start, start_value, length, bool(read_only), buffer, host_address)
-
-    def _fill(self, start: GuestAddress, start_value: int, length: int, read_only: bool,
-              buffer: memoryview | None, host_address: int | None) -> None:
-        """Set the checked inputs and derive the fast-path fields from them."""
-        fix = object.__setattr__
-        fix(self, "start", start)
-        fix(self, "start_value", start_value)
-        fix(self, "length", length)
-        fix(self, "read_only", read_only)
-        fix(self, "buffer", buffer)
-        fix(self, "host_address", host_address)
-        fix(self, "dirty", None)
-        fix(self, "typed_views", _NO_TYPED_VIEWS)
-        self._derive_fast_paths()
+        self._fill(start, start_value, length, bool(read_only), buffer, host_address,
+                   _NO_TYPED_VIEWS)
 
     def __setattr__(self, name: str, value: object) -> None:
         if name in self.fixed_attributes:
@@ -202,31 +219,9 @@ class GuestMemoryRegion(_RegionBase):
             view.release()
 
     def _derive_fast_paths(self) -> None:
-        """Recompute the derived hot-path fields (after construction, tracking or a close)."""
-        fix = object.__setattr__
-        start = self.start_value
-        end = start + self.length
-        fix(self, "end_value", end)
-        host = self.host_address
-        read_only = self.read_only
-        scalar_limit = end - 7
-        if host is None:
-            delta = 0
-            atomic_limit = -1
-        else:
-            delta = host - start
-            if delta % 8:  # a guest address aligned for an atomic is not on the host
-                delta = 0
-                atomic_limit = -1
-            else:
-                atomic_limit = scalar_limit
-        read_limit = scalar_limit if self.buffer is not None else -1
-        fix(self, "atomic_delta", delta)
-        fix(self, "read_limit", read_limit)
-        fix(self, "write_limit", -1 if read_only else read_limit)
-        fix(self, "atomic_read_limit", atomic_limit)
-        fix(self, "atomic_write_limit", -1 if read_only else atomic_limit)
-        self._set_fast_state(start, self.length, read_only, host)
+        """Recompute the derived hot-path fields (after tracking, a close or a restore)."""
+        self._derive(self.start_value, self.length, self.read_only, self.buffer,
+                     self.host_address)
 
     def _detach_memory(self) -> None:
         """Forget the buffer and host address (the memory is gone): every access takes
