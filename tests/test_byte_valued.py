@@ -56,7 +56,7 @@ def memory() -> Iterator[GuestMemoryMmap]:
 
 def everything(memory: GuestMemoryMmap) -> bytes:
     """All bytes of both regions, straight from the mmaps."""
-    return b"".join(region.mapping.mapping[:] for region in memory.regions())
+    return b"".join(region.mapping.view[:] for region in memory.regions())
 
 
 def placements(size: int) -> list[int]:

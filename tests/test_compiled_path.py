@@ -349,8 +349,9 @@ def test_a_removed_region_stays_mapped_for_old_snapshots(compiled_path: object) 
     """Hot-plug derives each new table from the old one; an old snapshot still reads the
     removed region through its own table, and the region cannot be closed under it."""
     results = run_child('''
-        holder = GuestMemoryAtomic(GuestMemoryMmap.from_ranges(
-            [(GuestAddress(index * 2 * PAGE), PAGE) for index in range(64)]))
+        holder = GuestMemoryAtomic(GuestMemoryMmap.from_ranges(  # each closable alone
+            [(GuestAddress(index * 2 * PAGE), PAGE) for index in range(64)],
+            one_mapping=False))
         old = holder.memory()
         old.write_atomic(u64(10 * 2 * PAGE), 77)
         removed = holder.remove_region(GuestAddress(10 * 2 * PAGE), PAGE)

@@ -92,7 +92,7 @@ def real_bytes(mixed: Mixed) -> tuple[bytes, ...]:
     for region in mixed.memory.regions():
         start = region.start_value
         if isinstance(region, GuestRegionMmap):
-            result.append(bytes(region.mapping.mapping[:]))
+            result.append(bytes(region.mapping.view[:]))
         elif start in mixed.devices:
             result.append(bytes(mixed.devices[start].data))
         else:

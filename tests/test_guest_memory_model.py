@@ -311,7 +311,7 @@ class Case:
         the library) differ from the model's."""
         return [index for index, (region, model_region)
                 in enumerate(zip(self.regions, self.model, strict=True))
-                if not same_bytes(region.mapping.mapping[:], model_region.data)]
+                if not same_bytes(bytes(region.mapping.view), model_region.data)]
 
 
 def same_bytes(first: bytes | bytearray, second: bytes | bytearray) -> bool:

@@ -65,7 +65,7 @@ def _random_content(rng: random.Random, size: int) -> bytes:
 
 
 def _fill(region: GuestRegionMmap, content: bytes) -> None:
-    region.mapping.mapping[:] = content
+    region.mapping.view[:] = content
 
 
 def _anonymous(rng: random.Random, *, shared: bool) -> Backend:
@@ -117,7 +117,7 @@ def _file_backed(rng: random.Random, stack: list[Any], *, shared: bool,
     for index, region in enumerate(memory.regions()):
         if index in originals:
             content = originals[index]
-            assert bytes(region.mapping.mapping[:]) == content, "the file's bytes at offset"
+            assert bytes(region.mapping.view[:]) == content, "the file's bytes at offset"
             assert region.read_only == read_only
         else:
             content = _random_content(rng, region.length)
@@ -181,7 +181,7 @@ def test_backend_agrees_with_reference_model(backend: Backend) -> None:
     rng = random.Random(OPERATIONS)
     for _ in range(OPERATIONS):
         _one_operation(backend, rng)
-    real = tuple(bytes(region.mapping.mapping[:]) for region in backend.memory.regions())
+    real = tuple(bytes(region.mapping.view[:]) for region in backend.memory.regions())
     assert real == backend.model.snapshot()
 
 

@@ -65,7 +65,7 @@ def memory() -> Iterator[GuestMemoryMmap]:
              (GuestAddress(READ_ONLY), PAGE, FileOffset(backing.fileno(), 0))],
             read_only=True)
         for region in built.regions()[:3]:
-            region.mapping.mapping[:] = rng.randbytes(region.length)
+            region.mapping.view[:] = rng.randbytes(region.length)
         yield built
 
 
@@ -74,7 +74,7 @@ def raw(memory: GuestMemoryMmap, address: int, length: int) -> bytes:
     region = memory.find_region(GuestAddress(address))
     assert region is not None
     offset = address - region.start_value
-    return bytes(region.mapping.mapping[offset:offset + length])
+    return bytes(region.mapping.view[offset:offset + length])
 
 
 # ---- VolatileSlice -------------------------------------------------------------------

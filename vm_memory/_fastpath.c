@@ -781,24 +781,80 @@ typedef struct {
 
 static PyTypeObject *RegionCoreType;
 
+/* The names of GuestMemoryRegion's slots that `_fill` and `_derive` set (interned). */
+static PyObject *name_start, *name_start_value, *name_length, *name_read_only, *name_buffer,
+    *name_host_address, *name_typed_views, *name_end_value, *name_atomic_delta,
+    *name_read_limit, *name_write_limit, *name_atomic_read_limit, *name_atomic_write_limit;
+static PyObject *minus_one, *zero, *seven;
+
+static int
+region_names_init(void)
+{
+    struct { PyObject **slot; const char *text; } names[] = {
+        {&name_start, "start"}, {&name_start_value, "start_value"}, {&name_length, "length"},
+        {&name_read_only, "read_only"}, {&name_buffer, "buffer"},
+        {&name_host_address, "host_address"}, {&name_typed_views, "typed_views"},
+        {&name_end_value, "end_value"}, {&name_atomic_delta, "atomic_delta"},
+        {&name_read_limit, "read_limit"}, {&name_write_limit, "write_limit"},
+        {&name_atomic_read_limit, "atomic_read_limit"},
+        {&name_atomic_write_limit, "atomic_write_limit"},
+    };
+    for (size_t index = 0; index < sizeof names / sizeof names[0]; index++)
+        if ((*names[index].slot = PyUnicode_InternFromString(names[index].text)) == NULL)
+            return -1;
+    minus_one = PyLong_FromLong(-1);
+    zero = PyLong_FromLong(0);
+    seven = PyLong_FromLong(7);
+    return minus_one != NULL && zero != NULL && seven != NULL ? 0 : -1;
+}
+
+/* `_derive(start_value, length, read_only, buffer, host_address)`: what the pure base's
+ * `_derive` computes (GuestMemoryRegion's derived fields), set in one call, and the
+ * compiled fields copied (as `_set_fast_state` did). The inputs are already checked. */
 static PyObject *
-region_set_fast_state(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
+region_derive(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
 {
     RegionObject *self = (RegionObject *)op;
     uint64_t start, length;
-    if (nargs != 4 || !exact_u64(args[0], &start) || !exact_u64(args[1], &length)) {
-        PyErr_SetString(PyExc_SystemError, "_set_fast_state(start, length, read_only, host)");
+    if (nargs != 5 || !exact_u64(args[0], &start) || !exact_u64(args[1], &length)) {
+        PyErr_SetString(PyExc_SystemError,
+                        "_derive(start_value, length, read_only, buffer, host_address)");
         return NULL;
     }
     int read_only = PyObject_IsTrue(args[2]);
     if (read_only < 0)
         return NULL;
+    PyObject *buffer = args[3], *host_address = args[4];
     char *host = NULL;
-    if (args[3] != Py_None) {
-        host = (char *)PyLong_AsVoidPtr(args[3]);
+    if (host_address != Py_None) {
+        host = (char *)PyLong_AsVoidPtr(host_address);
         if (host == NULL && PyErr_Occurred())
             return NULL;
     }
+    PyObject *end = PyNumber_Add(args[0], args[1]);
+    PyObject *scalar_limit = end == NULL ? NULL : PyNumber_Subtract(end, seven);
+    PyObject *delta = NULL;
+    int aligned = host != NULL && (((uint64_t)(uintptr_t)host - start) & 7u) == 0;
+    if (scalar_limit != NULL)
+        delta = aligned ? PyNumber_Subtract(host_address, args[0]) : (Py_INCREF(zero), zero);
+    int failed = delta == NULL;
+    if (!failed) {
+        PyObject *read_limit = buffer != Py_None ? scalar_limit : minus_one;
+        PyObject *atomic_limit = aligned ? scalar_limit : minus_one;
+        failed = PyObject_GenericSetAttr(op, name_end_value, end) < 0 ||
+            PyObject_GenericSetAttr(op, name_atomic_delta, delta) < 0 ||
+            PyObject_GenericSetAttr(op, name_read_limit, read_limit) < 0 ||
+            PyObject_GenericSetAttr(op, name_write_limit,
+                                    read_only ? minus_one : read_limit) < 0 ||
+            PyObject_GenericSetAttr(op, name_atomic_read_limit, atomic_limit) < 0 ||
+            PyObject_GenericSetAttr(op, name_atomic_write_limit,
+                                    read_only ? minus_one : atomic_limit) < 0;
+    }
+    Py_XDECREF(end);
+    Py_XDECREF(scalar_limit);
+    Py_XDECREF(delta);
+    if (failed)
+        return NULL;
     if (self->flags & R_SET)   /* a change after construction: tables must refresh */
         host_epoch++;
     self->start = start;
@@ -806,6 +862,28 @@ region_set_fast_state(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
     self->host = host;
     self->flags = R_SET | (read_only ? R_READ_ONLY : 0u);
     Py_RETURN_NONE;
+}
+
+/* `_fill(start, start_value, length, read_only, buffer, host_address, typed_views)`: a
+ * new region's checked inputs set, then `_derive` (the dirty bitmap starts as None). */
+static PyObject *
+region_fill(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_SystemError, "_fill(start, start_value, length, read_only, "
+                                           "buffer, host_address, typed_views)");
+        return NULL;
+    }
+    if (PyObject_GenericSetAttr(op, name_start, args[0]) < 0 ||
+        PyObject_GenericSetAttr(op, name_start_value, args[1]) < 0 ||
+        PyObject_GenericSetAttr(op, name_length, args[2]) < 0 ||
+        PyObject_GenericSetAttr(op, name_read_only, args[3]) < 0 ||
+        PyObject_GenericSetAttr(op, name_buffer, args[4]) < 0 ||
+        PyObject_GenericSetAttr(op, name_host_address, args[5]) < 0 ||
+        PyObject_GenericSetAttr(op, name_typed_views, args[6]) < 0)
+        return NULL;
+    PyObject *derive_args[5] = {args[1], args[2], args[3], args[4], args[5]};
+    return region_derive(op, derive_args, 5);
 }
 
 static PyObject *
@@ -913,8 +991,10 @@ static PyGetSetDef region_getset[] = {
 };
 
 static PyMethodDef region_methods[] = {
-    {"_set_fast_state", (PyCFunction)(void (*)(void))region_set_fast_state, METH_FASTCALL,
-     "Copy start, length, read_only and the host address for the compiled paths."},
+    {"_fill", (PyCFunction)(void (*)(void))region_fill, METH_FASTCALL,
+     "Set a new region's checked inputs and derive its fast-path fields."},
+    {"_derive", (PyCFunction)(void (*)(void))region_derive, METH_FASTCALL,
+     "Derive the fast-path fields from the inputs and copy them for the compiled paths."},
     {NULL},
 };
 
@@ -2304,7 +2384,7 @@ PyInit__fastpath(void)
     if (module == NULL)
         return NULL;
     type_infos = PyDict_New();
-    if (type_infos == NULL ||
+    if (type_infos == NULL || region_names_init() < 0 ||
         (TypeInfoType = add_type(module, &typeinfo_spec, "TypeInfo")) == NULL ||
         (AddressCoreType = add_type(module, &address_spec, "GuestAddressCore")) == NULL ||
         (AlignedCoreType = add_type(module, &aligned_spec, "AlignedCore")) == NULL ||

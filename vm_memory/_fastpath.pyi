@@ -4,6 +4,7 @@ Internal: the library's modules derive their classes from these base types when 
 extension is present (see vm_memory/implementation.py); nothing here is public API.
 """
 
+from collections.abc import Mapping
 from typing import Any, Final, final
 
 from typing_extensions import disjoint_base
@@ -78,8 +79,11 @@ class RegionCore:
     """The compiled fields of GuestMemoryRegion."""
 
     dirty: Any
-    def _set_fast_state(self, start: int, length: int, read_only: bool,
-                        host_address: int | None, /) -> None: ...
+    def _fill(self, start: Any, start_value: int, length: int, read_only: bool,
+              buffer: memoryview | None, host_address: int | None,
+              typed_views: Mapping[str, memoryview], /) -> None: ...
+    def _derive(self, start_value: int, length: int, read_only: bool,
+                buffer: memoryview | None, host_address: int | None, /) -> None: ...
 
 @disjoint_base
 class MemoryCore:

@@ -33,14 +33,29 @@ class GuestMemoryMmap(GuestMemory):
 
     @classmethod
     def from_ranges(cls, ranges: Iterable[tuple[GuestAddress, int]], *,
-                    shared: bool = False) -> GuestMemoryMmap:
+                    shared: bool = False, one_mapping: bool = True) -> GuestMemoryMmap:
         """Anonymous memory for each (start, size); `shared` maps it MAP_SHARED.
 
         Like Rust vm-memory, the memory is mapped without reserving swap (a large sparse
         guest costs only what it touches); no ranges at all is `NoMemoryRegion`.
+        With `one_mapping` (the default) the regions are windows of one mapping
+        (`MmapRegion.anonymous_windows`): one `mmap` whatever their number, so building
+        many is cheap and needs no kernel mapping each, but they are unmapped together —
+        closing any of them is refused while a memory object holds any of them.
+        `one_mapping=False` maps each range alone (each can be closed, and its memory
+        returned, on its own: for ranges that will be hot-unplugged).
         """
-        return cls._mapped(GuestRegionMmap(MmapRegion.anonymous(size, shared=shared), start)
-                           for start, size in _ranges(ranges))
+        items: list[tuple[GuestAddress, int]] = list(_ranges(ranges))
+        if not one_mapping or len(items) < 2:
+            return cls._mapped(GuestRegionMmap(MmapRegion.anonymous(size, shared=shared),
+                                               start) for start, size in items)
+        windows = MmapRegion.anonymous_windows([size for _, size in items], shared=shared)
+        try:
+            return cls.from_regions(GuestRegionMmap.place_many(
+                (window, start) for window, (start, _) in zip(windows, items, strict=True)))
+        except BaseException:
+            windows[0].close()  # all of them: unmapped now, not left to the collector
+            raise
 
     @classmethod
     def from_ranges_memfd(cls, ranges: Iterable[tuple[GuestAddress, int]], *,

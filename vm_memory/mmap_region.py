@@ -28,6 +28,7 @@ import platform
 import stat
 import sys
 import weakref
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -42,7 +43,7 @@ from vm_memory.errors import (
     UnsealedMemory,
 )
 from vm_memory.lifetime import holders_of, holders_of_host_memory, lifetime_lock
-from vm_memory.region import GuestMemoryRegion
+from vm_memory.region import _NO_TYPED_VIEWS, GuestMemoryRegion, _checked_span
 
 PAGE_SIZE: Final = mmap.PAGESIZE
 
@@ -156,20 +157,35 @@ class MmapRegion:
     `read_only`, the mapping, its view and host address are fixed at construction.
     """
 
-    __slots__ = ("__weakref__", "_finalizer", "_pins", "_placements", "fd", "file_offset",
-                 "host_address", "mapping", "read_only", "shared", "size", "view")
+    __slots__ = ("__weakref__", "_base", "_finalizer", "_pins", "_placements", "_windows",
+                 "fd", "file_offset", "host_address", "mapping", "offset", "read_only",
+                 "shared", "size", "view")
 
     _FIXED: Final = frozenset({"mapping", "read_only", "host_address", "view", "size", "fd",
-                               "file_offset", "shared"})
+                               "file_offset", "shared", "offset"})
 
     fd: int | None
     file_offset: int
     host_address: int
     mapping: mmap.mmap
+    """The `mmap` holding the bytes: this mapping's alone, or for a window (see
+    `anonymous_windows`) the whole shared one, of which this is `[offset, offset + size)`."""
+    offset: int
+    """Where this mapping's bytes start in `mapping` (0 unless it is a window)."""
     read_only: bool
     shared: bool
     size: int
     view: memoryview
+    """A byte view of exactly this mapping's `size` bytes."""
+    _base: MmapRegion | None
+    """For a window, the hidden mapping that owns the `mmap`; None for an owner. Only
+    an owner has (and its methods read) `_pins`, `_finalizer`, `_placements` and
+    `_windows`: a window never sets them."""
+    _placements: list[weakref.ref[GuestRegionMmap]] | None
+    """At an owner, weak references to the regions placed on its `mmap` (made on the
+    first placement); None at a window."""
+    _windows: list[weakref.ref[MmapRegion]] | None
+    """For an owner split into windows, weak references to them; None otherwise."""
 
     def __init__(self, mapping: mmap.mmap, *, read_only: bool, shared: bool,
                  fd: int | None = None, file_offset: int = 0, owns_fd: bool = False) -> None:
@@ -201,8 +217,11 @@ class MmapRegion:
         export, host_address = _pin(mapping)
         fix(self, "host_address", host_address)
         fix(self, "view", view)
+        fix(self, "offset", 0)
+        self._base = None
+        self._placements = None
+        self._windows = None
         self._pins = [export]
-        self._placements: weakref.WeakSet[GuestRegionMmap] = weakref.WeakSet()
         self._finalizer = weakref.finalize(self, _unpin, self._pins, fd if owns_fd else None)
 
     def __setattr__(self, name: str, value: object) -> None:
@@ -238,6 +257,49 @@ class MmapRegion:
                            "and the size must be a multiple of the huge page size")
             raise MappingError(size, reason) from None
         return cls(mapping, read_only=False, shared=shared)
+
+    @classmethod
+    def anonymous_windows(cls, sizes: Sequence[int], *, shared: bool = False) -> list[MmapRegion]:
+        """One anonymous mapping (as `anonymous`) cut into a window per size, each on its
+        own pages: one `mmap` (and one kernel mapping) for any number of regions.
+
+        Each window is a mapping of exactly its size (its `view`, `host_address` and
+        placements cover its bytes only); they share their lifetime: closing any one
+        unmaps them all, and is refused while any memory object holds a region placed on
+        any of them.
+        """
+        sizes = [_check_size(size) for size in sizes]
+        if not sizes:
+            return []
+        spans = [-(-size // PAGE_SIZE) * PAGE_SIZE for size in sizes]
+        total = sum(spans)
+        if total > MAX_MAPPING_SIZE:
+            raise InvalidRange(0, total, "the windows together exceed the largest mapping; "
+                                         "map them separately")
+        owner = cls.anonymous(total, shared=shared)
+        windows: list[MmapRegion] = []
+        offset = 0
+        for size, span in zip(sizes, spans, strict=True):
+            windows.append(owner._window(offset, size))
+            offset += span
+        owner._windows = [weakref.ref(window) for window in windows]
+        return windows
+
+    def _window(self, offset: int, size: int) -> MmapRegion:
+        """A mapping of `size` bytes at `offset` of this one (which stays its owner)."""
+        window = object.__new__(MmapRegion)
+        fix = object.__setattr__
+        fix(window, "mapping", self.mapping)
+        fix(window, "size", size)
+        fix(window, "read_only", self.read_only)
+        fix(window, "shared", self.shared)
+        fix(window, "fd", self.fd)
+        fix(window, "file_offset", self.file_offset + offset if self.file_offset else offset)
+        fix(window, "host_address", self.host_address + offset)
+        fix(window, "view", self.view[offset:offset + size])
+        fix(window, "offset", offset)
+        fix(window, "_base", self)  # the owner keeps its pin, finalizer and placements
+        return window
 
     @classmethod
     def memfd(cls, size: int, *, name: str = "guest-memory", sparse: bool = False) -> MmapRegion:
@@ -333,48 +395,81 @@ class MmapRegion:
     @property
     def closed(self) -> bool:
         """Whether `close` has unmapped the memory."""
-        return not self._finalizer.alive
+        owner = self if self._base is None else self._base
+        return not owner._finalizer.alive
 
     def close(self) -> None:
         """Unmap now (normally the mapping lives as long as anything refers to it).
 
         Refused with `RegionInUse`, changing nothing, while any memory object (or a view
         or snapshot holding one) holds a region placed on this mapping, or while a buffer
-        exported from it (`as_memoryview`, `region.buffer`) is still held.
+        exported from it (`as_memoryview`, `region.buffer`) is still held. A window
+        closes with its whole shared mapping (see `anonymous_windows`): refused while
+        any memory object holds a region placed on any of the windows.
         """
         self._close(None)
 
+    def _add_placement(self, region: GuestRegionMmap) -> None:
+        """Remember `region` (weakly) as placed on this mapping, at its owner: a close
+        finds every placement on the `mmap` there (call with the lock held)."""
+        owner = self if self._base is None else self._base
+        placements = owner._placements
+        if placements is None:
+            owner._placements = [weakref.ref(region)]
+            return
+        count = len(placements)
+        if count >= 16 and not count & (count - 1):  # forget the regions gone, now and then
+            placements[:] = [ref for ref in placements if ref() is not None]
+        placements.append(weakref.ref(region))
+
+    def _live_placements(self) -> list[GuestRegionMmap]:
+        """The regions placed on this owner's `mmap` (on it or any of its windows)."""
+        return [region for ref in self._placements or () if (region := ref()) is not None]
+
+    def _members(self) -> list[MmapRegion]:
+        """The mappings sharing this owner's `mmap`: its live windows, or itself."""
+        if self._windows is None:
+            return [self]
+        return [window for ref in self._windows if (window := ref()) is not None]
+
     def _close(self, start: int | None) -> None:
+        if self._base is not None:
+            self._base._close(start)
+            return
         with lifetime_lock():
             if self.closed:
                 return
-            placements = list(self._placements)
+            members = self._members()
+            placements = self._live_placements()
             first = start if start is not None else min(
                 (placement.start_value for placement in placements), default=0)
             users = holders_of(placements) or holders_of_host_memory(
                 self.host_address, self.host_address + self.size)
             if users:
                 raise RegionInUse(first, users)
+            own_views = {id(member.view) for member in members} | {id(self.view)}
             buffers = [placement.buffer for placement in placements]
             try:
                 for placement in placements:
                     placement.release_typed_views()
                 for buffer in buffers:
-                    if buffer is not None and buffer is not self.view:
+                    if buffer is not None and id(buffer) not in own_views:
                         buffer.release()
+                for member in members:
+                    member.view.release()
                 self.view.release()
                 _unpin(self._pins, None)
                 self.mapping.close()
             except BufferError:
-                self._restore(placements)
+                self._restore(members, placements)
                 raise RegionInUse(first, 0, exported_buffers=True) from None
             for placement in placements:
                 placement._detach_memory()
             self._finalizer()
 
-    def _restore(self, placements: list[GuestRegionMmap]) -> None:
-        """After a refused unmap: pin again and give every placement a live view (the
-        mapping never moved, so the host address is unchanged)."""
+    def _restore(self, members: list[MmapRegion], placements: list[GuestRegionMmap]) -> None:
+        """After a refused unmap: pin again and give every window and placement a live
+        view (the mapping never moved, so the host addresses are unchanged)."""
         if not self._pins:
             export, address = _pin(self.mapping)
             assert address == self.host_address
@@ -383,12 +478,17 @@ class MmapRegion:
         if self.read_only and not view.readonly:
             view = view.toreadonly()
         object.__setattr__(self, "view", view)
+        for member in members:
+            if member is not self:
+                window = view[member.offset:member.offset + member.size]
+                object.__setattr__(member, "view", window)
         for placement in placements:
-            placement._attach_view(view)
+            placement._attach_view(placement.mapping.view)
 
     def __repr__(self) -> str:
         backing = "anonymous" if self.fd is None else f"fd {self.fd}@{self.file_offset:#x}"
-        return f"MmapRegion({self.size:#x} bytes, {backing}, shared={self.shared})"
+        window = "" if self._base is None else f", window at {self.offset:#x}"
+        return f"MmapRegion({self.size:#x} bytes, {backing}{window}, shared={self.shared})"
 
 
 class GuestRegionMmap(GuestMemoryRegion):
@@ -400,15 +500,34 @@ class GuestRegionMmap(GuestMemoryRegion):
     mapping: MmapRegion
 
     def __init__(self, mapping: MmapRegion, start: GuestAddress) -> None:
+        with lifetime_lock():
+            self._place(mapping, start)
+
+    @classmethod
+    def place_many(cls, placements: Iterable[tuple[MmapRegion, GuestAddress]]
+                   ) -> list[GuestRegionMmap]:
+        """`GuestRegionMmap(mapping, start)` for each pair, under one lock: the regions
+        of a whole layout at once (see `MmapRegion.anonymous_windows`)."""
+        regions: list[GuestRegionMmap] = []
+        with lifetime_lock():
+            for mapping, start in placements:
+                region = cls.__new__(cls)
+                region._place(mapping, start)
+                regions.append(region)
+        return regions
+
+    def _place(self, mapping: MmapRegion, start: GuestAddress) -> None:
+        """Place `mapping` at `start` (call with the lifetime lock held). Its view is a
+        1-D byte view of exactly its size, read-only iff it is: nothing to check there."""
         if not isinstance(mapping, MmapRegion):
             raise InvalidArgumentType("mapping", "an MmapRegion", mapping)
-        with lifetime_lock():
-            if mapping.closed:
-                raise MappingError(mapping.size, "the mapping is closed")
-            super().__init__(start, mapping.size, read_only=mapping.read_only,
-                             buffer=mapping.view, host_address=mapping.host_address)
-            object.__setattr__(self, "mapping", mapping)
-            mapping._placements.add(self)
+        if mapping.closed:
+            raise MappingError(mapping.size, "the mapping is closed")
+        size = mapping.size
+        self._fill(start, _checked_span(start, size), size, mapping.read_only, mapping.view,
+                   mapping.host_address, _NO_TYPED_VIEWS)
+        object.__setattr__(self, "mapping", mapping)
+        mapping._add_placement(self)
 
     def _attach_view(self, view: memoryview) -> None:
         object.__setattr__(self, "buffer", view)

@@ -29,6 +29,8 @@ Writing a new kind of region — what it must keep true:
 from __future__ import annotations
 
 import weakref
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from vm_memory.address import GuestAddress, MemoryRegionAddress
@@ -50,6 +52,9 @@ _FIXED: frozenset[str] = frozenset({
     "atomic_write_limit"})
 
 
+_NO_TYPED_VIEWS: Mapping[str, memoryview] = MappingProxyType({})
+"""The typed views of a region that has made none (shared: read, never written)."""
+
 _TRACKING: weakref.WeakSet[GuestMemoryRegion] = weakref.WeakSet()
 """Every region tracking dirty pages now (hot-plug looks for one only if there is any)."""
 
@@ -59,16 +64,64 @@ def regions_tracking_dirty_pages() -> bool:
     return bool(_TRACKING)
 
 
+_U64_MAX = (1 << 64) - 1
+
+
+def _checked_span(start: object, length: object) -> int:
+    """The start value of a region `[start, start + length)`, checked: a `GuestAddress`,
+    an int length of at least 1, and no byte past 2**64."""
+    if type(start) is not GuestAddress:
+        raise InvalidArgumentType("a region's start", "a GuestAddress", start)
+    if type(length) is not int:
+        raise InvalidArgumentType("a region's length", "an int", length)
+    start_value = start.raw_value()
+    if length <= 0:
+        raise InvalidRange(start_value, length, "a region cannot be empty")
+    if start_value + length - 1 > _U64_MAX:
+        raise InvalidRange(start_value, length, "the region passes 2**64")
+    return start_value
+
+
 class _PureRegionBase:
-    """Where a region keeps its dirty bitmap on the pure path (the compiled path keeps it,
-    with what the C paths need to mark pages, in its base type `RegionCore`)."""
+    """Where a region keeps its dirty bitmap on the pure path, and how it sets its fields
+    (the compiled path keeps the bitmap, with what the C paths need to mark pages, in its
+    base type `RegionCore`, whose `_fill` and `_derive` do the same in one call each)."""
 
     __slots__ = ("dirty",)
     dirty: DirtyBitmap | None
 
-    def _set_fast_state(self, start: int, length: int, read_only: bool,
-                        host_address: int | None) -> None:
-        """The compiled base copies these for the C paths; nothing to do here."""
+    def _fill(self, start: GuestAddress, start_value: int, length: int, read_only: bool,
+              buffer: memoryview | None, host_address: int | None,
+              typed_views: Mapping[str, memoryview]) -> None:
+        """Set a new region's checked inputs, then `_derive` (no dirty bitmap yet)."""
+        fix = object.__setattr__
+        fix(self, "start", start)
+        fix(self, "start_value", start_value)
+        fix(self, "length", length)
+        fix(self, "read_only", read_only)
+        fix(self, "buffer", buffer)
+        fix(self, "host_address", host_address)
+        fix(self, "typed_views", typed_views)
+        fix(self, "dirty", None)
+        self._derive(start_value, length, read_only, buffer, host_address)
+
+    def _derive(self, start_value: int, length: int, read_only: bool,
+                buffer: memoryview | None, host_address: int | None) -> None:
+        """Set the derived hot-path fields (see `GuestMemoryRegion`) from the inputs."""
+        fix = object.__setattr__
+        end = start_value + length
+        scalar_limit = end - 7
+        delta = 0 if host_address is None else host_address - start_value
+        # An atomic needs a guest address aligned for it to be aligned on the host too.
+        aligned = host_address is not None and delta % 8 == 0
+        read_limit = scalar_limit if buffer is not None else -1
+        atomic_limit = scalar_limit if aligned else -1
+        fix(self, "end_value", end)
+        fix(self, "atomic_delta", delta if aligned else 0)
+        fix(self, "read_limit", read_limit)
+        fix(self, "write_limit", -1 if read_only else read_limit)
+        fix(self, "atomic_read_limit", atomic_limit)
+        fix(self, "atomic_write_limit", -1 if read_only else atomic_limit)
 
 
 # The checkers see the pure base (a conditional expression would hide the class from them).
@@ -103,8 +156,9 @@ class GuestMemoryRegion(_RegionBase):
     """The host virtual address of offset 0, or None for a region with no host memory."""
     dirty: DirtyBitmap | None
     """The pages this library has written, when dirty tracking is on."""
-    typed_views: dict[str, memoryview]
-    """`buffer` cast to integer formats, made on first use by `typed_view`."""
+    typed_views: Mapping[str, memoryview]
+    """`buffer` cast to integer formats, made on first use by `typed_view` (an empty
+    shared mapping until then: most regions never need one)."""
     # Derived by `_derive_fast_paths`, for the hot paths of GuestMemory:
     # - `end_value`: one past the last guest address;
     # - `atomic_delta`: host address - guest address, when it is a multiple of 8, so a
@@ -123,14 +177,7 @@ class GuestMemoryRegion(_RegionBase):
 
     def __init__(self, start: GuestAddress, length: int, *, read_only: bool,
                  buffer: memoryview | None = None, host_address: int | None = None) -> None:
-        if type(start) is not GuestAddress:
-            raise InvalidArgumentType("a region's start", "a GuestAddress", start)
-        if type(length) is not int:
-            raise InvalidArgumentType("a region's length", "an int", length)
-        if length <= 0:
-            raise InvalidRange(start.raw_value(), length, "a region cannot be empty")
-        if start.checked_add(length - 1) is None:
-            raise InvalidRange(start.raw_value(), length, "the region passes 2**64")
+        start_value = _checked_span(start, length)
         if buffer is not None:
             if buffer.readonly and not read_only:
                 raise MappingError(length, "the buffer is read-only, so the region must be "
@@ -138,20 +185,12 @@ class GuestMemoryRegion(_RegionBase):
             if read_only and not buffer.readonly:
                 buffer = buffer.toreadonly()
             if buffer.nbytes != length or buffer.ndim != 1 or buffer.itemsize != 1:
-                raise InvalidRange(start.raw_value(), length,
+                raise InvalidRange(start_value, length,
                                    "the buffer must be a 1-D byte view of the whole region")
         elif host_address is not None:
             raise MappingError(length, "a host address needs the buffer behind it")
-        fix = object.__setattr__
-        fix(self, "start", start)
-        fix(self, "start_value", start.raw_value())
-        fix(self, "length", length)
-        fix(self, "read_only", bool(read_only))
-        fix(self, "buffer", buffer)
-        fix(self, "host_address", host_address)
-        fix(self, "dirty", None)
-        self.typed_views = {}
-        self._derive_fast_paths()
+        self._fill(start, start_value, length, bool(read_only), buffer, host_address,
+                   _NO_TYPED_VIEWS)
 
     def __setattr__(self, name: str, value: object) -> None:
         if name in self.fixed_attributes:
@@ -165,7 +204,8 @@ class GuestMemoryRegion(_RegionBase):
         view = self.typed_views.get(code)
         if view is None and self.buffer is not None and self.start_value % size == 0:
             usable: Any = self.buffer[:self.length - self.length % size]
-            view = self.typed_views[code] = usable.cast(code)  # a format known at run time
+            view = usable.cast(code)  # a format known at run time
+            self.typed_views = {**self.typed_views, code: view}
         return view
 
     def release_typed_views(self) -> None:
@@ -174,27 +214,14 @@ class GuestMemoryRegion(_RegionBase):
         They leave the region before they are released, so the hot paths never see a
         released one (they make new ones on demand); `BufferError` if one is exported.
         """
-        views, self.typed_views = self.typed_views, {}
+        views, self.typed_views = self.typed_views, _NO_TYPED_VIEWS
         for view in views.values():
             view.release()
 
     def _derive_fast_paths(self) -> None:
-        """Recompute the derived hot-path fields (after construction, tracking or a close)."""
-        fix = object.__setattr__
-        end = self.start_value + self.length
-        fix(self, "end_value", end)
-        host = self.host_address
-        delta = None if host is None else host - self.start_value
-        aligned = delta is not None and delta % 8 == 0
-        fix(self, "atomic_delta", delta if delta is not None and aligned else 0)
-        scalar_limit = end - 7
-        read_limit = scalar_limit if self.buffer is not None else -1
-        atomic_limit = scalar_limit if aligned else -1
-        fix(self, "read_limit", read_limit)
-        fix(self, "write_limit", -1 if self.read_only else read_limit)
-        fix(self, "atomic_read_limit", atomic_limit)
-        fix(self, "atomic_write_limit", -1 if self.read_only else atomic_limit)
-        self._set_fast_state(self.start_value, self.length, self.read_only, host)
+        """Recompute the derived hot-path fields (after tracking, a close or a restore)."""
+        self._derive(self.start_value, self.length, self.read_only, self.buffer,
+                     self.host_address)
 
     def _detach_memory(self) -> None:
         """Forget the buffer and host address (the memory is gone): every access takes
