@@ -5,8 +5,10 @@ Loaded before the suite's conftest, it registers the hypothesis profile `ports` 
 conftest loads the profile named by HYPOTHESIS_PROFILE): the same properties with fewer
 examples, since every example runs under an emulator, and no example database shared
 between architectures. At the end it writes every test's outcome, a skip's reason with
-it, as JSON to the file named by VM_MEMORY_PORTS_REPORT. The emulator limits declared in
-`emulator_limits` skip the tests they break, with the reason.
+it, as JSON to the file named by VM_MEMORY_PORTS_REPORT; meanwhile each outcome is also
+appended to `<report>.partial` as it comes (one JSON line), so a run the harness's
+watchdog kills still leaves the outcome of every test that finished. The emulator limits
+declared in `emulator_limits` skip the tests they break, with the reason.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from .emulator_limits import limits_of
 REPORT_VARIABLE: Final = "VM_MEMORY_PORTS_REPORT"
 EXAMPLES_VARIABLE: Final = "VM_MEMORY_PORTS_EXAMPLES"
 PROFILE: Final = "ports"
+PARTIAL_SUFFIX: Final = ".partial"
 
 settings.register_profile(
     PROFILE, max_examples=int(os.environ.get(EXAMPLES_VARIABLE, "150")), deadline=None,
@@ -70,15 +73,24 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
             outcome = "xfailed" if report.skipped else "xpassed"
         else:
             outcome = report.outcome
-        _outcomes.append({"test": report.nodeid, "outcome": outcome, "when": report.when,
-                          "reason": "" if outcome == "passed" else _reason(report),
-                          "seconds": round(report.duration, 3)})
+        _record({"test": report.nodeid, "outcome": outcome, "when": report.when,
+                 "reason": "" if outcome == "passed" else _reason(report),
+                 "seconds": round(report.duration, 3)})
 
 
 def pytest_collectreport(report: pytest.CollectReport) -> None:
     if report.failed:
-        _outcomes.append({"test": report.nodeid, "outcome": "error", "when": "collect",
-                          "reason": _reason(report), "seconds": 0.0})
+        _record({"test": report.nodeid, "outcome": "error", "when": "collect",
+                 "reason": _reason(report), "seconds": 0.0})
+
+
+def _record(outcome: dict[str, Any]) -> None:
+    """Keep an outcome for the report, and append it to the partial report now."""
+    _outcomes.append(outcome)
+    destination = os.environ.get(REPORT_VARIABLE)
+    if destination:
+        with open(destination + PARTIAL_SUFFIX, "a") as partial:
+            partial.write(json.dumps(outcome) + "\n")
 
 
 def pytest_deselected(items: list[pytest.Item]) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import IO, Any, Final
 
 from .emulator_limits import EMULATOR_VARIABLE
-from .foreign_plugin import EXAMPLES_VARIABLE, PROFILE, REPORT_VARIABLE
+from .foreign_plugin import EXAMPLES_VARIABLE, PARTIAL_SUFFIX, PROFILE, REPORT_VARIABLE
 from .roots import REPOSITORY, Root, cache_home
 
 SELECTION: Final = "not long and not type_checker and not ports"
@@ -103,7 +103,9 @@ def run_suite(root: Root, site: Path, *, max_examples: int | None = None,
     runs.mkdir(parents=True, exist_ok=True)
     label = root.port.debian + ("-narrowed" if arguments else "")  # not the full run's files
     report, log = runs / f"{label}.json", runs / f"{label}.log"
+    partial = report.with_name(report.name + PARTIAL_SUFFIX)
     report.unlink(missing_ok=True)
+    partial.unlink(missing_ok=True)
     environment = foreign_environment(root, site)
     environment.update({REPORT_VARIABLE: str(report), "HYPOTHESIS_PROFILE": PROFILE,
                         EXAMPLES_VARIABLE: str(max_examples),
@@ -115,13 +117,24 @@ def run_suite(root: Root, site: Path, *, max_examples: int | None = None,
     with log.open("w") as output:
         exit_status, cpu_seconds = run_measured(command, environment, output)
     seconds = time.monotonic() - started
-    if not report.exists():
+    if report.exists():
+        document = json.loads(report.read_text())
+        return SuiteResult(root, seconds, cpu_seconds, exit_status, document["max_examples"],
+                           document["outcomes"], document["deselected"], log)
+    if not partial.exists():
         tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-30:])
         raise RuntimeError(f"pytest under {root.port.debian} wrote no report "
                            f"(exit status {exit_status}):\n{tail}")
-    document = json.loads(report.read_text())
-    return SuiteResult(root, seconds, cpu_seconds, exit_status, document["max_examples"],
-                       document["outcomes"], document["deselected"], log)
+    # Killed (the watchdog) or crashed before the end: what finished, and the run is red.
+    outcomes = [json.loads(line) for line in partial.read_text().splitlines()
+                if line.endswith("}")]
+    outcomes.append({"test": f"<the {root.port.debian} run>", "outcome": "error",
+                     "when": "session", "seconds": seconds,
+                     "reason": f"pytest ended with exit status {exit_status} before its "
+                               f"report, after {len(outcomes)} outcomes "
+                               f"(the watchdog kills it after {SUITE_TIMEOUT_SECONDS} s)"})
+    return SuiteResult(root, seconds, cpu_seconds, exit_status, max_examples, outcomes, [],
+                       log)
 
 
 def run_measured(command: list[str], environment: dict[str, str],
