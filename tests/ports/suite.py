@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import IO, Any, Final
 
 from .emulator_limits import EMULATOR_VARIABLE
+from .extension import build_extension
 from .foreign_plugin import EXAMPLES_VARIABLE, PARTIAL_SUFFIX, PROFILE, REPORT_VARIABLE
 from .roots import REPOSITORY, Root, cache_home
 
@@ -96,7 +97,10 @@ def ignored() -> list[str]:
 
 def run_suite(root: Root, site: Path, *, max_examples: int | None = None,
               arguments: tuple[str, ...] = ()) -> SuiteResult:
-    """Run the runtime suite under the port's Python (extra pytest `arguments` narrow it)."""
+    """Run the runtime suite under the port's Python (extra pytest `arguments` narrow it),
+    on the compiled access path built for it (the suite's pure-path runs force the pure
+    path per test, as on the host)."""
+    build_extension(root)
     if max_examples is None:
         max_examples = 150 if root.port.emulator is None else EMULATED_EXAMPLES
     runs = cache_home() / "runs"
