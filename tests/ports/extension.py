@@ -13,6 +13,7 @@ never tested stale.
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -39,13 +40,16 @@ def build_extension(root: Root) -> Path:
     digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:16]
     include = root.path / "usr" / "include"
     output = extension_path(root)
-    output.unlink(missing_ok=True)
+    building = output.with_name(f"{output.name}.{os.getpid()}.building")
     command = [compiler, "-std=c11", "-O2", "-fPIC", "-fvisibility=hidden",
                f"-DPy_LIMITED_API={LIMITED_API}", f'-DVM_MEMORY_SOURCE_DIGEST="{digest}"',
                f"-I{include / 'python3.11'}", f"-I{include / port.triplet / 'python3.11'}",
-               f"-idirafter{include}", "-shared", str(SOURCE), "-o", str(output)]
+               f"-idirafter{include}", "-shared", str(SOURCE), "-o", str(building)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
     if result.returncode != 0:
+        building.unlink(missing_ok=True)
+        output.unlink(missing_ok=True)  # never a stale build in its place
         raise RuntimeError(f"the compiled path does not build for {port.debian}:\n"
                            f"{' '.join(command)}\n{result.stdout}{result.stderr}")
+    os.replace(building, output)  # a run already using the old build keeps a whole file
     return output

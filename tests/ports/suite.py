@@ -25,6 +25,9 @@ from .extension import build_extension
 from .foreign_plugin import EXAMPLES_VARIABLE, PARTIAL_SUFFIX, PROFILE, REPORT_VARIABLE
 from .roots import REPOSITORY, Root, cache_home
 
+STRESS_SCALE_VARIABLE: Final = "VM_MEMORY_STRESS_SCALE"
+"""As tests/support.py names it (the harness does not import the suite's modules)."""
+
 SELECTION: Final = "not long and not type_checker and not ports"
 """The runtime suite, as a marker expression."""
 IGNORED: Final = ("tests/ports", "tests/plugin")
@@ -34,6 +37,9 @@ SUITE_TIMEOUT_SECONDS: Final = 3600
 EMULATED_EXAMPLES: Final = 25
 """Hypothesis examples per property under an emulator (the host suite runs 150): each
 property still runs, at a sixth of the cost. A native port runs the host's 150."""
+EMULATED_STRESS_SCALE: Final = "0.1"
+"""`support.scaled`'s factor under an emulator (VM_MEMORY_STRESS_SCALE): a tenth of the
+host's stress iterations, each costing ten to fifty times as much there."""
 OUTCOMES: Final = ("passed", "failed", "error", "skipped", "xfailed", "xpassed")
 
 
@@ -114,6 +120,8 @@ def run_suite(root: Root, site: Path, *, max_examples: int | None = None,
     environment.update({REPORT_VARIABLE: str(report), "HYPOTHESIS_PROFILE": PROFILE,
                         EXAMPLES_VARIABLE: str(max_examples),
                         EMULATOR_VARIABLE: root.port.emulator or ""})
+    if root.port.emulator is not None:
+        environment[STRESS_SCALE_VARIABLE] = EMULATED_STRESS_SCALE
     command = [str(root.python), "-m", "pytest", "-p", "tests.ports.foreign_plugin",
                "-m", SELECTION, *ignored(), "-q", "-rfE",
                *(arguments or ("tests",))]
