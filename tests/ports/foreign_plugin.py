@@ -1,14 +1,14 @@
 """pytest plugin for the runtime suite inside a foreign interpreter
 (`-p tests.ports.foreign_plugin`; it runs there, never on the host's pytest).
 
-Loaded before the suite's conftest, it registers the hypothesis profile `ports` (the
-conftest loads the profile named by HYPOTHESIS_PROFILE): the same properties with fewer
-examples, since every example runs under an emulator, and no example database shared
-between architectures. At the end it writes every test's outcome, a skip's reason with
-it, as JSON to the file named by VM_MEMORY_PORTS_REPORT; meanwhile each outcome is also
-appended to `<report>.partial` as it comes (one JSON line), so a run the harness's
-watchdog kills still leaves the outcome of every test that finished. The emulator limits
-declared in `emulator_limits` skip the tests they break, with the reason.
+The harness names the hypothesis profile `ports` (the suite's conftest registers it, so
+that the suite's child interpreters that import the conftest know it too: the same
+properties with VM_MEMORY_PORTS_EXAMPLES examples, no example database). At the end it
+writes every test's outcome, a skip's reason with it, as JSON to the file named by
+VM_MEMORY_PORTS_REPORT; meanwhile each outcome is also appended to `<report>.partial` as
+it comes (one JSON line), so a run the harness's watchdog kills still leaves the outcome
+of every test that finished. The emulator limits declared in `emulator_limits` skip the
+tests they break, with the reason.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import settings
 
 from .emulator_limits import limits_of
 
@@ -28,10 +28,6 @@ REPORT_VARIABLE: Final = "VM_MEMORY_PORTS_REPORT"
 EXAMPLES_VARIABLE: Final = "VM_MEMORY_PORTS_EXAMPLES"
 PROFILE: Final = "ports"
 PARTIAL_SUFFIX: Final = ".partial"
-
-settings.register_profile(
-    PROFILE, max_examples=int(os.environ.get(EXAMPLES_VARIABLE, "150")), deadline=None,
-    database=None, suppress_health_check=[HealthCheck.too_slow])
 
 _outcomes: list[dict[str, Any]] = []
 _deselected: list[str] = []
