@@ -143,8 +143,8 @@ def run_suite(root: Root, site: Path, *, max_examples: int | None = None,
     outcomes.append({"test": f"<the {root.port.debian} run>", "outcome": "error",
                      "when": "session", "seconds": seconds,
                      "reason": f"pytest ended with exit status {exit_status} before its "
-                               f"report, after {len(outcomes)} outcomes "
-                               f"(the watchdog kills it after {SUITE_TIMEOUT_SECONDS} s)"})
+                               f"report, after {len(outcomes)} outcomes (killed or crashed; "
+                               f"the watchdog kills it after {SUITE_TIMEOUT_SECONDS} s)"})
     return SuiteResult(root, seconds, cpu_seconds, exit_status, max_examples, outcomes, [],
                        log)
 
