@@ -57,7 +57,8 @@ def backend(socket_path: str) -> int:
                          GuestAddress(vring["avail"]), GuestAddress(vring["used"]))
     device = SplitQueue(memory, layout)
     served = 0
-    while connection not in select.select([kick, connection], [], [])[0]:
+    socket_fd = connection.fileno()
+    while socket_fd not in select.select([kick, socket_fd], [], [])[0]:
         # The front-end sends nothing more on the socket: readable means it hung up.
         os.eventfd_read(kick)
         while (chain := device.pop()) is not None:
