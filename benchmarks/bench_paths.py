@@ -33,9 +33,7 @@ import ctypes
 import gc
 import json
 import mmap
-import os
 import struct
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -52,9 +50,20 @@ from benchmarks.bench_access import (
 )
 from benchmarks.bench_atomics import libatomic
 from benchmarks.c_reference import build
-from benchmarks.common import FULL, QUICK, Case, Comparison, Settings, Skipped, measure
+from benchmarks.common import (
+    FULL,
+    QUICK,
+    Case,
+    Comparison,
+    Settings,
+    Skipped,
+    child_document,
+    measure,
+    path_note,
+    run_in_path,
+    side_by_side_table,
+)
 from vm_memory import (
-    PURE_ENVIRONMENT_VARIABLE,
     AlignedGuestAddress,
     GuestAddress,
     GuestMemoryMmap,
@@ -325,54 +334,13 @@ def child(settings: Settings) -> dict[str, Any]:
     comparisons, skipped = access_comparisons()
     rows = measure(comparisons + region_comparisons(), settings)
     scale = scale_rows(SCALE_REGIONS_QUICK if settings.quick else scale_regions())
-    return {"path": access_path().name, "reason": access_path().reason,
-            "rows": [row.as_json() | {"baseline": row.baseline} for row in rows],
-            "skipped": [{"operation": s.operation, "reason": s.reason} for s in skipped],
-            "scale": [row.as_json() for row in scale]}
+    return child_document(rows, skipped) | {"scale": [row.as_json() for row in scale]}
 
 
-def run_path(pure: bool, quick: bool) -> dict[str, Any]:
-    """`child` in a fresh interpreter on the compiled path or (`pure`) the pure one."""
-    environment = {key: value for key, value in os.environ.items()
-                   if key != PURE_ENVIRONMENT_VARIABLE}
-    if pure:
-        environment[PURE_ENVIRONMENT_VARIABLE] = "1"
-    command = [sys.executable, "-m", "benchmarks.bench_paths", "--child"]
-    if quick:
-        command.append("--quick")
-    output = subprocess.run(command, env=environment, capture_output=True, text=True,
-                            check=True).stdout
-    result: dict[str, Any] = json.loads(output)
-    return result
-
-
-def _cell(row: dict[str, Any] | None) -> tuple[str, str, str]:
-    """(ours ns, ratio, within target) of one path's row."""
-    if row is None:
-        return "—", "—", "not measured"
-    within = {None: "n/a", True: "yes", False: "no"}[row["within_target"]]
-    if row["target"] is not None:
-        sign = "≤" if row["ratio_kind"] == "slowdown" else "≥"
-        within = f"{within} ({sign} {row['target']:g})"
-    ours = row["ours_ns"]
-    return (f"{ours:,.0f}" if ours >= 1000 else f"{ours:.1f}"), f"{row['ratio']:.2f}", within
-
-
-def side_by_side(compiled: dict[str, Any], pure: dict[str, Any]) -> str:
-    """One Markdown table of both paths' rows, then the scale table."""
-    lines = ["| operation | baseline | compiled (ns/op) | compiled ratio | compiled target | "
-             "pure (ns/op) | pure ratio | pure target |",
-             "|---|---|---:|---:|---|---:|---:|---|"]
-    by_path = [{row["operation"]: row for row in side["rows"]} for side in (compiled, pure)]
-    operations = list(dict.fromkeys([*by_path[0], *by_path[1]]))
-    for operation in operations:
-        first = by_path[0].get(operation) or by_path[1][operation]
-        ours_c, ratio_c, within_c = _cell(by_path[0].get(operation))
-        ours_p, ratio_p, within_p = _cell(by_path[1].get(operation))
-        lines.append(f"| {operation} | {first['baseline']} | {ours_c} | {ratio_c} | {within_c} "
-                     f"| {ours_p} | {ratio_p} | {within_p} |")
-    lines += ["", "| at scale | raw counterpart | compiled | pure | raw (compiled run) | "
-              "target | within target (compiled, pure) |", "|---|---|---:|---:|---:|---|---|"]
+def scale_table(compiled: dict[str, Any], pure: dict[str, Any]) -> str:
+    """The scale rows of both paths as one Markdown table."""
+    lines = ["| at scale | raw counterpart | compiled | pure | raw (compiled run) | "
+             "target | within target (compiled, pure) |", "|---|---|---:|---:|---:|---|---|"]
     for ours_row, pure_row in zip(compiled["scale"], pure["scale"], strict=True):
         def show(value: float, unit: str) -> str:
             return f"{value * 1000:.2f} ms" if unit == "s" else f"{value:,.0f} B"
@@ -383,10 +351,6 @@ def side_by_side(compiled: dict[str, Any], pure: dict[str, Any]) -> str:
             f"{show(ours_row['raw'], unit)} | ≤ {show(ours_row['target'], unit)} | "
             f"{'yes' if ours_row['within_target'] else 'no'}, "
             f"{'yes' if pure_row['within_target'] else 'no'} |")
-    for side in (compiled, pure):
-        for skipped in side["skipped"]:
-            lines.append(f"\nNot measured on the {side['path']} path: "
-                         f"{skipped['operation']}: {skipped['reason']}")
     return "\n".join(lines)
 
 
@@ -401,15 +365,15 @@ def main(argv: list[str] | None = None) -> int:
     if arguments.child:
         print(json.dumps(child(settings)))
         return 0
-    compiled = run_path(False, arguments.quick)
-    pure = run_path(True, arguments.quick)
-    if compiled["path"] != "compiled":
-        print(f"The compiled path is not available here ({compiled['reason']}): both "
-              "columns are the pure path.\n")
+    compiled = run_in_path("benchmarks.bench_paths", False, arguments.quick)
+    pure = run_in_path("benchmarks.bench_paths", True, arguments.quick)
+    print(path_note(compiled), end="")
     print(f"## Issue 13: the compiled and the pure path\n\n"
           f"Best of {settings.repeats} interleaved samples per row, each path in its own "
           "process, every ratio to the baseline measured in that process.\n")
-    print(side_by_side(compiled, pure))
+    print(side_by_side_table(compiled, pure))
+    print()
+    print(scale_table(compiled, pure))
     if arguments.json:
         with open(arguments.json, "w", encoding="utf-8") as stream:
             json.dump({"compiled": compiled, "pure": pure}, stream, indent=2)

@@ -11,8 +11,10 @@ case's namespace is bound to a local variable before the loop, on both sides ali
 from __future__ import annotations
 
 import json
+import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 import timeit
@@ -230,22 +232,6 @@ def report(title: str, rows: Sequence[Row], skipped: Sequence[Skipped],
     return "\n".join(parts)
 
 
-def write_json(path: str, rows: Sequence[Row], skipped: Sequence[Skipped],
-               settings: Settings) -> None:
-    """The results, machine-readable."""
-    document = {
-        "python": sys.version, "machine": platform.machine(), "platform": platform.platform(),
-        "quick": settings.quick, "repeats": settings.repeats,
-        "min_sample_ns": settings.min_sample_ns,
-        "statistic": "best sample, net of the empty loop; medians alongside",
-        "rows": [row.as_json() for row in rows],
-        "skipped": [{"operation": s.operation, "reason": s.reason} for s in skipped],
-    }
-    with open(path, "w", encoding="utf-8") as stream:
-        json.dump(document, stream, indent=2)
-        stream.write("\n")
-
-
 def run_module(title: str,
                comparisons: Callable[[], tuple[list[Comparison], list[Skipped]]],
                argv: Sequence[str]) -> int:
@@ -254,3 +240,70 @@ def run_module(title: str,
     measured, skipped = comparisons()
     print(report(title, measure(measured, settings), skipped, settings))
     return 0
+
+
+# ---- Both access paths side by side ---------------------------------------------------
+
+
+def child_document(rows: Sequence[Row], skipped: Sequence[Skipped]) -> dict[str, Any]:
+    """What a child process measuring one access path reports (see `run_in_path`)."""
+    from vm_memory import access_path
+    return {"path": access_path().name, "reason": access_path().reason,
+            "rows": [row.as_json() for row in rows],
+            "skipped": [{"operation": s.operation, "reason": s.reason} for s in skipped]}
+
+
+def run_in_path(module: str, pure: bool, quick: bool) -> dict[str, Any]:
+    """`python -m MODULE --child` in a fresh interpreter on the compiled path or (`pure`)
+    the pure one; its JSON document (rows measured against baselines in that process)."""
+    from vm_memory import PURE_ENVIRONMENT_VARIABLE
+    environment = {key: value for key, value in os.environ.items()
+                   if key != PURE_ENVIRONMENT_VARIABLE}
+    if pure:
+        environment[PURE_ENVIRONMENT_VARIABLE] = "1"
+    command = [sys.executable, "-m", module, "--child"] + (["--quick"] if quick else [])
+    output = subprocess.run(command, env=environment, capture_output=True, text=True,
+                            check=True).stdout
+    document: dict[str, Any] = json.loads(output)
+    return document
+
+
+def _cell(row: dict[str, Any] | None) -> tuple[str, str, str]:
+    """(ours ns, ratio, within target) of one path's row."""
+    if row is None:
+        return "—", "—", "not measured"
+    within = {None: "n/a", True: "yes", False: "no"}[row["within_target"]]
+    if row["target"] is not None:
+        sign = "≤" if row["ratio_kind"] == "slowdown" else "≥"
+        within = f"{within} ({sign} {row['target']:g})"
+    return format_ns(row["ours_ns"]), f"{row['ratio']:.2f}", within
+
+
+SIDE_BY_SIDE_HEADER = ("operation", "baseline", "compiled (ns/op)", "compiled ratio",
+                       "compiled target", "pure (ns/op)", "pure ratio", "pure target")
+
+
+def side_by_side_table(compiled: dict[str, Any], pure: dict[str, Any]) -> str:
+    """One Markdown table of both paths' rows (documents from `run_in_path`), then the
+    rows either path could not measure."""
+    lines = ["| " + " | ".join(SIDE_BY_SIDE_HEADER) + " |",
+             "|---|---|---:|---:|---|---:|---:|---|"]
+    by_path = [{row["operation"]: row for row in side["rows"]} for side in (compiled, pure)]
+    for operation in dict.fromkeys([*by_path[0], *by_path[1]]):
+        first = by_path[0].get(operation) or by_path[1][operation]
+        cells = (operation, first["baseline"], *_cell(by_path[0].get(operation)),
+                 *_cell(by_path[1].get(operation)))
+        lines.append("| " + " | ".join(cells) + " |")
+    for side in (compiled, pure):
+        for skipped in side["skipped"]:
+            lines.append(f"\nNot measured on the {side['path']} path: "
+                         f"{skipped['operation']}: {skipped['reason']}")
+    return "\n".join(lines)
+
+
+def path_note(compiled: dict[str, Any]) -> str:
+    """A warning when the compiled column is in fact the pure path, else nothing."""
+    if compiled["path"] == "compiled":
+        return ""
+    return (f"The compiled path is not available here ({compiled['reason']}): both "
+            "columns are the pure path.\n\n")

@@ -1,5 +1,6 @@
 """The benchmark suite runs: `python -m benchmarks.run_all --quick` exits 0 and prints
-every row of the performance table with a numeric ratio, and `--json` agrees with it.
+every row of the performance table on both access paths with a numeric ratio, and
+`--json` agrees with it.
 
 A smoke test only: figures are never compared with their targets here (performance is
 the benchmarks' report, not a timed assertion).
@@ -13,6 +14,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from host_assumptions import needs_8_byte_atomics
@@ -51,12 +53,24 @@ def table_rows(output: str) -> dict[str, list[str]]:
     return rows
 
 
+def within_cell(row: dict[str, Any]) -> str:
+    """The target cell the side-by-side table prints for a JSON row."""
+    within = {None: "n/a", True: "yes", False: "no"}[row["within_target"]]
+    if row["target"] is None:
+        return within
+    sign = "≤" if row["ratio_kind"] == "slowdown" else "≥"
+    return f"{within} ({sign} {row['target']:g})"
+
+
 @needs_8_byte_atomics
-def test_quick_run_prints_every_row_with_a_numeric_ratio(tmp_path: Path) -> None:
+def test_quick_run_prints_every_row_on_both_paths(tmp_path: Path) -> None:
+    """`python -m benchmarks.run_all --quick` measures the whole table on the compiled
+    and on the pure path (each in its own process) and prints them side by side; the
+    printed cells agree with `--json`."""
     json_path = tmp_path / "results.json"
     result = subprocess.run(
         [sys.executable, "-m", "benchmarks.run_all", "--quick", "--json", str(json_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+        cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
 
     rows = table_rows(result.stdout)
@@ -65,26 +79,28 @@ def test_quick_run_prints_every_row_with_a_numeric_ratio(tmp_path: Path) -> None
     unexpected = [name for name in rows if name not in EXPECTED_ROWS
                   and not name.startswith(OPTIONAL_ROW_PREFIXES)]
     assert not unexpected, f"rows nobody expects: {unexpected}"
+    document = json.loads(json_path.read_text(encoding="utf-8"))
+    assert document["pure"]["path"] == "pure"
+    if document["compiled"]["path"] != "compiled":
+        assert os.environ.get("CI") != "true", "the compiled path must be built on CI"
     for name, cells in rows.items():
         assert len(cells) == 8, f"{name}: {cells}"
-        ours, baseline, ratio = (float(cells[i].replace(",", "")) for i in (1, 3, 4))
-        assert math.isfinite(ratio) and ratio > 0, f"{name}: ratio {cells[4]!r}"
-        assert ours > 0 and baseline > 0, f"{name}: {cells}"
-        assert cells[6] in {"yes", "no", "n/a"}, f"{name}: {cells[6]!r}"
-
-    document = json.loads(json_path.read_text(encoding="utf-8"))
-    assert document["quick"] is True
-    by_name = {row["operation"]: row for row in document["rows"]}
-    assert set(by_name) == set(rows)
-    for name, cells in rows.items():
-        row = by_name[name]
-        assert f"{row['ratio']:.2f}" == cells[4]
-        expected = {None: "n/a", True: "yes", False: "no"}[row["within_target"]]
-        assert expected == cells[6]
-    # An optional alternative that is not installed is named as skipped, never dropped.
-    reported = set(by_name) | {item["operation"] for item in document["skipped"]}
-    for prefix in OPTIONAL_ROW_PREFIXES:
-        assert any(name.startswith(prefix) for name in reported), prefix
+        for side, first in (("compiled", 2), ("pure", 5)):
+            by_name = {row["operation"]: row for row in document[side]["rows"]}
+            assert name in by_name, (side, name)
+            row = by_name[name]
+            ours, ratio = (float(cells[i].replace(",", "")) for i in (first, first + 1))
+            assert math.isfinite(ratio) and ratio > 0, f"{side} {name}: ratio {cells}"
+            assert ours > 0 and row["baseline_ns"] > 0, f"{side} {name}: {cells}"
+            assert f"{row['ratio']:.2f}" == cells[first + 1], (side, name)
+            assert within_cell(row) == cells[first + 2], (side, name)
+    for side in ("compiled", "pure"):
+        # An optional alternative that is not installed is named as skipped, never dropped.
+        reported = ({row["operation"] for row in document[side]["rows"]}
+                    | {item["operation"] for item in document[side]["skipped"]})
+        assert set(rows) <= reported
+        for prefix in OPTIONAL_ROW_PREFIXES:
+            assert any(name.startswith(prefix) for name in reported), (side, prefix)
 
 
 PATH_ROWS = [

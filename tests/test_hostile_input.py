@@ -516,3 +516,93 @@ def test_stream_error_before_any_byte_is_raised_as_is() -> None:
         with pytest.raises(OSError):
             memory.read_from(GuestAddress(0), 2**20, 16)  # a closed fd: EBADF
         assert memory.read_from(GuestAddress(0), handle.fileno(), 16) == 0  # end of file
+
+
+LYING_TYPE_PROGRAM: Final = """
+import ctypes, json, sys
+from vm_memory import AlignedGuestAddress, GuestAddress, GuestMemoryError, GuestMemoryMmap
+
+class Liar(type(ctypes.c_uint8)):
+    def __eq__(cls, other): return other is ctypes.c_uint64 or cls is other
+    def __hash__(cls): return hash(ctypes.c_uint64)
+
+class Fake(ctypes.c_uint8, metaclass=Liar):
+    pass
+
+memory = GuestMemoryMmap.from_ranges([(GuestAddress(0x1000), 0x1000)])
+place = GuestAddress(0x1ff8)
+
+def use(ctype):
+    try:
+        aligned = AlignedGuestAddress.new(ctype, place)
+        memory.write_obj(aligned, 0x1122334455667788 if ctype is ctypes.c_uint64 else 0x11)
+        answer = [memory.read_obj(aligned), memory.read_obj_unaligned(place, ctype)]
+        memory.write_obj_unaligned(place, ctype, 7)
+        answer.append(memory.read_obj_unaligned(place, ctype))
+        if ctype is ctypes.c_uint64:
+            answer.append(memory.read_atomic(aligned))
+        return answer
+    except GuestMemoryError as error:
+        return type(error).__name__
+
+order = (Fake, ctypes.c_uint64) if sys.argv[1] == "fake first" else (ctypes.c_uint64, Fake)
+# Labels by identity: a dict keyed by these two types would merge them.
+print(json.dumps({("fake" if ctype is Fake else "real"): [use(ctype), use(ctype)]
+                  for ctype in order}))
+"""
+
+
+@pytest.mark.parametrize("path", ["compiled", "pure"])
+@pytest.mark.parametrize("order", ["fake first", "real first"])
+def test_a_type_whose_metaclass_lies_about_equality_poisons_nothing(order: str,
+                                                                    path: str) -> None:
+    """Every cache of layouts is keyed by the type. A ctypes type whose metaclass claims
+    to equal c_uint64 (same hash, == True) is refused — cold and warm, whichever type is
+    seen first — and c_uint64 keeps its own 8-byte layout on both paths."""
+    # The control: a type-keyed dict is fooled by such a type (the threat is real).
+    control = run_python("-c", LYING_TYPE_PROGRAM.replace(
+        "print(json.dumps", "print({ctypes.c_uint64: 'real'}.get(Fake)); sys.exit(0)\nprint("),
+        "fake first")
+    assert control.stdout.strip() == "real", control.stdout + control.stderr
+    environment = {"VM_MEMORY_PURE": "1"} if path == "pure" else {}
+    result = run_python("-c", LYING_TYPE_PROGRAM, order, environment=environment)
+    assert result.returncode == 0, result.stderr
+    answers = json.loads(result.stdout)
+    assert answers["fake"] == ["NotByteValued", "NotByteValued"], answers
+    whole = [0x1122334455667788, 0x1122334455667788, 7, 7]
+    assert answers["real"] == [whole, whole], answers
+
+
+COPY_PROGRAM: Final = """
+import copy, json, pickle
+from vm_memory import GuestAddress, GuestMemoryMmap
+
+memory = GuestMemoryMmap.from_ranges([(GuestAddress(0x1000), 0x1000)])
+answers = {}
+for name, attempt in [("copy", copy.copy), ("deepcopy", copy.deepcopy),
+                      ("pickle", pickle.dumps),
+                      ("init again", lambda memory: memory.__init__([]))]:
+    try:
+        attempt(memory)
+        answers[name] = "accepted"
+    except (TypeError, AttributeError) as error:
+        answers[name] = [type(error).__name__, str(error)]
+answers["regions"] = memory.num_regions()
+print(json.dumps(answers))
+"""
+
+
+@pytest.mark.parametrize("path", ["compiled", "pure"])
+def test_a_memory_cannot_be_copied_pickled_or_initialised_again(path: str) -> None:
+    """A copy would be a memory the lifetime registry does not know (so a mapping's close
+    would not count it), and `__init__` again would change an immutable memory's regions:
+    both paths refuse alike, and the memory keeps its regions."""
+    environment = {"VM_MEMORY_PURE": "1"} if path == "pure" else {}
+    result = run_python("-c", COPY_PROGRAM, environment=environment)
+    assert result.returncode == 0, result.stderr
+    answers = json.loads(result.stdout)
+    refused = ["TypeError", "cannot pickle 'GuestMemoryMmap' object"]
+    assert answers == {"copy": refused, "deepcopy": refused, "pickle": refused,
+                       "init again": ["AttributeError",
+                                      "a memory's regions are fixed at construction"],
+                       "regions": 1}, answers

@@ -330,8 +330,13 @@ static TypeInfoObject *
 info_of(PyObject *ctype)
 {
     PyObject *found = PyDict_GetItemWithError(type_infos, ctype);
-    if (LIKELY(found != NULL))
+    if (LIKELY(found != NULL)) {
+        /* A hit must be this very type: a metaclass may make another type compare equal
+           to a cached one (the general path refuses such a type). */
+        if (UNLIKELY(((TypeInfoObject *)found)->ctype != ctype))
+            return NULL;
         return (TypeInfoObject *)found;
+    }
     if (PyErr_Occurred()) {     /* unhashable: the general path says what it is */
         PyErr_Clear();
         return NULL;

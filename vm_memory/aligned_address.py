@@ -67,9 +67,14 @@ _INFOS: dict[type[Any], AlignmentInfo] = {}
 def alignment_info(ctype: object) -> AlignmentInfo:
     """`ctype`'s `AlignmentInfo` (made once); raises `NotByteValued`."""
     try:
-        return _INFOS[ctype]  # type: ignore[index]
+        info = _INFOS[ctype]  # type: ignore[index]
     except (KeyError, TypeError):
         pass
+    else:
+        # A hit must be this very type, not one whose metaclass makes it equal a cached
+        # one (pyright's narrowing wrongly finds no overlap between a type and an object).
+        if info.ctype is ctype:  # pyright: ignore[reportUnnecessaryComparison]
+            return info
     layout = layout_of(ctype)
     info = _INFOS[layout.ctype] = AlignmentInfo(layout.ctype, layout,
                                                 required_alignment(layout))
@@ -133,6 +138,8 @@ class AlignedGuestAddress(_AlignedBase, Generic[_T_co]):
         try:
             info = _INFOS[ctype]
         except (KeyError, TypeError):
+            info = alignment_info(ctype)
+        if info.ctype is not ctype:  # a type claiming to equal a cached one: refused there
             info = alignment_info(ctype)
         if value & (info.alignment - 1):
             raise MisalignedAddress(value, info.alignment, info.layout.name)

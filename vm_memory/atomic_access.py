@@ -115,9 +115,14 @@ _TYPE_INFOS: dict[type[Any], AtomicTypeInfo] = {}
 def atomic_type_info(ctype: object) -> AtomicTypeInfo:
     """The AtomicTypeInfo of `ctype`, or raise `NotAtomicAccess` saying why it is not one."""
     try:
-        return _TYPE_INFOS[ctype]  # type: ignore[index]
+        info = _TYPE_INFOS[ctype]  # type: ignore[index]
     except (KeyError, TypeError):
         pass
+    else:
+        # A hit must be this very type, not one whose metaclass makes it equal a cached
+        # one (pyright's narrowing wrongly finds no overlap between a type and an object).
+        if info.ctype is ctype:  # pyright: ignore[reportUnnecessaryComparison]
+            return info
     try:
         layout = layout_of(ctype)
     except NotByteValued as error:

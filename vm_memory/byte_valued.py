@@ -91,9 +91,14 @@ _LAYOUTS: dict[type[Any], TypeLayout] = {}
 def layout_of(ctype: object) -> TypeLayout:
     """The layout of a ByteValued type, validated and cached; raises `NotByteValued`."""
     try:
-        return _LAYOUTS[ctype]  # type: ignore[index]
+        layout = _LAYOUTS[ctype]  # type: ignore[index]
     except (KeyError, TypeError):
         pass
+    else:
+        # A hit must be this very type, not one whose metaclass makes it equal a cached
+        # one (pyright's narrowing wrongly finds no overlap between a type and an object).
+        if layout.ctype is ctype:  # pyright: ignore[reportUnnecessaryComparison]
+            return layout
     layout = _build_layout(ctype)
     _LAYOUTS[layout.ctype] = layout
     return layout
@@ -171,6 +176,12 @@ def _derives(ctype: type[Any], base: Any) -> bool:
 
 def _build_type_layout(ctype: type[Any]) -> TypeLayout:
     name = type_name(ctype)
+    metaclass = type(ctype)
+    equality: tuple[object, object] = (metaclass.__eq__, metaclass.__hash__)
+    if equality[0] is not type.__eq__ or equality[1] is not type.__hash__:
+        # Every cache of layouts is keyed by the type: such a type could pass for another.
+        raise NotByteValued(name, f"its metaclass {metaclass.__qualname__} redefines == or "
+                                  "hash(), so it could pass for another type")
     # Plain bools, not narrowing checks: the helpers below take any ctypes type.
     scalar = _derives(ctype, ctypes._SimpleCData)  # pyright: ignore[reportPrivateUsage]
     aggregate = _derives(ctype, ctypes.Structure | ctypes.Union | ctypes.Array)

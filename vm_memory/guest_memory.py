@@ -28,7 +28,17 @@ from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import pairwise
 from operator import attrgetter
-from typing import TYPE_CHECKING, Any, ClassVar, Final, Self, TypeVar, overload
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    ClassVar,
+    Final,
+    NoReturn,
+    Self,
+    SupportsIndex,
+    TypeVar,
+    overload,
+)
 
 from vm_memory.address import ADDRESS_SPACE_SIZE, GuestAddress, MemoryRegionAddress, check_u64
 from vm_memory.aligned_address import AlignedGuestAddress
@@ -283,6 +293,11 @@ class GuestMemory(_MemoryBase):
                     raise MappingError(region.length, f"{region!r} is closed")
             register(self)
 
+    def __reduce_ex__(self, protocol: SupportsIndex) -> NoReturn:
+        """Refused: a copy would be a memory the lifetime registry does not know (on both
+        paths alike). Share a memory by reference, or its regions' fds with a peer."""
+        raise TypeError(f"cannot pickle {type(self).__name__!r} object")
+
     @classmethod
     def _admit(cls, region: object) -> None:
         """Refuse what cannot be one of this class's regions (subclasses narrow it)."""
@@ -293,6 +308,8 @@ class GuestMemory(_MemoryBase):
 
     def _install(self, regions: tuple[GuestMemoryRegion, ...]) -> None:
         """Set up the lookup for `regions` (sorted, checked), once."""
+        if hasattr(self, "_regions"):  # `__init__` called again (as the compiled base says)
+            raise AttributeError("a memory's regions are fixed at construction")
         self._regions = regions
         self._starts = [region.start_value for region in regions]
         self._pages = {}
@@ -568,6 +585,8 @@ class GuestMemory(_MemoryBase):
             return self._read_obj_unaligned_general(address, ctype)
         region = self._last
         unpack = layout.struct_unpack
+        if layout.ctype is not ctype:  # see layout_of: a hit must be this very type
+            return self._read_obj_unaligned_general(address, ctype)
         if region.start_value <= value < region.read_limit and unpack is not None:
             return unpack(region.buffer, value - region.start_value)[0]
         # Another region: the page table's guess first (no Python call), else a search.
@@ -604,7 +623,8 @@ class GuestMemory(_MemoryBase):
         region = self._last
         pack = layout.struct_pack
         if region.start_value <= raw < region.write_limit and pack is not None \
-                and value.__class__ is int and layout.minimum <= value <= layout.maximum:
+                and layout.ctype is ctype and value.__class__ is int \
+                and layout.minimum <= value <= layout.maximum:
             pack(region.buffer, raw - region.start_value, value)  # checked: cannot fail
             if region.dirty is not None:
                 region.dirty.mark(raw - region.start_value, layout.size)
