@@ -81,8 +81,11 @@ def build() -> tuple[ModuleType | None, str]:
     source.write_text(SOURCE)
     output = directory / "c_reference.abi3.so"
     compiler = shlex.split(os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc")
+    include = Path(sysconfig.get_paths()["include"])
+    # Debian's pyconfig.h includes <TRIPLET/python3.X/pyconfig.h> from the directory above
+    # (a native compiler searches it by default; a cross compiler, as for the ports, not).
     command = [*compiler, "-std=c11", "-O2", "-fPIC", "-shared", "-DPy_LIMITED_API=0x030B0000",
-               f"-I{sysconfig.get_paths()['include']}", str(source), "-o", str(output)]
+               f"-I{include}", f"-idirafter{include.parent}", str(source), "-o", str(output)]
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=120,
                                 check=False)

@@ -12,7 +12,9 @@ The back-end (this script started again with ``--backend``) maps the same memory
 (``receive_memory``), waits for kicks, takes each request chain from the split ring,
 writes the upper-cased text into the chain's device-writable buffer, returns the chain
 on the used ring and signals the call eventfd. The VMM, playing the guest driver,
-reads the replies. No byte is copied between the processes except over shared memory.
+reads the replies, then closes the socket: the back-end exits (as a vhost-user back-end
+does when its front-end hangs up). An eventfd only wakes; its count carries no meaning,
+as in vhost-user. No byte is copied between the processes except over shared memory.
 
 Run: python examples/vhost_user_backend.py
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import socket
 import subprocess
 import sys
@@ -36,17 +39,16 @@ REQUEST_AREA = GuestAddress(0x10_0000)  # in the second region
 REPLY_AREA = GuestAddress(0x10_8000)
 BUFFER_BYTES = 256
 MESSAGES = ("hello, vhost-user", "guest memory is shared", "no copies on the socket")
-STOP = 0xFFFF_FFFF  # a kick value that asks the back-end to exit
 
 
 def backend(socket_path: str) -> int:
-    """The back-end process: map the VMM's memory, serve the queue until told to stop."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
-        connection.connect(socket_path)
-        memory = receive_memory(connection)
-        data, fds, _, _ = socket.recv_fds(connection, 4096, 2)
-        vring = json.loads(data)
-        kick, call = fds
+    """The back-end process: map the VMM's memory, serve the queue until the VMM hangs up."""
+    connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    connection.connect(socket_path)
+    memory = receive_memory(connection)
+    data, fds, _, _ = socket.recv_fds(connection, 4096, 2)
+    vring = json.loads(data)
+    kick, call = fds
     regions = ", ".join(f"{region.start_value:#x}+{region.length:#x}"
                         for region in memory.regions())
     print(f"backend[{os.getpid()}]: mapped {memory.num_regions()} regions: {regions}",
@@ -55,7 +57,10 @@ def backend(socket_path: str) -> int:
                          GuestAddress(vring["avail"]), GuestAddress(vring["used"]))
     device = SplitQueue(memory, layout)
     served = 0
-    while os.eventfd_read(kick) != STOP:
+    socket_fd = connection.fileno()
+    while socket_fd not in select.select([kick, socket_fd], [], [])[0]:
+        # The front-end sends nothing more on the socket: readable means it hung up.
+        os.eventfd_read(kick)
         while (chain := device.pop()) is not None:
             (request, request_bytes), = chain.readable
             (reply, reply_bytes), = chain.writable
@@ -66,6 +71,7 @@ def backend(socket_path: str) -> int:
             served += 1
             print(f"backend: request {served}: {text!r} -> {answer.decode()!r}", flush=True)
         os.eventfd_write(call, 1)
+    connection.close()
     os.close(kick)
     os.close(call)
     return 0
@@ -110,7 +116,6 @@ def vmm() -> int:
                 answer = memory.read_bytes(reply, used_bytes).decode()
                 assert answer == text.upper()
                 print(f"vmm: reply {number}: {answer!r} ({used_bytes} bytes)", flush=True)
-            os.eventfd_write(kick, STOP)
     status = child.wait(timeout=30)
     os.close(kick)
     os.close(call)

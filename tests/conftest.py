@@ -28,6 +28,12 @@ settings.register_profile(
 settings.register_profile(
     "long", max_examples=10_000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
+# tests/ports: the same properties with fewer examples under an emulator (the harness
+# names how many), and no example database shared between architectures.
+settings.register_profile(
+    "ports", max_examples=int(os.environ.get("VM_MEMORY_PORTS_EXAMPLES", "25")), deadline=None,
+    database=None, suppress_health_check=[HealthCheck.too_slow]
+)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 # The README runs the suite as `.venv/bin/python -m pytest` without activating the venv:

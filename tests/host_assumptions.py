@@ -8,11 +8,15 @@
   Under qemu-user (tests/ports) /dev/kvm is the x86 host's and the emulator forwards none
   of its ioctls: `needs_x86_kvm_host` skips there, whatever CI says (nothing is missing
   that a machine could install).
+- pip, for the tests that build the project's wheels: the build host's tooling, which
+  Debian's minimal port roots (tests/ports) leave out; the library those wheels carry is
+  what the ports run (its compiled path cross-built for each).
 """
 
 from __future__ import annotations
 
 import ctypes
+import importlib.util
 import platform
 from typing import Final
 
@@ -51,3 +55,8 @@ needs_x86_kvm_host: Final = pytest.mark.skipif(
     platform.machine() not in X86_MACHINES,
     reason=f"KVM runs x86 guest code on an x86 host's KVM; this interpreter is "
            f"{platform.machine()} (under qemu-user, which forwards no KVM ioctl)")
+
+needs_pip: Final = pytest.mark.skipif(
+    importlib.util.find_spec("pip") is None,
+    reason="builds the project's wheels with pip, which this interpreter does not have "
+           "(a Debian port root: wheels are built and tested on the build host)")

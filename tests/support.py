@@ -1,6 +1,6 @@
 """What the test files share: where the repository is, how to run its code in a fresh
 interpreter, how to compare the library with the reference model, when a test may skip,
-and how to run a control that has to provoke a race.
+how to run a control that has to provoke a race, and how far to scale stress loops.
 
 Import it as ``from support import ...`` from any directory under ``tests/`` (the
 ``conftest.py`` beside this file puts ``tests/`` on ``sys.path``).
@@ -35,6 +35,7 @@ __all__ = [
     "require",
     "run_python",
     "run_python_code",
+    "scaled",
     "stable_id",
     "unavailable",
     "unstable_ids",
@@ -145,6 +146,25 @@ def agree(library_call: Callable[[], object], model_call: Callable[[], object]) 
             assert getattr(raised.value, name) == value, (name, raised.value)
         return
     assert library_call() == expected
+
+
+STRESS_SCALE_VARIABLE: Final = "VM_MEMORY_STRESS_SCALE"
+"""The one knob for slow interpreters: a factor (0 < f <= 1, default 1) on the iteration
+counts of the stress and lost-update tests. tests/ports sets it under qemu-user, where
+each emulated iteration costs ten to fifty host ones; the races the controls provoke are
+between processes running at once, so fewer slower iterations overlap as long, and every
+control still runs under `provoke` and must show its failure. Never above 1: a scaled
+test is never made longer than the host's."""
+
+
+def scaled(iterations: int, *, at_least: int) -> int:
+    """``iterations`` times the stress scale, never fewer than ``at_least``, and of the
+    same parity (a test may count on an odd number of toggles)."""
+    factor = float(os.environ.get(STRESS_SCALE_VARIABLE, "1"))
+    if not 0 < factor <= 1:
+        raise ValueError(f"{STRESS_SCALE_VARIABLE}={factor}: must be in (0, 1]")
+    count = max(at_least, round(iterations * factor))
+    return min(iterations, count + (count - iterations) % 2)
 
 
 def provoke(attempt: Callable[[], _T], shown: Callable[[_T], bool], *, attempts: int,

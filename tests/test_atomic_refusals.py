@@ -280,7 +280,7 @@ def not_lock_free_for_8_bytes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     try:
         ctypes.CDLL(str(library))
     except OSError as error:
-        pytest.skip(f"{compiler} builds for another architecture than this interpreter's "
+        unavailable(f"{compiler} builds for another architecture than this interpreter's "
                     f"({triplet}); install {triplet}-gcc: {error}")
     return library
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import pytest
+from host_assumptions import needs_pip
 from test_lifetimes import CHILD_TIMEOUT, PRELUDE
 
 import vm_memory
@@ -146,6 +147,7 @@ def path_of_installed_wheel(wheel: Path, target: Path) -> dict[str, Any]:
     ''', path=target)
 
 
+@needs_pip
 @pytest.mark.slow
 def test_an_install_without_a_compiler_works_on_the_pure_path(tmp_path: Path) -> None:
     """With `CC` naming a compiler that always fails, the build succeeds, says why it

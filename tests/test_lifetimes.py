@@ -213,7 +213,7 @@ def test_exported_buffer_refuses_close_and_leaves_everything_usable() -> None:
             results["refused"] = error.exported_buffers
         memory = GuestMemoryMmap.from_regions([region])
         memory.write_atomic(u64(8), 9)
-        results["through_export"] = exported[8]
+        results["through_export"] = int.from_bytes(exported[8:16], sys.byteorder)
         results["read_obj"] = outcome(lambda: memory.read_obj(u64(8)))
         exported.release()
         del memory

@@ -32,14 +32,15 @@ from concurrency_harness import (
     u64,
 )
 from host_assumptions import needs_8_byte_atomics
-from support import provoke
+from support import provoke, scaled
 
 from vm_memory import GuestMemoryMmap
 
 CONTROL_ATTEMPTS: Final = 5
-CONTROL_ITERATIONS: Final = 20_000
+CONTROL_ITERATIONS: Final = scaled(20_000, at_least=1_000)
 """Per thread, in each control: enough that the workers overlap even on a loaded 2-CPU
-machine where the compiled path finishes a short run within one time slice."""
+machine where the compiled path finishes a short run within one time slice (scaled
+down under an emulator, where each iteration costs far more: `support.scaled`)."""
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,10 @@ class Size:
 
 
 def sizes(normal: Size, long: Size) -> pytest.MarkDecorator:
-    """Parametrize with the normal size and the long one (marked `long`)."""
+    """Parametrize with the normal size (its iterations `scaled`) and the long one
+    (marked `long`)."""
+    normal = Size(normal.processes, normal.threads,
+                  scaled(normal.iterations, at_least=min(normal.iterations, 1_000)))
     return pytest.mark.parametrize("size", [
         pytest.param(normal, id=str(normal)),
         pytest.param(long, id=str(long), marks=pytest.mark.long),

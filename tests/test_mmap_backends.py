@@ -34,6 +34,7 @@ from vm_memory import (
     GuestRegionMmap,
     MappingError,
     MmapRegion,
+    mmap_region,
 )
 
 PAGE: Final = mmap.PAGESIZE
@@ -272,3 +273,87 @@ def test_huge_pages_map_where_reserved_and_fail_clearly_where_not() -> None:
             MmapRegion.anonymous(huge_page, huge_pages=True)
         assert raised.value.size == huge_page
         assert "nr_hugepages" in str(raised.value)
+
+
+@pytest.mark.parametrize(("machine", "flags"), [
+    ("x86_64", (0x4000, 0x40000)), ("i686", (0x4000, 0x40000)),
+    ("aarch64", (0x4000, 0x40000)), ("armv7l", (0x4000, 0x40000)),
+    ("s390x", (0x4000, 0x40000)), ("riscv64", (0x4000, 0x40000)),
+    ("loongarch64", (0x4000, 0x40000)),
+    ("mips", (0x0400, 0x80000)), ("mips64", (0x0400, 0x80000)), ("xtensa", (0x0400, 0x80000)),
+    ("ppc64le", (0x0040, 0x40000)), ("ppc", (0x0040, 0x40000)), ("sparc64", (0x0040, 0x40000)),
+    ("alpha", (0x10000, 0x100000)), ("parisc64", (0x4000, 0x80000)),
+    ("vax", (None, None)), ("", (None, None)),
+])
+def test_map_flags_are_each_architectures_own(machine: str, flags: tuple[int | None, ...]) -> None:
+    """(MAP_NORESERVE, MAP_HUGETLB) as each architecture's uapi asm/mman.h defines them;
+    an architecture the table lacks gets no value at all, never x86's."""
+    assert mmap_region._linux_map_flags(machine) == flags  # pyright: ignore[reportPrivateUsage]
+
+
+def test_an_unknown_map_flag_is_a_typed_error_not_a_guess(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the flag's value is unknown, asking for it is a MappingError naming it;
+    a mapping that does not need it still works."""
+    monkeypatch.setattr(mmap_region, "MAP_NORESERVE", None)
+    monkeypatch.setattr(mmap_region, "MAP_HUGETLB", None)
+    with pytest.raises(MappingError, match=r"MAP_NORESERVE's value on .* is unknown"):
+        MmapRegion.anonymous(PAGE)
+    with pytest.raises(MappingError, match=r"MAP_HUGETLB's value on .* is unknown"):
+        MmapRegion.anonymous(PAGE, huge_pages=True)
+    memory = GuestMemoryMmap.from_regions(
+        [GuestRegionMmap(MmapRegion.anonymous(PAGE, no_reserve=False), GuestAddress(0))])
+    memory.write_slice(GuestAddress(0), b"kept")
+    assert memory.read_bytes(GuestAddress(0), 4) == b"kept"
+
+
+def _uncommittable_size() -> int:
+    """Twice what the host could commit (RAM and swap), in whole GiB: the kernel's
+    heuristic overcommit refuses one such mapping unless it reserves nothing."""
+    fields: dict[str, int] = {}
+    with open("/proc/meminfo", encoding="ascii") as meminfo:
+        for line in meminfo:
+            name, _, value = line.partition(":")
+            fields[name] = int(value.split()[0]) * 1024
+    size = 2 * (fields["MemTotal"] + fields["SwapTotal"])
+    return -(-size // (1 << 30)) << 30
+
+
+def _overcommit_mode() -> str:
+    with open("/proc/sys/vm/overcommit_memory", encoding="ascii") as mode:
+        return mode.read().strip()
+
+
+@pytest.mark.skipif(_overcommit_mode() != "0",
+                    reason=f"vm.overcommit_memory is {_overcommit_mode()}: only the default "
+                           f"heuristic (0) refuses a mapping larger than RAM and swap that "
+                           f"reserves, and lets one that reserves nothing map")
+@pytest.mark.skipif(sys.maxsize < _uncommittable_size(),
+                    reason=f"twice this host's RAM and swap ({_uncommittable_size()} bytes) "
+                           f"does not fit a 32-bit address space")
+def test_no_reserve_is_what_maps_more_than_the_host_could_commit() -> None:
+    """The MAP_NORESERVE the library passes is the architecture's real one (on MIPS and
+    POWER x86's value is another flag, and the mapping would be refused): a mapping of
+    twice RAM and swap maps with no_reserve and is refused without it (the control). In
+    a subprocess: under qemu-user the emulator's own page table for it is large."""
+    size = _uncommittable_size()
+    result = run_python_code(f"""
+        import json
+        from vm_memory import GuestAddress, GuestMemoryMmap, GuestRegionMmap, MappingError
+        from vm_memory import MmapRegion
+
+        try:
+            MmapRegion.anonymous({size}, no_reserve=False)
+            reserved = "mapped"
+        except MappingError as error:
+            reserved = str(error)
+        region = MmapRegion.anonymous({size}, no_reserve=True)
+        memory = GuestMemoryMmap.from_regions([GuestRegionMmap(region, GuestAddress(0))])
+        memory.write_slice(GuestAddress({size} - 4), b"last")
+        print(json.dumps({{"reserved": reserved,
+                          "last": memory.read_bytes(GuestAddress({size} - 4), 4).decode()}}))
+    """)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["last"] == "last"
+    assert report["reserved"].startswith(f"cannot map {size} bytes"), report["reserved"]

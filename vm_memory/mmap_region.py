@@ -49,24 +49,47 @@ PAGE_SIZE: Final = mmap.PAGESIZE
 
 
 
-def _linux_map_flags(machine: str) -> tuple[int, int]:
-    """(MAP_NORESERVE, MAP_HUGETLB) on this Linux architecture: Python's `mmap` module
-    does not export them, and MIPS, POWER, SPARC, Alpha and PA-RISC use their own
-    values (asm/mman.h); the rest use asm-generic's."""
-    if machine.startswith("mips"):
-        return 0x0400, 0x80000
-    if machine.startswith(("ppc", "powerpc", "sparc")):
-        return 0x0040, 0x40000
-    if machine.startswith("alpha"):
-        return 0x10000, 0x100000
-    if machine.startswith("parisc"):
-        return 0x4000, 0x80000
-    return 0x4000, 0x40000
+_GENERIC_MAP_FLAGS: Final = (0x4000, 0x40000)
+"""asm-generic/mman.h and mman-common.h: x86, ARM, arm64, s390, RISC-V, LoongArch, ..."""
+_LINUX_MAP_FLAGS: Final[tuple[tuple[tuple[str, ...], tuple[int, int]], ...]] = (
+    # (prefixes of `platform.machine()`, (MAP_NORESERVE, MAP_HUGETLB)), from each
+    # architecture's uapi asm/mman.h; the first matching prefix wins.
+    (("x86_64", "i386", "i486", "i586", "i686", "aarch64", "arm", "s390", "riscv",
+      "loongarch", "m68k", "sh", "ia64", "arc", "csky", "hexagon", "nios2", "openrisc",
+      "microblaze"), _GENERIC_MAP_FLAGS),
+    (("mips", "xtensa"), (0x0400, 0x80000)),
+    (("ppc", "powerpc", "sparc"), (0x0040, 0x40000)),
+    (("alpha",), (0x10000, 0x100000)),
+    (("parisc",), (0x4000, 0x80000)),
+)
+
+
+def _linux_map_flags(machine: str) -> tuple[int, int] | tuple[None, None]:
+    """(MAP_NORESERVE, MAP_HUGETLB) on this Linux architecture, or (None, None) for one
+    this table does not know: Python's `mmap` module does not export them before 3.13,
+    and MIPS, Xtensa, POWER, SPARC, Alpha and PA-RISC use their own values (on MIPS
+    x86's 0x4000 is MAP_EXECUTABLE and 0x40000 MAP_STACK), so a guess could silently
+    ask for something else."""
+    for prefixes, flags in _LINUX_MAP_FLAGS:
+        if machine.startswith(prefixes):
+            return flags
+    return None, None
 
 
 _NORESERVE, _HUGETLB = _linux_map_flags(platform.machine())
-MAP_NORESERVE: Final[int] = getattr(mmap, "MAP_NORESERVE", _NORESERVE)
-MAP_HUGETLB: Final[int] = getattr(mmap, "MAP_HUGETLB", _HUGETLB)
+MAP_NORESERVE: Final[int | None] = getattr(mmap, "MAP_NORESERVE", _NORESERVE)
+MAP_HUGETLB: Final[int | None] = getattr(mmap, "MAP_HUGETLB", _HUGETLB)
+
+
+def _known_flag(name: str, value: int | None, size: int, instead: str) -> int:
+    """`value`, or a MappingError saying the flag's value here is unknown."""
+    if value is None:
+        raise MappingError(size, f"{name}'s value on {platform.machine()} is unknown (Python's "
+                                 f"mmap does not export it and vm-memory's table lacks this "
+                                 f"architecture); {instead}")
+    return value
+
+
 F_SEAL_SEAL: Final = getattr(fcntl, "F_SEAL_SEAL", 0x1)
 F_SEAL_SHRINK: Final = getattr(fcntl, "F_SEAL_SHRINK", 0x2)
 F_SEAL_GROW: Final = getattr(fcntl, "F_SEAL_GROW", 0x4)
@@ -245,9 +268,10 @@ class MmapRegion:
         size = _check_size(size)
         flags = mmap.MAP_SHARED if shared else mmap.MAP_PRIVATE
         if no_reserve and not huge_pages:
-            flags |= MAP_NORESERVE
+            flags |= _known_flag("MAP_NORESERVE", MAP_NORESERVE, size,
+                                 "pass no_reserve=False to reserve the memory")
         if huge_pages:
-            flags |= MAP_HUGETLB
+            flags |= _known_flag("MAP_HUGETLB", MAP_HUGETLB, size, "huge pages cannot be asked for")
         try:
             mapping = mmap.mmap(-1, size, flags=flags)
         except OSError as error:

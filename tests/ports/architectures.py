@@ -25,6 +25,11 @@ class Port:
     big_endian: bool = False
 
     @property
+    def cross_compiler(self) -> str:
+        """The Debian cross compiler for it (gcc-<triplet>; i386's is named for i686)."""
+        return f"{self.triplet.replace('i386', 'i686', 1)}-gcc"
+
+    @property
     def native_loader(self) -> str:
         """The dynamic loader that runs the root's programs natively (i386 on x86-64)."""
         if self.emulator is not None:

@@ -1,12 +1,14 @@
 """pytest plugin for the runtime suite inside a foreign interpreter
 (`-p tests.ports.foreign_plugin`; it runs there, never on the host's pytest).
 
-Loaded before the suite's conftest, it registers the hypothesis profile `ports` (the
-conftest loads the profile named by HYPOTHESIS_PROFILE): the same properties with fewer
-examples, since every example runs under an emulator, and no example database shared
-between architectures. At the end it writes every test's outcome, a skip's reason with
-it, as JSON to the file named by VM_MEMORY_PORTS_REPORT. The emulator limits declared in
-`emulator_limits` skip the tests they break, with the reason.
+The harness names the hypothesis profile `ports` (the suite's conftest registers it, so
+that the suite's child interpreters that import the conftest know it too: the same
+properties with VM_MEMORY_PORTS_EXAMPLES examples, no example database). At the end it
+writes every test's outcome, a skip's reason with it, as JSON to the file named by
+VM_MEMORY_PORTS_REPORT; meanwhile each outcome is also appended to `<report>.partial` as
+it comes (one JSON line), so a run the harness's watchdog kills still leaves the outcome
+of every test that finished. The emulator limits declared in `emulator_limits` skip the
+tests they break, with the reason.
 """
 
 from __future__ import annotations
@@ -18,17 +20,14 @@ from pathlib import Path
 from typing import Any, Final
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import settings
 
 from .emulator_limits import limits_of
 
 REPORT_VARIABLE: Final = "VM_MEMORY_PORTS_REPORT"
 EXAMPLES_VARIABLE: Final = "VM_MEMORY_PORTS_EXAMPLES"
 PROFILE: Final = "ports"
-
-settings.register_profile(
-    PROFILE, max_examples=int(os.environ.get(EXAMPLES_VARIABLE, "150")), deadline=None,
-    database=None, suppress_health_check=[HealthCheck.too_slow])
+PARTIAL_SUFFIX: Final = ".partial"
 
 _outcomes: list[dict[str, Any]] = []
 _deselected: list[str] = []
@@ -70,15 +69,24 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
             outcome = "xfailed" if report.skipped else "xpassed"
         else:
             outcome = report.outcome
-        _outcomes.append({"test": report.nodeid, "outcome": outcome, "when": report.when,
-                          "reason": "" if outcome == "passed" else _reason(report),
-                          "seconds": round(report.duration, 3)})
+        _record({"test": report.nodeid, "outcome": outcome, "when": report.when,
+                 "reason": "" if outcome == "passed" else _reason(report),
+                 "seconds": round(report.duration, 3)})
 
 
 def pytest_collectreport(report: pytest.CollectReport) -> None:
     if report.failed:
-        _outcomes.append({"test": report.nodeid, "outcome": "error", "when": "collect",
-                          "reason": _reason(report), "seconds": 0.0})
+        _record({"test": report.nodeid, "outcome": "error", "when": "collect",
+                 "reason": _reason(report), "seconds": 0.0})
+
+
+def _record(outcome: dict[str, Any]) -> None:
+    """Keep an outcome for the report, and append it to the partial report now."""
+    _outcomes.append(outcome)
+    destination = os.environ.get(REPORT_VARIABLE)
+    if destination:
+        with open(destination + PARTIAL_SUFFIX, "a") as partial:
+            partial.write(json.dumps(outcome) + "\n")
 
 
 def pytest_deselected(items: list[pytest.Item]) -> None:

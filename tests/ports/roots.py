@@ -1,7 +1,8 @@
 """Minimal Debian roots, one per architecture, with Debian's own Python and libatomic.
 
 A root is `debootstrap --foreign` of the minimal base plus python3.11-minimal,
-libpython3.11-stdlib, libatomic1 and python3-numpy for the architecture, with every fetched package
+libpython3.11-stdlib, libatomic1, python3-numpy and libpython3.11-dev (the headers the
+compiled access path is cross-compiled against) for the architecture, with every fetched package
 unpacked by `dpkg-deb -x`: Python runs from it without debootstrap's second stage, which
 would need the architecture's CPU. The roots live in a cache outside the repository
 (`$VM_MEMORY_PORTS_CACHE`, else `~/.cache/vm-memory-ports`) and are reused until the
@@ -39,10 +40,12 @@ from .architectures import Port
 
 RELEASE: Final = "bookworm"
 """Debian 12: its Python is 3.11, the oldest the project supports."""
-PACKAGES: Final = ("python3.11-minimal", "libpython3.11-stdlib", "libatomic1", "python3-numpy")
-"""Debian's own builds: the interpreter, its standard library, libatomic, and numpy (some
-tests use its arrays as buffers; a compiled package, so the archive's, not PyPI's)."""
-RECIPE: Final = 2
+PACKAGES: Final = ("python3.11-minimal", "libpython3.11-stdlib", "libatomic1", "python3-numpy",
+                   "libpython3.11-dev")
+"""Debian's own builds: the interpreter, its standard library, libatomic, numpy (some
+tests use its arrays as buffers; a compiled package, so the archive's, not PyPI's), and
+Python's headers with the architecture's pyconfig.h (for `extension`)."""
+RECIPE: Final = 3
 """Bumped whenever the way a root is built changes: cached roots of another recipe are
 rebuilt."""
 TEST_PACKAGES: Final = ("pytest", "hypothesis")

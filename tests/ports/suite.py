@@ -21,8 +21,12 @@ from pathlib import Path
 from typing import IO, Any, Final
 
 from .emulator_limits import EMULATOR_VARIABLE
-from .foreign_plugin import EXAMPLES_VARIABLE, PROFILE, REPORT_VARIABLE
+from .extension import build_extension
+from .foreign_plugin import EXAMPLES_VARIABLE, PARTIAL_SUFFIX, PROFILE, REPORT_VARIABLE
 from .roots import REPOSITORY, Root, cache_home
+
+STRESS_SCALE_VARIABLE: Final = "VM_MEMORY_STRESS_SCALE"
+"""As tests/support.py names it (the harness does not import the suite's modules)."""
 
 SELECTION: Final = "not long and not type_checker and not ports"
 """The runtime suite, as a marker expression."""
@@ -33,6 +37,9 @@ SUITE_TIMEOUT_SECONDS: Final = 3600
 EMULATED_EXAMPLES: Final = 25
 """Hypothesis examples per property under an emulator (the host suite runs 150): each
 property still runs, at a sixth of the cost. A native port runs the host's 150."""
+EMULATED_STRESS_SCALE: Final = "0.1"
+"""`support.scaled`'s factor under an emulator (VM_MEMORY_STRESS_SCALE): a tenth of the
+host's stress iterations, each costing ten to fifty times as much there."""
 OUTCOMES: Final = ("passed", "failed", "error", "skipped", "xfailed", "xpassed")
 
 
@@ -96,18 +103,25 @@ def ignored() -> list[str]:
 
 def run_suite(root: Root, site: Path, *, max_examples: int | None = None,
               arguments: tuple[str, ...] = ()) -> SuiteResult:
-    """Run the runtime suite under the port's Python (extra pytest `arguments` narrow it)."""
+    """Run the runtime suite under the port's Python (extra pytest `arguments` narrow it),
+    on the compiled access path built for it (the suite's pure-path runs force the pure
+    path per test, as on the host)."""
+    build_extension(root)
     if max_examples is None:
         max_examples = 150 if root.port.emulator is None else EMULATED_EXAMPLES
     runs = cache_home() / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     label = root.port.debian + ("-narrowed" if arguments else "")  # not the full run's files
     report, log = runs / f"{label}.json", runs / f"{label}.log"
+    partial = report.with_name(report.name + PARTIAL_SUFFIX)
     report.unlink(missing_ok=True)
+    partial.unlink(missing_ok=True)
     environment = foreign_environment(root, site)
     environment.update({REPORT_VARIABLE: str(report), "HYPOTHESIS_PROFILE": PROFILE,
                         EXAMPLES_VARIABLE: str(max_examples),
                         EMULATOR_VARIABLE: root.port.emulator or ""})
+    if root.port.emulator is not None:
+        environment[STRESS_SCALE_VARIABLE] = EMULATED_STRESS_SCALE
     command = [str(root.python), "-m", "pytest", "-p", "tests.ports.foreign_plugin",
                "-m", SELECTION, *ignored(), "-q", "-rfE",
                *(arguments or ("tests",))]
@@ -115,13 +129,24 @@ def run_suite(root: Root, site: Path, *, max_examples: int | None = None,
     with log.open("w") as output:
         exit_status, cpu_seconds = run_measured(command, environment, output)
     seconds = time.monotonic() - started
-    if not report.exists():
+    if report.exists():
+        document = json.loads(report.read_text())
+        return SuiteResult(root, seconds, cpu_seconds, exit_status, document["max_examples"],
+                           document["outcomes"], document["deselected"], log)
+    if not partial.exists():
         tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-30:])
         raise RuntimeError(f"pytest under {root.port.debian} wrote no report "
                            f"(exit status {exit_status}):\n{tail}")
-    document = json.loads(report.read_text())
-    return SuiteResult(root, seconds, cpu_seconds, exit_status, document["max_examples"],
-                       document["outcomes"], document["deselected"], log)
+    # Killed (the watchdog) or crashed before the end: what finished, and the run is red.
+    outcomes = [json.loads(line) for line in partial.read_text().splitlines()
+                if line.endswith("}")]
+    outcomes.append({"test": f"<the {root.port.debian} run>", "outcome": "error",
+                     "when": "session", "seconds": seconds,
+                     "reason": f"pytest ended with exit status {exit_status} before its "
+                               f"report, after {len(outcomes)} outcomes (killed or crashed; "
+                               f"the watchdog kills it after {SUITE_TIMEOUT_SECONDS} s)"})
+    return SuiteResult(root, seconds, cpu_seconds, exit_status, max_examples, outcomes, [],
+                       log)
 
 
 def run_measured(command: list[str], environment: dict[str, str],

@@ -36,7 +36,14 @@ from vm_memory_tools.demo_guest import (
     ring_driver_program,
 )
 from vm_memory_tools.kvm import kvm_unavailable_reason
-from vm_memory_virtio import VIRTQ_DESC_F_NEXT, DriverQueue, Segment, SplitQueue, VirtqDesc
+from vm_memory_virtio import (
+    VIRTQ_DESC_F_NEXT,
+    DriverQueue,
+    Segment,
+    SplitQueue,
+    VirtqDesc,
+    to_le16,
+)
 
 MESSAGES: Final = 300
 EXCHANGE_TIMEOUT: Final = "300"
@@ -171,7 +178,8 @@ def test_ring_round_trip_across_index_wrap() -> None:
         assert driver.used() == [(head, 7) for head in heads]
         assert driver.used() == []
         seq += batch
-    used_idx = memory.read_atomic(QUEUE_LAYOUT.used_idx, Ordering.ACQUIRE)
+    # The ring is little-endian (virtio 1.x), the atomic load host-endian.
+    used_idx = to_le16(memory.read_atomic(QUEUE_LAYOUT.used_idx, Ordering.ACQUIRE))
     assert used_idx == seq % 0x10000 and seq > 0x10000
 
 

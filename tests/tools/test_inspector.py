@@ -48,13 +48,15 @@ def ram_file(tmp_path: Path) -> Path:
     return path
 
 
-def on_this_host(line: str, ram_file: Path) -> str:
+def on_this_host(line: str, ram_file: Path, file_offset: int | None = None) -> str:
     """A `read` line written for a little-endian host, as this host prints it: u16..i64
-    are read in the host's byte order (le/be types name theirs). Default layout only."""
+    are read in the host's byte order (le/be types name theirs). The value is at the
+    line's address in the file unless `file_offset` says where (another layout)."""
     address, type_name, _, _ = line.split()
     if sys.byteorder == "little" or type_name[0] not in "ui" or type_name in ("u8", "i8"):
         return line
-    size, start = int(type_name[1:]) // 8, int(address, 16)
+    size = int(type_name[1:]) // 8
+    start = int(address, 16) if file_offset is None else file_offset
     value = int.from_bytes(ram_file.read_bytes()[start:start + size], sys.byteorder,
                            signed=type_name[0] == "i")
     return f"{address}  {type_name}  {value}  0x{value % (1 << 8 * size):0{2 * size}x}"
@@ -192,7 +194,8 @@ def test_atomic_reads_need_alignment_in_the_file_and_one_region(
     what the helper's mapping loads from, and one load cannot span two regions."""
     file = str(ram_file)
     code, out, _ = run(capsys, file, "--layout", "0:0x20@0x100", "read", "--atomic", "u64", "0")
-    assert (code, out.strip()) == (0, "0x0  u64  1234605616436508552  0x1122334455667788")
+    assert (code, out.strip()) == (0, on_this_host(
+        "0x0  u64  1234605616436508552  0x1122334455667788", ram_file, file_offset=0x100))
     code, _, err = run(capsys, file, "--layout", "0:0x20@0x104", "read", "--atomic", "u64", "0")
     assert code == 2
     assert "--atomic: address 0x0 is at file offset 0x104, not aligned to 8 bytes" in err
@@ -202,8 +205,8 @@ def test_atomic_reads_need_alignment_in_the_file_and_one_region(
     assert "the u64 at 0x100 crosses the end of region 0x0-0x103 @ file 0x0" in err
     code, out, _ = run(capsys, file, "--layout", "0:0x104,0x104:0x100@0x104", "read",
                        "--atomic", "u32", "0x100", "--count", "2")
-    assert (code, out.splitlines()) == (0, ["0x100  u32  1432778632  0x55667788",
-                                            "0x104  u32  287454020  0x11223344"])
+    assert (code, out.splitlines()) == (0, [on_this_host(line, ram_file) for line in (
+        "0x100  u32  1432778632  0x55667788", "0x104  u32  287454020  0x11223344")])
 
 
 @pytest.mark.parametrize("atomic", [False, True], ids=["plain", "atomic"])
@@ -218,7 +221,7 @@ def test_watch_reads_again_until_the_sample_count(
     times: list[float] = []
     for line in lines:
         elapsed, rest = line.split("s  ", 1)
-        assert rest == "0x100  u32  1432778632  0x55667788"
+        assert rest == on_this_host("0x100  u32  1432778632  0x55667788", ram_file)
         times.append(float(elapsed))
     # New readings, at least the interval apart (less the 1 ms the rounding may take).
     assert times[1] - times[0] >= 0.009 and times[2] - times[1] >= 0.009
@@ -335,7 +338,8 @@ def test_parsers() -> None:
 def test_command_line_in_a_subprocess(ram_file: Path) -> None:
     result = run_python("-m", "vm_memory_tools", "inspect", str(ram_file), "read", "u64", "0x100")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "0x100  u64  1234605616436508552  0x1122334455667788"
+    assert result.stdout.strip() == on_this_host(
+        "0x100  u64  1234605616436508552  0x1122334455667788", ram_file)
     usage = run_python("-m", "vm_memory_tools", "inspect", str(ram_file))
     assert usage.returncode == 2 and "required" in usage.stderr
 
