@@ -588,15 +588,27 @@ for name, attempt in [("copy", copy.copy), ("deepcopy", copy.deepcopy),
     except (TypeError, AttributeError) as error:
         answers[name] = [type(error).__name__, str(error)]
 answers["regions"] = memory.num_regions()
+region = memory.regions()[0]
+for name, attempt in [("region copy", copy.copy), ("region pickle", pickle.dumps),
+                      ("region init again", lambda region: region.__init__(
+                          region.mapping, GuestAddress(0x5000)))]:
+    try:
+        attempt(region)
+        answers[name] = "accepted"
+    except (TypeError, AttributeError) as error:
+        answers[name] = type(error).__name__
+answers["region start"] = region.start_value
+answers["read"] = memory.read_bytes(GuestAddress(0x1000), 1).hex()
 print(json.dumps(answers))
 """
 
 
 @pytest.mark.parametrize("path", ["compiled", "pure"])
 def test_a_memory_cannot_be_copied_pickled_or_initialised_again(path: str) -> None:
-    """A copy would be a memory the lifetime registry does not know (so a mapping's close
-    would not count it), and `__init__` again would change an immutable memory's regions:
-    both paths refuse alike, and the memory keeps its regions."""
+    """A copy would be a memory (or a placement) the lifetime registry does not know (so
+    a mapping's close would not count it), and `__init__` again would change an immutable
+    memory's regions or move a region a memory holds: both paths refuse alike, and the
+    memory keeps its regions where they were."""
     environment = {"VM_MEMORY_PURE": "1"} if path == "pure" else {}
     result = run_python("-c", COPY_PROGRAM, environment=environment)
     assert result.returncode == 0, result.stderr
@@ -605,4 +617,6 @@ def test_a_memory_cannot_be_copied_pickled_or_initialised_again(path: str) -> No
     assert answers == {"copy": refused, "deepcopy": refused, "pickle": refused,
                        "init again": ["AttributeError",
                                       "a memory's regions are fixed at construction"],
-                       "regions": 1}, answers
+                       "regions": 1, "region copy": "TypeError", "region pickle": "TypeError",
+                       "region init again": "AttributeError", "region start": 0x1000,
+                       "read": "00"}, answers

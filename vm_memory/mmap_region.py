@@ -543,6 +543,7 @@ class GuestRegionMmap(GuestMemoryRegion):
     def _place(self, mapping: MmapRegion, start: GuestAddress) -> None:
         """Place `mapping` at `start` (call with the lifetime lock held). Its view is a
         1-D byte view of exactly its size, read-only iff it is: nothing to check there."""
+        self._refuse_second_construction()
         if not isinstance(mapping, MmapRegion):
             raise InvalidArgumentType("mapping", "an MmapRegion", mapping)
         if mapping.closed:

@@ -31,7 +31,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, SupportsIndex
 
 from vm_memory.address import GuestAddress, MemoryRegionAddress
 from vm_memory.atomic_access import AtomicTypeInfo
@@ -175,8 +175,21 @@ class GuestMemoryRegion(_RegionBase):
     atomic_read_limit: int
     atomic_write_limit: int
 
+    def _refuse_second_construction(self) -> None:
+        """`__init__` called again would move or remap a region a memory already holds
+        (its table keeps the old placement): refused on both paths."""
+        if hasattr(self, "start"):
+            raise AttributeError(f"{type(self).__name__}.start is fixed at construction: "
+                                 "the access paths' checks are derived from it")
+
+    def __reduce_ex__(self, protocol: SupportsIndex) -> NoReturn:
+        """Refused: a copy would be a placement its mapping does not know (so the
+        mapping's close would not count it), on both paths alike."""
+        raise TypeError(f"cannot pickle {type(self).__name__!r} object")
+
     def __init__(self, start: GuestAddress, length: int, *, read_only: bool,
                  buffer: memoryview | None = None, host_address: int | None = None) -> None:
+        self._refuse_second_construction()
         start_value = _checked_span(start, length)
         if buffer is not None:
             if buffer.readonly and not read_only:
