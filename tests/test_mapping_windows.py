@@ -50,7 +50,8 @@ def test_windows_are_page_aligned_neighbours_of_exactly_their_size() -> None:
     assert len({id(window.mapping) for window in windows}) == 1
     windows[1].view[:] = b"x" * 10
     assert bytes(windows[0].view) == bytes(PAGE) and bytes(windows[2].view[:4]) == bytes(4)
-    memory = GuestMemoryMmap.from_ranges([(GuestAddress(0), PAGE), (GuestAddress(PAGE), PAGE)])
+    memory = GuestMemoryMmap.from_ranges([(GuestAddress(0), PAGE), (GuestAddress(PAGE), PAGE)],
+                                         one_mapping=True)
     first, second = memory.regions()
     assert first.mapping.mapping is second.mapping.mapping, "from_ranges shares a mapping"
     alone = GuestMemoryMmap.from_ranges([(GuestAddress(0), PAGE), (GuestAddress(PAGE), PAGE)],
@@ -70,7 +71,7 @@ def _fresh() -> tuple[GuestMemoryMmap, GuestRegionMmap, GuestRegionMmap]:
     """Two regions far apart in guest space whose windows are neighbours on the host,
     filled through the mappings (so no access has warmed the memory object yet)."""
     memory = GuestMemoryMmap.from_ranges([(GuestAddress(LOW), PAGE),
-                                          (GuestAddress(HIGH), PAGE)])
+                                          (GuestAddress(HIGH), PAGE)], one_mapping=True)
     low, high = memory.regions()
     assert high.mapping.host_address == low.mapping.host_address + PAGE, "host neighbours"
     low.mapping.view[:] = OWN
@@ -160,7 +161,7 @@ def test_a_window_closes_only_when_no_memory_holds_any_sibling() -> None:
     unmaps the mapping and every window is closed."""
     results = run_child('''
         memory = GuestMemoryMmap.from_ranges([(GuestAddress(0), PAGE),
-                                              (GuestAddress(0x10000), PAGE)])
+                                              (GuestAddress(0x10000), PAGE)], one_mapping=True)
         smaller, removed = memory.remove_region(GuestAddress(0x10000), PAGE)
         del memory
         gc.collect()
@@ -190,7 +191,7 @@ def test_a_window_close_is_refused_while_a_buffer_of_a_sibling_is_exported() -> 
     """An exported buffer pins the whole mapping: the close is refused, nothing is
     released (every window still works), and it succeeds once the buffer is gone."""
     memory = GuestMemoryMmap.from_ranges([(GuestAddress(0), PAGE),
-                                          (GuestAddress(0x10000), PAGE)])
+                                          (GuestAddress(0x10000), PAGE)], one_mapping=True)
     first, second = memory.regions()
     exported = memory.get_slice(GuestAddress(0x10000), 16).as_memoryview()
     del memory
@@ -220,5 +221,5 @@ def test_ranges_that_cannot_be_placed_unmap_the_shared_mapping_at_once() -> None
         patch.setattr(MmapRegion, "anonymous_windows", staticmethod(spy))
         with pytest.raises(GuestMemoryError):
             GuestMemoryMmap.from_ranges([(GuestAddress(0), 2 * PAGE),
-                                         (GuestAddress(PAGE), PAGE)])
+                                         (GuestAddress(PAGE), PAGE)], one_mapping=True)
     assert len(windows) == 2 and all(window.closed for window in windows)

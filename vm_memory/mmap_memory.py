@@ -33,17 +33,17 @@ class GuestMemoryMmap(GuestMemory):
 
     @classmethod
     def from_ranges(cls, ranges: Iterable[tuple[GuestAddress, int]], *,
-                    shared: bool = False, one_mapping: bool = True) -> GuestMemoryMmap:
+                    shared: bool = False, one_mapping: bool = False) -> GuestMemoryMmap:
         """Anonymous memory for each (start, size); `shared` maps it MAP_SHARED.
 
         Like Rust vm-memory, the memory is mapped without reserving swap (a large sparse
         guest costs only what it touches); no ranges at all is `NoMemoryRegion`.
-        With `one_mapping` (the default) the regions are windows of one mapping
-        (`MmapRegion.anonymous_windows`): one `mmap` whatever their number, so building
-        many is cheap and needs no kernel mapping each, but they are unmapped together —
-        closing any of them is refused while a memory object holds any of them.
-        `one_mapping=False` maps each range alone (each can be closed, and its memory
-        returned, on its own: for ranges that will be hot-unplugged).
+        Each range is mapped alone (as Rust vm-memory does): each region can be closed,
+        and its memory returned, on its own. With `one_mapping=True` the regions are
+        windows of one mapping (`MmapRegion.anonymous_windows`): one `mmap` whatever
+        their number, so building thousands is cheap and needs no kernel mapping each,
+        but they are unmapped together — closing any of them is refused while a memory
+        object holds any of them.
         """
         items: list[tuple[GuestAddress, int]] = list(_ranges(ranges))
         if not one_mapping or len(items) < 2:
