@@ -1273,7 +1273,7 @@ pages_build(MemoryObject *self, Py_ssize_t count)
     for (Py_ssize_t i = 0; i < count; i++)
         if (entry_pages(&self->entries[i], &first, &last))
             wanted += (size_t)(last - first + 1);
-    if (wanted == 0 || count >= (Py_ssize_t)UINT32_MAX)   /* no table: the search alone */
+    if (wanted == 0 || (uint64_t)count >= UINT32_MAX)   /* no table: the search alone */
         return 0;
     if (pages_allocate(self, wanted) < 0)
         return -1;
@@ -1294,7 +1294,7 @@ pages_derive(MemoryObject *self, const MemoryObject *old, Py_ssize_t count, Py_s
     int small = entry_pages(changed, &first, &last);
     size_t adding = inserted && small ? (size_t)(last - first + 1) : 0;
     if (old->pages == NULL || 2 * (old->page_used + adding) > old->page_mask + 1 ||
-            count >= (Py_ssize_t)UINT32_MAX)
+            (uint64_t)count >= UINT32_MAX)
         return inserted ? pages_build(self, count) : 0;
     size_t slots = old->page_mask + 1;
     self->pages = PyMem_Malloc(slots * sizeof(PageSlot));
