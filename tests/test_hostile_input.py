@@ -529,6 +529,31 @@ class Liar(type(ctypes.c_uint8)):
 class Fake(ctypes.c_uint8, metaclass=Liar):
     pass
 
+class Disguise(type):  # makes Sly's metaclass look as if it kept type's == and hash()
+    def __getattribute__(cls, name):
+        if name in ("__eq__", "__hash__"):
+            return getattr(type, name)
+        return type.__getattribute__(cls, name)
+
+class SlyMeta(type(ctypes.c_uint8), metaclass=Disguise):
+    def __eq__(cls, other): return other is ctypes.c_uint64 or cls is other
+    def __hash__(cls): return hash(ctypes.c_uint64)
+
+class Sly(ctypes.c_uint8, metaclass=SlyMeta):
+    pass
+
+class Plain(type(ctypes.c_uint8)):  # honest when first seen, patched to lie afterwards
+    pass
+
+class Later(ctypes.c_uint8, metaclass=Plain):
+    pass
+
+class Raising(type(ctypes.c_uint8)):
+    def __hash__(cls): raise ValueError("no hash today")
+
+class Unhashed(ctypes.c_uint8, metaclass=Raising):
+    pass
+
 memory = GuestMemoryMmap.from_ranges([(GuestAddress(0x1000), 0x1000)])
 place = GuestAddress(0x1ff8)
 
@@ -546,9 +571,16 @@ def use(ctype):
         return type(error).__name__
 
 order = (Fake, ctypes.c_uint64) if sys.argv[1] == "fake first" else (ctypes.c_uint64, Fake)
-# Labels by identity: a dict keyed by these two types would merge them.
-print(json.dumps({("fake" if ctype is Fake else "real"): [use(ctype), use(ctype)]
-                  for ctype in order}))
+# Labels by identity: a dict keyed by these types would merge them.
+answers = {("fake" if ctype is Fake else "real"): [use(ctype), use(ctype)] for ctype in order}
+answers["sly"] = [use(Sly), use(Sly)]
+answers["later"] = [use(Later)]
+Plain.__eq__ = lambda cls, other: other is ctypes.c_uint64 or cls is other
+Plain.__hash__ = lambda cls: hash(ctypes.c_uint64)
+answers["later"].append(use(Later))
+answers["unhashed"] = [use(Unhashed)]
+answers["real again"] = [use(ctypes.c_uint64)]
+print(json.dumps(answers))
 """
 
 
@@ -558,7 +590,9 @@ def test_a_type_whose_metaclass_lies_about_equality_poisons_nothing(order: str,
                                                                     path: str) -> None:
     """Every cache of layouts is keyed by the type. A ctypes type whose metaclass claims
     to equal c_uint64 (same hash, == True) is refused — cold and warm, whichever type is
-    seen first — and c_uint64 keeps its own 8-byte layout on both paths."""
+    seen first, whether its metaclass hides the lie from attribute lookups, tells it only
+    after the type was first seen, or has a hash that raises: only ctypes' own metaclasses
+    are accepted — and c_uint64 keeps its own 8-byte layout on both paths."""
     # The control: a type-keyed dict is fooled by such a type (the threat is real).
     control = run_python("-c", LYING_TYPE_PROGRAM.replace(
         "print(json.dumps", "print({ctypes.c_uint64: 'real'}.get(Fake)); sys.exit(0)\nprint("),
@@ -568,9 +602,11 @@ def test_a_type_whose_metaclass_lies_about_equality_poisons_nothing(order: str,
     result = run_python("-c", LYING_TYPE_PROGRAM, order, environment=environment)
     assert result.returncode == 0, result.stderr
     answers = json.loads(result.stdout)
-    assert answers["fake"] == ["NotByteValued", "NotByteValued"], answers
+    refused = ["NotByteValued", "NotByteValued"]
+    assert answers["fake"] == answers["sly"] == answers["later"] == refused, answers
+    assert answers["unhashed"] == ["NotByteValued"], answers
     whole = [0x1122334455667788, 0x1122334455667788, 7, 7]
-    assert answers["real"] == [whole, whole], answers
+    assert answers["real"] == [whole, whole] and answers["real again"] == [whole], answers
 
 
 COPY_PROGRAM: Final = """

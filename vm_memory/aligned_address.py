@@ -68,7 +68,7 @@ def alignment_info(ctype: object) -> AlignmentInfo:
     """`ctype`'s `AlignmentInfo` (made once); raises `NotByteValued`."""
     try:
         info = _INFOS[ctype]  # type: ignore[index]
-    except (KeyError, TypeError):
+    except Exception:  # absent, unhashable, or a hash that raises: built below
         pass
     else:
         # A hit must be this very type, not one whose metaclass makes it equal a cached
@@ -137,7 +137,7 @@ class AlignedGuestAddress(_AlignedBase, Generic[_T_co]):
         value = address._guest_value
         try:
             info = _INFOS[ctype]
-        except (KeyError, TypeError):
+        except Exception:  # absent, unhashable, a hash that raises: refused there
             info = alignment_info(ctype)
         if info.ctype is not ctype:  # a type claiming to equal a cached one: refused there
             info = alignment_info(ctype)

@@ -116,7 +116,7 @@ def atomic_type_info(ctype: object) -> AtomicTypeInfo:
     """The AtomicTypeInfo of `ctype`, or raise `NotAtomicAccess` saying why it is not one."""
     try:
         info = _TYPE_INFOS[ctype]  # type: ignore[index]
-    except (KeyError, TypeError):
+    except Exception:  # absent, unhashable, or a hash that raises: built below
         pass
     else:
         # A hit must be this very type, not one whose metaclass makes it equal a cached

@@ -88,11 +88,28 @@ class TypeLayout:
 _LAYOUTS: dict[type[Any], TypeLayout] = {}
 
 
+def _metaclasses(*ctypes_types: type[Any]) -> tuple[type[Any], ...]:
+    """The distinct metaclasses of `ctypes_types`."""
+    found: list[type[Any]] = []
+    for ctypes_type in ctypes_types:
+        metaclass: type[Any] = type(ctypes_type)
+        if not any(metaclass is known for known in found):
+            found.append(metaclass)
+    return tuple(found)
+
+
+_CTYPES_METACLASSES: Final = _metaclasses(
+    ctypes.c_int, ctypes.Structure, ctypes.Union, ctypes.Array, ctypes.BigEndianStructure,
+    ctypes.LittleEndianStructure, ctypes.BigEndianUnion, ctypes.LittleEndianUnion)
+"""The metaclasses of ctypes' own scalars, Structures, Unions and Arrays (explicit-endian
+ones included): compared by identity, as a type's own metaclass could lie to `==`."""
+
+
 def layout_of(ctype: object) -> TypeLayout:
     """The layout of a ByteValued type, validated and cached; raises `NotByteValued`."""
     try:
         layout = _LAYOUTS[ctype]  # type: ignore[index]
-    except (KeyError, TypeError):
+    except Exception:  # absent, unhashable, or a hash that raises: built below
         pass
     else:
         # A hit must be this very type, not one whose metaclass makes it equal a cached
@@ -176,15 +193,15 @@ def _derives(ctype: type[Any], base: Any) -> bool:
 
 def _build_type_layout(ctype: type[Any]) -> TypeLayout:
     name = type_name(ctype)
-    metaclass = type(ctype)
-    equality: tuple[object, object] = (metaclass.__eq__, metaclass.__hash__)
-    if equality[0] is not type.__eq__ or equality[1] is not type.__hash__:
-        # Every cache of layouts is keyed by the type: such a type could pass for another.
-        raise NotByteValued(name, f"its metaclass {metaclass.__qualname__} redefines == or "
-                                  "hash(), so it could pass for another type")
     # Plain bools, not narrowing checks: the helpers below take any ctypes type.
     scalar = _derives(ctype, ctypes._SimpleCData)  # pyright: ignore[reportPrivateUsage]
     aggregate = _derives(ctype, ctypes.Structure | ctypes.Union | ctypes.Array)
+    metaclass = type(ctype)
+    if (scalar or aggregate) and not any(metaclass is own for own in _CTYPES_METACLASSES):
+        # Every cache of layouts and fast paths is keyed by the type, and a metaclass of
+        # one's own can make a type compare equal to another (now or patched later).
+        raise NotByteValued(name, f"its metaclass {metaclass.__qualname__} is not one of "
+                                  "ctypes' own, and could make it pass for another type")
     if scalar:
         return _scalar_layout(ctype, name)
     if issubclass(ctype, ctypes._Pointer):  # pyright: ignore[reportPrivateUsage]

@@ -589,7 +589,7 @@ class GuestMemory(_MemoryBase):
         try:
             layout = _LAYOUTS[ctype]
             value = address._guest_value
-        except (KeyError, TypeError, AttributeError):
+        except Exception:  # the general path says what is wrong
             return self._read_obj_unaligned_general(address, ctype)
         region = self._last
         unpack = layout.struct_unpack
@@ -628,7 +628,7 @@ class GuestMemory(_MemoryBase):
         try:
             layout = _LAYOUTS[ctype]
             raw = address._guest_value
-        except (KeyError, TypeError, AttributeError):
+        except Exception:  # the general path says what is wrong
             return self._write_obj_unaligned_general(address, ctype, value)
         region = self._last
         pack = layout.struct_pack
