@@ -656,3 +656,21 @@ def test_a_memory_cannot_be_copied_pickled_or_initialised_again(path: str) -> No
                        "regions": 1, "region copy": "TypeError", "region pickle": "TypeError",
                        "region init again": "AttributeError", "region start": 0x1000,
                        "read": "00"}, answers
+
+
+def test_a_regions_typed_views_cannot_be_replaced() -> None:
+    """The aligned fast paths index a region's typed views directly: assigning other
+    views (over another buffer) or adding one is refused, and reads still see the guest."""
+    memory = GuestMemoryMmap.from_ranges([(GuestAddress(0x1000), 0x1000)])
+    address = AlignedGuestAddress.new(ctypes.c_uint32, GuestAddress(0x1000))
+    memory.write_obj(address, 5)
+    assert memory.read_obj(address) == 5  # the typed view exists now
+    region = memory.regions()[0]
+    secret = bytearray(b"SECRET!!")
+    with pytest.raises(AttributeError, match="fixed at construction"):
+        region.typed_views = {"I": memoryview(secret).cast("I")}
+    with pytest.raises(TypeError):
+        region.typed_views["I"] = memoryview(secret).cast("I")  # type: ignore[index]
+    assert memory.read_obj(address) == 5
+    memory.write_obj(address, 6)
+    assert secret == bytearray(b"SECRET!!") and memory.read_obj(address) == 6

@@ -49,7 +49,7 @@ from vm_memory.implementation import compiled
 _FIXED: frozenset[str] = frozenset({
     "start", "start_value", "length", "read_only", "buffer", "host_address", "dirty",
     "end_value", "atomic_delta", "read_limit", "write_limit", "atomic_read_limit",
-    "atomic_write_limit"})
+    "atomic_write_limit", "typed_views"})
 
 
 _NO_TYPED_VIEWS: Mapping[str, memoryview] = MappingProxyType({})
@@ -218,7 +218,9 @@ class GuestMemoryRegion(_RegionBase):
         if view is None and self.buffer is not None and self.start_value % size == 0:
             usable: Any = self.buffer[:self.length - self.length % size]
             view = usable.cast(code)  # a format known at run time
-            self.typed_views = {**self.typed_views, code: view}
+            # Read-only and fixed: the aligned fast paths index these views directly.
+            object.__setattr__(self, "typed_views",
+                               MappingProxyType({**self.typed_views, code: view}))
         return view
 
     def release_typed_views(self) -> None:
@@ -227,7 +229,8 @@ class GuestMemoryRegion(_RegionBase):
         They leave the region before they are released, so the hot paths never see a
         released one (they make new ones on demand); `BufferError` if one is exported.
         """
-        views, self.typed_views = self.typed_views, _NO_TYPED_VIEWS
+        views = self.typed_views
+        object.__setattr__(self, "typed_views", _NO_TYPED_VIEWS)
         for view in views.values():
             view.release()
 
