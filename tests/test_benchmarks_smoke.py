@@ -89,8 +89,10 @@ def test_quick_run_prints_every_row_on_both_paths(tmp_path: Path) -> None:
             by_name = {row["operation"]: row for row in document[side]["rows"]}
             assert name in by_name, (side, name)
             row = by_name[name]
-            ours, ratio = (float(cells[i].replace(",", "")) for i in (first, first + 1))
-            assert math.isfinite(ratio) and ratio > 0, f"{side} {name}: ratio {cells}"
+            ours = float(cells[first].replace(",", ""))
+            # The JSON's ratio, not the printed one: a compiled call against an emulated
+            # ctypes baseline can print as 0.00.
+            assert math.isfinite(row["ratio"]) and row["ratio"] > 0, (side, name, row)
             assert ours > 0 and row["baseline_ns"] > 0, f"{side} {name}: {cells}"
             assert f"{row['ratio']:.2f}" == cells[first + 1], (side, name)
             assert within_cell(row) == cells[first + 2], (side, name)
