@@ -11,6 +11,7 @@ holds the regions. The edge accesses run here, on the path this run of the suite
 from __future__ import annotations
 
 import ctypes
+import sys
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -144,7 +145,9 @@ def test_accesses_at_a_windows_last_bytes_stay_inside(warm: bool) -> None:
     assert memory.read(GuestAddress(EDGE - 4), buffer) == 4
     assert bytes(buffer) == b"\x44" * 4 + b"\x99" * 4
     assert memory.write(GuestAddress(EDGE - 2), b"\x55" * 8) == 2
-    assert bytes(low.mapping.view[-8:]) == b"\x33\x22\x22\x22\x44\x44\x55\x55"
+    # The u64's first four bytes in host order, then the u32's two left, then the 0x55s.
+    added = (0x2222222222222233).to_bytes(8, sys.byteorder)
+    assert bytes(low.mapping.view[-8:]) == added[:4] + b"\x44\x44\x55\x55"
     assert bytes(high.mapping.view) == NEIGHBOUR, "the neighbour's bytes were reached"
 
 
