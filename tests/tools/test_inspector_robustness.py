@@ -358,7 +358,7 @@ def test_the_shrink_check_sees_a_shrink_that_already_happened(ram_file: Path) ->
     silently (the in-process API, between opening and reading)."""
     with open_ram_file(str(ram_file)) as ram:
         value = GuestAddress(VALUE_ADDRESS)
-        assert ram.memory.read_bytes(value, 8) == VALUE.to_bytes(8, "little")
+        assert ram.memory.read_bytes(value, 8) == VALUE.to_bytes(8, sys.byteorder)
         ram.check_size("read")  # whole: no complaint
         os.truncate(ram_file, VALUE_ADDRESS)
         assert ram.memory.read_bytes(value, 8) == bytes(8)  # past the end: zeros, silently
