@@ -33,6 +33,7 @@ import select
 import selectors
 import socket
 import stat
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -83,7 +84,8 @@ _REPLYING: Final = frozenset({
     Request.GET_FEATURES, Request.GET_PROTOCOL_FEATURES, Request.GET_VRING_BASE,
     Request.GET_QUEUE_NUM, Request.GET_CONFIG, Request.GET_INFLIGHT_FD,
     Request.GET_MAX_MEM_SLOTS})
-_ONE: Final = (1).to_bytes(8, "little")
+_ONE: Final = (1).to_bytes(8, sys.byteorder)
+"""An eventfd's count is a host-order u64 (eventfd(2)): one signal adds 1."""
 PROFILE_VARIABLE: Final = "VM_MEMORY_VHOST_PROFILE"
 """If set, each queue thread runs under cProfile (thread CPU time) and writes its stats to
 `$VM_MEMORY_VHOST_PROFILE.<pid>.<queue>.<thread>` when it stops (for the benchmark's

@@ -28,6 +28,15 @@ EMULATOR_VARIABLE: Final = "VM_MEMORY_PORTS_EMULATOR"
 """Set by the harness to the emulator's name when it runs the suite under one."""
 
 
+HOST_BYTE_ORDER_VARIABLE: Final = "VM_MEMORY_PORTS_HOST_BYTE_ORDER"
+"""Set by the harness to the host's `sys.byteorder` (the byte order of the host's QEMU)."""
+
+
+def _emulated_other_byte_order() -> bool:
+    host = os.environ.get(HOST_BYTE_ORDER_VARIABLE)
+    return bool(os.environ.get(EMULATOR_VARIABLE)) and host is not None and host != sys.byteorder
+
+
 def _emulated_64_bit() -> bool:
     return bool(os.environ.get(EMULATOR_VARIABLE)) and sys.maxsize > 2**32
 
@@ -48,6 +57,15 @@ EMULATOR_LIMITS: Final = (
         "qemu-user does not apply RLIMIT_AS to the emulated program (its own allocations "
         "would hit it): a 4 GiB bytearray under a 1 GiB limit succeeds (measured on "
         "s390x), so the control fails and the limit these tests run under is not there"),
+    EmulatorLimit(
+        _emulated_other_byte_order,
+        ("tests/vhost/test_qemu_guest.py::test_linux_guest_on_ours_and_on_qemu_storage_daemon",
+         "tests/vhost/test_qemu_guest.py::test_backend_killed_mid_io_resumes_without_losing_a_byte"),
+        "vhost-user messages and eventfd counts are in the machine's native byte order "
+        "(vhost-user.rst, eventfd(2)); here the front-end is the host's QEMU, the other byte "
+        "order than the emulated back-end, a pairing no real machine has (the back-end "
+        "reads QEMU's first message as an unknown request and hangs up: measured on s390x); the back-end's protocol, device and eventfd "
+        "tests (tests/vhost/test_protocol.py) run against a front-end in the port's own order"),
 )
 
 

@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Final
 
-from .emulator_limits import EMULATOR_VARIABLE
+from .emulator_limits import EMULATOR_VARIABLE, HOST_BYTE_ORDER_VARIABLE
 from .extension import build_extension
 from .foreign_plugin import EXAMPLES_VARIABLE, PARTIAL_SUFFIX, PROFILE, REPORT_VARIABLE
 from .roots import REPOSITORY, Root, cache_home
@@ -119,7 +120,8 @@ def run_suite(root: Root, site: Path, *, max_examples: int | None = None,
     environment = foreign_environment(root, site)
     environment.update({REPORT_VARIABLE: str(report), "HYPOTHESIS_PROFILE": PROFILE,
                         EXAMPLES_VARIABLE: str(max_examples),
-                        EMULATOR_VARIABLE: root.port.emulator or ""})
+                        EMULATOR_VARIABLE: root.port.emulator or "",
+                        HOST_BYTE_ORDER_VARIABLE: sys.byteorder})
     if root.port.emulator is not None:
         environment[STRESS_SCALE_VARIABLE] = EMULATED_STRESS_SCALE
     command = [str(root.python), "-m", "pytest", "-p", "tests.ports.foreign_plugin",

@@ -8,6 +8,7 @@ import fcntl
 import os
 import signal
 import struct
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 
 from vm_memory import GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion
 from vm_memory_vhost import PROTOCOL_FEATURES, ProtocolFeature, Request, VirtioBlkReqHeader
+from vm_memory_vhost.backend import Vring
 from vm_memory_vhost.blk import (
     VIRTIO_BLK_F_MQ,
     VIRTIO_BLK_F_RO,
@@ -430,3 +432,22 @@ def test_signal_stops_cleanly_with_a_front_end_connected(tmp_path: Path, signum:
 def test_protocol_features_offered_match_the_messages_served() -> None:
     names = {ProtocolFeature(bit).name for bit in range(17) if PROTOCOL_FEATURES >> bit & 1}
     assert names == {"MQ", "REPLY_ACK", "CONFIG", "INFLIGHT_SHMFD", "CONFIGURE_MEM_SLOTS"}
+
+
+def test_each_signal_adds_one_to_the_eventfds_count() -> None:
+    """A call or err signal adds 1 to the eventfd's count, which the kernel reads as a
+    host-order u64: a count written in another byte order adds 2**56 on the other kind of
+    host (the driver then sees a count no signal sent, and the 256th such write
+    overflows the eventfd). Control: that other order, written here, is not a count of 1."""
+    vring = Vring(0)
+    fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+    vring.replace_fd("call", fd)
+    try:
+        vring.signal("call")
+        vring.signal("call")
+        assert os.eventfd_read(fd) == 2
+        other = "big" if sys.byteorder == "little" else "little"
+        os.write(fd, (1).to_bytes(8, other))
+        assert os.eventfd_read(fd) == 1 << 56
+    finally:
+        vring.close_fds()
