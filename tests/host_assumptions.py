@@ -4,6 +4,8 @@
   `AtomicWidthUnsupported`, as the atomicity contract says. Tests written with 64-bit
   atomics are marked `needs_8_byte_atomics` and skip there, the library's own refusal as
   the reason; a missing libatomic is not a refusal (those tests then fail and say so).
+  Tests where the width is incidental use `WIDE_ATOMIC` instead, the widest unsigned
+  atomic this host does (8 bytes where it can, else 4), and so run everywhere.
 - An x86 host for KVM: the KVM harness's guests are x86 code that the host's KVM runs.
   Under qemu-user (tests/ports) /dev/kvm is the x86 host's and the emulator forwards none
   of its ioctls: `needs_x86_kvm_host` skips there, whatever CI says (nothing is missing
@@ -18,7 +20,7 @@ from __future__ import annotations
 import ctypes
 import importlib.util
 import platform
-from typing import Final
+from typing import Final, cast
 
 import pytest
 
@@ -48,6 +50,31 @@ EIGHT_BYTE_REFUSAL: Final = _refusal()
 needs_8_byte_atomics: Final = pytest.mark.skipif(
     EIGHT_BYTE_REFUSAL is not None,
     reason=f"uses 8-byte atomics, which this host refuses: {EIGHT_BYTE_REFUSAL}")
+
+WIDE_ATOMIC: Final = cast("type[ctypes.c_uint64]",
+                         ctypes.c_uint64 if EIGHT_BYTE_REFUSAL is None else ctypes.c_uint32)
+"""The widest unsigned atomic this host does, for tests where the width is incidental
+(mips o32 and riscv32 refuse 8 bytes; every supported host does 4). Typed as c_uint64,
+the widest it can be: the checkers take one atomic type (`AtomicInteger` is a constrained
+TypeVar), and the values the tests store fit both."""
+
+WIDE_ATOMIC_BYTES: Final = ctypes.sizeof(WIDE_ATOMIC)
+
+WIDE_ATOMIC_NAME: Final = f"c_uint{8 * WIDE_ATOMIC_BYTES}"
+"""Its `ctypes` name, for the child programs' preludes (`ctypes.c_uint32` or `c_uint64`)."""
+
+WIDE_ATOMIC_PRELUDE: Final = f'''
+def wide(address):
+    """The widest atomic this host does ({WIDE_ATOMIC_NAME}), where the width is incidental."""
+    return AlignedGuestAddress.new(ctypes.{WIDE_ATOMIC_NAME}, GuestAddress(address))
+'''
+"""`wide(address)` for a child program that has imported ctypes and vm_memory's names."""
+
+
+def wide_atomic(address: int) -> AlignedGuestAddress[ctypes.c_uint64]:
+    """`address` aligned for `WIDE_ATOMIC`."""
+    return AlignedGuestAddress.new(WIDE_ATOMIC, GuestAddress(address))
+
 
 X86_MACHINES: Final = ("x86_64", "i386", "i486", "i586", "i686")
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import pytest
-from host_assumptions import needs_8_byte_atomics
+from host_assumptions import EIGHT_BYTE_REFUSAL, needs_8_byte_atomics
 from support import run_python, unavailable
 
 from vm_memory import (
@@ -243,10 +243,18 @@ def test_missing_libatomic_fails_only_atomics_and_names_the_package() -> None:
 
 def test_the_compiled_path_needs_no_libatomic(compiled_path: object) -> None:
     """The compiled path inlines its atomics (compiler builtins): with libatomic
-    unloadable every atomic operation on host memory still runs, and plain access too."""
+    unloadable every atomic operation on host memory still runs, and plain access too.
+    On a host without 8-byte atomics the c_uint64 ones are refused as they are with
+    libatomic (AtomicWidthUnsupported, memory unchanged), never a missing library."""
     results = run_child(MISSING_LIBATOMIC_PROGRAM, VM_MEMORY_LIBATOMIC=MISSING_LIBRARY)
     results.pop("plain")
     assert len(results) == 9 + 9 + 7 + 1
+    if EIGHT_BYTE_REFUSAL is not None:
+        eight = {name: results.pop(name) for name in list(results)
+                 if name.startswith("c_uint64 ")}
+        assert len(eight) == 9
+        assert_all_refused(eight, "AtomicWidthUnsupported", expected_count=9)
+        assert {outcome["message"] for outcome in eight.values()} == {EIGHT_BYTE_REFUSAL}
     assert all(outcome["raised"] is None for outcome in results.values()), results
 
 

@@ -124,6 +124,7 @@ PATH_ROWS = [
 ]
 
 
+@needs_8_byte_atomics  # the issue-13 rows are u64 atomics: their width is the point
 def test_both_paths_benchmark_measures_every_row_on_each_path(tmp_path: Path) -> None:
     """`python -m benchmarks.bench_paths --quick` measures every issue-13 row on the
     compiled path and on the pure one (each in its own process), the compiled reference

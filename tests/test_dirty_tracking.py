@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 import pytest
+from host_assumptions import WIDE_ATOMIC, wide_atomic
 from support import ByteDevice, provoke
 
 from vm_memory import (
@@ -114,14 +115,14 @@ WRITE_PATHS: Final[dict[str, tuple[WritePath, list[int]]]] = {
     "write_obj_unaligned": (lambda m: m.write_obj_unaligned(GuestAddress(EDGE + 1),
                                                             ctypes.c_uint64, 7),
                             [SECOND - PAGE, SECOND]),
-    "write_atomic": (lambda m: m.write_atomic(u64(SECOND + PAGE), 1), [SECOND + PAGE]),
+    "write_atomic": (lambda m: m.write_atomic(wide_atomic(SECOND + PAGE), 1), [SECOND + PAGE]),
     "swap": (lambda m: m.swap(u32(SECOND + 3 * PAGE), 1), [SECOND + 3 * PAGE]),
-    "compare_exchange": (lambda m: m.compare_exchange(u64(FIRST), 0, 9), [FIRST]),
-    "fetch_add": (lambda m: m.fetch_add(u64(FIRST + 8), 1), [FIRST]),
-    "fetch_sub": (lambda m: m.fetch_sub(u64(FIRST + PAGE), 1), [FIRST + PAGE]),
-    "fetch_and": (lambda m: m.fetch_and(u64(SECOND), 1), [SECOND]),
-    "fetch_or": (lambda m: m.fetch_or(u64(SECOND + 2 * PAGE), 1), [SECOND + 2 * PAGE]),
-    "fetch_xor": (lambda m: m.fetch_xor(u64(SECOND + 16), 1), [SECOND]),
+    "compare_exchange": (lambda m: m.compare_exchange(wide_atomic(FIRST), 0, 9), [FIRST]),
+    "fetch_add": (lambda m: m.fetch_add(wide_atomic(FIRST + 8), 1), [FIRST]),
+    "fetch_sub": (lambda m: m.fetch_sub(wide_atomic(FIRST + PAGE), 1), [FIRST + PAGE]),
+    "fetch_and": (lambda m: m.fetch_and(wide_atomic(SECOND), 1), [SECOND]),
+    "fetch_or": (lambda m: m.fetch_or(wide_atomic(SECOND + 2 * PAGE), 1), [SECOND + 2 * PAGE]),
+    "fetch_xor": (lambda m: m.fetch_xor(wide_atomic(SECOND + 16), 1), [SECOND]),
     "slice.write": (lambda m: m.get_slice(GuestAddress(FIRST), 4 * PAGE).write(
         PAGE - 2, b"abcd"), [FIRST, FIRST + PAGE]),
     "slice.copy_from": (lambda m: m.get_slice(GuestAddress(SECOND + PAGE), 8).copy_from(
@@ -131,11 +132,11 @@ WRITE_PATHS: Final[dict[str, tuple[WritePath, list[int]]]] = {
     "ref.write_atomic": (lambda m: m.get_slice(GuestAddress(SECOND), 64).get_ref(
         ctypes.c_uint32, 4).write_atomic(3), [SECOND]),
     "ref.fetch_add": (lambda m: m.get_slice(GuestAddress(SECOND + PAGE), 64).get_ref(
-        ctypes.c_uint64, 8).fetch_add(3), [SECOND + PAGE]),
+        WIDE_ATOMIC, 8).fetch_add(3), [SECOND + PAGE]),
     "ref.swap": (lambda m: m.get_slice(GuestAddress(FIRST + 3 * PAGE), 64).get_ref(
-        ctypes.c_uint64, 8).swap(3), [FIRST + 3 * PAGE]),
+        WIDE_ATOMIC, 8).swap(3), [FIRST + 3 * PAGE]),
     "ref.compare_exchange": (lambda m: m.get_slice(GuestAddress(FIRST + PAGE), 64)
-                             .get_ref(ctypes.c_uint64, 0).compare_exchange(0, 1),
+                             .get_ref(WIDE_ATOMIC, 0).compare_exchange(0, 1),
                              [FIRST + PAGE]),
     "array_ref.store": (lambda m: m.get_slice(GuestAddress(FIRST), 4 * PAGE)
                         .get_array_ref(ctypes.c_uint32, 0, PAGE)[PAGE // 4 * 3].store(1),
@@ -165,7 +166,7 @@ def test_write_path_marks_exactly_its_pages(memory: GuestMemory, path: str) -> N
 
 
 def test_failed_compare_exchange_and_refused_writes_mark_nothing(memory: GuestMemory) -> None:
-    assert memory.compare_exchange(u64(FIRST), 1, 2) == (False, 0)
+    assert memory.compare_exchange(wide_atomic(FIRST), 1, 2) == (False, 0)
     with pytest.raises(PartialBuffer):
         memory.write_slice(GuestAddress(SECOND + 4 * PAGE - 2), b"past the end")
     with pytest.raises(PartialBuffer):
@@ -188,7 +189,7 @@ def _slice_reads(memory: GuestMemory) -> None:
 def _ref_reads(memory: GuestMemory) -> None:
     view = memory.get_slice(GuestAddress(SECOND), 64)
     view.get_ref(ctypes.c_uint64, 0).load()
-    view.get_ref(ctypes.c_uint64, 8).read_atomic()
+    view.get_ref(WIDE_ATOMIC, 8).read_atomic()
     [ref.load() for ref in view.get_array_ref(ctypes.c_uint16, 0, 32)]
 
 
@@ -206,7 +207,7 @@ READ_PATHS: Final[dict[str, WritePath]] = {
     "read_obj": lambda m: m.read_obj(u64(FIRST + 8)),
     "read_obj_unaligned": lambda m: m.read_obj_unaligned(GuestAddress(EDGE + 1),
                                                          ctypes.c_uint64),
-    "read_atomic": lambda m: m.read_atomic(u64(SECOND)),
+    "read_atomic": lambda m: m.read_atomic(wide_atomic(SECOND)),
     "slice reads": _slice_reads,
     "refs": _ref_reads,
     "write_to": _write_to_socket,
@@ -295,7 +296,8 @@ def run_harness(take: Callable[[GuestMemory], list[GuestAddress]], seconds: floa
     Runs for ``seconds`` and at least ``min_rounds`` rounds, however slow the machine,
     and on until ``min_takes`` takes have run beside the writers (at most
     ``MAX_ROUNDS_FOR_TAKES`` rounds: how many fit in a round depends on the machine, an
-    emulator's included, never the count of rounds that proves something).
+    emulator's included, never the count of rounds that proves something). A writer's
+    error is raised here, never counted as pages lost (the controls would pass on it).
     """
     memory = GuestMemoryMmap.from_ranges(
         [(GuestAddress(FIRST), HARNESS_PAGES * PAGE),
@@ -303,21 +305,25 @@ def run_harness(take: Callable[[GuestMemory], list[GuestAddress]], seconds: floa
     memory.track_dirty_pages()
     result = HarnessResult()
     rng = random.Random(1)
+    errors: list[Exception] = []
 
     def writer(pages_to_write: list[int], seed: int) -> None:
         write_rng = random.Random(seed)
-        for count, page in enumerate(pages_to_write, start=1):
-            address = page + write_rng.randrange(0, PAGE, 8)
-            if bypass_every and count % bypass_every == 0:  # a write the library never sees
-                memory.get_slice(GuestAddress(address), 8).as_memoryview()[:] = b"bypass!!"
-            elif count % 4 == 0:
-                memory.write_slice(GuestAddress(address), b"written!")
-            elif count % 4 == 1:
-                memory.write_obj(u64(address), count)
-            elif count % 4 == 2:
-                memory.write_atomic(u64(address), count)
-            else:
-                memory.fetch_or(u64(address), 1)
+        try:
+            for count, page in enumerate(pages_to_write, start=1):
+                address = page + write_rng.randrange(0, PAGE, 8)
+                if bypass_every and count % bypass_every == 0:  # the library never sees it
+                    memory.get_slice(GuestAddress(address), 8).as_memoryview()[:] = b"bypass!!"
+                elif count % 4 == 0:
+                    memory.write_slice(GuestAddress(address), b"written!")
+                elif count % 4 == 1:
+                    memory.write_obj(u64(address), count)
+                elif count % 4 == 2:
+                    memory.write_atomic(wide_atomic(address), count)
+                else:
+                    memory.fetch_or(wide_atomic(address), 1)
+        except Exception as error:  # raised below: its unwritten pages are no lost marks
+            errors.append(error)
 
     previous = sys.getswitchinterval()
     sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter allows
@@ -338,6 +344,8 @@ def run_harness(take: Callable[[GuestMemory], list[GuestAddress]], seconds: floa
                 result.takes += 1
             for thread in threads:
                 thread.join()
+            if errors:
+                raise errors[0]
             taken.update(address.raw_value() for address in memory.take_dirty_pages())
             result.rounds += 1
             result.written += len(order)

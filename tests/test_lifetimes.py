@@ -15,7 +15,7 @@ import textwrap
 from typing import Any, Final
 
 import pytest
-from host_assumptions import needs_8_byte_atomics
+from host_assumptions import WIDE_ATOMIC_PRELUDE, needs_8_byte_atomics
 from support import run_python
 
 CHILD_TIMEOUT: Final = 300
@@ -34,7 +34,9 @@ PRELUDE: Final = textwrap.dedent('''
             return {"value": call()}
         except Exception as error:
             return {"raised": type(error).__name__, "message": str(error)}
-''')
+''') + WIDE_ATOMIC_PRELUDE
+"""The children's common start: `u64(address)` where 8 bytes matter, `wide(address)`
+(the widest atomic this host does) where the width is incidental, and `outcome(call)`."""
 
 
 def run_child(body: str) -> dict[str, Any]:

@@ -8,17 +8,16 @@ read-only must hand out only read-only views, or the file changes behind the fla
 
 from __future__ import annotations
 
-import ctypes
 import mmap
 import tempfile
 import textwrap
 from typing import Any, Final
 
 import pytest
+from host_assumptions import wide_atomic
 from support import run_python
 
 from vm_memory import (
-    AlignedGuestAddress,
     DeviceRegion,
     FileRegion,
     GuestAddress,
@@ -33,10 +32,6 @@ from vm_memory import (
 PAGE: Final = mmap.PAGESIZE
 
 
-def u64(offset: int) -> AlignedGuestAddress[ctypes.c_uint64]:
-    return AlignedGuestAddress.new(ctypes.c_uint64, GuestAddress(offset))
-
-
 def test_a_mapping_without_write_access_cannot_be_a_writable_region() -> None:
     with tempfile.TemporaryFile() as handle:
         handle.truncate(PAGE)
@@ -45,9 +40,9 @@ def test_a_mapping_without_write_access_cannot_be_a_writable_region() -> None:
             MmapRegion(mapping, read_only=False, shared=True)
         region = MmapRegion(mapping, read_only=True, shared=True)
         memory = GuestMemoryMmap.from_regions([GuestRegionMmap(region, GuestAddress(0))])
-        assert memory.read_atomic(u64(8)) == 0
+        assert memory.read_atomic(wide_atomic(8)) == 0
         with pytest.raises(ReadOnlyRegion):
-            memory.write_atomic(u64(8), 1)
+            memory.write_atomic(wide_atomic(8), 1)
 
 
 WRITABLE_FLAG_ON_READ_ONLY_MAP: Final = textwrap.dedent('''
@@ -97,7 +92,7 @@ def test_a_writable_mapping_flagged_read_only_gives_read_only_views() -> None:
         with pytest.raises(ReadOnlyRegion):
             memory.write_slice(GuestAddress(0), b"X")
         with pytest.raises(ReadOnlyRegion):
-            memory.write_atomic(u64(0), 1)
+            memory.write_atomic(wide_atomic(0), 1)
         handle.seek(0)
         assert handle.read(8) == b"original"
 

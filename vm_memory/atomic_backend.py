@@ -4,7 +4,10 @@ Each (width, signedness) gets its own typed ctypes function objects, so values c
 C boundary at the right width and sign. A width is used only if `__atomic_is_lock_free`
 says so: libatomic's lock-based fallback would not be atomic against another process
 or a guest vCPU. The library is loaded on first use; where it is missing, only atomic
-operations fail (`AtomicLibraryMissing`), naming the package to install.
+operations fail (`AtomicLibraryMissing`), naming the package to install. On the compiled
+path the compiler already knows which widths are lock-free (the same answer as libatomic,
+tests/test_compiled_path.py checks): a width it refuses is `AtomicWidthUnsupported`
+whether libatomic is there or not, never a missing library that installing would not fix.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any, Final
 from vm_memory.atomic_access import AtomicTypeInfo
 from vm_memory.atomic_operations import OPERATIONS, AtomicOperation, Shape
 from vm_memory.errors import AtomicLibraryMissing, AtomicWidthUnsupported
+from vm_memory.implementation import compiled
 from vm_memory.ordering import Ordering
 
 LIBRARY_ENVIRONMENT_VARIABLE: Final = "VM_MEMORY_LIBATOMIC"
@@ -53,7 +57,12 @@ def _load_library() -> ctypes.CDLL:
     return _library
 
 
-def is_lock_free(size: int) -> bool:
+_COMPILED_LOCK_FREE_WIDTHS: Final[tuple[int, ...] | None] = (
+    None if compiled is None else tuple(compiled.lock_free_widths()))
+"""The widths the compiled path does lock-free, or None on the pure path."""
+
+
+def libatomic_lock_free(size: int) -> bool:
     """Whether libatomic accesses of `size` bytes (naturally aligned) are lock-free."""
     if size not in _lock_free:
         probe = ctypes.CFUNCTYPE(ctypes.c_bool, ctypes.c_size_t, ctypes.c_void_p)(
@@ -62,15 +71,23 @@ def is_lock_free(size: int) -> bool:
     return _lock_free[size]
 
 
+def is_lock_free(size: int) -> bool:
+    """Whether accesses of `size` bytes (naturally aligned) are lock-free on this host: the
+    compiler's answer on the compiled path, else libatomic's (loading it)."""
+    if _COMPILED_LOCK_FREE_WIDTHS is not None:
+        return size in _COMPILED_LOCK_FREE_WIDTHS
+    return libatomic_lock_free(size)
+
+
 def host_atomics(info: AtomicTypeInfo) -> HostAtomics:
     """The typed libatomic functions for `info`; raises if the width is not lock-free."""
     try:
         return _by_value_type[info.value_type]
     except KeyError:
         pass
-    library = _load_library()
     if not is_lock_free(info.size):
         raise AtomicWidthUnsupported(info.name, info.size)
+    library = _load_library()
     value = info.value_type
     size = info.size
     pointer, order = ctypes.c_void_p, ctypes.c_int

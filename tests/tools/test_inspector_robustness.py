@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Final
 
 import pytest
+from host_assumptions import WIDE_ATOMIC_BYTES
 from support import provoke, python_environment, run_python, run_python_code
 
 from vm_memory import GuestAddress
@@ -35,6 +36,12 @@ from vm_memory_tools.inspector import InspectError, open_ram_file
 FILE_SIZE: Final = 3 * 0x1000
 VALUE_ADDRESS: Final = 0x100
 VALUE: Final = 0x1122_3344_5566_7788
+WIDE: Final = f"u{8 * WIDE_ATOMIC_BYTES}"
+"""The widest atomic this host does (u64, or u32 where 8 bytes are refused): the atomic
+reads here are about descriptors, signals and shrinking files, not about the width."""
+WIDE_VALUE: Final = int.from_bytes(VALUE.to_bytes(8, sys.byteorder)[:WIDE_ATOMIC_BYTES],
+                                   sys.byteorder)
+"""What a `WIDE` read at VALUE_ADDRESS shows."""
 ADDRESS_SPACE_LIMIT: Final = 1 << 30
 """RLIMIT_AS for the child: far below any 2**32-byte allocation, far above its needs."""
 
@@ -155,7 +162,7 @@ def test_regions_cost_no_descriptor(ram_file: Path) -> None:
     layout = ",".join(f"{16 * index:#x}:16@{16 * index:#x}" for index in range(700))
     for command, expected in (
         (["map"], "700 region(s), 0x2bc0 B of guest memory"),
-        (["read", "--atomic", "u64", hex(VALUE_ADDRESS)], f"{VALUE:#x}"),
+        (["read", "--atomic", WIDE, hex(VALUE_ADDRESS)], f"{WIDE_VALUE:#x}"),
         (["search", (VALUE).to_bytes(8, sys.byteorder).hex()], "1 match(es)"),
         (["hexdump", "0", "0x2bc0"], "00002bb0  00 00"),
     ):
@@ -185,21 +192,23 @@ def test_running_out_of_descriptors_is_a_clean_exit_2(ram_file: Path) -> None:
 def test_watch_follows_a_live_value_until_interrupted(ram_file: Path, atomic: bool) -> None:
     """Another process changes the value; the watch shows the change at its next
     reading, and SIGINT ends it with status 0 (the helper process goes with it)."""
+    digits = 2 * WIDE_ATOMIC_BYTES
     process = subprocess.Popen(
         [sys.executable, "-m", "vm_memory_tools", "inspect", str(ram_file), "read",
-         *["--atomic"] * atomic, "u64", hex(VALUE_ADDRESS), "--watch", "0.02"],
+         *["--atomic"] * atomic, WIDE, hex(VALUE_ADDRESS), "--watch", "0.02"],
         env=python_environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     killer = threading.Timer(120, process.kill)  # a hang is a failure, not a stuck suite
     killer.start()
     try:
         assert process.stdout is not None
         first = process.stdout.readline()
-        assert first.endswith(f"{VALUE_ADDRESS:#x}  u64  {VALUE}  {VALUE:#018x}\n"), first
+        assert first.endswith(
+            f"{VALUE_ADDRESS:#x}  {WIDE}  {WIDE_VALUE}  {WIDE_VALUE:#0{digits + 2}x}\n"), first
         with ram_file.open("r+b") as file:
             file.seek(VALUE_ADDRESS)
-            file.write((42).to_bytes(8, sys.byteorder))
-        readings = 1
-        while not (line := process.stdout.readline()).endswith("  u64  42  0x000000000000002a\n"):
+            file.write((42).to_bytes(WIDE_ATOMIC_BYTES, sys.byteorder))
+        readings, changed = 1, f"  {WIDE}  42  {42:#0{digits + 2}x}\n"
+        while not (line := process.stdout.readline()).endswith(changed):
             assert line, "the watch ended before it showed the new value"
             readings += 1
         os.kill(process.pid, signal.SIGINT)
@@ -251,8 +260,8 @@ SHRINK_COMMANDS: Final = {
     "read": ["read", "u64", "0x100", "--count", "20000"],
     "hexdump": ["hexdump", "0", "1M"],
     "search": ["search", "deadbeef"],
-    "read --atomic": ["read", "--atomic", "u64", "0", "--count", "0x10000"],
-    "watch --atomic": ["read", "--atomic", "u64", "0x100", "--watch", "0.001", "--samples",
+    "read --atomic": ["read", "--atomic", WIDE, "0", "--count", "0x10000"],
+    "watch --atomic": ["read", "--atomic", WIDE, "0x100", "--watch", "0.001", "--samples",
                        "200"],
 }
 SHRINK_ROUNDS: Final = 2
@@ -302,12 +311,12 @@ def test_a_shrink_under_the_helpers_mapping_kills_only_the_helper(ram_file: Path
     helper, and the inspector says so and exits 2."""
     process = subprocess.Popen(
         [sys.executable, "-m", "vm_memory_tools", "inspect", str(ram_file), "read", "--atomic",
-         "u64", hex(VALUE_ADDRESS), "--watch", "0.2"],
+         WIDE, hex(VALUE_ADDRESS), "--watch", "0.2"],
         env=python_environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert process.stdout is not None
         first = process.stdout.readline()
-        assert first.endswith(f"{VALUE:#018x}\n"), first
+        assert first.endswith(f"{WIDE_VALUE:#0{2 * WIDE_ATOMIC_BYTES + 2}x}\n"), first
         os.truncate(ram_file, 0)
         out, err = process.communicate(timeout=120)
     finally:
@@ -315,7 +324,8 @@ def test_a_shrink_under_the_helpers_mapping_kills_only_the_helper(ram_file: Path
             process.kill()
             process.wait()
     assert process.returncode == 2, err
-    assert all(line.endswith(f"{VALUE:#018x}") for line in out.splitlines())  # read before
+    assert all(line.endswith(f"{WIDE_VALUE:#0{2 * WIDE_ATOMIC_BYTES + 2}x}")
+               for line in out.splitlines())  # read before
     assert err == (f"vm-memory inspect: error: read --atomic at {VALUE_ADDRESS:#x}: {ram_file} "
                    "shrank under the mapping of the atomic-read helper process, which died of "
                    "SIGBUS; no value was read\n")
