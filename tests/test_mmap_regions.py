@@ -14,9 +14,12 @@ import gc
 import json
 import mmap
 import os
+import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Final
 
 import pytest
@@ -188,6 +191,50 @@ def test_file_shorter_than_the_range_is_refused_before_mapping(backing_file: int
         GuestMemoryMmap.from_ranges_with_files(
             [(GuestAddress(0), size, FileOffset(backing_file, offset))])
     assert _mappings_of(backing_file) == 0
+
+
+SHRINKER: Final = """
+import os, sys, time
+fd = os.open(sys.argv[1], os.O_WRONLY)
+size = int(sys.argv[2])
+print("ready", flush=True)
+deadline = time.monotonic() + float(sys.argv[3])
+while time.monotonic() < deadline:
+    os.ftruncate(fd, 0)
+    os.ftruncate(fd, size)
+"""
+
+
+def test_a_file_truncated_while_it_is_mapped_is_a_typed_refusal(tmp_path: Path) -> None:
+    """Another process truncates the file between our size check and mmap's own: the
+    refusal is still `MappingPastEof` (Python's mmap says ValueError), and no fd leaks.
+    The test counts refusals that came from mmap's check (the race hit) and fails if none
+    came in its time: then it would have shown nothing (found on arm64, where it raised
+    ValueError)."""
+    path = tmp_path / "shrinking.img"
+    path.write_bytes(bytes(4 * PAGE))
+    fd = os.open(path, os.O_RDONLY)
+    gc.collect()
+    open_fds = set(os.listdir("/proc/self/fd"))
+    shrinker = subprocess.Popen([sys.executable, "-c", SHRINKER, str(path), str(4 * PAGE),
+                                 "120"], stdout=subprocess.PIPE, text=True)
+    outcomes = {"mapped": 0, "refused by our check": 0, "refused by mmap's check": 0}
+    try:
+        assert shrinker.stdout is not None and shrinker.stdout.readline() == "ready\n"
+        deadline = time.monotonic() + 100
+        while outcomes["refused by mmap's check"] < 3 and time.monotonic() < deadline:
+            try:
+                MmapRegion.from_file(fd, 4 * PAGE, read_only=True).close()
+                outcomes["mapped"] += 1
+            except MappingError as error:
+                late = isinstance(error.__context__, ValueError)
+                outcomes["refused by mmap's check" if late else "refused by our check"] += 1
+    finally:
+        shrinker.kill()
+        shrinker.wait()
+        os.close(fd)
+    assert outcomes["refused by mmap's check"] >= 1, f"the race was never hit: {outcomes}"
+    assert set(os.listdir("/proc/self/fd")) <= open_fds, "an fd leaked"
 
 
 def test_file_exactly_long_enough_is_mapped(backing_file: int) -> None:

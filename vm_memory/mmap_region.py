@@ -159,6 +159,19 @@ def _oserror(size: int, error: OSError) -> MappingError:
     return MappingError(size, error.strerror or str(error))
 
 
+def _shrunk_meanwhile(fd: int, size: int, offset: int) -> MappingError:
+    """The refusal when `mmap` finds the file shorter than our check did a moment before
+    (its owner truncated it in between)."""
+    try:
+        file_size = os.fstat(fd).st_size
+    except OSError as error:
+        return _oserror(size, error)
+    if file_size < offset + size:
+        return MappingPastEof(size, offset, file_size)
+    return MappingError(size, f"the file was shorter than offset {offset} + size {size} "
+                              "when mapped (truncated and grown again meanwhile)")
+
+
 def file_seals(fd: int) -> int:
     """The memfd seals of `fd` (0 for a file that cannot carry seals)."""
     try:
@@ -410,6 +423,8 @@ class MmapRegion:
                 mapping = mmap.mmap(own, size, flags=flags, prot=prot, offset=offset)
             except OSError as error:
                 raise _oserror(size, error) from None
+            except ValueError:  # mmap's own size check: the file shrank since ours
+                raise _shrunk_meanwhile(own, size, offset) from None
             return cls(mapping, read_only=read_only, shared=shared, fd=own,
                        file_offset=offset, owns_fd=True)
         except BaseException:

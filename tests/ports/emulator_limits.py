@@ -59,13 +59,16 @@ EMULATOR_LIMITS: Final = (
         "s390x), so the control fails and the limit these tests run under is not there"),
     EmulatorLimit(
         _emulated_other_byte_order,
-        ("tests/vhost/test_qemu_guest.py::test_linux_guest_on_ours_and_on_qemu_storage_daemon",
-         "tests/vhost/test_qemu_guest.py::test_backend_killed_mid_io_resumes_without_losing_a_byte"),
+        ("tests/vhost/test_qemu_guest.py::"
+         "test_linux_guest_on_ours_and_on_qemu_storage_daemon",
+         "tests/vhost/test_qemu_guest.py::"
+         "test_backend_killed_mid_io_resumes_without_losing_a_byte"),
         "vhost-user messages and eventfd counts are in the machine's native byte order "
-        "(vhost-user.rst, eventfd(2)); here the front-end is the host's QEMU, the other byte "
-        "order than the emulated back-end, a pairing no real machine has (the back-end "
-        "reads QEMU's first message as an unknown request and hangs up: measured on s390x); the back-end's protocol, device and eventfd "
-        "tests (tests/vhost/test_protocol.py) run against a front-end in the port's own order"),
+        "(vhost-user.rst, eventfd(2)); here the front-end is the host's QEMU, the other "
+        "byte order than the emulated back-end, a pairing no real machine has (the "
+        "back-end reads QEMU's first message as an unknown request and hangs up: measured "
+        "on s390x); the back-end's protocol, device and eventfd tests "
+        "(tests/vhost/test_protocol.py) run against a front-end in the port's own order"),
 )
 
 

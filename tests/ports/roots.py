@@ -146,10 +146,15 @@ def ensure_root(port: Port) -> Root:
         return Root(port, directory / "root")
 
 
+SYSTEM_DIRECTORIES: Final = ("/usr/local/sbin", "/usr/sbin", "/sbin")
+
+
 def _build(port: Port, root: Path, log: Path) -> str:
     """Bootstrap, unpack and check a root; returns the python3.11 package version."""
+    # debootstrap lives in /usr/sbin, which a non-login PATH may leave out
+    path = os.pathsep.join([os.environ.get("PATH", os.defpath), *SYSTEM_DIRECTORIES])
     for tool in ("debootstrap", "dpkg-deb"):
-        if shutil.which(tool) is None:
+        if shutil.which(tool, path=path) is None:
             raise PortUnavailable(f"{tool} is not installed (Debian package {tool.split('-')[0]})")
     if os.geteuid() != 0:
         raise PortUnavailable("debootstrap needs root to build a Debian root")
@@ -157,6 +162,7 @@ def _build(port: Port, root: Path, log: Path) -> str:
                f"--include={','.join(PACKAGES)}", RELEASE, str(root), debian_mirror()]
     with log.open("w") as output:
         result = subprocess.run(command, stdout=output, stderr=subprocess.STDOUT,
+                                env={**os.environ, "PATH": path},
                                 timeout=BUILD_TIMEOUT_SECONDS, check=False)
     if result.returncode != 0:
         tail = "".join(log.read_text().splitlines(keepends=True)[-5:])

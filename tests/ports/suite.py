@@ -34,6 +34,29 @@ SELECTION: Final = "not long and not type_checker and not ports"
 IGNORED: Final = ("tests/ports", "tests/plugin")
 """Not even collected: these port tests, and the plugin's tests (every one a type-checker
 test, and their modules import what only the host has: mypy, yaml)."""
+SCOPE_VARIABLE: Final = "VM_MEMORY_PORTS_SUITE"
+"""What an emulated port runs: `full` (the default, the whole runtime suite) or `core`
+(the `CORE` files). A native port runs the whole suite either way."""
+SCOPES: Final = ("full", "core")
+CORE: Final = (
+    # layouts, sizes and alignments as the target's ABI has them
+    "tests/test_address.py", "tests/test_byte_valued.py", "tests/test_inherited_fields.py",
+    "tests/test_memory_layout.py", "tests/test_errors.py",
+    # byte order: native reads, explicit-endian types, virtio rings, vhost-user messages
+    "tests/test_volatile.py", "tests/virtio/test_queue.py", "tests/vhost/test_protocol.py",
+    # atomics: the widths refused, libatomic, against threads and processes
+    "tests/test_atomic_refusals.py", "tests/test_torn_reads.py", "tests/test_lost_updates.py",
+    # the cross-compiled extension, against the pure path on every region kind
+    "tests/test_compiled_path.py", "tests/test_contract.py", "tests/test_region_lookup.py",
+    # mmap flags (their values differ per architecture), files, windows
+    "tests/test_mmap_backends.py", "tests/test_mmap_regions.py",
+    "tests/test_mapping_windows.py",
+)
+"""The runtime suite's files where the architecture shows through (the ABI, the byte
+order, the atomics, the compiled path, the kernel's mmap flags): what CI runs on each
+emulated port. The whole suite on the six emulated ports costs about 80 minutes of a
+2-core machine (README, "Tested architectures"), more than one CI run has beside the
+main suite; `python -m tests.ports` runs it whole."""
 SUITE_TIMEOUT_SECONDS: Final = 3600
 EMULATED_EXAMPLES: Final = 25
 """Hypothesis examples per property under an emulator (the host suite runs 150): each
@@ -58,6 +81,8 @@ class SuiteResult:
     outcomes: list[dict[str, Any]]
     deselected: list[str]
     log: Path
+    paths: tuple[str, ...] = ("tests",)
+    """What ran: the whole suite, or the `CORE` files."""
     counts: Counter[str] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -75,7 +100,8 @@ class SuiteResult:
         """passed/failed/skipped counts, then each skip and failure with its reason."""
         counts = ", ".join(f"{self.counts[name]} {name}" for name in OUTCOMES
                            if self.counts[name] or name in ("passed", "failed", "skipped"))
-        lines = [f"{self.root.port.debian} ({self.root.describe()}): {counts} "
+        what = "" if self.paths == ("tests",) else f", core: {len(self.paths)} files"
+        lines = [f"{self.root.port.debian} ({self.root.describe()}{what}): {counts} "
                  f"in {self.seconds:.0f} s ({self.cpu_seconds:.0f} s of CPU); "
                  f"hypothesis {self.max_examples} examples; "
                  f"exit status {self.exit_status}"]
@@ -92,7 +118,9 @@ def foreign_environment(root: Root, site: Path) -> dict[str, str]:
     environment["PYTHONPATH"] = os.pathsep.join(
         [str(site), str(REPOSITORY), str(REPOSITORY / "mypy_plugin")])
     environment["PYTHONPYCACHEPREFIX"] = str(cache_home() / f"pycache-{root.port.debian}")
-    for name in ("PYTHONHOME", "PYTHONSTARTUP", "PYTHONSAFEPATH"):
+    # Bytecode is written (to the cache): without it every emulated interpreter compiles
+    # each module it imports again, 15 s for the suite's imports under qemu-s390x.
+    for name in ("PYTHONHOME", "PYTHONSTARTUP", "PYTHONSAFEPATH", "PYTHONDONTWRITEBYTECODE"):
         environment.pop(name, None)
     return environment
 
@@ -102,17 +130,34 @@ def ignored() -> list[str]:
     return [option for directory in IGNORED for option in ("--ignore", directory)]
 
 
+def scope_from_environment() -> str:
+    """The scope `VM_MEMORY_PORTS_SUITE` asks for (`full` where unset)."""
+    scope = os.environ.get(SCOPE_VARIABLE) or "full"
+    if scope not in SCOPES:
+        raise ValueError(f"{SCOPE_VARIABLE}={scope!r}: expected one of {SCOPES}")
+    return scope
+
+
+def suite_paths(root: Root, scope: str) -> tuple[str, ...]:
+    """What the port runs in `scope`: the `CORE` files for an emulated port's core run,
+    else the whole suite."""
+    return CORE if scope == "core" and root.port.emulator is not None else ("tests",)
+
+
 def run_suite(root: Root, site: Path, *, max_examples: int | None = None,
-              arguments: tuple[str, ...] = ()) -> SuiteResult:
-    """Run the runtime suite under the port's Python (extra pytest `arguments` narrow it),
-    on the compiled access path built for it (the suite's pure-path runs force the pure
-    path per test, as on the host)."""
+              arguments: tuple[str, ...] = (), scope: str = "full") -> SuiteResult:
+    """Run the runtime suite under the port's Python (extra pytest `arguments` narrow it;
+    `scope` as `suite_paths`), on the compiled access path built for it (the suite's
+    pure-path runs force the pure path per test, as on the host)."""
     build_extension(root)
+    paths = suite_paths(root, scope)
     if max_examples is None:
         max_examples = 150 if root.port.emulator is None else EMULATED_EXAMPLES
     runs = cache_home() / "runs"
     runs.mkdir(parents=True, exist_ok=True)
-    label = root.port.debian + ("-narrowed" if arguments else "")  # not the full run's files
+    # a narrowed or core run does not replace the full run's files
+    label = root.port.debian + ("-narrowed" if arguments else
+                                "-core" if paths != ("tests",) else "")
     report, log = runs / f"{label}.json", runs / f"{label}.log"
     partial = report.with_name(report.name + PARTIAL_SUFFIX)
     report.unlink(missing_ok=True)
@@ -126,7 +171,7 @@ def run_suite(root: Root, site: Path, *, max_examples: int | None = None,
         environment[STRESS_SCALE_VARIABLE] = EMULATED_STRESS_SCALE
     command = [str(root.python), "-m", "pytest", "-p", "tests.ports.foreign_plugin",
                "-m", SELECTION, *ignored(), "-q", "-rfE",
-               *(arguments or ("tests",))]
+               *(arguments or paths)]
     started = time.monotonic()
     with log.open("w") as output:
         exit_status, cpu_seconds = run_measured(command, environment, output)
@@ -134,7 +179,7 @@ def run_suite(root: Root, site: Path, *, max_examples: int | None = None,
     if report.exists():
         document = json.loads(report.read_text())
         return SuiteResult(root, seconds, cpu_seconds, exit_status, document["max_examples"],
-                           document["outcomes"], document["deselected"], log)
+                           document["outcomes"], document["deselected"], log, paths)
     if not partial.exists():
         tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-30:])
         raise RuntimeError(f"pytest under {root.port.debian} wrote no report "
@@ -148,7 +193,7 @@ def run_suite(root: Root, site: Path, *, max_examples: int | None = None,
                                f"report, after {len(outcomes)} outcomes (killed or crashed; "
                                f"the watchdog kills it after {SUITE_TIMEOUT_SECONDS} s)"})
     return SuiteResult(root, seconds, cpu_seconds, exit_status, max_examples, outcomes, [],
-                       log)
+                       log, paths)
 
 
 def run_measured(command: list[str], environment: dict[str, str],

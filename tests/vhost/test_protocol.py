@@ -446,8 +446,7 @@ def test_each_signal_adds_one_to_the_eventfds_count() -> None:
         vring.signal("call")
         vring.signal("call")
         assert os.eventfd_read(fd) == 2
-        other = "big" if sys.byteorder == "little" else "little"
-        os.write(fd, (1).to_bytes(8, other))
+        os.write(fd, (1).to_bytes(8, "big" if sys.byteorder == "little" else "little"))
         assert os.eventfd_read(fd) == 1 << 56
     finally:
         vring.close_fds()
