@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any, Final
 
-from tests.support import run_python_code
+from support import run_python_code
 
 BOUNDS_PROGRAM: Final = """
 import ctypes, json, sys
