@@ -238,8 +238,7 @@ def fresh_arguments(call: Call) -> Call:
 
 
 def empty_fast_path_caches() -> None:
-    for cache in guest_memory_module._FAST_ATOMICS.values():  # pyright: ignore[reportPrivateUsage]
-        cache.clear()
+    guest_memory_module.forget_fast_atomics()
 
 
 def cold(kind: str, call: Call) -> tuple[tuple[str, str], bytes]:

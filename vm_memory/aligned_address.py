@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar, final
 
 from vm_memory.address import ADDRESS_SPACE_SIZE, GuestAddress, as_int, check_u64
 from vm_memory.atomic_access import is_atomic_access
-from vm_memory.byte_valued import TypeLayout, layout_of
+from vm_memory.byte_valued import TypeLayout, cached_for_type, layout_of
 from vm_memory.errors import (
     AddressOverflow,
     AlignedAddressConstruction,
@@ -51,14 +51,38 @@ def _as_address_value(address: GuestAddress) -> int:
 
 class AlignmentInfo:
     """What an address of one ByteValued type carries: the type, its layout, and the
-    alignment an address of it proves (one object per type, shared by its addresses)."""
+    alignment an address of it proves (one object per type, shared by its addresses).
 
-    __slots__ = ("alignment", "ctype", "layout")
+    Immutable from outside: the access paths trust it. `atomics` is the atomic fast
+    paths' entry per operation (by its index in the operation table), None until the
+    general path has first run an atomic on the type on host memory; only
+    `set_fast_atomics` (for the atomic general path) sets it.
+    """
+
+    __slots__ = ("alignment", "atomics", "ctype", "layout")
+    ctype: type[Any]
+    layout: TypeLayout
+    alignment: int
+    atomics: Any
+    """A tuple of entries, or None: the fast paths index it and take the TypeError."""
 
     def __init__(self, ctype: type[Any], layout: TypeLayout, alignment: int) -> None:
-        self.ctype = ctype
-        self.layout = layout
-        self.alignment = alignment
+        fix = object.__setattr__
+        fix(self, "ctype", ctype)
+        fix(self, "layout", layout)
+        fix(self, "alignment", alignment)
+        fix(self, "atomics", None)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("AlignmentInfo is immutable: the access paths trust it")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError("AlignmentInfo is immutable: the access paths trust it")
+
+
+def set_fast_atomics(info: AlignmentInfo, entries: tuple[Any, ...] | None) -> None:
+    """Give `info`'s type its atomic fast-path entries (None: take them back)."""
+    object.__setattr__(info, "atomics", entries)
 
 
 _INFOS: dict[type[Any], AlignmentInfo] = {}
@@ -66,15 +90,9 @@ _INFOS: dict[type[Any], AlignmentInfo] = {}
 
 def alignment_info(ctype: object) -> AlignmentInfo:
     """`ctype`'s `AlignmentInfo` (made once); raises `NotByteValued`."""
-    try:
-        info = _INFOS[ctype]  # type: ignore[index]
-    except Exception:  # absent, unhashable, or a hash that raises: built below
-        pass
-    else:
-        # A hit must be this very type, not one whose metaclass makes it equal a cached
-        # one (pyright's narrowing wrongly finds no overlap between a type and an object).
-        if info.ctype is ctype:  # pyright: ignore[reportUnnecessaryComparison]
-            return info
+    cached = cached_for_type(_INFOS, ctype)
+    if cached is not None:
+        return cached
     layout = layout_of(ctype)
     info = _INFOS[layout.ctype] = AlignmentInfo(layout.ctype, layout,
                                                 required_alignment(layout))
@@ -135,6 +153,7 @@ class AlignedGuestAddress(_AlignedBase, Generic[_T_co]):
         if address.__class__ is not GuestAddress:
             _as_address_value(address)  # refuses it
         value = address._guest_value
+        # `cached_for_type`'s rule, inlined: the call would cost this hot path a tenth.
         try:
             info = _INFOS[ctype]
         except Exception:  # absent, unhashable, a hash that raises: refused there

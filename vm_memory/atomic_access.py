@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from operator import index
 from typing import Any, TypeVar
 
-from vm_memory.byte_valued import layout_of, type_name
+from vm_memory.byte_valued import cached_for_type, layout_of, type_name
 from vm_memory.errors import (
     InvalidArgumentType,
     NotAtomicAccess,
@@ -114,15 +114,9 @@ _TYPE_INFOS: dict[type[Any], AtomicTypeInfo] = {}
 
 def atomic_type_info(ctype: object) -> AtomicTypeInfo:
     """The AtomicTypeInfo of `ctype`, or raise `NotAtomicAccess` saying why it is not one."""
-    try:
-        info = _TYPE_INFOS[ctype]  # type: ignore[index]
-    except Exception:  # absent, unhashable, or a hash that raises: built below
-        pass
-    else:
-        # A hit must be this very type, not one whose metaclass makes it equal a cached
-        # one (pyright's narrowing wrongly finds no overlap between a type and an object).
-        if info.ctype is ctype:  # pyright: ignore[reportUnnecessaryComparison]
-            return info
+    cached = cached_for_type(_TYPE_INFOS, ctype)
+    if cached is not None:
+        return cached
     try:
         layout = layout_of(ctype)
     except NotByteValued as error:

@@ -105,19 +105,34 @@ _CTYPES_METACLASSES: Final = _metaclasses(
 ones included): compared by identity, as a type's own metaclass could lie to `==`."""
 
 
+class _PerType(Protocol):
+    """An entry of a cache keyed by type: it names its type."""
+
+    @property
+    def ctype(self) -> type[Any]: ...
+
+
+_E = TypeVar("_E", bound=_PerType)
+
+
+def cached_for_type(cache: dict[type[Any], _E], ctype: object) -> _E | None:
+    """`cache`'s entry for this very `ctype`, or None (absent, unhashable, a hash that
+    raises). A hit must be this very type, not one whose metaclass makes it equal a
+    cached one, so every cache keyed by type looks up through here."""
+    try:
+        entry = cache[ctype]  # type: ignore[index]
+    except Exception:
+        return None
+    # (pyright's narrowing wrongly finds no overlap between a type and an object)
+    return entry if entry.ctype is ctype else None  # pyright: ignore[reportUnnecessaryComparison]
+
+
 def layout_of(ctype: object) -> TypeLayout:
     """The layout of a ByteValued type, validated and cached; raises `NotByteValued`."""
-    try:
-        layout = _LAYOUTS[ctype]  # type: ignore[index]
-    except Exception:  # absent, unhashable, or a hash that raises: built below
-        pass
-    else:
-        # A hit must be this very type, not one whose metaclass makes it equal a cached
-        # one (pyright's narrowing wrongly finds no overlap between a type and an object).
-        if layout.ctype is ctype:  # pyright: ignore[reportUnnecessaryComparison]
-            return layout
-    layout = _build_layout(ctype)
-    _LAYOUTS[layout.ctype] = layout
+    layout = cached_for_type(_LAYOUTS, ctype)
+    if layout is None:
+        layout = _build_layout(ctype)
+        _LAYOUTS[layout.ctype] = layout
     return layout
 
 

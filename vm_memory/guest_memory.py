@@ -41,7 +41,7 @@ from typing import (
 )
 
 from vm_memory.address import ADDRESS_SPACE_SIZE, GuestAddress, MemoryRegionAddress, check_u64
-from vm_memory.aligned_address import AlignedGuestAddress
+from vm_memory.aligned_address import AlignedGuestAddress, AlignmentInfo, set_fast_atomics
 from vm_memory.atomic_access import AtomicInteger, atomic_type_info
 from vm_memory.atomic_backend import host_atomics, run_host
 from vm_memory.atomic_operations import (
@@ -91,9 +91,13 @@ _OWNED_BUFFERS: Final = (bytes, bytearray)
 """Buffer types that own their memory: never guest memory, so never overlapping it."""
 _START_VALUE: Final = attrgetter("start_value")
 
-# What each atomic operation's fast path needs, by ctype, filled when the general path
-# first runs the operation on a type on host memory (so its width is known lock-free).
-_FAST_ATOMICS: dict[str, dict[type[Any], Any]] = {name: {} for name in OPERATIONS}
+_OPERATION_INDEX: Final = {name: index for index, name in enumerate(OPERATIONS)}
+"""Where each operation's entry sits in an `AlignmentInfo.atomics` tuple."""
+_COMPACT: Final = (1 << 30) - 1
+"""The largest magnitude CPython compares as a one-digit int (its cheapest comparison):
+an entry's first value bounds, inside the type's range."""
+_PRIMED: list[AlignmentInfo] = []
+"""Every type's info given fast-path entries (what `forget_fast_atomics` takes back)."""
 
 
 def _not_aligned_address(address: object, method: str) -> InvalidArgumentType:
@@ -753,7 +757,8 @@ class GuestMemory(_MemoryBase):
                 failure: object = _SEQ_CST) -> Any:
         """Any atomic operation, fully checked in order before memory is touched."""
         try:
-            ctype = address._type
+            alignment: AlignmentInfo = address._info
+            ctype = alignment.ctype
             value = address._guest_value
         except AttributeError:
             raise _not_aligned_address(address, operation.name) from None
@@ -781,9 +786,10 @@ class GuestMemory(_MemoryBase):
             if host & atomics.mask:
                 raise MisalignedAddress(host, info.size, info.name, "host")
             result = run_host(operation, info, atomics, host, values, c_order, c_failure)
-            if not info.is_bool and ctype not in _FAST_ATOMICS[operation.name]:
-                _prime_fast_atomics(ctype, info.minimum, info.maximum, atomics.value_type,
-                                    atomics.functions)
+            if alignment.atomics is None and not info.is_bool \
+                    and alignment.__class__ is AlignmentInfo:
+                _prime_fast_atomics(alignment, info.minimum, info.maximum,
+                                    atomics.value_type, atomics.functions)
         if operation.stores and region.dirty is not None and \
                 (operation is not COMPARE_EXCHANGE or result[0]):
             region.dirty.mark(offset, info.size)
@@ -1190,38 +1196,67 @@ def _flush_bounce(spans: list[Span], views: list[memoryview], done: int) -> None
             region.write_from(offset, view[:count])
 
 
-def _prime_fast_atomics(ctype: type[Any], minimum: int, maximum: int, value_type: type[Any],
-                        functions: dict[str, Any]) -> None:
-    """Give every operation's fast path its entry for `ctype` (a lock-free integer)."""
+def _prime_fast_atomics(alignment: AlignmentInfo, minimum: int, maximum: int,
+                        value_type: type[Any], functions: dict[str, Any]) -> None:
+    """Give every operation's fast path its entry for `alignment`'s type (a lock-free
+    integer), in the very info object its addresses carry: (function) for a load,
+    (function, value type, low, high) for a compare-exchange, else (function, low,
+    high), [low, high] the part of the type's range that compares cheapest."""
+    low, high = max(minimum, -_COMPACT), min(maximum, _COMPACT)
+    entries: list[Any] = []
     for operation in OPERATIONS.values():
         function = functions[operation.host_function]
         if operation.shape == "load":
-            entry: Any = function
+            entries.append(function)
         elif operation.shape == "compare-exchange":
-            entry = (function, value_type, minimum, maximum)
+            entries.append((function, value_type, low, high))
         else:
-            entry = (function, minimum, maximum)
-        _FAST_ATOMICS[operation.name][ctype] = entry
+            entries.append((function, low, high))
+    set_fast_atomics(alignment, tuple(entries))
+    _PRIMED.append(alignment)
 
 
-def _compare_exchange_method(operation: AtomicOperation, entries: dict[type[Any], Any],
-                             members: Any, failure_members: tuple[Any, ...]
-                             ) -> Callable[..., Any]:
+def forget_fast_atomics() -> None:
+    """Take every fast-path entry back: the next atomic on each type runs cold (what the
+    tests comparing cold and warm calls start from)."""
+    while _PRIMED:
+        set_fast_atomics(_PRIMED.pop(), None)
+
+
+# The fast paths below run in two steps. First, one test for the commonest call: the
+# last region hit, host-backed and in bounds for the access (for a store: writable and
+# tracking no dirty pages, so nothing to mark), exact ints in the part of the type's
+# range that compares cheapest, SEQ_CST. Then, for anything else, the full fast path:
+# another region (the page table's guess, else a search), a region tracking dirty pages
+# (marked after the store), the whole range, any allowed ordering. What neither admits
+# goes to `GuestMemory._atomic`, the general path.
+
+
+def _compare_exchange_method(operation: AtomicOperation, members: tuple[Ordering, ...],
+                             failure_members: tuple[Ordering, ...]) -> Callable[..., Any]:
     """`_atomic_method`'s fast path for compare_exchange (two operands, two orderings,
-    the expected value boxed for libatomic)."""
+    the expected value boxed for libatomic: ctypes passes the box by reference)."""
+    index = _OPERATION_INDEX[operation.name]
     ordering_type = Ordering
-    byref = ctypes.byref
 
     def compare_exchange(self: GuestMemory, address: AlignedGuestAddress[Any],
                          expected: int, desired: int, success: Ordering = _SEQ_CST,
                          failure: Ordering = _SEQ_CST) -> Any:
         try:
-            function, value_type, minimum, maximum = entries[address._info.ctype]
+            function, value_type, low, high = address._info.atomics[index]
             raw = address._guest_value
-        except (KeyError, AttributeError):
+        except (TypeError, AttributeError):  # not primed (None), or not an address
             return self._atomic(operation, address, success, (expected, desired),
                                 failure)
         region = self._last
+        if region.start_value <= raw < region.atomic_untracked_limit \
+                and expected.__class__ is int and desired.__class__ is int \
+                and low <= expected <= high and low <= desired <= high \
+                and success is _SEQ_CST and failure is _SEQ_CST:
+            box = value_type(expected)
+            if function(raw + region.atomic_delta, box, desired, success, failure):
+                return True, expected
+            return False, box.value
         if not region.start_value <= raw < region.atomic_write_limit:
             # another region: the page table's guess (no Python call), else a search
             region = self._pages.get(raw >> _LOOKUP_SHIFT, _NO_REGION)
@@ -1231,16 +1266,17 @@ def _compare_exchange_method(operation: AtomicOperation, entries: dict[type[Any]
                     return self._atomic(operation, address, success, (expected, desired),
                                         failure)
             self._last = region
+        layout = address._info.layout
         if expected.__class__ is int and desired.__class__ is int \
-                and minimum <= expected <= maximum and minimum <= desired <= maximum \
+                and layout.minimum <= expected <= layout.maximum \
+                and layout.minimum <= desired <= layout.maximum \
                 and (success is _SEQ_CST or (success.__class__ is ordering_type
                                              and success in members)) \
                 and (failure is _SEQ_CST or (failure.__class__ is ordering_type
                                              and failure in failure_members)):
             box = value_type(expected)
-            if function(raw + region.atomic_delta, byref(box), desired, success,
-                        failure):
-                if region.dirty is not None:
+            if function(raw + region.atomic_delta, box, desired, success, failure):
+                if region.dirty is not None:  # aligned: the value never crosses a page
                     region.dirty.mark(raw - region.start_value, 1)
                 return True, expected
             return False, box.value
@@ -1251,11 +1287,12 @@ def _compare_exchange_method(operation: AtomicOperation, entries: dict[type[Any]
 def _atomic_method(operation: AtomicOperation) -> Callable[..., Any]:
     """The public method for `operation`: its fast path, then `GuestMemory._atomic`.
 
-    Everything the fast path admits comes from the operation's table entry: the ordering
-    members (by identity), the value range (exact ints only), the limit that proves the
-    region host-backed, in bounds, host-aligned and writable where the operation stores.
+    Everything the fast path admits comes from the operation's table entry and the
+    type's entry in its `AlignmentInfo`: the ordering members (by identity), the value
+    range (exact ints only), the limit that proves the region host-backed, in bounds,
+    host-aligned and writable where the operation stores.
     """
-    entries = _FAST_ATOMICS[operation.name]
+    index = _OPERATION_INDEX[operation.name]
     members = operation.ordering_members
     failure_members = tuple(sorted(operation.failure_orderings))
     assert _SEQ_CST in operation.orderings
@@ -1266,11 +1303,14 @@ def _atomic_method(operation: AtomicOperation) -> Callable[..., Any]:
         def load(self: GuestMemory, address: AlignedGuestAddress[Any],
                  order: Ordering = _SEQ_CST) -> Any:
             try:
-                function = entries[address._info.ctype]
+                function = address._info.atomics[index]
                 value = address._guest_value
-            except (KeyError, AttributeError):
+            except (TypeError, AttributeError):  # not primed (None), or not an address
                 return self._atomic(operation, address, order, ())
             region = self._last
+            if region.start_value <= value < region.atomic_read_limit \
+                    and order is _SEQ_CST:
+                return function(value + region.atomic_delta, order)
             if not region.start_value <= value < region.atomic_read_limit:
                 # another region: the page table's guess (no Python call), else a search
                 region = self._pages.get(value >> _LOOKUP_SHIFT, _NO_REGION)
@@ -1285,17 +1325,21 @@ def _atomic_method(operation: AtomicOperation) -> Callable[..., Any]:
         method = load
 
     elif operation.shape == "compare-exchange":
-        method = _compare_exchange_method(operation, entries, members, failure_members)
+        method = _compare_exchange_method(operation, members, failure_members)
 
     else:
         def store_or_modify(self: GuestMemory, address: AlignedGuestAddress[Any],
                             value: int, order: Ordering = _SEQ_CST) -> Any:
             try:
-                function, minimum, maximum = entries[address._info.ctype]
+                function, low, high = address._info.atomics[index]
                 raw = address._guest_value
-            except (KeyError, AttributeError):
+            except (TypeError, AttributeError):  # not primed (None), or not an address
                 return self._atomic(operation, address, order, (value,))
             region = self._last
+            if region.start_value <= raw < region.atomic_untracked_limit \
+                    and value.__class__ is int and low <= value <= high \
+                    and order is _SEQ_CST:
+                return function(raw + region.atomic_delta, value, order)
             if not region.start_value <= raw < region.atomic_write_limit:
                 # another region: the page table's guess (no Python call), else a search
                 region = self._pages.get(raw >> _LOOKUP_SHIFT, _NO_REGION)
@@ -1304,7 +1348,8 @@ def _atomic_method(operation: AtomicOperation) -> Callable[..., Any]:
                     if not region.start_value <= raw < region.atomic_write_limit:
                         return self._atomic(operation, address, order, (value,))
                 self._last = region
-            if value.__class__ is int and minimum <= value <= maximum \
+            layout = address._info.layout
+            if value.__class__ is int and layout.minimum <= value <= layout.maximum \
                     and (order is _SEQ_CST or (order.__class__ is ordering_type
                                                and order in members)):
                 result = function(raw + region.atomic_delta, value, order)

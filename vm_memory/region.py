@@ -49,7 +49,7 @@ from vm_memory.implementation import compiled
 _FIXED: frozenset[str] = frozenset({
     "start", "start_value", "length", "read_only", "buffer", "host_address", "dirty",
     "end_value", "atomic_delta", "read_limit", "write_limit", "atomic_read_limit",
-    "atomic_write_limit", "typed_views"})
+    "atomic_write_limit", "atomic_untracked_limit", "typed_views"})
 
 
 _NO_TYPED_VIEWS: Mapping[str, memoryview] = MappingProxyType({})
@@ -87,8 +87,11 @@ class _PureRegionBase:
     (the compiled path keeps the bitmap, with what the C paths need to mark pages, in its
     base type `RegionCore`, whose `_fill` and `_derive` do the same in one call each)."""
 
-    __slots__ = ("dirty",)
+    __slots__ = ("atomic_untracked_limit", "dirty")
     dirty: DirtyBitmap | None
+    atomic_untracked_limit: int
+    """`atomic_write_limit` where the region does not track dirty pages, else -1: an
+    atomic store under it needs no page marked (the pure atomic paths' first test)."""
 
     def _fill(self, start: GuestAddress, start_value: int, length: int, read_only: bool,
               buffer: memoryview | None, host_address: int | None,
@@ -122,6 +125,8 @@ class _PureRegionBase:
         fix(self, "write_limit", -1 if read_only else read_limit)
         fix(self, "atomic_read_limit", atomic_limit)
         fix(self, "atomic_write_limit", -1 if read_only else atomic_limit)
+        fix(self, "atomic_untracked_limit",
+            -1 if read_only or self.dirty is not None else atomic_limit)
 
 
 # The checkers see the pure base (a conditional expression would hide the class from them).
@@ -257,6 +262,7 @@ class GuestMemoryRegion(_RegionBase):
         if dirty is None:
             dirty = DirtyBitmap(self.length, page_size)
             object.__setattr__(self, "dirty", dirty)
+            self._derive_fast_paths()  # stores now mark pages
             _TRACKING.add(self)
         elif dirty.page_size != page_size:
             raise InvalidRange(self.start_value, self.length,
@@ -266,6 +272,7 @@ class GuestMemoryRegion(_RegionBase):
     def stop_tracking_dirty_pages(self) -> None:
         """Stop marking written pages (the marks not yet taken are dropped)."""
         object.__setattr__(self, "dirty", None)
+        self._derive_fast_paths()
         _TRACKING.discard(self)
 
     @property
