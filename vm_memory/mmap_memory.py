@@ -27,7 +27,7 @@ class GuestMemoryMmap(GuestMemory):
 
     @classmethod
     def _admit(cls, region: object) -> None:
-        if not isinstance(region, GuestRegionMmap):
+        if not issubclass(type(region), GuestRegionMmap):
             raise InvalidArgumentType("a region of GuestMemoryMmap", "a GuestRegionMmap",
                                       region)
 

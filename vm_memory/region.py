@@ -31,12 +31,13 @@ from __future__ import annotations
 import weakref
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, SupportsIndex
+from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, SupportsIndex, TypeGuard
 
 from vm_memory.address import GuestAddress, MemoryRegionAddress
 from vm_memory.atomic_access import AtomicTypeInfo
 from vm_memory.atomic_operations import AtomicOperation
 from vm_memory.bitmap import DEFAULT_PAGE_SIZE, DirtyBitmap
+from vm_memory.buffers import buffer_address
 from vm_memory.errors import (
     AtomicAccessUnsupported,
     InvalidArgumentType,
@@ -129,6 +130,12 @@ class _PureRegionBase:
             -1 if read_only or self.dirty is not None else atomic_limit)
 
 
+def is_region(value: object) -> TypeGuard[GuestMemoryRegion]:
+    """Whether `value` is a region by its real type (`isinstance` believes a
+    `__class__` property, and the access paths trust a region's fields)."""
+    return issubclass(type(value), GuestMemoryRegion)
+
+
 # The checkers see the pure base (a conditional expression would hide the class from them).
 if TYPE_CHECKING or compiled is None:  # noqa: SIM108
     _RegionBase = _PureRegionBase
@@ -180,6 +187,16 @@ class GuestMemoryRegion(_RegionBase):
     atomic_read_limit: int
     atomic_write_limit: int
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Refuse a subclass that redefines a field the access paths trust: a property
+        there would choose the host pointers the atomic paths use (new fields and
+        methods are what a new region kind adds)."""
+        super().__init_subclass__(**kwargs)
+        for name in sorted(_FIXED & vars(cls).keys()):
+            raise InvalidArgumentType(
+                f"{cls.__name__}.{name}", "left to GuestMemoryRegion (the access paths "
+                "trust it; set it through GuestMemoryRegion.__init__)", vars(cls)[name])
+
     def _refuse_second_construction(self) -> None:
         """`__init__` called again would move or remap a region a memory already holds
         (its table keeps the old placement): refused on both paths."""
@@ -205,6 +222,11 @@ class GuestMemoryRegion(_RegionBase):
             if buffer.nbytes != length or buffer.ndim != 1 or buffer.itemsize != 1:
                 raise InvalidRange(start_value, length,
                                    "the buffer must be a 1-D byte view of the whole region")
+            # The atomic paths compute host pointers from it: it must be the buffer's own.
+            if host_address is not None and (type(host_address) is not int
+                                             or host_address != buffer_address(buffer)):
+                raise MappingError(length, f"the host address {host_address!r} is not "
+                                           "the address of the buffer's first byte")
         elif host_address is not None:
             raise MappingError(length, "a host address needs the buffer behind it")
         self._fill(start, start_value, length, bool(read_only), buffer, host_address,
