@@ -314,7 +314,8 @@ class GuestMemory(_MemoryBase):
     def _admit(cls, region: object) -> None:
         """Refuse what cannot be one of this class's regions (subclasses narrow it)."""
         if not is_region(region):
-            raise InvalidArgumentType("a region", "a GuestMemoryRegion", region)
+            raise InvalidArgumentType("a region", "a GuestMemoryRegion (of a class that "
+                                      "keeps the fields the access paths trust)", region)
 
     # The lookup primitives. Pure-path versions; the compiled base replaces each.
 
@@ -930,7 +931,9 @@ class GuestMemory(_MemoryBase):
         A refused insert leaves `region` as it was.
         """
         if not is_region(region):
-            raise InvalidArgumentType("insert_region's region", "a GuestMemoryRegion", region)
+            raise InvalidArgumentType("insert_region's region", "a GuestMemoryRegion (of "
+                                      "a class that keeps the fields the access paths "
+                                      "trust)", region)
         page_size = self._tracked_page_size()
         started = page_size is not None and region.dirty is None
         if page_size is not None:
