@@ -111,6 +111,17 @@ def build():
         class Redefining(Quiet):
             host_address = property(lambda self: FAR, lambda self, value: None)
         return GuestMemory([Redefining(GuestAddress(0), PAGE, read_only=False)]), 0x100
+    if case == "a metaclass that claims to be a sound class":
+        # its `==` and hash say it is GuestMemoryRegion (admitted before: a set, a tuple)
+        class Claiming(type):
+            def __eq__(cls, other): return True
+            def __hash__(cls): return hash(GuestMemoryRegion)
+        class Quiet(GuestMemoryRegion):
+            def __init_subclass__(cls, **kwargs): pass
+        class Redefining(Quiet, metaclass=Claiming):
+            host_address = property(lambda self: FAR, lambda self, value: None)
+        GuestMemory([GuestMemoryRegion(GuestAddress(0x10000), PAGE, read_only=False)])
+        return GuestMemory([Redefining(GuestAddress(0), PAGE, read_only=False)]), 0x100
     if case == "a released buffer view":
         memory_map = mmap.mmap(-1, PAGE)
         view = memoryview(memory_map)
@@ -149,6 +160,8 @@ REFUSED: Final = {
     "emptied fixed_attributes": ("InvalidArgumentType", "fixed_attributes must be a superset"),
     "a skipped __init_subclass__": ("InvalidArgumentType",
                                     "of a class that keeps the fields the access paths"),
+    "a metaclass that claims to be a sound class": (
+        "InvalidArgumentType", "of a class that keeps the fields the access paths"),
 }
 
 

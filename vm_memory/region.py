@@ -172,8 +172,10 @@ _TRUSTED_LOOKUPS: tuple[str, ...] = (*sorted(_FIXED), "__getattribute__")
 """What a region class must take from GuestMemoryRegion: the fields the access paths
 read, and attribute lookup itself (which could answer for any of them)."""
 
-_SOUND_CLASSES: set[type] = set()
-"""Region classes already found to keep every trusted lookup GuestMemoryRegion's."""
+_SOUND_CLASSES: dict[int, type] = {}
+"""Region classes already found to keep every trusted lookup GuestMemoryRegion's, by
+`id` (held, so an id is never reused): a set would ask a metaclass's `__hash__` and
+`__eq__`, which may lie."""
 
 
 def _redefined_lookup(cls: type[GuestMemoryRegion]) -> str | None:
@@ -183,7 +185,8 @@ def _redefined_lookup(cls: type[GuestMemoryRegion]) -> str | None:
     library = GuestMemoryRegion.__mro__
     for name in _TRUSTED_LOOKUPS:
         owner = next((klass for klass in cls.__mro__ if name in vars(klass)), None)
-        if owner is not None and owner not in library:
+        # by identity: `in` would ask a metaclass's `__eq__`, which may lie
+        if owner is not None and not any(owner is klass for klass in library):
             return name
     for base in cls.__mro__[1:]:
         if issubclass(base, GuestMemoryRegion) and \
@@ -199,11 +202,11 @@ def is_region(value: object) -> TypeGuard[GuestMemoryRegion]:
     class is made; again here, once per class, for a class whose bases skipped
     `__init_subclass__`)."""
     kind = type(value)
-    if kind in _SOUND_CLASSES:
+    if _SOUND_CLASSES.get(id(kind)) is kind:
         return True
     if not issubclass(kind, GuestMemoryRegion) or _redefined_lookup(kind) is not None:
         return False
-    _SOUND_CLASSES.add(kind)
+    _SOUND_CLASSES[id(kind)] = kind
     return True
 
 
