@@ -297,7 +297,8 @@ def test_width_that_is_not_lock_free_is_refused(not_lock_free_for_8_bytes: Path)
     """On the pure path, where the host says 8 bytes are not lock-free, 8-byte atomics
     raise AtomicWidthUnsupported (never libatomic's lock-based fallback) and write
     nothing, while 4-byte atomics through the same library work. (The compiled path asks
-    the compiler instead: see test_compiled_lock_free_widths_agree_with_libatomic.)"""
+    the compiler instead: see
+    test_compiled_path.py::test_lock_free_widths_agree_with_libatomic.)"""
     results = run_child('''
         memory = GuestMemoryMmap.from_regions([memfd_region(0, PAGE)])
         address = AlignedGuestAddress.new(c_uint64, GuestAddress(0x40))

@@ -55,6 +55,8 @@ from vm_memory import (
     access_path,
 )
 from vm_memory import guest_memory as guest_memory_module
+from vm_memory.aligned_address import alignment_info
+from vm_memory.atomic_operations import OPERATIONS
 
 PAGE: Final = 0x1000
 STARTS: Final = (0x0, 0x2000)
@@ -81,16 +83,126 @@ class Liar(int):
     __hash__ = int.__hash__
 
 
+PLANTED: Final = 0x5EED
+"""What a look-alike's planted atomic entry answers (a path that calls it says so)."""
+PLANTED_CALLS: list[tuple[object, ...]] = []
+
+
+def planted(*arguments: object) -> int:
+    """The function a look-alike's `_info` offers the atomic fast paths."""
+    PLANTED_CALLS.append(arguments)
+    return PLANTED
+
+
+class PlantedEntries:
+    """A look-alike's atomic entries: for each operation, the shape the fast paths
+    unpack, with `planted` as the function."""
+
+    def __getitem__(self, index: int) -> object:
+        shape = OPERATIONS[list(OPERATIONS)[index]].shape
+        if shape == "load":
+            return planted
+        if shape == "compare-exchange":
+            return planted, ctypes.c_uint64, 0, 2**64 - 1
+        return planted, 0, 2**64 - 1
+
+
+class PlantedInfo:
+    """What an aligned address's `_info` holds, copied from `ctype`'s real one, with
+    planted atomic entries."""
+
+    def __init__(self, ctype: Any) -> None:
+        real = alignment_info(ctype)
+        self.ctype, self.layout, self.alignment = real.ctype, real.layout, real.alignment
+        self.atomics = PlantedEntries()
+
+
+class LookAlike:
+    """Not an address, but answering like one: an `AlignedGuestAddress` (or, `plain`, a
+    `GuestAddress`) by `__class__` and isinstance, with the private fields the access
+    paths read — a value the checked constructors would refuse (unaligned or past
+    2**64) and an `_info` whose atomic entries are `planted`. Every path must refuse it,
+    cold and warm: trusting its attributes would let it choose the memory and the code."""
+
+    __slots__ = ("_guest_value", "_info", "ctype", "plain")
+
+    def __init__(self, ctype: Any, value: int, *, plain: bool = False) -> None:
+        self.ctype, self.plain = ctype, plain
+        self._guest_value = value
+        self._info = PlantedInfo(ctype)
+
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:  # pyright: ignore[reportIncompatibleMethodOverride]
+        return GuestAddress if self.plain else AlignedGuestAddress
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_look_alike, (self.ctype, self._guest_value, self.plain))
+
+    def __repr__(self) -> str:
+        return f"LookAlike({self.ctype.__name__}, {self._guest_value:#x}, plain={self.plain})"
+
+
+def _look_alike(ctype: Any, value: int, plain: bool) -> LookAlike:
+    return LookAlike(ctype, value, plain=plain)
+
+
+class OrderingLike:
+    """Not an Ordering, but an `Ordering` by `__class__`, equal to every member and
+    converting to SEQ_CST's C value: refused as a plain value is."""
+
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:  # pyright: ignore[reportIncompatibleMethodOverride]
+        return Ordering
+
+    def __eq__(self, other: object) -> bool:
+        return True
+
+    __hash__ = object.__hash__
+
+    def __index__(self) -> int:
+        return int(Ordering.SEQ_CST)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (OrderingLike, ())  # pickle would check the class `__class__` claims
+
+    def __repr__(self) -> str:
+        return "OrderingLike()"
+
+
+class IntLike:
+    """Not an int, but an `int` by `__class__`, inside every range by comparison, and
+    2**40 + 3 by `operator.index`: stored as that (or refused as out of range), never
+    trusted as in range."""
+
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:  # pyright: ignore[reportIncompatibleMethodOverride]
+        return int
+
+    def __lt__(self, other: object) -> bool:
+        return True
+
+    __le__ = __gt__ = __ge__ = __lt__
+
+    def __index__(self) -> int:
+        return 2**40 + 3
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (IntLike, ())  # pickle would check the class `__class__` claims
+
+    def __repr__(self) -> str:
+        return "IntLike()"
+
+
 CTYPES: Final = (ctypes.c_uint8, ctypes.c_uint16, ctypes.c_uint32, ctypes.c_uint64,
                  ctypes.c_int32, ctypes.c_int64, ctypes.c_bool, ctypes.c_double, Le32, Header)
 
 HOSTILE_VALUES: Final[tuple[Any, ...]] = (
     0, 1, 2, 255, 256, -1, 2**31, 2**32 - 1, 2**32, 2**63, 2**64 - 1, 2**64, -(2**63),
     True, False, np.int64(5), np.uint64(2**63), np.int8(-1), Liar(3), Liar(-1), 1.0, 2.5,
-    "1", None, b"\x01",
+    "1", None, b"\x01", IntLike(),
 )
 ORDERINGS: Final[tuple[Any, ...]] = (*Ordering, 0, 2, 3, 4, 5, True, 2.0, None, "SEQ_CST",
-                                     np.int64(5), Liar(5))
+                                     np.int64(5), Liar(5), OrderingLike())
 OFFSETS: Final = (0, 8, 0x100, 2 * PAGE - 8, 2 * PAGE - 4, 2 * PAGE - 2, 2 * PAGE - 1,
                   2 * PAGE, 4 * PAGE - 8, 4 * PAGE - 1, 4 * PAGE, READ_ONLY_START + 8,
                   READ_ONLY_START + PAGE - 4, 2**64 - 8, 2**64 - 1)
@@ -171,6 +283,11 @@ class Call:
     def run(self, memory: GuestMemory) -> Any:
         return getattr(memory, self.method)(*self.arguments)
 
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        """Hypothesis prints a failing call by its repr: its pretty-printer would take
+        the look-alikes for what their `__class__` claims."""
+        printer.text(repr(self))
+
 
 def aligned(ctype: Any, offset: int) -> AlignedGuestAddress[Any] | GuestAddress:
     """An aligned address where one can be made, else the plain address (a wrong type
@@ -190,8 +307,11 @@ def calls(draw: st.DrawFn) -> Call:
                                    "write_slice", "read", "write", "read_bytes")))
     address: Any = aligned(ctype, offset)
     if draw(st.booleans()) and method in (*ATOMIC_METHODS, "read_obj", "write_obj"):
-        address = draw(st.sampled_from((GuestAddress(offset), offset, None)))
-    plain = GuestAddress(offset)
+        address = draw(st.sampled_from((GuestAddress(offset), offset, None,
+                                        LookAlike(ctype, offset), LookAlike(ctype, 2**64))))
+    plain: Any = GuestAddress(offset)
+    if draw(st.integers(0, 7)) == 0:
+        plain = LookAlike(ctype, offset, plain=draw(st.booleans()))
     length = draw(st.sampled_from(LENGTHS))
     if method == "read_atomic":
         arguments: tuple[Any, ...] = (address, order)
@@ -269,13 +389,15 @@ def _primer(call: Call) -> Call:
     """An honest call of the same method at a valid address of the same type, in the
     region the call aims at when there is one."""
     address = call.arguments[0]
-    target = address.raw_value() if isinstance(address, AlignedGuestAddress | GuestAddress) \
-        else 0
+    # by type: a look-alike passes isinstance
+    kind: object = type(address)  # pyright: ignore[reportUnknownVariableType]
+    target = address._guest_value if kind is LookAlike else \
+        address.raw_value() if kind in (AlignedGuestAddress, GuestAddress) else 0
     region_start = next((start for start in STARTS if start <= target < start + 2 * PAGE),
                         STARTS[0])
     honest = region_start + 0x40
-    if isinstance(address, AlignedGuestAddress):
-        ctype: Any = address.type  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]
+    if kind is AlignedGuestAddress or kind is LookAlike:
+        ctype: Any = address.type if kind is AlignedGuestAddress else address.ctype  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]
         at: Any = AlignedGuestAddress.new(ctype, GuestAddress(honest))
         if call.method == "read_atomic":
             return Call("read_atomic", (at, Ordering.SEQ_CST))
@@ -370,6 +492,69 @@ def test_integer_like_values_store_the_same_warm_and_cold(kind: str, value: Any)
     assert answers["cold"][0] == ("ok", repr(("NoneType", None, list[bytes]())))
     stored = answers["cold"][1][0x40:0x44]
     assert int.from_bytes(stored, sys.byteorder) == int(value)
+
+
+def look_alike_call(method: str, address: Any) -> Call:
+    """`method` on `address` with honest operands."""
+    if method == "read_atomic":
+        return Call(method, (address, Ordering.SEQ_CST))
+    if method == "compare_exchange":
+        return Call(method, (address, 0, 1))
+    if method == "read_obj":
+        return Call(method, (address,))
+    if method in ("read_obj_unaligned", "write_obj_unaligned"):
+        operands = () if method == "read_obj_unaligned" else (1,)
+        return Call(method, (address, ctypes.c_uint32, *operands))
+    if method in ("read_slice", "write_slice"):
+        return Call(method, (address, bytearray(4) if method == "read_slice" else b"\x01" * 4))
+    return Call(method, (address, 1))
+
+
+ALIGNED_METHODS: Final = (*ATOMIC_METHODS, "read_obj", "write_obj")
+PLAIN_METHODS: Final = ("read_obj_unaligned", "write_obj_unaligned", "read_slice",
+                        "write_slice")
+
+
+def refusals_of_look_alikes(kind: str) -> dict[str, list[Answer]]:
+    """Each access method's cold and warm answers to a look-alike of its address type, at
+    an aligned address inside a writable region."""
+    PLANTED_CALLS.clear()
+    found: dict[str, list[Answer]] = {}
+    for method in (*ALIGNED_METHODS, *PLAIN_METHODS):
+        look_alike = LookAlike(ctypes.c_uint32, 0x40, plain=method in PLAIN_METHODS)
+        found[method] = [run(kind, look_alike_call(method, look_alike)) for run in (cold, warm)]
+    return found
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_look_alike_address_is_refused_cold_and_warm(kind: str) -> None:
+    """An object that answers like an address (`__class__`, isinstance, the private
+    fields, an `_info` offering its own atomic function) is refused by every access
+    method, cold and warm, with nothing written and its function never called."""
+    look_alike = LookAlike(ctypes.c_uint32, 0x40)
+    assert look_alike.__class__ is AlignedGuestAddress  # what it pretends to be
+    assert isinstance(look_alike, AlignedGuestAddress)
+    for method, found in refusals_of_look_alikes(kind).items():
+        for moment, (answer, contents) in zip(("cold", "warm"), found, strict=True):
+            assert answer == ("error", "InvalidArgumentType"), (method, moment, answer)
+            assert contents == INITIAL, (method, moment)
+    assert PLANTED_CALLS == []
+
+
+def test_trusting_a_look_alike_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The control: where the access paths take the look-alike for an aligned address
+    (their type check pointed at its class), the refusals above fail — on the pure path its
+    planted function answers; on the compiled path (whose C check stands) the general
+    path runs the access at its value."""
+    monkeypatch.setattr(guest_memory_module, "AlignedGuestAddress", LookAlike)
+    found = refusals_of_look_alikes("mmap")
+    accepted = {method for method, pair in found.items()
+                if any(answer[0] != ("error", "InvalidArgumentType") for answer in pair)}
+    assert accepted == set(found), found  # the plain ones: `_guest_value` is fooled too
+    if access_path().name == "pure":
+        assert PLANTED_CALLS, "the pure fast path never called the planted function"
+        warm_read = found["read_atomic"][1][0]
+        assert warm_read == ("ok", repr(("int", PLANTED, list[bytes]()))), warm_read
 
 
 class LyingMemory(GuestMemory):

@@ -13,6 +13,7 @@ import errno
 import io
 import json
 import os
+import signal
 import socket
 import tempfile
 import textwrap
@@ -38,6 +39,7 @@ from vm_memory import (
     GuestMemory,
     GuestMemoryError,
     GuestMemoryMmap,
+    GuestMemoryRegion,
     GuestRegionMmap,
     InvalidAlignment,
     InvalidArgumentType,
@@ -97,6 +99,170 @@ def test_alignment_cannot_be_forged() -> None:
     wide = AlignedGuestAddress.new(ctypes.c_uint64, GuestAddress(8))
     with pytest.raises(AddressOverflow):
         wide.offset(np.uint64(2**61))  # type: ignore[arg-type]
+
+
+SPOOFED_OFFSET_PROGRAM: Final = """
+import ctypes, json, sys
+from vm_memory import AlignedGuestAddress, GuestAddress, GuestMemoryMmap
+
+class Pointer:  # what `+` would store as the address: any host pointer it likes
+    def __lt__(self, other): return True
+    __le__ = __gt__ = __ge__ = __lt__
+    def __add__(self, other): return 0x10
+
+class IntLike:  # an int by __class__, in range by comparison, 0 as every remainder
+    @property
+    def __class__(self): return int
+    def __lt__(self, other): return True
+    __le__ = __gt__ = __ge__ = __lt__
+    def __and__(self, other): return 0
+    __rand__ = __and__
+    def __radd__(self, other): return Pointer()
+    def __rsub__(self, other): return Pointer()
+
+memory = GuestMemoryMmap.from_ranges([(GuestAddress(0x1000), 0x1000)])
+good = AlignedGuestAddress.new(ctypes.c_uint32, GuestAddress(0x1000))
+memory.write_atomic(good, 7)
+memory.fetch_add(good, 0)  # the fast paths are warm
+answers = {"fooled": IntLike().__class__ is int}
+if sys.argv[1] == "made by hand":  # the control: what `+` must never make
+    from vm_memory.aligned_address import _construct, alignment_info
+    forged = _construct(Pointer(), alignment_info(ctypes.c_uint32))
+    print(json.dumps(answers), flush=True)
+    memory.read_atomic(forged)
+for name, move in [("aligned +", lambda: good + IntLike()), ("aligned -", lambda: good - IntLike()),
+                   ("plain +", lambda: GuestAddress(0x1000) + IntLike()),
+                   ("plain -", lambda: GuestAddress(0x1000) - IntLike())]:
+    try:
+        moved = move()
+        answers[name] = ["made", type(moved).__name__, type(moved.raw_value()).__name__]
+        answers[name + " read"] = memory.read_atomic(moved)
+    except Exception as error:
+        answers[name] = type(error).__name__
+print(json.dumps(answers))
+"""
+
+
+@pytest.mark.parametrize("path", ["compiled", "pure"])
+def test_an_object_claiming_to_be_an_int_cannot_move_an_address(path: str) -> None:
+    """An offset whose `__class__` says int (and whose comparisons say in range) is not
+    an int: `+` and `-` refuse it on both paths, so no address holds a value the
+    checked constructors did not make."""
+    environment = {"VM_MEMORY_PURE": "1"} if path == "pure" else {}
+    result = run_python("-c", SPOOFED_OFFSET_PROGRAM, "public", environment=environment)
+    assert result.returncode == 0, result.stderr
+    answers = json.loads(result.stdout)
+    assert answers == {"fooled": True, "aligned +": "InvalidArgumentType",
+                       "aligned -": "InvalidArgumentType", "plain +": "InvalidArgumentType",
+                       "plain -": "InvalidArgumentType"}, answers
+
+
+def test_an_address_holding_such_a_value_would_crash_the_pure_path() -> None:
+    """The control: an aligned address made by hand with the value `+` would have
+    stored (the constructors' private last step) makes the warm pure atomic path load
+    from host address 0x10 — the whole interpreter dies. The refusals above are what
+    stand between a careless caller and this."""
+    result = run_python("-c", SPOOFED_OFFSET_PROGRAM, "made by hand",
+                        environment={"VM_MEMORY_PURE": "1"})
+    assert json.loads(result.stdout.splitlines()[0]) == {"fooled": True}
+    assert result.returncode == -signal.SIGSEGV, (result.returncode, result.stderr)
+
+
+HOST_ADDRESS_PROGRAM: Final = """
+import ctypes, json, sys
+from vm_memory import AlignedGuestAddress, GuestAddress, GuestMemory, GuestMemoryRegion
+from vm_memory.buffers import buffer_address
+
+view = memoryview(bytearray(4096))
+real = buffer_address(view)
+given = {"real": real, "8 past": real + 8, "low page": 0x10, "not an int": str(real),
+         "a float": float(real)}[sys.argv[1]]
+try:
+    region = GuestMemoryRegion(GuestAddress(0), 4096, read_only=False, buffer=view,
+                               host_address=given)
+except Exception as error:
+    print(json.dumps([type(error).__name__, str(error)]))
+    sys.exit(0)
+memory = GuestMemory([region])
+at = AlignedGuestAddress.new(ctypes.c_uint32, GuestAddress(8))
+memory.write_atomic(at, 5)
+print(json.dumps(["made", memory.fetch_add(at, 1), memory.read_atomic(at),
+                  int.from_bytes(view[8:12], sys.byteorder)]))
+"""
+
+
+@pytest.mark.parametrize("path", ["compiled", "pure"])
+@pytest.mark.parametrize("given", ["8 past", "low page", "not an int", "a float"])
+def test_a_hand_built_regions_host_address_must_be_its_buffers(given: str,
+                                                                path: str) -> None:
+    """The atomic paths compute host pointers from a region's `host_address`: one that
+    is not the address of its buffer's first byte is refused at construction (before,
+    the atomics used it — "low page" was a SIGSEGV)."""
+    environment = {"VM_MEMORY_PURE": "1"} if path == "pure" else {}
+    result = run_python("-c", HOST_ADDRESS_PROGRAM, given, environment=environment)
+    assert result.returncode == 0, (result.returncode, result.stderr)
+    error, message = json.loads(result.stdout)
+    assert error == "MappingError", message
+    assert "is not the address of the buffer's first byte" in message
+
+
+@pytest.mark.parametrize("path", ["compiled", "pure"])
+def test_a_hand_built_region_with_its_buffers_host_address_is_atomic(path: str) -> None:
+    """The control: the buffer's own address is accepted, and the atomics work on it
+    (through host memory: the bytes change under the buffer)."""
+    environment = {"VM_MEMORY_PURE": "1"} if path == "pure" else {}
+    result = run_python("-c", HOST_ADDRESS_PROGRAM, "real", environment=environment)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == ["made", 5, 6, 6]
+
+
+class RegionLookAlike:
+    """Not a region, but one by `__class__` and isinstance, with the fields the access
+    paths read: its atomic limits and delta would point the atomics at host address 0."""
+
+    start_value, end_value, length, read_only = 0, PAGE, PAGE, False
+    atomic_read_limit = atomic_write_limit = atomic_untracked_limit = PAGE - 7
+    read_limit = write_limit = PAGE - 7
+    atomic_delta, host_address, buffer, dirty, closed = 0, 0, None, None, False
+    typed_views: dict[str, memoryview] = {}  # noqa: RUF012
+
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:  # pyright: ignore[reportIncompatibleMethodOverride]
+        return GuestRegionMmap
+
+
+def test_a_region_look_alike_is_refused_by_every_memory_class() -> None:
+    look_alike: Any = RegionLookAlike()
+    assert isinstance(look_alike, GuestRegionMmap)  # the control: isinstance is fooled
+    with pytest.raises(InvalidArgumentType):
+        GuestMemory([look_alike])
+    with pytest.raises(InvalidArgumentType):
+        GuestMemoryMmap([look_alike])
+    memory = GuestMemoryMmap.from_ranges([(GuestAddress(0x10000), PAGE)])
+    with pytest.raises(InvalidArgumentType):
+        memory.insert_region(look_alike)
+    assert memory.holds(look_alike) is False
+
+
+TRUSTED_FIELDS: Final = ("start", "start_value", "length", "read_only", "buffer",
+                         "host_address", "dirty", "end_value", "atomic_delta", "read_limit",
+                         "write_limit", "atomic_read_limit", "atomic_write_limit",
+                         "atomic_untracked_limit", "typed_views")
+
+
+@pytest.mark.parametrize("field", TRUSTED_FIELDS)
+def test_a_region_subclass_cannot_redefine_a_field_the_paths_trust(field: str) -> None:
+    """A new region kind adds fields and methods; a property in place of `atomic_delta`
+    (or any field the access paths read) would choose the host pointers, so the class
+    itself is refused."""
+    with pytest.raises(InvalidArgumentType, match=f"{field} must be left to"):
+        type("Redefining", (GuestMemoryRegion,), {field: property(lambda self: 0)})
+    with pytest.raises(InvalidArgumentType, match=f"{field} must be left to"):
+        type("Slotting", (GuestMemoryRegion,), {"__slots__": (field,)})
+    # The control: the same class with a field of its own is a region kind like any.
+    kind = type("Adding", (GuestMemoryRegion,), {f"my_{field}": property(lambda self: 0)})
+    region = kind(GuestAddress(0), PAGE, read_only=True)
+    assert GuestMemory([region]).num_regions() == 1
 
 
 def test_a_lying_offset_cannot_escape_a_slice() -> None:

@@ -250,17 +250,17 @@ class GuestAddress(_GuestAddressBase, _Address64):
         return address
 
     def __add__(self, offset: int) -> Self:
-        if offset.__class__ is not int or not 0 <= offset <= _MASK \
+        if type(offset) is not int or not 0 <= offset <= _MASK \
                 or self._guest_value + offset > _MASK:
             return self.unchecked_add(offset)  # the checks, and their errors
-        address = _new_object(self.__class__)
+        address = _new_object(type(self))
         _set_guest_value(address, self._guest_value + offset)
         return address
 
     def __sub__(self, offset: int) -> Self:
-        if offset.__class__ is not int or not 0 <= offset <= self._guest_value:
+        if type(offset) is not int or not 0 <= offset <= self._guest_value:
             return self.unchecked_sub(offset)  # the checks, and their errors
-        address = _new_object(self.__class__)
+        address = _new_object(type(self))
         _set_guest_value(address, self._guest_value - offset)
         return address
 

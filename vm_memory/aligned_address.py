@@ -150,7 +150,7 @@ class AlignedGuestAddress(_AlignedBase, Generic[_T_co]):
     @classmethod
     def new(cls, ctype: type[_T], address: GuestAddress) -> AlignedGuestAddress[_T]:
         """`address` as aligned for `ctype`; raises `MisalignedAddress` if it is not."""
-        if address.__class__ is not GuestAddress:
+        if type(address) is not GuestAddress:
             _as_address_value(address)  # refuses it
         value = address._guest_value
         # `cached_for_type`'s rule, inlined: the call would cost this hot path a tenth.
@@ -231,7 +231,7 @@ class AlignedGuestAddress(_AlignedBase, Generic[_T_co]):
         """The address `offset` bytes further, still aligned for T: an offset that is not
         a multiple of the alignment raises `MisalignedAddress` (for a plain address
         there, use `address.addr + offset`)."""
-        if offset.__class__ is not int or not 0 <= offset < ADDRESS_SPACE_SIZE:
+        if type(offset) is not int or not 0 <= offset < ADDRESS_SPACE_SIZE:
             offset = check_u64(offset, "offset")
         info = self._info
         value = self._guest_value + offset
@@ -242,7 +242,7 @@ class AlignedGuestAddress(_AlignedBase, Generic[_T_co]):
 
     def __sub__(self, offset: int) -> AlignedGuestAddress[_T_co]:
         """The address `offset` bytes back, still aligned for T (else `MisalignedAddress`)."""
-        if offset.__class__ is not int or not 0 <= offset < ADDRESS_SPACE_SIZE:
+        if type(offset) is not int or not 0 <= offset < ADDRESS_SPACE_SIZE:
             offset = check_u64(offset, "offset")
         return self._moved(self._guest_value - offset, offset, "-")
 

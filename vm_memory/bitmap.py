@@ -17,10 +17,15 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import Final
 
-from vm_memory.address import check_power_of_two, check_u64
+from vm_memory.address import as_int, check_power_of_two, check_u64
 from vm_memory.atomic_access import atomic_type_info
 from vm_memory.atomic_backend import host_atomics, is_lock_free
-from vm_memory.errors import AtomicWidthUnsupported, InvalidRange, MappingError
+from vm_memory.errors import (
+    AtomicWidthUnsupported,
+    InvalidArgumentType,
+    InvalidRange,
+    MappingError,
+)
 from vm_memory.ordering import Ordering
 
 DEFAULT_PAGE_SIZE: Final = mmap.PAGESIZE
@@ -64,19 +69,35 @@ class DirtyBitmap:
         self._map_address = ctypes.addressof(self._pin)
         self.view = memoryview(self._map)
 
+    def __setattr__(self, name: str, value: object) -> None:
+        """Each field is set once, at construction: `take_dirty_pages` exchanges words at
+        the map's address for the pages its view shows, and a region tracking dirty pages
+        copied the address and page count for the compiled paths."""
+        if hasattr(self, name):
+            raise AttributeError(f"DirtyBitmap.{name} is fixed at construction")
+        object.__setattr__(self, name, value)
+
     def mark(self, offset: int, length: int) -> None:
         """Mark the pages holding `[offset, offset + length)` dirty; the part past the end
         of the tracked memory is ignored (as in Rust vm-memory), and so is an empty range."""
-        first = offset >> self._shift
-        last = (offset + length - 1) >> self._shift
-        if first == last and first < self.page_count and length > 0:
+        try:
+            first = offset >> self._shift
+            last = (offset + length - 1) >> self._shift
+        except TypeError:
+            raise InvalidArgumentType("mark's offset and length", "ints", (offset, length)
+                                      ) from None
+        if first == last and 0 <= first < self.page_count and length > 0:
             self.view[first] = 1
-        elif length > 0 and first < self.page_count:
+        elif length > 0 and 0 <= first < self.page_count:
             last = min(last, self.page_count - 1)
             self.view[first:last + 1] = b"\x01" * (last + 1 - first)
+        elif first < 0 or length < 0:  # never from the library: its offsets are checked
+            raise InvalidRange(offset, length, "a dirty mark needs a non-negative offset "
+                                               "and length")
 
     def is_dirty(self, page: int) -> bool:
         """Whether page number `page` is marked (a page past the end never is)."""
+        page = as_int(page, "a page number")
         return 0 <= page < self.page_count and bool(self.view[page])
 
     def _marked(self) -> Iterator[int]:

@@ -68,7 +68,12 @@ from vm_memory.errors import (
 from vm_memory.implementation import compiled
 from vm_memory.lifetime import lifetime_lock, register
 from vm_memory.ordering import Ordering, check_ordering
-from vm_memory.region import GuestMemoryRegion, NoRegion, regions_tracking_dirty_pages
+from vm_memory.region import (
+    GuestMemoryRegion,
+    NoRegion,
+    is_region,
+    regions_tracking_dirty_pages,
+)
 from vm_memory.stream_io import StreamSink, StreamSource, gather_write, scatter_read
 from vm_memory.volatile import VolatileSlice
 
@@ -111,19 +116,22 @@ def _not_address(address: object, method: str) -> InvalidArgumentType:
 
 
 def _aligned_parts(address: AlignedGuestAddress[Any], method: str) -> tuple[TypeLayout, int]:
-    """The layout and the int behind an aligned address; anything else refused."""
-    try:
-        return address._layout, address._guest_value
-    except AttributeError:
-        raise _not_aligned_address(address, method) from None
+    """The layout and the int behind an aligned address; anything else refused.
+
+    Exact type, never the attributes alone: an object that only looks like an address
+    (its own `_info`, `_guest_value`, `__class__`) would choose what the paths trust."""
+    if type(address) is not AlignedGuestAddress:
+        raise _not_aligned_address(address, method)
+    return address._layout, address._guest_value
 
 
 def _guest_value(address: GuestAddress, method: str) -> int:
-    """The int behind a guest address; anything else (an int, a region offset) refused."""
-    try:
-        return address._guest_value
-    except AttributeError:
-        raise _not_address(address, method) from None
+    """The int behind a guest address (an aligned one too); anything else (an int, a
+    region offset, a look-alike) refused."""
+    kind = type(address)
+    if kind is not GuestAddress and kind is not AlignedGuestAddress:  # type: ignore[comparison-overlap]
+        raise _not_address(address, method)
+    return address._guest_value
 
 
 def _overlaps(buffer: memoryview, spans: list[Span]) -> bool:
@@ -305,8 +313,9 @@ class GuestMemory(_MemoryBase):
     @classmethod
     def _admit(cls, region: object) -> None:
         """Refuse what cannot be one of this class's regions (subclasses narrow it)."""
-        if not isinstance(region, GuestMemoryRegion):
-            raise InvalidArgumentType("a region", "a GuestMemoryRegion", region)
+        if not is_region(region):
+            raise InvalidArgumentType("a region", "a GuestMemoryRegion (of a class that "
+                                      "keeps the fields the access paths trust)", region)
 
     # The lookup primitives. Pure-path versions; the compiled base replaces each.
 
@@ -360,7 +369,7 @@ class GuestMemory(_MemoryBase):
 
     def holds(self, region: object) -> bool:
         """Whether `region` (this very object) is one of this memory's regions."""
-        if not isinstance(region, GuestMemoryRegion):
+        if not is_region(region):
             return False
         index = self._index_at(region.start_value)
         return index >= 0 and self._regions[index] is region
@@ -416,10 +425,11 @@ class GuestMemory(_MemoryBase):
         self, address: GuestAddress
     ) -> tuple[GuestMemoryRegion, MemoryRegionAddress] | None:
         """The region containing `address` and the offset inside it, or None."""
-        region = self.find_region(address)
-        if region is None:
+        value = _guest_value(address, "to_region_addr")
+        region = self._region_at(value)
+        if region is _NO_REGION:
             return None
-        return region, MemoryRegionAddress(address._guest_value - region.start_value)
+        return region, MemoryRegionAddress(value - region.start_value)
 
     def get_host_address(self, address: GuestAddress) -> int:
         """The host virtual address behind `address`, for passing to KVM or a device."""
@@ -590,11 +600,14 @@ class GuestMemory(_MemoryBase):
                            ctype: type[ScalarValue[_V]]) -> _V: ...
     def read_obj_unaligned(self, address: GuestAddress, ctype: type[Any]) -> Any:
         """A value of ByteValued `ctype` at any address, possibly across regions."""
+        kind = type(address)
+        if kind is not GuestAddress and kind is not AlignedGuestAddress:  # type: ignore[comparison-overlap]
+            return self._read_obj_unaligned_general(address, ctype)  # says what is wrong
         try:
             layout = _LAYOUTS[ctype]
-            value = address._guest_value
         except Exception:  # the general path says what is wrong
             return self._read_obj_unaligned_general(address, ctype)
+        value = address._guest_value
         region = self._last
         unpack = layout.struct_unpack
         if layout.ctype is not ctype:  # see layout_of: a hit must be this very type
@@ -629,15 +642,18 @@ class GuestMemory(_MemoryBase):
                             value: _V) -> None: ...
     def write_obj_unaligned(self, address: GuestAddress, ctype: type[Any], value: Any) -> None:
         """Store `value` as ByteValued `ctype` at any address, possibly across regions."""
+        kind = type(address)
+        if kind is not GuestAddress and kind is not AlignedGuestAddress:  # type: ignore[comparison-overlap]
+            return self._write_obj_unaligned_general(address, ctype, value)
         try:
             layout = _LAYOUTS[ctype]
-            raw = address._guest_value
         except Exception:  # the general path says what is wrong
             return self._write_obj_unaligned_general(address, ctype, value)
+        raw = address._guest_value
         region = self._last
         pack = layout.struct_pack
         if region.start_value <= raw < region.write_limit and pack is not None \
-                and layout.ctype is ctype and value.__class__ is int \
+                and layout.ctype is ctype and type(value) is int \
                 and layout.minimum <= value <= layout.maximum:
             pack(region.buffer, raw - region.start_value, value)  # checked: cannot fail
             if region.dirty is not None:
@@ -660,11 +676,10 @@ class GuestMemory(_MemoryBase):
     def read_obj(self, address: AlignedGuestAddress[ScalarValue[_V]]) -> _V: ...
     def read_obj(self, address: AlignedGuestAddress[Any]) -> Any:
         """The value at an aligned address: bounds-checked, not guaranteed atomic."""
-        try:
-            layout: TypeLayout = address._info.layout
-            value = address._guest_value
-        except AttributeError:
-            raise _not_aligned_address(address, "read_obj") from None
+        if type(address) is not AlignedGuestAddress:  # see _aligned_parts
+            raise _not_aligned_address(address, "read_obj")
+        layout: TypeLayout = address._info.layout
+        value = address._guest_value
         region = self._last
         if not region.start_value <= value < region.read_limit:
             # another region: the page table's guess (no Python call), else a search
@@ -701,11 +716,10 @@ class GuestMemory(_MemoryBase):
     def write_obj(self, address: AlignedGuestAddress[ScalarValue[_V]], value: _V) -> None: ...
     def write_obj(self, address: AlignedGuestAddress[Any], value: Any) -> None:
         """Store at an aligned address: bounds-checked, not guaranteed atomic."""
-        try:
-            layout: TypeLayout = address._info.layout
-            raw = address._guest_value
-        except AttributeError:
-            raise _not_aligned_address(address, "write_obj") from None
+        if type(address) is not AlignedGuestAddress:  # see _aligned_parts
+            raise _not_aligned_address(address, "write_obj")
+        layout: TypeLayout = address._info.layout
+        raw = address._guest_value
         region = self._last
         if not region.start_value <= raw < region.write_limit:
             # another region: the page table's guess (no Python call), else a search
@@ -716,7 +730,7 @@ class GuestMemory(_MemoryBase):
                     self._write_obj_general(address, value)
                     return
             self._last = region
-        if value.__class__ is int and layout.minimum <= value <= layout.maximum:
+        if type(value) is int and layout.minimum <= value <= layout.maximum:
             offset = raw - region.start_value
             try:  # the typed view: one subscript, for an aligned native integer
                 region.typed_views[layout.native_code][  # type: ignore[index]
@@ -756,12 +770,11 @@ class GuestMemory(_MemoryBase):
                 order: object, operands: tuple[object, ...],
                 failure: object = _SEQ_CST) -> Any:
         """Any atomic operation, fully checked in order before memory is touched."""
-        try:
-            alignment: AlignmentInfo = address._info
-            ctype = alignment.ctype
-            value = address._guest_value
-        except AttributeError:
-            raise _not_aligned_address(address, operation.name) from None
+        if type(address) is not AlignedGuestAddress:  # see _aligned_parts
+            raise _not_aligned_address(address, operation.name)
+        alignment: AlignmentInfo = address._info
+        ctype = alignment.ctype
+        value = address._guest_value
         c_order = check_ordering(operation.name, order, operation.orderings,
                                  operation.access)
         c_failure = c_order
@@ -787,7 +800,7 @@ class GuestMemory(_MemoryBase):
                 raise MisalignedAddress(host, info.size, info.name, "host")
             result = run_host(operation, info, atomics, host, values, c_order, c_failure)
             if alignment.atomics is None and not info.is_bool \
-                    and alignment.__class__ is AlignmentInfo:
+                    and type(alignment) is AlignmentInfo:
                 _prime_fast_atomics(alignment, info.minimum, info.maximum,
                                     atomics.value_type, atomics.functions)
         if operation.stores and region.dirty is not None and \
@@ -917,8 +930,10 @@ class GuestMemory(_MemoryBase):
         If this memory tracks dirty pages, the new region is tracked too, from the start.
         A refused insert leaves `region` as it was.
         """
-        if not isinstance(region, GuestMemoryRegion):
-            raise InvalidArgumentType("insert_region's region", "a GuestMemoryRegion", region)
+        if not is_region(region):
+            raise InvalidArgumentType("insert_region's region", "a GuestMemoryRegion (of "
+                                      "a class that keeps the fields the access paths "
+                                      "trust)", region)
         page_size = self._tracked_page_size()
         started = page_size is not None and region.dirty is None
         if page_size is not None:
@@ -1242,15 +1257,18 @@ def _compare_exchange_method(operation: AtomicOperation, members: tuple[Ordering
     def compare_exchange(self: GuestMemory, address: AlignedGuestAddress[Any],
                          expected: int, desired: int, success: Ordering = _SEQ_CST,
                          failure: Ordering = _SEQ_CST) -> Any:
+        if type(address) is not AlignedGuestAddress:  # a look-alike: refused there
+            return self._atomic(operation, address, success, (expected, desired),
+                                failure)
         try:
             function, value_type, low, high = address._info.atomics[index]
             raw = address._guest_value
-        except (TypeError, AttributeError):  # not primed (None), or not an address
+        except TypeError:  # not primed (None)
             return self._atomic(operation, address, success, (expected, desired),
                                 failure)
         region = self._last
         if region.start_value <= raw < region.atomic_untracked_limit \
-                and expected.__class__ is int and desired.__class__ is int \
+                and type(expected) is int and type(desired) is int \
                 and low <= expected <= high and low <= desired <= high \
                 and success is _SEQ_CST and failure is _SEQ_CST:
             box = value_type(expected)
@@ -1267,12 +1285,12 @@ def _compare_exchange_method(operation: AtomicOperation, members: tuple[Ordering
                                         failure)
             self._last = region
         layout = address._info.layout
-        if expected.__class__ is int and desired.__class__ is int \
+        if type(expected) is int and type(desired) is int \
                 and layout.minimum <= expected <= layout.maximum \
                 and layout.minimum <= desired <= layout.maximum \
-                and (success is _SEQ_CST or (success.__class__ is ordering_type
+                and (success is _SEQ_CST or (type(success) is ordering_type
                                              and success in members)) \
-                and (failure is _SEQ_CST or (failure.__class__ is ordering_type
+                and (failure is _SEQ_CST or (type(failure) is ordering_type
                                              and failure in failure_members)):
             box = value_type(expected)
             if function(raw + region.atomic_delta, box, desired, success, failure):
@@ -1302,10 +1320,12 @@ def _atomic_method(operation: AtomicOperation) -> Callable[..., Any]:
     if operation.shape == "load":
         def load(self: GuestMemory, address: AlignedGuestAddress[Any],
                  order: Ordering = _SEQ_CST) -> Any:
+            if type(address) is not AlignedGuestAddress:  # a look-alike: refused there
+                return self._atomic(operation, address, order, ())
             try:
                 function = address._info.atomics[index]
                 value = address._guest_value
-            except (TypeError, AttributeError):  # not primed (None), or not an address
+            except TypeError:  # not primed (None)
                 return self._atomic(operation, address, order, ())
             region = self._last
             if region.start_value <= value < region.atomic_read_limit \
@@ -1319,7 +1339,7 @@ def _atomic_method(operation: AtomicOperation) -> Callable[..., Any]:
                     if not region.start_value <= value < region.atomic_read_limit:
                         return self._atomic(operation, address, order, ())
                 self._last = region
-            if order is _SEQ_CST or (order.__class__ is ordering_type and order in members):
+            if order is _SEQ_CST or (type(order) is ordering_type and order in members):
                 return function(value + region.atomic_delta, order)
             return self._atomic(operation, address, order, ())
         method = load
@@ -1330,14 +1350,16 @@ def _atomic_method(operation: AtomicOperation) -> Callable[..., Any]:
     else:
         def store_or_modify(self: GuestMemory, address: AlignedGuestAddress[Any],
                             value: int, order: Ordering = _SEQ_CST) -> Any:
+            if type(address) is not AlignedGuestAddress:  # a look-alike: refused there
+                return self._atomic(operation, address, order, (value,))
             try:
                 function, low, high = address._info.atomics[index]
                 raw = address._guest_value
-            except (TypeError, AttributeError):  # not primed (None), or not an address
+            except TypeError:  # not primed (None)
                 return self._atomic(operation, address, order, (value,))
             region = self._last
             if region.start_value <= raw < region.atomic_untracked_limit \
-                    and value.__class__ is int and low <= value <= high \
+                    and type(value) is int and low <= value <= high \
                     and order is _SEQ_CST:
                 return function(raw + region.atomic_delta, value, order)
             if not region.start_value <= raw < region.atomic_write_limit:
@@ -1349,8 +1371,8 @@ def _atomic_method(operation: AtomicOperation) -> Callable[..., Any]:
                         return self._atomic(operation, address, order, (value,))
                 self._last = region
             layout = address._info.layout
-            if value.__class__ is int and layout.minimum <= value <= layout.maximum \
-                    and (order is _SEQ_CST or (order.__class__ is ordering_type
+            if type(value) is int and layout.minimum <= value <= layout.maximum \
+                    and (order is _SEQ_CST or (type(order) is ordering_type
                                                and order in members)):
                 result = function(raw + region.atomic_delta, value, order)
                 if region.dirty is not None:  # aligned: the value never crosses a page

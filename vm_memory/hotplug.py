@@ -14,10 +14,18 @@ from collections.abc import Callable
 from typing import Generic, TypeVar
 
 from vm_memory.address import GuestAddress
+from vm_memory.errors import InvalidArgumentType
 from vm_memory.guest_memory import GuestMemory
 from vm_memory.region import GuestMemoryRegion
 
 _M = TypeVar("_M", bound=GuestMemory)
+
+
+def _checked_memory(memory: _M, what: str) -> _M:
+    """`memory` if it is a `GuestMemory` by its real type (readers use what is published)."""
+    if not issubclass(type(memory), GuestMemory):
+        raise InvalidArgumentType(what, "a GuestMemory", memory)
+    return memory
 
 
 class GuestMemoryAtomic(Generic[_M]):
@@ -26,7 +34,7 @@ class GuestMemoryAtomic(Generic[_M]):
     __slots__ = ("_current", "_update_lock")
 
     def __init__(self, memory: _M) -> None:
-        self._current = memory
+        self._current = _checked_memory(memory, "GuestMemoryAtomic's memory")
         self._update_lock = threading.Lock()
 
     def memory(self) -> _M:
@@ -36,7 +44,7 @@ class GuestMemoryAtomic(Generic[_M]):
     def update(self, change: Callable[[_M], _M]) -> _M:
         """Publish `change(current)` as the new snapshot; updates are serialized."""
         with self._update_lock:
-            self._current = change(self._current)
+            self._current = _checked_memory(change(self._current), "the updated memory")
             return self._current
 
     def insert_region(self, region: GuestMemoryRegion) -> _M:

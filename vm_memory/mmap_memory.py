@@ -9,6 +9,7 @@ from vm_memory.address import GuestAddress
 from vm_memory.errors import InvalidArgumentType, NoMemoryRegion
 from vm_memory.guest_memory import GuestMemory
 from vm_memory.mmap_region import FileOffset, GuestRegionMmap, MmapRegion
+from vm_memory.region import is_region
 
 
 class GuestMemoryMmap(GuestMemory):
@@ -27,7 +28,7 @@ class GuestMemoryMmap(GuestMemory):
 
     @classmethod
     def _admit(cls, region: object) -> None:
-        if not isinstance(region, GuestRegionMmap):
+        if not issubclass(type(region), GuestRegionMmap) or not is_region(region):
             raise InvalidArgumentType("a region of GuestMemoryMmap", "a GuestRegionMmap",
                                       region)
 

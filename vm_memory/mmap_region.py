@@ -43,7 +43,7 @@ from vm_memory.errors import (
     UnsealedMemory,
 )
 from vm_memory.lifetime import holders_of, holders_of_host_memory, lifetime_lock
-from vm_memory.region import _NO_TYPED_VIEWS, GuestMemoryRegion, _checked_span
+from vm_memory.region import _NO_TYPED_VIEWS, GuestMemoryRegion, _checked_flag, _checked_span
 
 PAGE_SIZE: Final = mmap.PAGESIZE
 
@@ -231,8 +231,16 @@ class MmapRegion:
         a writable region (`MappingError`); a writable mapping may be made read-only, and
         then every view of it is read-only too.
         """
-        if not isinstance(mapping, mmap.mmap):
+        # Exact types: a subclass's `__len__` or a look-alike's `__class__` would choose
+        # the size and the memory the raw-pointer paths trust.
+        if type(mapping) is not mmap.mmap:
             raise InvalidArgumentType("mapping", "an mmap.mmap", mapping)
+        read_only = _checked_flag(read_only, "read_only")
+        shared = _checked_flag(shared, "shared")
+        if fd is not None:
+            fd = _check_fd(fd)
+        if type(file_offset) is not int or file_offset < 0:
+            raise InvalidArgumentType("file_offset", "a non-negative int", file_offset)
         if mapping.closed:
             raise MappingError(0, "the mapping is closed")
         view = memoryview(mapping).cast("B")
@@ -246,7 +254,7 @@ class MmapRegion:
         fix = object.__setattr__
         fix(self, "mapping", mapping)
         fix(self, "size", len(mapping))
-        fix(self, "read_only", bool(read_only))
+        fix(self, "read_only", read_only)
         fix(self, "shared", shared)
         fix(self, "fd", fd)
         fix(self, "file_offset", file_offset)
@@ -559,7 +567,7 @@ class GuestRegionMmap(GuestMemoryRegion):
         """Place `mapping` at `start` (call with the lifetime lock held). Its view is a
         1-D byte view of exactly its size, read-only iff it is: nothing to check there."""
         self._refuse_second_construction()
-        if not isinstance(mapping, MmapRegion):
+        if type(mapping) is not MmapRegion:  # a look-alike would choose the host address
             raise InvalidArgumentType("mapping", "an MmapRegion", mapping)
         if mapping.closed:
             raise MappingError(mapping.size, "the mapping is closed")

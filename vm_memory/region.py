@@ -8,11 +8,14 @@ and, if it can, the atomic primitive. The default of that refuses with
 
 Writing a new kind of region — what it must keep true:
 
-- Pass `buffer` (a 1-D byte memoryview of exactly `length` bytes) only if every byte of
+- Pass `buffer` (a live, C-contiguous 1-D memoryview of exactly `length` one-byte items;
+  the region keeps its own byte view of it, which pins the memory) only if every byte of
   the region is in this process's memory for as long as the region is open: every fast
   path then reads and writes `buffer` directly and never calls `read_into`/`write_from`
   (nor any override of them). Pass `host_address` only with a `buffer` whose first byte
   is at that address: the atomic paths use it as a raw pointer.
+- A subclass takes every field below, and attribute lookup (`__getattribute__`), from
+  GuestMemoryRegion, directly or through a mixin: the class is refused otherwise.
 - `start`, `length`, `read_only`, `buffer`, `host_address` and `dirty` are the inputs of
   the derived fast-path limits (`end_value`, `read_limit`, `write_limit`,
   `atomic_read_limit`, `atomic_write_limit`, `atomic_delta`): they are fixed at
@@ -31,12 +34,13 @@ from __future__ import annotations
 import weakref
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, SupportsIndex
+from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, SupportsIndex, TypeGuard
 
 from vm_memory.address import GuestAddress, MemoryRegionAddress
 from vm_memory.atomic_access import AtomicTypeInfo
 from vm_memory.atomic_operations import AtomicOperation
 from vm_memory.bitmap import DEFAULT_PAGE_SIZE, DirtyBitmap
+from vm_memory.buffers import buffer_address
 from vm_memory.errors import (
     AtomicAccessUnsupported,
     InvalidArgumentType,
@@ -129,6 +133,83 @@ class _PureRegionBase:
             -1 if read_only or self.dirty is not None else atomic_limit)
 
 
+def _checked_flag(value: object, what: str) -> bool:
+    """`value` if it is a real `bool`: read once, so an object whose `__bool__` answers
+    differently each time cannot pass one check as read-only and be stored as writable."""
+    if type(value) is not bool:
+        raise InvalidArgumentType(what, "a bool", value)
+    return value
+
+
+def _own_byte_view(buffer: object, start_value: int, length: int,
+                   read_only: bool) -> memoryview:
+    """A hand-built region's own 1-D byte view of `buffer` (a live, C-contiguous
+    memoryview of exactly `length` bytes), read-only if the region is.
+
+    Its own view, so the region pins the memory itself: the caller releasing the view it
+    gave cannot let the memory behind the region's host pointer be unmapped or moved
+    (`mmap.close()`, resizing a bytearray)."""
+    if type(buffer) is not memoryview:
+        raise InvalidArgumentType("a region's buffer", "a memoryview", buffer)
+    try:
+        shape = (buffer.nbytes, buffer.ndim, buffer.itemsize, buffer.c_contiguous)
+    except ValueError:  # released
+        raise InvalidArgumentType("a region's buffer", "a memoryview not released",
+                                  buffer) from None
+    if shape[:3] != (length, 1, 1):
+        raise InvalidRange(start_value, length,
+                           "the buffer must be a 1-D byte view of the whole region")
+    if not shape[3]:
+        raise InvalidArgumentType("a region's buffer", "a C-contiguous memoryview", buffer)
+    if buffer.readonly and not read_only:
+        raise MappingError(length, "the buffer is read-only, so the region must be "
+                                   "read-only too")
+    view = buffer.cast("B")  # 1-D, contiguous, 1-byte items: always a plain byte view
+    return view.toreadonly() if read_only and not view.readonly else view
+
+
+_TRUSTED_LOOKUPS: tuple[str, ...] = (*sorted(_FIXED), "__getattribute__")
+"""What a region class must take from GuestMemoryRegion: the fields the access paths
+read, and attribute lookup itself (which could answer for any of them)."""
+
+_SOUND_CLASSES: dict[int, type] = {}
+"""Region classes already found to keep every trusted lookup GuestMemoryRegion's, by
+`id` (held, so an id is never reused): a set would ask a metaclass's `__hash__` and
+`__eq__`, which may lie."""
+
+
+def _redefined_lookup(cls: type[GuestMemoryRegion]) -> str | None:
+    """The first trusted lookup that `cls` takes from a class that is not one of
+    GuestMemoryRegion's own (a subclass, or a mixin beside it), or a base's
+    `fixed_attributes` name `cls` no longer fixes; None if there is none."""
+    library = GuestMemoryRegion.__mro__
+    for name in _TRUSTED_LOOKUPS:
+        owner = next((klass for klass in cls.__mro__ if name in vars(klass)), None)
+        # by identity: `in` would ask a metaclass's `__eq__`, which may lie
+        if owner is not None and not any(owner is klass for klass in library):
+            return name
+    for base in cls.__mro__[1:]:
+        if issubclass(base, GuestMemoryRegion) and \
+                not base.fixed_attributes <= cls.fixed_attributes:
+            return "fixed_attributes"
+    return None
+
+
+def is_region(value: object) -> TypeGuard[GuestMemoryRegion]:
+    """Whether `value` is a region by its real type (`isinstance` believes a
+    `__class__` property, and the access paths trust a region's fields), of a class
+    that takes every field the paths trust from GuestMemoryRegion (checked when the
+    class is made; again here, once per class, for a class whose bases skipped
+    `__init_subclass__`)."""
+    kind = type(value)
+    if _SOUND_CLASSES.get(id(kind)) is kind:
+        return True
+    if not issubclass(kind, GuestMemoryRegion) or _redefined_lookup(kind) is not None:
+        return False
+    _SOUND_CLASSES[id(kind)] = kind
+    return True
+
+
 # The checkers see the pure base (a conditional expression would hide the class from them).
 if TYPE_CHECKING or compiled is None:  # noqa: SIM108
     _RegionBase = _PureRegionBase
@@ -180,6 +261,22 @@ class GuestMemoryRegion(_RegionBase):
     atomic_read_limit: int
     atomic_write_limit: int
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Refuse a subclass that redefines a field the access paths trust: a property
+        there would choose the host pointers the atomic paths use (new fields and
+        methods are what a new region kind adds)."""
+        super().__init_subclass__(**kwargs)
+        name = _redefined_lookup(cls)
+        if name == "fixed_attributes":
+            raise InvalidArgumentType(f"{cls.__name__}.fixed_attributes", "a superset of "
+                                      "its bases' (a subclass may fix more fields, never "
+                                      "fewer)", cls.fixed_attributes)
+        if name is not None:
+            raise InvalidArgumentType(
+                f"{cls.__name__}.{name}", "left to GuestMemoryRegion (the access paths "
+                "trust it; set it through GuestMemoryRegion.__init__)",
+                getattr(cls, name, None))
+
     def _refuse_second_construction(self) -> None:
         """`__init__` called again would move or remap a region a memory already holds
         (its table keeps the old placement): refused on both paths."""
@@ -196,22 +293,21 @@ class GuestMemoryRegion(_RegionBase):
                  buffer: memoryview | None = None, host_address: int | None = None) -> None:
         self._refuse_second_construction()
         start_value = _checked_span(start, length)
+        read_only = _checked_flag(read_only, "read_only")
         if buffer is not None:
-            if buffer.readonly and not read_only:
-                raise MappingError(length, "the buffer is read-only, so the region must be "
-                                           "read-only too")
-            if read_only and not buffer.readonly:
-                buffer = buffer.toreadonly()
-            if buffer.nbytes != length or buffer.ndim != 1 or buffer.itemsize != 1:
-                raise InvalidRange(start_value, length,
-                                   "the buffer must be a 1-D byte view of the whole region")
+            buffer = _own_byte_view(buffer, start_value, length, read_only)
+            # The atomic paths compute host pointers from it: it must be the buffer's own.
+            if host_address is not None and (type(host_address) is not int
+                                             or host_address != buffer_address(buffer)):
+                raise MappingError(length, f"the host address {host_address!r} is not "
+                                           "the address of the buffer's first byte")
         elif host_address is not None:
             raise MappingError(length, "a host address needs the buffer behind it")
-        self._fill(start, start_value, length, bool(read_only), buffer, host_address,
+        self._fill(start, start_value, length, read_only, buffer, host_address,
                    _NO_TYPED_VIEWS)
 
     def __setattr__(self, name: str, value: object) -> None:
-        if name in self.fixed_attributes:
+        if name in _FIXED or name in type(self).fixed_attributes:
             raise AttributeError(f"{type(self).__name__}.{name} is fixed at construction: "
                                  "the access paths' checks are derived from it")
         object.__setattr__(self, name, value)

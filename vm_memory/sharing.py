@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, Final, cast
 
 from vm_memory.address import ADDRESS_SPACE_SIZE, GuestAddress
-from vm_memory.errors import MalformedMemoryTable, NotShareable
+from vm_memory.errors import InvalidArgumentType, MalformedMemoryTable, NotShareable
 from vm_memory.mmap_memory import GuestMemoryMmap
 from vm_memory.mmap_region import GuestRegionMmap, MmapRegion
 
@@ -60,8 +60,14 @@ def memory_table(memory: GuestMemoryMmap) -> tuple[list[RegionDescriptor], list[
     return rows, fds
 
 
+def _check_socket(sock: object) -> None:
+    if not issubclass(type(sock), socket.socket):
+        raise InvalidArgumentType("sock", "a connected Unix socket (socket.socket)", sock)
+
+
 def send_memory(sock: socket.socket, memory: GuestMemoryMmap) -> None:
     """Send `memory`'s table and fds over a connected Unix socket."""
+    _check_socket(sock)
     rows, fds = memory_table(memory)
     if len(fds) > MAX_REGIONS:
         raise MalformedMemoryTable(f"{len(fds)} regions: one message carries at most "
@@ -112,6 +118,7 @@ def receive_memory(sock: socket.socket, *, trust_unsealed: bool = False) -> Gues
     Every received fd is closed before this returns or raises. Files must be memfds
     sealed against shrinking unless `trust_unsealed` (see the module docstring).
     """
+    _check_socket(sock)
     try:
         data, fds, flags, _ = socket.recv_fds(sock, _MAX_TABLE_BYTES, MAX_REGIONS)
     except OSError as error:

@@ -99,7 +99,7 @@ def scatter_read(source: StreamSource, views: list[memoryview],
     """Fill `views` in order from `source`; returns the bytes read (0: end of stream)."""
     if not views:
         return 0
-    if isinstance(source, int):
+    if isinstance(source, int) and issubclass(type(source), int):  # `__class__` can lie
         if file_offset is None:
             return _transfer(views, lambda batch, _: os.readv(source, batch))
         return _transfer(views, lambda batch, done: os.preadv(source, batch,
@@ -121,7 +121,7 @@ def gather_write(destination: StreamSink, views: list[memoryview],
     """Write `views` in order to `destination`; returns the bytes written."""
     if not views:
         return 0
-    if isinstance(destination, int):
+    if isinstance(destination, int) and issubclass(type(destination), int):
         if file_offset is None:
             return _transfer(views, lambda batch, _: os.writev(destination, batch))
         return _transfer(views, lambda batch, done: os.pwritev(destination, batch,

@@ -18,7 +18,7 @@ from vm_memory.aligned_address import AlignedGuestAddress
 from vm_memory.atomic_access import AtomicInteger
 from vm_memory.buffers import byte_view
 from vm_memory.byte_valued import Aggregate, ScalarValue, layout_of
-from vm_memory.errors import InvalidRange, NoHostAddress
+from vm_memory.errors import InvalidArgumentType, InvalidRange, NoHostAddress
 from vm_memory.ordering import Ordering
 from vm_memory.region import GuestMemoryRegion
 
@@ -60,7 +60,15 @@ class VolatileSlice:
 
     def __init__(self, memory: ViewedMemory, region: GuestMemoryRegion, offset: int,
                  length: int) -> None:
-        """Made by `GuestMemory.get_slice`/`get_slices`; the range is already checked."""
+        """Made by `GuestMemory.get_slice`/`get_slices`, which check the range first;
+        made by hand, the region and range are checked here (exact ints)."""
+        if not issubclass(type(region), GuestMemoryRegion):
+            raise InvalidArgumentType("a slice's region", "a GuestMemoryRegion", region)
+        if type(offset) is not int or type(length) is not int:
+            raise InvalidArgumentType("a slice's offset and length", "ints", (offset, length))
+        if not 0 <= offset <= offset + length <= region.length:
+            raise InvalidRange(region.start_value + offset, length,
+                               f"outside {region!r}")
         self.memory = memory
         self.region = region
         self.offset = offset
