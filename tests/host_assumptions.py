@@ -64,11 +64,16 @@ WIDE_ATOMIC_NAME: Final = f"c_uint{8 * WIDE_ATOMIC_BYTES}"
 """Its `ctypes` name, for the child programs' preludes (`ctypes.c_uint32` or `c_uint64`)."""
 
 WIDE_ATOMIC_PRELUDE: Final = f'''
+WIDE_TYPE = ctypes.{WIDE_ATOMIC_NAME}
+WIDE_BYTES = {WIDE_ATOMIC_BYTES}
+WIDE_CODE = "{'Q' if WIDE_ATOMIC_BYTES == 8 else 'I'}"  # its typed-view format
+
 def wide(address):
     """The widest atomic this host does ({WIDE_ATOMIC_NAME}), where the width is incidental."""
     return AlignedGuestAddress.new(ctypes.{WIDE_ATOMIC_NAME}, GuestAddress(address))
 '''
-"""`wide(address)` for a child program that has imported ctypes and vm_memory's names."""
+"""`wide(address)`, `WIDE_TYPE`, `WIDE_BYTES` and `WIDE_CODE` for a child program that has
+imported ctypes and vm_memory's names."""
 
 
 def wide_atomic(address: int) -> AlignedGuestAddress[ctypes.c_uint64]:

@@ -50,16 +50,15 @@ def run_child(body: str) -> dict[str, Any]:
     return results
 
 
-@needs_8_byte_atomics
 def test_mapping_close_is_refused_while_a_memory_uses_it() -> None:
     """`MmapRegion.close()` under a live memory: refused, and the memory keeps working
     (the atomic path's raw pointer must still point at mapped memory)."""
     results = run_child('''
         mapping = MmapRegion.anonymous(PAGE)
         memory = GuestMemoryMmap.from_regions([GuestRegionMmap(mapping, GuestAddress(0))])
-        memory.write_atomic(u64(8), 7)
+        memory.write_atomic(wide(8), 7)
         results["close"] = outcome(mapping.close)
-        results["after"] = outcome(lambda: memory.read_atomic(u64(8)))
+        results["after"] = outcome(lambda: memory.read_atomic(wide(8)))
         results["closed"] = mapping.closed
         del memory
         gc.collect()
@@ -73,7 +72,6 @@ def test_mapping_close_is_refused_while_a_memory_uses_it() -> None:
     assert results["closed_after"] is True
 
 
-@needs_8_byte_atomics
 def test_close_with_typed_views_is_refused_cleanly() -> None:
     """Typed views exist after warm typed accesses; a refused close leaves them (and the
     buffer) usable: no bare BufferError, no released buffer, no ValueError after."""
@@ -81,15 +79,15 @@ def test_close_with_typed_views_is_refused_cleanly() -> None:
         region = GuestRegionMmap(MmapRegion.anonymous(PAGE), GuestAddress(0))
         memory = GuestMemoryMmap.from_regions([region])
         for _ in range(3):
-            memory.write_obj(u64(16), 5)
-            memory.read_obj(u64(16))
-        region.typed_view("Q", 8)  # the pure path's warm accesses made it; C needs none
+            memory.write_obj(wide(16), 5)
+            memory.read_obj(wide(16))
+        region.typed_view(WIDE_CODE, WIDE_BYTES)  # the pure path made it warm; C needs none
         results["typed_views"] = sorted(region.typed_views)
         results["region_close"] = outcome(region.close)
         results["mapping_close"] = outcome(region.mapping.close)
-        results["read_obj"] = outcome(lambda: memory.read_obj(u64(16)))
+        results["read_obj"] = outcome(lambda: memory.read_obj(wide(16)))
         results["write_slice"] = outcome(lambda: memory.write_slice(GuestAddress(0), b"ok"))
-        results["read_atomic"] = outcome(lambda: memory.read_atomic(u64(16)))
+        results["read_atomic"] = outcome(lambda: memory.read_atomic(wide(16)))
     ''')
     assert results["typed_views"], "the warm accesses made a typed view"
     assert results["region_close"]["raised"] == "RegionInUse"
@@ -99,14 +97,13 @@ def test_close_with_typed_views_is_refused_cleanly() -> None:
     assert results["read_atomic"] == {"value": 5}
 
 
-@needs_8_byte_atomics
 def test_polling_device_thread_survives_refused_closes() -> None:
     """A device thread polls a VolatileRef while the main thread keeps trying to close
     the region and its mapping: every close is refused and the poller never faults."""
     results = run_child('''
         region = GuestRegionMmap(MmapRegion.memfd(PAGE), GuestAddress(0x1000))
         memory = GuestMemoryMmap.from_regions([region])
-        ref = memory.get_slice(GuestAddress(0x1000), PAGE).get_ref(ctypes.c_uint64, 64)
+        ref = memory.get_slice(GuestAddress(0x1000), PAGE).get_ref(WIDE_TYPE, 64)
         del memory
         stop = threading.Event()
         polls = [0]
@@ -137,7 +134,6 @@ def test_polling_device_thread_survives_refused_closes() -> None:
     assert results["close_at_last"] == {"value": None}
 
 
-@needs_8_byte_atomics
 @pytest.mark.parametrize("built_from", ["the mapping's view", "a placement's buffer"])
 def test_a_region_built_by_hand_on_a_mapping_refuses_its_close(built_from: str) -> None:
     """A GuestMemoryRegion made from a mapping's buffer and host address (the extension
@@ -150,12 +146,12 @@ def test_a_region_built_by_hand_on_a_mapping_refuses_its_close(built_from: str) 
         region = GuestMemoryRegion(GuestAddress(0), PAGE, read_only=False, buffer=source,
                                    host_address=mapping.host_address)
         memory = GuestMemory([region])
-        memory.write_obj(u64(8), 7)
+        memory.write_obj(wide(8), 7)
         memory.write_slice(GuestAddress(0x20), b"warm")
         results["close"] = outcome(mapping.close)
         results["closed"] = mapping.closed
-        results["read_obj"] = outcome(lambda: memory.read_obj(u64(8)))
-        results["fetch_add"] = outcome(lambda: memory.fetch_add(u64(8), 1))
+        results["read_obj"] = outcome(lambda: memory.read_obj(wide(8)))
+        results["fetch_add"] = outcome(lambda: memory.fetch_add(wide(8), 1))
         results["write_slice"] = outcome(lambda: memory.write_slice(GuestAddress(0), b"x"))
         del memory, region, source  # the region's typed views are exports too
         gc.collect()
@@ -169,20 +165,19 @@ def test_a_region_built_by_hand_on_a_mapping_refuses_its_close(built_from: str) 
     assert results["close_when_unused"] == {"value": None}
 
 
-@needs_8_byte_atomics
 def test_hot_plug_move_counts_users_per_mapping() -> None:
     """Remove a region and place its mapping again elsewhere: closing the old placement
     (which no memory holds) must be refused while the new one is in use."""
     results = run_child('''
         old = GuestRegionMmap(MmapRegion.memfd(PAGE), GuestAddress(0))
         holder = GuestMemoryAtomic(GuestMemoryMmap.from_regions([old]))
-        holder.memory().write_atomic(u64(8), 42)
+        holder.memory().write_atomic(wide(8), 42)
         holder.remove_region(GuestAddress(0), PAGE)
         moved = GuestRegionMmap(old.mapping, GuestAddress(0x10_0000))
         holder.insert_region(moved)
         gc.collect()
         results["old_close"] = outcome(old.close)
-        results["moved_read"] = outcome(lambda: holder.memory().read_atomic(u64(0x10_0008)))
+        results["moved_read"] = outcome(lambda: holder.memory().read_atomic(wide(0x10_0008)))
         holder.remove_region(GuestAddress(0x10_0000), PAGE)
         gc.collect()
         results["old_close_when_unused"] = outcome(old.close)
@@ -198,14 +193,13 @@ def test_hot_plug_move_counts_users_per_mapping() -> None:
     assert results["replace"]["raised"] == "MappingError"
 
 
-@needs_8_byte_atomics
 def test_exported_buffer_refuses_close_and_leaves_everything_usable() -> None:
     """A held `as_memoryview` export: close refused (RegionInUse, exported_buffers) with
     the region still whole; once the export is released, the close goes through."""
     results = run_child('''
         region = GuestRegionMmap(MmapRegion.anonymous(PAGE), GuestAddress(0))
         memory = GuestMemoryMmap.from_regions([region])
-        memory.read_obj(u64(0))
+        memory.read_obj(wide(0))
         exported = memory.get_slice(GuestAddress(0), 16).as_memoryview()
         del memory
         gc.collect()
@@ -214,9 +208,9 @@ def test_exported_buffer_refuses_close_and_leaves_everything_usable() -> None:
         except RegionInUse as error:
             results["refused"] = error.exported_buffers
         memory = GuestMemoryMmap.from_regions([region])
-        memory.write_atomic(u64(8), 9)
-        results["through_export"] = int.from_bytes(exported[8:16], sys.byteorder)
-        results["read_obj"] = outcome(lambda: memory.read_obj(u64(8)))
+        memory.write_atomic(wide(8), 9)
+        results["through_export"] = int.from_bytes(exported[8:8 + WIDE_BYTES], sys.byteorder)
+        results["read_obj"] = outcome(lambda: memory.read_obj(wide(8)))
         exported.release()
         del memory
         gc.collect()
@@ -230,7 +224,6 @@ def test_exported_buffer_refuses_close_and_leaves_everything_usable() -> None:
     assert results["closed"] is True
 
 
-@needs_8_byte_atomics
 def test_close_races_memory_construction() -> None:
     """Threads build memories over a region while another closes it: each memory either
     was made before the close (then the close is refused and the memory works) or after
@@ -250,8 +243,8 @@ def test_close_races_memory_construction() -> None:
                         return
                     made[0] += 1
                     built.set()
-                    memory.write_atomic(u64(0), 1)
-                    if memory.read_atomic(u64(0)) != 1:
+                    memory.write_atomic(wide(0), 1)
+                    if memory.read_atomic(wide(0)) != 1:
                         violations.append("lost a store")
                     del memory
                     time.sleep(0)  # a window without a live memory: the close may go
@@ -330,8 +323,8 @@ STRESS_BODY: Final = '''
                 if memory.read_bytes(GuestAddress(start), 8) != signature(region.mapping):
                     violations.append(f"bad signature at {start:#x}")
                 counts["reads"] += 1
-                memory.fetch_add(u64(start + 64), 1)
-                memory.read_atomic(u64(start + 64))
+                memory.fetch_add(wide(start + 64), 1)
+                memory.read_atomic(wide(start + 64))
                 counts["atomics"] += 1
                 view = memory.get_slice(GuestAddress(start), PAGE)
                 ref = view.get_ref(ctypes.c_uint64, 128)

@@ -95,7 +95,11 @@ class DriverQueue:
         The device is not trusted: a head that is not in flight, or a used index further
         ahead than the chains in flight, raises `InvalidUsedEntry` and consumes nothing.
         """
-        published = to_le16(self.memory.read_atomic(self.layout.used_idx, Ordering.ACQUIRE))
+        # SEQ_CST, not just ACQUIRE: with event_idx, the previous call's store of
+        # used_event and this load must not pass each other (the device does the mirror
+        # image, publish then read used_event): a driver that calls `used()` again before
+        # it waits for an interrupt then misses no completion.
+        published = to_le16(self.memory.read_atomic(self.layout.used_idx, Ordering.SEQ_CST))
         ahead = (published - self.next_used) & 0xFFFF
         if ahead > len(self._in_flight):
             raise InvalidUsedEntry(self.index, -1, f"used index {published} is {ahead} "
