@@ -9,9 +9,15 @@ is a minimal front-end for tests.
 from vm_memory_vhost.backend import PROTOCOL_FEATURES, VhostUserBackend
 from vm_memory_vhost.blk import BlkDevice, VirtioBlkReqHeader
 from vm_memory_vhost.device import VirtioDevice
-from vm_memory_vhost.errors import MalformedMessage, UnmappedAddress, VhostUserError
+from vm_memory_vhost.errors import (
+    MalformedMessage,
+    StopRequested,
+    UnmappedAddress,
+    VhostUserError,
+)
 from vm_memory_vhost.memory import MemoryTable, map_peer_fd
 from vm_memory_vhost.protocol import Connection, Message, ProtocolFeature, Request
+from vm_memory_vhost.stop import StopRequest
 
 __all__ = [
     "PROTOCOL_FEATURES",
@@ -22,6 +28,8 @@ __all__ = [
     "Message",
     "ProtocolFeature",
     "Request",
+    "StopRequest",
+    "StopRequested",
     "UnmappedAddress",
     "VhostUserBackend",
     "VhostUserError",

@@ -15,6 +15,11 @@ unmapped, every received fd closed. The server then waits for the next connectio
 QEMU's `reconnect=` finds a restarted back-end). A queue whose driver breaks the ring
 protocol is stopped and its error eventfd signalled (vhost-user's NEEDS_RESET).
 
+`request_stop`, or a signal inside `stop_on_signals`, ends `serve` from any state: every
+wait of the server's thread (for a connection, for the rest of a message, for room to
+send a reply) also waits on the stop request, which a signal wakes on whichever thread it
+lands (`vm_memory_vhost.stop`).
+
 Messages served: GET/SET_FEATURES, GET/SET_PROTOCOL_FEATURES, SET_OWNER, RESET_OWNER,
 GET_QUEUE_NUM, GET_MAX_MEM_SLOTS, SET_MEM_TABLE, ADD_MEM_REG, REM_MEM_REG,
 SET_VRING_NUM/ADDR/BASE, GET_VRING_BASE, SET_VRING_KICK/CALL/ERR, SET_VRING_ENABLE,
@@ -31,17 +36,19 @@ import logging
 import os
 import select
 import selectors
+import signal
 import socket
 import stat
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
+from types import FrameType
 from typing import Final
 
 from vm_memory import GuestAddress, GuestMemoryError, MmapRegion
 from vm_memory_vhost.device import VirtioDevice
-from vm_memory_vhost.errors import MalformedMessage, VhostUserError
+from vm_memory_vhost.errors import MalformedMessage, StopRequested, VhostUserError
 from vm_memory_vhost.inflight import InflightArea, InflightQueue, queue_area_size
 from vm_memory_vhost.memory import MAX_MEM_SLOTS, MemoryTable
 from vm_memory_vhost.protocol import (
@@ -62,6 +69,7 @@ from vm_memory_vhost.protocol import (
     ProtocolFeature,
     Request,
 )
+from vm_memory_vhost.stop import StopRequest
 from vm_memory_virtio import (
     MAX_QUEUE_SIZE,
     VIRTIO_RING_F_EVENT_IDX,
@@ -249,8 +257,7 @@ class VhostUserBackend:
         self.inflight: InflightArea | None = None
         self._offered_inflight: MmapRegion | None = None
         self._retired_requests = 0
-        self._stopping = False
-        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._stop = StopRequest()
         self._handlers: dict[int, Callable[[Message], bytes | tuple[bytes, int] | None]] = {
             Request.GET_FEATURES: self._get_features,
             Request.SET_FEATURES: self._set_features,
@@ -279,16 +286,35 @@ class VhostUserBackend:
 
     # ---- the server loop ---------------------------------------------------------
 
-    def request_stop(self) -> None:
-        """Make `serve` return (from a signal handler or another thread)."""
-        self._stopping = True
-        with contextlib.suppress(BlockingIOError):
-            os.write(self._wake_w, b"\0")
+    def request_stop(self, reason: str = "stop requested") -> None:
+        """Make `serve` return (safe in a signal handler and from another thread)."""
+        self._stop.request(reason)
+
+    @contextlib.contextmanager
+    def stop_on_signals(self, *signums: int) -> Generator[None]:
+        """Within: each of `signums` makes `serve` return, whatever the server is doing and
+        whichever thread the signal lands on (the previous handlers and wake-up fd are
+        restored after). Signal handlers run on the main thread, so `serve` must too."""
+        def stop(signum: int, _frame: FrameType | None) -> None:
+            self.request_stop(signal.Signals(signum).name)
+
+        # The C-level handler writes to the wake-up fd on whichever thread it runs, so the
+        # server's wait wakes and the Python handler (main thread only) gets to run.
+        previous_wakeup = signal.set_wakeup_fd(self._stop.wakeup_fd, warn_on_full_buffer=False)
+        previous = {signum: signal.signal(signum, stop) for signum in signums}
+        try:
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            signal.set_wakeup_fd(previous_wakeup)
 
     def serve(self, path: str, *, ready: Callable[[], None] | None = None) -> None:
         """Listen on `path` and serve front-ends one after another until `request_stop`.
 
         A stale socket file at `path` is replaced; the socket file is removed on return.
+        Every wait (for a connection, a message, the rest of one, a reply to be sent)
+        also waits for the stop request, so a front-end cannot hold the server.
         """
         with contextlib.suppress(FileNotFoundError):
             if stat.S_ISSOCK(os.stat(path).st_mode):
@@ -299,29 +325,25 @@ class VhostUserBackend:
         try:
             listener.bind(path)
             listener.listen(1)
+            listener.setblocking(False)
             selector.register(listener, selectors.EVENT_READ)
-            selector.register(self._wake_r, selectors.EVENT_READ)
+            selector.register(self._stop, selectors.EVENT_READ)
             if ready is not None:
                 ready()
-            while not self._stopping:
+            while True:
+                self._stop.check()
                 for key, _ in selector.select():
                     if key.fileobj is listener:
-                        sock, _ = listener.accept()
-                        if connection is not None:
-                            log.warning("refusing a second front-end while one is connected")
-                            sock.close()
-                            continue
-                        connection = Connection(sock)
-                        selector.register(sock, selectors.EVENT_READ)
-                        log.info("front-end connected")
-                    elif key.fileobj == self._wake_r:
-                        with contextlib.suppress(BlockingIOError):
-                            os.read(self._wake_r, 64)
+                        connection = self._accept(listener, connection, selector)
+                    elif key.fileobj is self._stop:
+                        self._stop.woken()
                     elif connection is not None and not self._serve_one(connection):
                         selector.unregister(connection.sock)
                         self.disconnect()
                         connection.close()
                         connection = None
+        except StopRequested as stop:
+            log.info("%s: shutting down", stop.reason)
         finally:
             if connection is not None:
                 self.disconnect()
@@ -330,6 +352,21 @@ class VhostUserBackend:
             listener.close()
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
+
+    def _accept(self, listener: socket.socket, connection: Connection | None,
+                selector: selectors.BaseSelector) -> Connection | None:
+        """Take a waiting front-end; the connection now served."""
+        try:
+            sock, _ = listener.accept()
+        except BlockingIOError:  # it went away before it was taken
+            return connection
+        if connection is not None:
+            log.warning("refusing a second front-end while one is connected")
+            sock.close()
+            return connection
+        selector.register(sock, selectors.EVENT_READ)
+        log.info("front-end connected")
+        return Connection(sock, stop=self._stop)
 
     def _serve_one(self, connection: Connection) -> bool:
         """Receive and answer one message; False when the connection must end."""
@@ -399,9 +436,9 @@ class VhostUserBackend:
         return self._retired_requests + sum(vring.requests for vring in self.vrings)
 
     def close(self) -> None:
-        """Release the wake-up pipe (after `serve` returned)."""
-        os.close(self._wake_r)
-        os.close(self._wake_w)
+        """Release the stop request's pipe (after `serve` returned and outside
+        `stop_on_signals`)."""
+        self._stop.close()
 
     # ---- features and ownership -----------------------------------------------------
 

@@ -4,8 +4,9 @@
 
 Like `qemu-storage-daemon`'s vhost-user-blk export: it listens on PATH, serves the
 front-end that connects (QEMU's `-device vhost-user-blk-pci,chardev=...`), and waits
-for the next one when it leaves; SIGTERM or SIGINT stops it cleanly (queues drained,
-the image synced, the socket file removed), exit status 0. A bad image is exit status 2.
+for the next one when it leaves; SIGTERM or SIGINT stops it cleanly in any state, even
+with a front-end stopped mid-message (queues drained, the image synced, the socket file
+removed), exit status 0. A bad image is exit status 2.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import os
 import resource
 import signal
 import sys
-from types import FrameType
 
 from vm_memory_vhost.backend import VhostUserBackend
 from vm_memory_vhost.blk import BlkDevice
@@ -54,28 +54,24 @@ def main(parsed: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     backend = VhostUserBackend(device)
-
-    def stop(signum: int, _frame: FrameType | None) -> None:
-        log.info("%s: shutting down", signal.Signals(signum).name)
-        backend.request_stop()
-
-    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGTERM,
-                                                                   signal.SIGINT)}
     try:
-        backend.serve(parsed.socket, ready=lambda: log.info(
-            "serving %s (%d sectors%s, %d queue%s) on %s", parsed.image, device.capacity,
-            ", read-only" if parsed.read_only else "", parsed.queues,
-            "" if parsed.queues == 1 else "s", parsed.socket))
-    except OSError as error:
-        print(f"vhost-user-blk: cannot serve on {parsed.socket!r}: {error}", file=sys.stderr)
-        return 2
+        # The handlers stay in place until the image is synced; the stop request's pipe is
+        # closed only once it is no longer the signals' wake-up fd.
+        with backend.stop_on_signals(signal.SIGTERM, signal.SIGINT):
+            try:
+                backend.serve(parsed.socket, ready=lambda: log.info(
+                    "serving %s (%d sectors%s, %d queue%s) on %s", parsed.image,
+                    device.capacity, ", read-only" if parsed.read_only else "",
+                    parsed.queues, "" if parsed.queues == 1 else "s", parsed.socket))
+            except OSError as error:
+                print(f"vhost-user-blk: cannot serve on {parsed.socket!r}: {error}",
+                      file=sys.stderr)
+                return 2
+            if not parsed.read_only:
+                os.fsync(device.fd)
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
         backend.close()
-    if not parsed.read_only:
-        os.fsync(device.fd)
-    device.close()
+        device.close()
     usage = resource.getrusage(resource.RUSAGE_SELF)
     log.info("stopped: %d requests served, %.3f s CPU", backend.requests_served,
              usage.ru_utime + usage.ru_stime)

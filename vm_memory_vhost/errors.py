@@ -29,3 +29,12 @@ class UnmappedAddress(VhostUserError):
         super().__init__(request, f"{space} address range [{address:#x}, +{length:#x}) is "
                                   "not covered by the memory table")
         self._init_args = (request, address, length, space)
+
+
+class StopRequested(Exception):
+    """The server was asked to stop while it waited for the front-end (control flow, not
+    bad input: the connection is dropped cleanly and `serve` returns)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"stop requested ({reason})")

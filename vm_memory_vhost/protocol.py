@@ -12,13 +12,18 @@ from __future__ import annotations
 
 import array
 import enum
+import errno
 import os
+import select
 import socket
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Final
+from functools import partial
+from typing import Final, TypeVar
 
 from vm_memory_vhost.errors import MalformedMessage
+from vm_memory_vhost.stop import StopRequest
 
 HEADER: Final = struct.Struct("=III")
 U64: Final = struct.Struct("=Q")
@@ -46,6 +51,8 @@ VRING_NOFD: Final = 0x100
 """In SET_VRING_KICK/CALL/ERR: no fd attached (polling / no notification)."""
 
 VHOST_USER_F_PROTOCOL_FEATURES: Final = 30
+
+_T = TypeVar("_T")
 
 
 class Request(enum.IntEnum):
@@ -170,10 +177,19 @@ class Message:
 
 
 class Connection:
-    """Whole messages over a connected Unix stream socket."""
+    """Whole messages over a connected Unix stream socket.
 
-    def __init__(self, sock: socket.socket) -> None:
+    With a `stop` request (the server's side), the socket is non-blocking and every wait
+    for the peer (a message cut short, a reply the peer does not read) also wakes on
+    `stop`: once a stop is requested it raises `StopRequested` instead of waiting on. A
+    peer that stops mid-message therefore cannot keep the server from stopping.
+    """
+
+    def __init__(self, sock: socket.socket, *, stop: StopRequest | None = None) -> None:
         self.sock = sock
+        self._stop = stop
+        if stop is not None:
+            sock.setblocking(False)
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -181,10 +197,35 @@ class Connection:
     def close(self) -> None:
         self.sock.close()
 
+    def _wait(self, events: int) -> None:
+        """Wait until the socket is ready for `events` (or failed); raises `StopRequested`
+        once a stop is requested."""
+        stop = self._stop
+        if stop is None:  # the caller made the socket non-blocking: fail as the call did
+            raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+        poller = select.poll()
+        poller.register(self.sock, events)
+        poller.register(stop, select.POLLIN)
+        while True:
+            stop.check()
+            ready = {fd for fd, _ in poller.poll()}
+            if stop.fileno() in ready:
+                stop.woken()
+            if self.sock.fileno() in ready:
+                return
+
+    def _io(self, operation: Callable[[], _T], events: int) -> _T:
+        """`operation` (a call on the socket), waiting for `events` while it would block."""
+        while True:
+            try:
+                return operation()
+            except BlockingIOError:
+                self._wait(events)
+
     def _recv_exact(self, count: int, what: str) -> bytes:
         data = bytearray()
         while len(data) < count:
-            chunk = self.sock.recv(count - len(data))
+            chunk = self._io(partial(self.sock.recv, count - len(data)), select.POLLIN)
             if not chunk:
                 raise MalformedMessage(what, f"connection closed after {len(data)} of "
                                              f"{count} bytes")
@@ -198,8 +239,9 @@ class Connection:
         payload too large or cut short, or truncated ancillary data.
         """
         fds = array.array("i")
-        data, ancillary, msg_flags, _ = self.sock.recvmsg(
-            HEADER.size, socket.CMSG_SPACE(MAX_FDS * fds.itemsize))
+        data, ancillary, msg_flags, _ = self._io(
+            partial(self.sock.recvmsg, HEADER.size, socket.CMSG_SPACE(MAX_FDS * fds.itemsize)),
+            select.POLLIN)
         for level, kind, cdata in ancillary:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                 usable = len(cdata) - len(cdata) % fds.itemsize
@@ -237,8 +279,9 @@ class Connection:
              *, reply: bool = True, need_reply: bool = False) -> None:
         """Send one message (a reply by default) with `fds` attached."""
         flags = VERSION | (FLAG_REPLY if reply else 0) | (FLAG_NEED_REPLY if need_reply else 0)
-        data = HEADER.pack(request, flags, len(payload)) + payload
-        if fds:
-            socket.send_fds(self.sock, [data], list(fds))
-        else:
-            self.sock.sendall(data)
+        data = memoryview(HEADER.pack(request, flags, len(payload)) + payload)
+        if fds:  # they go with the first bytes sent
+            data = data[self._io(partial(socket.send_fds, self.sock, [data], list(fds)),
+                                 select.POLLOUT):]
+        while data:
+            data = data[self._io(partial(self.sock.send, data), select.POLLOUT):]

@@ -9,6 +9,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 PATIENCE_SECONDS = 300.0
 """How long a start or a stop may take before the test calls it hung: an upper bound, not an
@@ -54,11 +55,11 @@ class BackendProcess:
         return self.process.wait(timeout)
 
 
-def start_backend(directory: Path, *, image_bytes: bytes | None = None,
+def spawn_backend(directory: Path, *, image_bytes: bytes | None = None,
                   sectors: int = 2048, queues: int = 2, read_only: bool = False,
                   name: str = "backend", image: Path | None = None,
                   socket_path: str | None = None) -> BackendProcess:
-    """Start `vm-memory vhost-user-blk` on a new (or given) image; waits for its socket."""
+    """Start `vm-memory vhost-user-blk` on a new (or given) image; does not wait for it."""
     if image is None:
         image = directory / f"{name}.img"
         image.write_bytes(image_bytes if image_bytes is not None else
@@ -73,9 +74,14 @@ def start_backend(directory: Path, *, image_bytes: bytes | None = None,
     with open(log, "ab") as stream:
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=stream,
                                    stderr=subprocess.STDOUT)
-    backend = BackendProcess(process, socket_path, image, log)
-    if not backend.wait_log(f"on {socket_path}"):
-        process.kill()
-        process.wait()
+    return BackendProcess(process, socket_path, image, log)
+
+
+def start_backend(directory: Path, **options: Any) -> BackendProcess:
+    """`spawn_backend` (same options), then wait until it serves its socket."""
+    backend = spawn_backend(directory, **options)
+    if not backend.wait_log(f"on {backend.socket}"):
+        backend.process.kill()
+        backend.process.wait()
         raise RuntimeError(f"the back-end did not start: {backend.log_text()}")
     return backend
