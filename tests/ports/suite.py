@@ -44,6 +44,8 @@ CORE: Final = (
     "tests/test_memory_layout.py", "tests/test_errors.py",
     # byte order: native reads, explicit-endian types, virtio rings, vhost-user messages
     "tests/test_volatile.py", "tests/virtio/test_queue.py", "tests/vhost/test_protocol.py",
+    # signals: qemu-user delivers a process's signals to any of its threads
+    "tests/vhost/test_stop.py",
     # atomics: the widths refused, libatomic, against threads and processes
     "tests/test_atomic_refusals.py", "tests/test_torn_reads.py", "tests/test_lost_updates.py",
     # the cross-compiled extension, against the pure path on every region kind
