@@ -590,8 +590,13 @@ class VhostUserBackend:
         self._start_vring(vring)
 
     def _set_vring_call(self, message: Message) -> None:
+        """Install the call eventfd and signal it once (as libvhost-user does): a back-end
+        that died between publishing used entries and signalling them left the driver
+        waiting for an interrupt that nothing else would send, with no chain in flight
+        or available to complete on that queue. A spurious interrupt is harmless."""
         vring, fd = self._vring_fd(message)
         vring.replace_fd("call", fd)
+        vring.signal("call")
 
     def _set_vring_err(self, message: Message) -> None:
         vring, fd = self._vring_fd(message)

@@ -246,6 +246,31 @@ def test_inflight_recovery_resubmits_exactly_the_unfinished(backend: BackendProc
     assert backend.wait_log("resubmitting 1 inflight requests")
 
 
+def test_new_call_fd_is_signalled_for_what_a_dead_backend_returned(
+        backend: BackendProcess) -> None:
+    """A back-end killed after publishing a used entry and before signalling it leaves
+    the driver waiting for an interrupt, with nothing in flight or available on that
+    queue: the new back-end has nothing to complete, so only the signal it sends on
+    SET_VRING_CALL lets the driver see the entry (a real guest's writers hung here after
+    a restart). Control: that signal is one, not a stream (the eventfd then stays quiet)."""
+    memory = guest_memory()
+    with Frontend(backend.socket) as frontend:
+        frontend.negotiate()
+        driver = DriverQueue(memory, LAYOUTS[1], event_idx=True)
+        memory.write_slice(GuestAddress(0x40000), b"\x07" * 512)
+        head = request(memory, driver, VIRTIO_BLK_T_OUT, 0, (0x40000, 512), 0x20000)
+        dead = SplitQueue(memory, LAYOUTS[1], event_idx=True, indirect=True)
+        chain = dead.pop()
+        assert chain is not None and chain.head == head
+        dead.add_used(head, 1)  # published; the dead back-end never signalled it
+        assert frontend.set_mem_table(memory) == 0
+        frontend.configure_queue(memory, 0, LAYOUTS[0])
+        frontend.configure_queue(memory, 1, LAYOUTS[1], base=1)  # QEMU: base = used idx
+        assert frontend.wait_call(1), "the driver was never told about the used entry"
+        assert driver.used() == [(head, 1)]
+        assert not frontend.wait_call(1, timeout=1.0)
+
+
 def test_hostile_ring_stops_only_its_queue(backend: BackendProcess) -> None:
     memory = guest_memory()
     frontend, drivers = connect(backend, memory)
