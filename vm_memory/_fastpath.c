@@ -1126,10 +1126,12 @@ typedef struct {
 /* Pages whose hashes share their top `depth` bits; a slot's home is the hash's next
  * `bits` bits. Immutable while more directory slots name it than this memory's own. */
 typedef struct {
-    Py_ssize_t refs;        /* directory slots naming it, over every memory object */
     unsigned depth;
+    unsigned home_shift;    /* 64 - bits */
+    size_t mask;            /* slots - 1 */
     unsigned bits;
     size_t used;
+    Py_ssize_t refs;        /* directory slots naming it, over every memory object */
     PageSlot slots[];
 } Bucket;
 
@@ -1165,13 +1167,13 @@ directory_slot(const MemoryObject *self, uint64_t hash)
 static inline size_t
 bucket_home(const Bucket *bucket, uint64_t hash)
 {
-    return (size_t)((hash << bucket->depth) >> (64 - bucket->bits));
+    return (size_t)((hash << bucket->depth) >> bucket->home_shift);
 }
 
 static inline size_t
 bucket_mask(const Bucket *bucket)
 {
-    return ((size_t)1 << bucket->bits) - 1;
+    return bucket->mask;
 }
 
 /* Index of the last of `count` starts (`stride` bytes apart) that is <= value, or -1.
@@ -1231,6 +1233,21 @@ region_by_index(const MemoryObject *self, Py_ssize_t index)
     return self->chunks[k]->entries[local].region;
 }
 
+/* The binary search of `lookup` (out of line: the hot part stays small). */
+#if defined(__GNUC__)
+__attribute__((noinline))
+#endif
+static RegionObject *
+lookup_search(MemoryObject *self, uint64_t value)
+{
+    Py_ssize_t index;
+    Entry *entry = entry_at(self, value, &index);
+    if (entry == NULL || value - entry->start >= entry->region->length)
+        return NULL;
+    self->last = entry->region;
+    return entry->region;
+}
+
 /* The region holding `value` (remembered for the next lookup), or NULL: the last region
  * hit, else the page table's guess, else a binary search. */
 static inline RegionObject *
@@ -1243,7 +1260,6 @@ lookup(MemoryObject *self, uint64_t value)
         uint64_t page = value >> PAGE_SHIFT;
         uint64_t hash = page_hash(page);
         const Bucket *bucket = self->directory[directory_slot(self, hash)];
-        size_t mask = bucket_mask(bucket);
         size_t slot = bucket_home(bucket, hash);
         while ((region = bucket->slots[slot].region) != NULL) {
             if (bucket->slots[slot].page == page) {
@@ -1253,15 +1269,10 @@ lookup(MemoryObject *self, uint64_t value)
                 }
                 break;   /* a region on this page, not holding `value`: search */
             }
-            slot = (slot + 1) & mask;
+            slot = (slot + 1) & bucket->mask;
         }
     }
-    Py_ssize_t index;
-    Entry *entry = entry_at(self, value, &index);
-    if (entry == NULL || value - entry->start >= entry->region->length)
-        return NULL;
-    self->last = entry->region;
-    return entry->region;
+    return lookup_search(self, value);
 }
 
 /* The host bytes of [value, value + size) when one host-backed region holds them all. */
@@ -1304,6 +1315,8 @@ bucket_new(unsigned depth, unsigned bits)
     }
     bucket->depth = depth;
     bucket->bits = bits;
+    bucket->home_shift = 64 - bits;
+    bucket->mask = ((size_t)1 << bits) - 1;
     return bucket;
 }
 
