@@ -228,7 +228,7 @@ def test_half_built_core_objects_cannot_exist(compiled_path: Any) -> None:
     with pytest.raises(ValueError, match="does not fit"):  # it would not stay sorted
         fresh._install_changed(memory, 1, same_start)  # pyright: ignore[reportPrivateUsage]
     with pytest.raises(TypeError):
-        fresh._install_changed(memory, 0, object())  # pyright: ignore[reportPrivateUsage]
+        fresh._install_changed(memory, 0, object())  # type: ignore[arg-type]  # pyright: ignore[reportPrivateUsage, reportArgumentType]
     assert fresh.regions() == ()
     assert fresh.read_bytes(GuestAddress(0), 0) == b""
 

@@ -28,7 +28,7 @@ import gc
 import mmap
 import random
 import tracemalloc
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
 
@@ -69,7 +69,7 @@ def spot_start(index: int) -> int:
 
 def marked(memory: GuestMemoryMmap, first_mark: int) -> list[GuestMemoryRegion]:
     """`memory`'s regions, each filled with its own mark byte (1..250)."""
-    regions = list(memory.regions())
+    regions: list[GuestMemoryRegion] = list(memory.regions())
     for number, region in enumerate(regions):
         view = region.buffer
         assert view is not None
@@ -110,7 +110,7 @@ def mark_of(region: GuestMemoryRegion) -> int:
     return view[0]
 
 
-def find(model: list[GuestMemoryRegion], value: int) -> GuestMemoryRegion | None:
+def find(model: Sequence[GuestMemoryRegion], value: int) -> GuestMemoryRegion | None:
     """The brute-force answer: the region of `model` holding `value`, if any."""
     for region in model:
         if region.start_value <= value < region.end_value:
@@ -124,11 +124,16 @@ def reads(memory: GuestMemory, value: int) -> int | None:
     answers: list[int | None] = []
     aligned = AlignedGuestAddress.new(ctypes.c_uint8, GuestAddress(value))
     buffer = bytearray(1)
+
+    def slice_byte() -> int:
+        memory.read_slice(GuestAddress(value), buffer)
+        return buffer[0]
+
     calls: list[Callable[[], object]] = [
         lambda: memory.read_obj_unaligned(GuestAddress(value), ctypes.c_uint8),
         lambda: memory.read_obj(aligned),
         lambda: memory.read_atomic(aligned),
-        lambda: memory.read_slice(GuestAddress(value), buffer) or buffer[0],
+        slice_byte,
     ]
     for call in calls:
         try:
@@ -141,11 +146,11 @@ def reads(memory: GuestMemory, value: int) -> int | None:
     return answers[0]
 
 
-def check_table(memory: GuestMemory, model: list[GuestMemoryRegion]) -> None:
+def check_table(memory: GuestMemory, model: Sequence[GuestMemoryRegion]) -> None:
     """The cheap checks: the regions in order, by index and by the index search, and
     a complete, sound page table."""
     assert memory.num_regions() == len(model)
-    assert list(memory.regions()) == model
+    assert list(memory.regions()) == list(model)
     for index, region in enumerate(model):
         assert memory._nth_region(index) is region
         assert memory._index_at(region.start_value) == index
@@ -164,7 +169,7 @@ def check_table(memory: GuestMemory, model: list[GuestMemoryRegion]) -> None:
                 <= (guessed.end_value - 1) >> LOOKUP_SHIFT
 
 
-def check_lookups(memory: GuestMemory, model: list[GuestMemoryRegion],
+def check_lookups(memory: GuestMemory, model: Sequence[GuestMemoryRegion],
                   rng: random.Random) -> None:
     """Lookups at the interesting addresses of a sample of regions (and around them),
     in two orders (the last-hit cache cold, then warm), against the brute force."""
@@ -196,8 +201,8 @@ def apply(plan: list[Step]) -> list[tuple[GuestMemory, list[GuestMemoryRegion]]]
     """Every snapshot `plan` makes from the base memory, with its model."""
     table = parts()
     memory: GuestMemory = table.base
-    model = list(table.base.regions())
-    made = [(memory, model)]
+    model: list[GuestMemoryRegion] = list(table.base.regions())
+    made: list[tuple[GuestMemory, list[GuestMemoryRegion]]] = [(memory, model)]
 
     def insert(region: GuestMemoryRegion) -> None:
         nonlocal memory, model
@@ -244,7 +249,7 @@ def test_every_snapshot_answers_as_its_own_model(plan: list[Step],
     made = apply(plan)
     for memory, model in made:  # every snapshot, after every later change
         check_table(memory, model)
-    for memory, model in rng.sample(made, min(len(made), 4)) + [made[0], made[-1]]:
+    for memory, model in [*rng.sample(made, min(len(made), 4)), made[0], made[-1]]:
         check_lookups(memory, model, rng)
 
 
