@@ -389,7 +389,6 @@ pointers; pure: the dict of page % 251, n/251 entries) — about 35 KB compiled 
 pure at 100,000. Copying the whole table allocates megabytes there."""
 
 
-@cache
 def device_memory(count: int) -> GuestMemory:
     """`count` one-lookup-page device regions (no host memory: cheap to make at any size
     and on any page size; the table treats them as any region)."""
@@ -398,12 +397,17 @@ def device_memory(count: int) -> GuestMemory:
                                     LOOKUP_PAGE) for index in range(count))
 
 
-def change_allocations(count: int,
+@pytest.fixture(scope="module")
+def device_memories() -> dict[int, GuestMemory]:
+    """The two tables, made once for the module (and let go after it)."""
+    return {count: device_memory(count) for count in (SMALL_TABLE, LARGE_TABLE)}
+
+
+def change_allocations(memory: GuestMemory,
                        change: Callable[[GuestMemory, GuestMemoryRegion], object]) -> int:
-    """Bytes allocated at most while `change` inserts (then removes) one region into a
-    memory of `count` regions (tracemalloc's peak above what was held before; it sees
-    the C table's PyMem allocations as well as Python objects)."""
-    memory = device_memory(count)
+    """Bytes allocated at most while `change` inserts (then removes) one region into
+    `memory` (tracemalloc's peak above what was held before; it sees the C table's
+    PyMem allocations as well as Python objects)."""
     region = DeviceRegion(ByteDevice(bytes(LOOKUP_PAGE)), GuestAddress(BASE + LOOKUP_PAGE),
                           LOOKUP_PAGE)
     gc.collect()
@@ -432,9 +436,10 @@ def copy_everything(memory: GuestMemory, region: GuestMemoryRegion) -> object:
 
 @pytest.mark.parametrize("change", [hot_plug, copy_everything], ids=["hot_plug", "control"])
 def test_one_change_allocates_about_the_same_at_any_size(
-        change: Callable[[GuestMemory, GuestMemoryRegion], object]) -> None:
-    small = change_allocations(SMALL_TABLE, change)
-    large = change_allocations(LARGE_TABLE, change)
+        change: Callable[[GuestMemory, GuestMemoryRegion], object],
+        device_memories: dict[int, GuestMemory]) -> None:
+    small = change_allocations(device_memories[SMALL_TABLE], change)
+    large = change_allocations(device_memories[LARGE_TABLE], change)
     if change is copy_everything:  # the control: a copy of the table is caught
         assert large - small > GROWTH_BOUND, (small, large)
     else:

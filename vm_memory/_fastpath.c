@@ -1885,6 +1885,11 @@ memory_get_regions(PyObject *op, void *closure)
         PyObject *regions = PyTuple_New(self->count);
         if (regions == NULL)
             return NULL;
+        if (self->regions != NULL) {   /* made meanwhile (by a finalizer the allocation ran) */
+            Py_DECREF(regions);
+            Py_INCREF(self->regions);
+            return self->regions;
+        }
         Py_ssize_t done = 0;
         for (Py_ssize_t k = 0; k < self->chunk_count; k++)
             for (Py_ssize_t i = 0; i < chunk_size(self->chunks[k]); i++) {

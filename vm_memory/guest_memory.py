@@ -319,6 +319,7 @@ class GuestMemory(_MemoryBase):
         self._last = _NO_REGION
 
     def _set_chunks(self, chunks: Chunks) -> None:
+        """(Pure path) Hold `chunks` and their index."""
         self._chunks = chunks
         self._firsts, self._bases = chunk_index(chunks)
         self._count = self._bases[-1] + len(chunks[-1]) if chunks else 0
@@ -355,7 +356,7 @@ class GuestMemory(_MemoryBase):
         return self._bases[number] + bisect_right(self._chunks[number], value,
                                                   key=_START_VALUE) - 1
 
-    def _nth_region(self, index: int) -> GuestMemoryRegion:
+    def _nth_region(self, index: int, /) -> GuestMemoryRegion:
         """The region at `index` in address order (0 <= index < num_regions())."""
         if not 0 <= index < self._count:
             raise IndexError("region index out of range")
@@ -1451,7 +1452,7 @@ COMPILED_METHODS: Final = (
 """The access methods the compiled base runs in C (each falling back on its general
 path, `_<name>_general` or the atomic table's)."""
 _COMPILED_LOOKUP: Final = ("_install", "_install_changed", "_index_at", "_region_at",
-                           "_page_guess", "_nth_region", "num_regions", "_regions", "_set_chunks")
+                           "_page_guess", "_nth_region", "num_regions", "_regions")
 
 if compiled is None:
     for _operation in OPERATIONS.values():
