@@ -777,9 +777,35 @@ typedef struct {
     unsigned char *dirty_map;
     unsigned dirty_shift;
     uint64_t dirty_pages;
+    struct LedgerObject *ledger;   /* the ledger of the mapping it is placed on, or NULL */
+    Py_ssize_t ledger_index;       /* its entry there */
 } RegionObject;
 
 static PyTypeObject *RegionCoreType;
+
+/* A ledger: the regions placed on one mapping (vm_memory/mmap_region.py's owner of an
+ * `mmap`), each entry a borrowed pointer that the region clears when it is deallocated
+ * (it holds the ledger meanwhile): what a close must reach, at 8 bytes a region where a
+ * weak reference costs 80. */
+typedef struct LedgerObject {
+    PyObject_HEAD
+    RegionObject **entries;   /* NULL where the region is gone */
+    Py_ssize_t count, capacity;
+} LedgerObject;
+
+static PyTypeObject *LedgerType;
+
+/* Forget `region` at its ledger (it is being deallocated). */
+static void
+ledger_forget(RegionObject *region)
+{
+    LedgerObject *ledger = region->ledger;
+    if (ledger == NULL)
+        return;
+    ledger->entries[region->ledger_index] = NULL;
+    region->ledger = NULL;
+    Py_DECREF((PyObject *)ledger);
+}
 
 /* The names of GuestMemoryRegion's slots that `_fill` and `_derive` set (interned), in
  * the order of the F_* indexes below. */
@@ -1046,6 +1072,7 @@ static void
 region_dealloc(PyObject *op)
 {
     PyObject_GC_UnTrack(op);
+    ledger_forget((RegionObject *)op);
     region_clear(op);
     type_dealloc_tail(op);
 }
@@ -1077,6 +1104,115 @@ static PyType_Slot region_slots[] = {
 static PyType_Spec region_spec = {
     "vm_memory._fastpath.RegionCore", sizeof(RegionObject), 0,
     Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC, region_slots,
+};
+
+/* ---- Ledger: the regions placed on one mapping --------------------------------------- */
+
+/* Drop the entries of regions gone, keeping the order (each live one learns its index). */
+static void
+ledger_compact(LedgerObject *self)
+{
+    Py_ssize_t kept = 0;
+    for (Py_ssize_t index = 0; index < self->count; index++) {
+        RegionObject *region = self->entries[index];
+        if (region != NULL) {
+            region->ledger_index = kept;
+            self->entries[kept++] = region;
+        }
+    }
+    self->count = kept;
+}
+
+/* add(regions, /): record each region of the list (a RegionCore in no ledger yet). */
+static PyObject *
+ledger_add(PyObject *op, PyObject *regions)
+{
+    LedgerObject *self = (LedgerObject *)op;
+    if (!PyList_Check(regions)) {
+        PyErr_SetString(PyExc_TypeError, "Ledger.add: a list of regions");
+        return NULL;
+    }
+    Py_ssize_t adding = PyList_Size(regions);
+    for (Py_ssize_t index = 0; index < adding; index++) {
+        PyObject *region = PyList_GetItem(regions, index);
+        if (!PyObject_TypeCheck(region, RegionCoreType) ||
+            ((RegionObject *)region)->ledger != NULL) {
+            PyErr_Format(PyExc_ValueError, "Ledger.add: %R is not a region in no ledger",
+                         region);
+            return NULL;
+        }
+    }
+    if (self->count + adding > self->capacity)
+        ledger_compact(self);
+    if (self->count + adding > self->capacity) {
+        Py_ssize_t capacity = self->capacity ? self->capacity : 8;
+        while (capacity < self->count + adding)
+            capacity *= 2;
+        RegionObject **entries = PyMem_Realloc(self->entries,
+                                               (size_t)capacity * sizeof *entries);
+        if (entries == NULL)
+            return PyErr_NoMemory();
+        self->entries = entries;
+        self->capacity = capacity;
+    }
+    for (Py_ssize_t index = 0; index < adding; index++) {
+        RegionObject *region = (RegionObject *)PyList_GetItem(regions, index);
+        Py_INCREF(op);
+        region->ledger = self;
+        region->ledger_index = self->count;
+        self->entries[self->count++] = region;
+    }
+    Py_RETURN_NONE;
+}
+
+/* live(): the regions recorded and still alive, in the order they were added. */
+static PyObject *
+ledger_live(PyObject *op, PyObject *unused)
+{
+    LedgerObject *self = (LedgerObject *)op;
+    PyObject *live = PyList_New(0);
+    for (Py_ssize_t index = 0; live != NULL && index < self->count; index++) {
+        PyObject *region = (PyObject *)self->entries[index];
+        if (region != NULL && PyList_Append(live, region) < 0)
+            Py_CLEAR(live);
+    }
+    return live;
+}
+
+static PyObject *
+ledger_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    if (PyTuple_Size(args) != 0 || (kwds != NULL && PyDict_Size(kwds) != 0)) {
+        PyErr_SetString(PyExc_TypeError, "Ledger() takes no arguments");
+        return NULL;
+    }
+    return alloc_instance(type);   /* zeroed: no entries */
+}
+
+static void
+ledger_dealloc(PyObject *op)
+{
+    /* Every region recorded holds the ledger: none is left when it goes. */
+    PyMem_Free(((LedgerObject *)op)->entries);
+    type_dealloc_tail(op);
+}
+
+static PyMethodDef ledger_methods[] = {
+    {"add", ledger_add, METH_O, "Record each region of a list as placed on the mapping."},
+    {"live", ledger_live, METH_NOARGS, "The regions recorded that are still alive."},
+    {NULL},
+};
+
+static PyType_Slot ledger_slots[] = {
+    {Py_tp_new, ledger_new},
+    {Py_tp_dealloc, ledger_dealloc},
+    {Py_tp_methods, ledger_methods},
+    {Py_tp_doc, "The regions placed on one mapping, without a reference to each."},
+    {0, NULL},
+};
+
+static PyType_Spec ledger_spec = {
+    "vm_memory._fastpath.Ledger", sizeof(LedgerObject), 0, Py_TPFLAGS_DEFAULT, ledger_slots,
 };
 
 /* ---- Bulk builders: the windows and regions of a one-mapping layout ------------------ */
@@ -2654,6 +2790,7 @@ PyInit__fastpath(void)
         (AddressCoreType = add_type(module, &address_spec, "GuestAddressCore")) == NULL ||
         (AlignedCoreType = add_type(module, &aligned_spec, "AlignedCore")) == NULL ||
         (RegionCoreType = add_type(module, &region_spec, "RegionCore")) == NULL ||
+        (LedgerType = add_type(module, &ledger_spec, "Ledger")) == NULL ||
         (MemoryCoreType = add_type(module, &memory_spec, "MemoryCore")) == NULL ||
         PyModule_AddIntConstant(module, "KIND_OTHER", K_OTHER) < 0 ||
         PyModule_AddIntConstant(module, "KIND_UNSIGNED", K_UINT) < 0 ||

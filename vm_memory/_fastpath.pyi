@@ -85,6 +85,13 @@ class RegionCore:
     def _derive(self, start_value: int, length: int, read_only: bool,
                 buffer: memoryview | None, host_address: int | None, /) -> None: ...
 
+@final
+class Ledger:
+    """The regions placed on one mapping, without a reference to each."""
+
+    def add(self, regions: list[Any], /) -> None: ...
+    def live(self) -> list[Any]: ...
+
 @disjoint_base
 class MemoryCore:
     """The compiled region table and hot methods of GuestMemory."""

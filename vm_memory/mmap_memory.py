@@ -180,6 +180,14 @@ def _ranges(ranges: Iterable[Any], *, with_file: bool = False) -> Iterator[Any]:
         items = list(ranges)
     except TypeError:
         raise InvalidArgumentType("ranges", f"an iterable of {shape}", ranges) from None
+    if set(map(type, items)) <= {tuple} and set(map(len, items)) <= {width}:
+        return iter(items)  # every one has the shape: no check (and no call) each
+    return _shaped(items, width, shape)
+
+
+def _shaped(items: list[Any], width: int, shape: str) -> Iterator[Any]:
+    """`items`, each checked for shape as it is reached (the ones before a bad one may
+    already be mapped: the builders unmap them when the error passes)."""
     for item in cast("list[object]", items):
         if not _is_tuple_of(item, width):
             raise InvalidArgumentType("a range", f"a tuple {shape}", item)

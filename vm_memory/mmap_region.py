@@ -199,6 +199,29 @@ def _is_memfd(fd: int) -> bool:
         return False
 
 
+class _WeakLedger:
+    """The regions placed on one mapping, by weak reference (the compiled path's
+    `Ledger` does the same with a borrowed pointer each, cleared when a region goes)."""
+
+    __slots__ = ("_references",)
+
+    def __init__(self) -> None:
+        self._references: list[weakref.ref[GuestRegionMmap]] = []
+
+    def add(self, regions: list[GuestRegionMmap], /) -> None:
+        """Record each of `regions`."""
+        references = self._references
+        count = len(references)
+        if count >= 16 and not count & (count - 1):  # forget the regions gone, now and then
+            references[:] = [reference for reference in references if reference() is not None]
+        references.extend(map(weakref.ref, regions))
+
+    def live(self) -> list[GuestRegionMmap]:
+        """The regions recorded that are still alive, in the order they were added."""
+        return [region for reference in self._references
+                if (region := reference()) is not None]
+
+
 class MmapRegion:
     """One host mapping: its `mmap`, a byte view, host address and backing file.
 
@@ -229,9 +252,9 @@ class MmapRegion:
     """For a window, the hidden mapping that owns the `mmap`; None for an owner. Only
     an owner has (and its methods read) `_pins`, `_finalizer`, `_placements` and
     `_windows`: a window never sets them."""
-    _placements: list[weakref.ref[GuestRegionMmap]] | None
-    """At an owner, weak references to the regions placed on its `mmap` (made on the
-    first placement); None at a window."""
+    _placements: _WeakLedger | None
+    """At an owner, the regions placed on its `mmap`, not kept alive (made on the first
+    placement); None at a window."""
     _windows: list[weakref.ref[MmapRegion]] | None
     """For an owner split into windows, weak references to them; None otherwise."""
 
@@ -448,30 +471,18 @@ class MmapRegion:
         """
         self._close(None)
 
-    def _add_placement(self, region: GuestRegionMmap) -> None:
-        """Remember `region` (weakly) as placed on this mapping, at its owner: a close
-        finds every placement on the `mmap` there (call with the lock held)."""
-        owner = self if self._base is None else self._base
-        placements = owner._placements
-        if placements is None:
-            owner._placements = [weakref.ref(region)]
-            return
-        count = len(placements)
-        if count >= 16 and not count & (count - 1):  # forget the regions gone, now and then
-            placements[:] = [ref for ref in placements if ref() is not None]
-        placements.append(weakref.ref(region))
-
     def _add_placements(self, regions: list[GuestRegionMmap]) -> None:
-        """`_add_placement` for each of `regions` (placed on this owner's windows) at once."""
-        placements = self._placements
-        if placements is None:
-            self._placements = list(map(weakref.ref, regions))
-        else:
-            placements.extend(map(weakref.ref, regions))
+        """Remember `regions` (without keeping them alive) as placed on this mapping, at
+        its owner: a close finds every placement on the `mmap` there (call with the
+        lock held)."""
+        owner = self if self._base is None else self._base
+        if owner._placements is None:
+            owner._placements = _Ledger()
+        owner._placements.add(regions)
 
     def _live_placements(self) -> list[GuestRegionMmap]:
         """The regions placed on this owner's `mmap` (on it or any of its windows)."""
-        return [region for ref in self._placements or () if (region := ref()) is not None]
+        return [] if self._placements is None else self._placements.live()
 
     def _members(self) -> list[MmapRegion]:
         """The mappings sharing this owner's `mmap`: its live windows, or itself."""
@@ -575,7 +586,7 @@ class GuestRegionMmap(GuestMemoryRegion):
         self._fill(start, _checked_span(start, size), size, mapping.read_only, mapping.view,
                    mapping.host_address, _NO_TYPED_VIEWS)
         object.__setattr__(self, "mapping", mapping)
-        mapping._add_placement(self)
+        mapping._add_placements([self])
 
     def _attach_view(self, view: memoryview) -> None:
         object.__setattr__(self, "buffer", view)
@@ -679,10 +690,12 @@ _ADDRESS_SPACE_END: Final = 1 << 64
 """One past the last guest address: where a region must end at the latest."""
 
 if compiled is None:
+    _Ledger: type[_WeakLedger] = _WeakLedger
     _cut_windows = _cut_windows_pure
     _place_fresh = _place_fresh_pure
-else:  # the same loops in C
+else:  # the same in C
     _compiled = compiled
+    _Ledger = _compiled.Ledger
 
     def _cut_windows(owner: MmapRegion, sizes: list[int], spans: list[int]
                      ) -> list[MmapRegion]:
