@@ -10,10 +10,14 @@ is a ratio to a raw baseline measured in that same child on the same memory:
   the bare ctypes libatomic call doing the same thing (pure target ≤ 1.3);
 - `read_slice`/`write_slice` of 4 KiB against a raw memoryview slice copy (compiled
   target ≥ 0.8 of its bandwidth);
-- alternating between 100 regions against staying in one (≤ 1.3, both paths);
+- alternating between 100 regions against staying in one (≤ 1.3, both paths), and
+  against reading the same 100 pages' offsets in one region (the lookup alone, without
+  the 100 pages' memory footprint); the compiled reference reading the same host
+  addresses in turn against one page gives what the memory system alone charges;
 - `AlignedGuestAddress.new` against `GuestAddress(int)` (pure target ≤ 2);
 - lookup at 10,000 one-page regions against bare `struct` reads over the same 10,000
-  mmaps (≤ 1.5, both paths);
+  mmaps (≤ 1.5, both paths), and the pure floor: a loop doing nothing but one dict probe
+  (page number to buffer and offset) and the read, no check at all;
 - the pure floor: a Python method doing nothing but the bare libatomic call, declared as
   the library declares it (PYFUNCTYPE), against the same bare call (reported);
 - the compiled floor: ours against a few lines of C doing the same access on the raw
@@ -264,17 +268,34 @@ def region_comparisons() -> list[Comparison]:
                    for index in range(ALTERNATING_REGIONS)]
     staying = [AlignedGuestAddress.new(ctypes.c_uint64, GuestAddress(MEMORY_START + 8 * index))
                for index in range(ALTERNATING_REGIONS)]
+    # The alternating loop reads 100 pages, the staying one a single cache line's
+    # neighbourhood: the same offsets in one region of the same span isolate the lookup.
+    one = GuestMemoryMmap.from_ranges(
+        [(GuestAddress(MEMORY_START), 2 * PAGE * ALTERNATING_REGIONS)])
+    spread = [AlignedGuestAddress.new(ctypes.c_uint64,
+                                      GuestAddress(MEMORY_START + 2 * PAGE * index + 64))
+              for index in range(ALTERNATING_REGIONS)]
+    for address in spread:
+        one.write_obj(address, 0)  # fault the pages in, as the regions' are below
+    for address in alternating:
+        many.write_obj(address, 0)
     rows: list[Comparison] = []
     for method in ("read_atomic", "read_obj"):
         def case(label: str, addresses: list[AlignedGuestAddress[Any]],
                  method: str = method) -> Case:
+            memory = one if addresses is spread else many
             return Case(label, "for address in addresses:\n    op(address)",
-                        {"memory": many, "addresses": addresses}, f"op = memory.{method}",
+                        {"memory": memory, "addresses": addresses}, f"op = memory.{method}",
                         ops_per_stmt=len(addresses),
                         overhead_stmt="for address in addresses:\n    pass")
         rows.append(Comparison(f"{method} u64 alternating between 100 regions",
                                case("100 regions in turn", alternating),
                                case("one region", staying), target=_target(ALTERNATING)))
+        rows.append(Comparison(f"{method} u64 alternating, vs the same pages in one region",
+                               case("100 regions in turn", alternating),
+                               case("one region, same pages", spread),
+                               target=_target(ALTERNATING)))
+    rows += alternating_floor(many, alternating, staying)
     count = 10_000
     addresses = lookup_addresses(count)
     regions = page_regions(count)
@@ -282,8 +303,48 @@ def region_comparisons() -> list[Comparison]:
                            lookup_case(regions, addresses, "read_obj_unaligned u32"),
                            raw_touch_case(regions, addresses, "Struct('<I').unpack_from"),
                            target=_target(LOOKUP)))
+    rows.append(Comparison("floor: pure lookup at 10,000 regions, a dict probe per read",
+                           dict_lookup_case(regions, addresses),
+                           raw_touch_case(regions, addresses, "Struct('<I').unpack_from")))
     assert len(addresses) == LOOKUP_ADDRESSES
     return rows
+
+
+def dict_lookup_case(memory: GuestMemoryMmap, addresses: list[int]) -> Case:
+    """What any Python-level lookup costs at least: one dict probe from the page number
+    to the region's buffer and offset, then the read; no check at all."""
+    pages: dict[int, tuple[memoryview, int]] = {}
+    for region in memory.regions():
+        assert region.buffer is not None
+        page = region.start_value >> 12
+        pages[page] = (region.buffer, (page << 12) - region.start_value)
+    return Case("a dict probe and unpack_from",
+                "for value in values:\n    entry = get(value >> 12)\n"
+                "    unpack(entry[0], (value & 4095) + entry[1])",
+                {"values": addresses, "pages": pages, "codec": struct.Struct("<I")},
+                "get = pages.get; unpack = codec.unpack_from", ops_per_stmt=len(addresses),
+                overhead_stmt="for value in values:\n    pass")
+
+
+def alternating_floor(memory: GuestMemoryMmap, alternating: list[AlignedGuestAddress[Any]],
+                      staying: list[AlignedGuestAddress[Any]]) -> list[Comparison]:
+    """What the memory system alone charges for alternating: the compiled reference
+    reading the same host addresses, 100 pages in turn against one (reported)."""
+    reference, _ = build()
+    if reference is None:  # floor_comparisons reports the reason
+        return []
+
+    def hosts(addresses: list[AlignedGuestAddress[Any]]) -> list[int]:
+        return [memory.get_host_address(GuestAddress(address.raw_value()))
+                for address in addresses]
+
+    def case(label: str, addresses: list[AlignedGuestAddress[Any]]) -> Case:
+        return Case(label, "for host in hosts:\n    read(host)",
+                    {"hosts": hosts(addresses), "c": reference}, "read = c.read_u64",
+                    ops_per_stmt=len(addresses), overhead_stmt="for host in hosts:\n    pass")
+
+    return [Comparison("floor: C reference read u64 alternating between 100 regions' pages",
+                       case("100 pages in turn", alternating), case("one page", staying))]
 
 
 @dataclass(frozen=True)

@@ -120,7 +120,11 @@ PATH_ROWS = [
         "read_obj u64", "write_obj u64", "read_atomic u64", "write_atomic u64",
         "fetch_add u64", "compare_exchange u64", "read_slice 4 KiB")),
     *(f"{method} u64 alternating between 100 regions" for method in ("read_atomic", "read_obj")),
+    *(f"{method} u64 alternating, vs the same pages in one region"
+      for method in ("read_atomic", "read_obj")),
+    "floor: C reference read u64 alternating between 100 regions' pages",
     "lookup at 10,000 regions vs the same 10,000 mmaps",
+    "floor: pure lookup at 10,000 regions, a dict probe per read",
 ]
 
 

@@ -778,30 +778,56 @@ typedef struct {
     unsigned char *dirty_map;
     unsigned dirty_shift;
     uint64_t dirty_pages;
+    struct LedgerObject *ledger;   /* the ledger of the mapping it is placed on, or NULL */
+    Py_ssize_t ledger_index;       /* its entry there */
 } RegionObject;
 
 static PyTypeObject *RegionCoreType;
 
-/* The names of GuestMemoryRegion's slots that `_fill` and `_derive` set (interned). */
-static PyObject *name_start, *name_start_value, *name_length, *name_read_only, *name_buffer,
-    *name_host_address, *name_typed_views, *name_end_value, *name_atomic_delta,
-    *name_read_limit, *name_write_limit, *name_atomic_read_limit, *name_atomic_write_limit;
+/* A ledger: the regions placed on one mapping (vm_memory/mmap_region.py's owner of an
+ * `mmap`), each entry a borrowed pointer that the region clears when it is deallocated
+ * (it holds the ledger meanwhile): what a close must reach, at 8 bytes a region where a
+ * weak reference costs 80. */
+typedef struct LedgerObject {
+    PyObject_HEAD
+    RegionObject **entries;   /* NULL where the region is gone */
+    Py_ssize_t count, capacity;
+} LedgerObject;
+
+static PyTypeObject *LedgerType;
+
+/* Forget `region` at its ledger (it is being deallocated). */
+static void
+ledger_forget(RegionObject *region)
+{
+    LedgerObject *ledger = region->ledger;
+    if (ledger == NULL)
+        return;
+    ledger->entries[region->ledger_index] = NULL;
+    region->ledger = NULL;
+    Py_DECREF((PyObject *)ledger);
+}
+
+/* The names of GuestMemoryRegion's slots that `_fill` and `_derive` set (interned), in
+ * the order of the F_* indexes below. */
+enum {
+    F_START, F_START_VALUE, F_LENGTH, F_READ_ONLY, F_BUFFER, F_HOST_ADDRESS, F_TYPED_VIEWS,
+    F_END_VALUE, F_ATOMIC_DELTA, F_READ_LIMIT, F_WRITE_LIMIT, F_ATOMIC_READ_LIMIT,
+    F_ATOMIC_WRITE_LIMIT, F_COUNT
+};
+static PyObject *region_field_names[F_COUNT];
 static PyObject *minus_one, *zero, *seven;
 
 static int
 region_names_init(void)
 {
-    struct { PyObject **slot; const char *text; } names[] = {
-        {&name_start, "start"}, {&name_start_value, "start_value"}, {&name_length, "length"},
-        {&name_read_only, "read_only"}, {&name_buffer, "buffer"},
-        {&name_host_address, "host_address"}, {&name_typed_views, "typed_views"},
-        {&name_end_value, "end_value"}, {&name_atomic_delta, "atomic_delta"},
-        {&name_read_limit, "read_limit"}, {&name_write_limit, "write_limit"},
-        {&name_atomic_read_limit, "atomic_read_limit"},
-        {&name_atomic_write_limit, "atomic_write_limit"},
+    static const char *const texts[F_COUNT] = {
+        "start", "start_value", "length", "read_only", "buffer", "host_address",
+        "typed_views", "end_value", "atomic_delta", "read_limit", "write_limit",
+        "atomic_read_limit", "atomic_write_limit",
     };
-    for (size_t index = 0; index < sizeof names / sizeof names[0]; index++)
-        if ((*names[index].slot = PyUnicode_InternFromString(names[index].text)) == NULL)
+    for (int index = 0; index < F_COUNT; index++)
+        if ((region_field_names[index] = PyUnicode_InternFromString(texts[index])) == NULL)
             return -1;
     minus_one = PyLong_FromLong(-1);
     zero = PyLong_FromLong(0);
@@ -809,11 +835,70 @@ region_names_init(void)
     return minus_one != NULL && zero != NULL && seven != NULL ? 0 : -1;
 }
 
+/* Slot descriptors (`member_descriptor`s) set a field without an attribute lookup: what
+ * the bulk builders use, with the descriptors looked up once per build. */
+static PyTypeObject *member_descriptor_type;
+static descrsetfunc member_set;
+static descrgetfunc member_get;
+
+static int
+member_names_init(void)
+{
+    PyObject *types = PyImport_ImportModule("types");
+    PyObject *type = types == NULL ? NULL : PyObject_GetAttrString(types, "MemberDescriptorType");
+    Py_XDECREF(types);
+    if (type == NULL)
+        return -1;
+    if (!PyType_Check(type)) {
+        Py_DECREF(type);
+        PyErr_SetString(PyExc_ImportError, "types.MemberDescriptorType is not a type");
+        return -1;
+    }
+    member_descriptor_type = (PyTypeObject *)type;   /* kept for the module's life */
+    member_set = (descrsetfunc)PyType_GetSlot(member_descriptor_type, Py_tp_descr_set);
+    member_get = (descrgetfunc)PyType_GetSlot(member_descriptor_type, Py_tp_descr_get);
+    if (member_set == NULL || member_get == NULL) {
+        PyErr_SetString(PyExc_ImportError, "member descriptors cannot be set from C here");
+        return -1;
+    }
+    return 0;
+}
+
+/* The slot descriptors of `names` on `type` (new references), or -1 with nothing held
+ * and an error if one is not a plain slot there. */
+static int
+slot_descriptors(PyTypeObject *type, PyObject *const *names, int count, PyObject **found)
+{
+    for (int index = 0; index < count; index++) {
+        found[index] = PyObject_GetAttr((PyObject *)type, names[index]);
+        if (found[index] == NULL || Py_TYPE(found[index]) != member_descriptor_type) {
+            if (found[index] != NULL)
+                PyErr_Format(PyExc_SystemError, "%R is not a slot", names[index]);
+            for (int held = 0; held <= index; held++)
+                Py_CLEAR(found[held]);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* Set a region field: through its slot descriptor when one is given, else as
+ * `object.__setattr__` does. */
+static inline int
+set_field(PyObject *op, PyObject *const *descriptors, int field, PyObject *value)
+{
+    if (descriptors != NULL)
+        return member_set(descriptors[field], op, value);
+    return PyObject_GenericSetAttr(op, region_field_names[field], value);
+}
+
 /* `_derive(start_value, length, read_only, buffer, host_address)`: what the pure base's
  * `_derive` computes (GuestMemoryRegion's derived fields), set in one call, and the
- * compiled fields copied (as `_set_fast_state` did). The inputs are already checked. */
+ * compiled fields copied (as `_set_fast_state` did). The inputs are already checked.
+ * `descriptors`: GuestMemoryRegion's slot descriptors by F_* index, or NULL. */
 static PyObject *
-region_derive(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
+derive_fields(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
+              PyObject *const *descriptors)
 {
     RegionObject *self = (RegionObject *)op;
     uint64_t start, length;
@@ -842,14 +927,13 @@ region_derive(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
     if (!failed) {
         PyObject *read_limit = buffer != Py_None ? scalar_limit : minus_one;
         PyObject *atomic_limit = aligned ? scalar_limit : minus_one;
-        failed = PyObject_GenericSetAttr(op, name_end_value, end) < 0 ||
-            PyObject_GenericSetAttr(op, name_atomic_delta, delta) < 0 ||
-            PyObject_GenericSetAttr(op, name_read_limit, read_limit) < 0 ||
-            PyObject_GenericSetAttr(op, name_write_limit,
-                                    read_only ? minus_one : read_limit) < 0 ||
-            PyObject_GenericSetAttr(op, name_atomic_read_limit, atomic_limit) < 0 ||
-            PyObject_GenericSetAttr(op, name_atomic_write_limit,
-                                    read_only ? minus_one : atomic_limit) < 0;
+        failed = set_field(op, descriptors, F_END_VALUE, end) < 0 ||
+            set_field(op, descriptors, F_ATOMIC_DELTA, delta) < 0 ||
+            set_field(op, descriptors, F_READ_LIMIT, read_limit) < 0 ||
+            set_field(op, descriptors, F_WRITE_LIMIT, read_only ? minus_one : read_limit) < 0 ||
+            set_field(op, descriptors, F_ATOMIC_READ_LIMIT, atomic_limit) < 0 ||
+            set_field(op, descriptors, F_ATOMIC_WRITE_LIMIT,
+                      read_only ? minus_one : atomic_limit) < 0;
     }
     Py_XDECREF(end);
     Py_XDECREF(scalar_limit);
@@ -868,23 +952,31 @@ region_derive(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
 /* `_fill(start, start_value, length, read_only, buffer, host_address, typed_views)`: a
  * new region's checked inputs set, then `_derive` (the dirty bitmap starts as None). */
 static PyObject *
-region_fill(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
+fill_fields(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
+            PyObject *const *descriptors)
 {
     if (nargs != 7) {
         PyErr_SetString(PyExc_SystemError, "_fill(start, start_value, length, read_only, "
                                            "buffer, host_address, typed_views)");
         return NULL;
     }
-    if (PyObject_GenericSetAttr(op, name_start, args[0]) < 0 ||
-        PyObject_GenericSetAttr(op, name_start_value, args[1]) < 0 ||
-        PyObject_GenericSetAttr(op, name_length, args[2]) < 0 ||
-        PyObject_GenericSetAttr(op, name_read_only, args[3]) < 0 ||
-        PyObject_GenericSetAttr(op, name_buffer, args[4]) < 0 ||
-        PyObject_GenericSetAttr(op, name_host_address, args[5]) < 0 ||
-        PyObject_GenericSetAttr(op, name_typed_views, args[6]) < 0)
-        return NULL;
+    for (int field = F_START; field <= F_TYPED_VIEWS; field++)
+        if (set_field(op, descriptors, field, args[field]) < 0)
+            return NULL;
     PyObject *derive_args[5] = {args[1], args[2], args[3], args[4], args[5]};
-    return region_derive(op, derive_args, 5);
+    return derive_fields(op, derive_args, 5, descriptors);
+}
+
+static PyObject *
+region_derive(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
+{
+    return derive_fields(op, args, nargs, NULL);
+}
+
+static PyObject *
+region_fill(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
+{
+    return fill_fields(op, args, nargs, NULL);
 }
 
 static PyObject *
@@ -981,6 +1073,7 @@ static void
 region_dealloc(PyObject *op)
 {
     PyObject_GC_UnTrack(op);
+    ledger_forget((RegionObject *)op);
     region_clear(op);
     type_dealloc_tail(op);
 }
@@ -1013,6 +1106,307 @@ static PyType_Spec region_spec = {
     "vm_memory._fastpath.RegionCore", sizeof(RegionObject), 0,
     Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC, region_slots,
 };
+
+/* ---- Ledger: the regions placed on one mapping --------------------------------------- */
+
+/* Drop the entries of regions gone, keeping the order (each live one learns its index). */
+static void
+ledger_compact(LedgerObject *self)
+{
+    Py_ssize_t kept = 0;
+    for (Py_ssize_t index = 0; index < self->count; index++) {
+        RegionObject *region = self->entries[index];
+        if (region != NULL) {
+            region->ledger_index = kept;
+            self->entries[kept++] = region;
+        }
+    }
+    self->count = kept;
+}
+
+/* add(regions, /): record each region of the list (a RegionCore in no ledger yet). */
+static PyObject *
+ledger_add(PyObject *op, PyObject *regions)
+{
+    LedgerObject *self = (LedgerObject *)op;
+    if (!PyList_Check(regions)) {
+        PyErr_SetString(PyExc_TypeError, "Ledger.add: a list of regions");
+        return NULL;
+    }
+    Py_ssize_t adding = PyList_Size(regions);
+    for (Py_ssize_t index = 0; index < adding; index++) {
+        PyObject *region = PyList_GetItem(regions, index);
+        if (!PyObject_TypeCheck(region, RegionCoreType) ||
+            ((RegionObject *)region)->ledger != NULL) {
+            PyErr_Format(PyExc_ValueError, "Ledger.add: %R is not a region in no ledger",
+                         region);
+            return NULL;
+        }
+    }
+    if (self->count + adding > self->capacity)
+        ledger_compact(self);
+    if (self->count + adding > self->capacity) {
+        Py_ssize_t capacity = self->capacity ? self->capacity : 8;
+        while (capacity < self->count + adding)
+            capacity *= 2;
+        RegionObject **entries = PyMem_Realloc(self->entries,
+                                               (size_t)capacity * sizeof *entries);
+        if (entries == NULL)
+            return PyErr_NoMemory();
+        self->entries = entries;
+        self->capacity = capacity;
+    }
+    for (Py_ssize_t index = 0; index < adding; index++) {
+        RegionObject *region = (RegionObject *)PyList_GetItem(regions, index);
+        Py_INCREF(op);
+        region->ledger = self;
+        region->ledger_index = self->count;
+        self->entries[self->count++] = region;
+    }
+    Py_RETURN_NONE;
+}
+
+/* live(): the regions recorded and still alive, in the order they were added. */
+static PyObject *
+ledger_live(PyObject *op, PyObject *unused)
+{
+    LedgerObject *self = (LedgerObject *)op;
+    PyObject *live = PyList_New(0);
+    for (Py_ssize_t index = 0; live != NULL && index < self->count; index++) {
+        PyObject *region = (PyObject *)self->entries[index];
+        if (region != NULL && PyList_Append(live, region) < 0)
+            Py_CLEAR(live);
+    }
+    return live;
+}
+
+static PyObject *
+ledger_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    if (PyTuple_Size(args) != 0 || (kwds != NULL && PyDict_Size(kwds) != 0)) {
+        PyErr_SetString(PyExc_TypeError, "Ledger() takes no arguments");
+        return NULL;
+    }
+    return alloc_instance(type);   /* zeroed: no entries */
+}
+
+static void
+ledger_dealloc(PyObject *op)
+{
+    /* Every region recorded holds the ledger: none is left when it goes. */
+    PyMem_Free(((LedgerObject *)op)->entries);
+    type_dealloc_tail(op);
+}
+
+static PyMethodDef ledger_methods[] = {
+    {"add", ledger_add, METH_O, "Record each region of a list as placed on the mapping."},
+    {"live", ledger_live, METH_NOARGS, "The regions recorded that are still alive."},
+    {NULL},
+};
+
+static PyType_Slot ledger_slots[] = {
+    {Py_tp_new, ledger_new},
+    {Py_tp_dealloc, ledger_dealloc},
+    {Py_tp_methods, ledger_methods},
+    {Py_tp_doc, "The regions placed on one mapping, without a reference to each."},
+    {0, NULL},
+};
+
+static PyType_Spec ledger_spec = {
+    "vm_memory._fastpath.Ledger", sizeof(LedgerObject), 0, Py_TPFLAGS_DEFAULT, ledger_slots,
+};
+
+/* ---- Bulk builders: the windows and regions of a one-mapping layout ------------------ */
+/* What `_cut_windows_pure` and `_place_fresh_pure` (vm_memory/mmap_region.py) do, one
+ * C loop each, every field set through its slot descriptor (looked up once per build):
+ * a build of 100,000 regions spends its time making objects, not looking up names. */
+
+enum {
+    W_MAPPING, W_SIZE, W_READ_ONLY, W_SHARED, W_FD, W_FILE_OFFSET, W_HOST_ADDRESS, W_VIEW,
+    W_OFFSET, W_BASE, W_COUNT
+};
+static PyObject *window_field_names[W_COUNT];
+
+static int
+bulk_names_init(void)
+{
+    static const char *const texts[W_COUNT] = {
+        "mapping", "size", "read_only", "shared", "fd", "file_offset", "host_address",
+        "view", "offset", "_base",
+    };
+    for (int index = 0; index < W_COUNT; index++)
+        if ((window_field_names[index] = PyUnicode_InternFromString(texts[index])) == NULL)
+            return -1;
+    return 0;
+}
+
+static void
+release_all(PyObject **objects, int count)
+{
+    for (int index = 0; index < count; index++)
+        Py_CLEAR(objects[index]);
+}
+
+/* The window at `offset` of the owner's mapping, of `size` (`length`) bytes.
+ * `owned`: the owner's fields by W_* index (W_BASE: the owner itself). */
+static PyObject *
+cut_window(PyTypeObject *type, allocfunc alloc, PyObject *const *descriptors,
+           PyObject *const *owned, uint64_t host, int file_offset_set, PyObject *size,
+           Py_ssize_t length, Py_ssize_t offset)
+{
+    PyObject *window = alloc(type, 0);
+    PyObject *values[W_COUNT] = {NULL};
+    values[W_OFFSET] = PyLong_FromSsize_t(offset);
+    values[W_HOST_ADDRESS] = PyLong_FromUnsignedLongLong(host + (uint64_t)offset);
+    if (values[W_OFFSET] != NULL)
+        values[W_FILE_OFFSET] = file_offset_set
+            ? PyNumber_Add(owned[W_FILE_OFFSET], values[W_OFFSET])
+            : (Py_INCREF(values[W_OFFSET]), values[W_OFFSET]);
+    values[W_VIEW] = PySequence_GetSlice(owned[W_VIEW], offset, offset + length);
+    int failed = window == NULL || values[W_OFFSET] == NULL ||
+        values[W_HOST_ADDRESS] == NULL || values[W_FILE_OFFSET] == NULL ||
+        values[W_VIEW] == NULL;
+    for (int field = 0; !failed && field < W_COUNT; field++) {
+        PyObject *value = field == W_SIZE ? size : values[field] != NULL ? values[field]
+                                                                         : owned[field];
+        failed = member_set(descriptors[field], window, value) < 0;
+    }
+    release_all(values, W_COUNT);
+    if (failed) {
+        Py_XDECREF(window);
+        return NULL;
+    }
+    return window;
+}
+
+/* cut_windows(MmapRegion, owner, sizes, spans, /): `_cut_windows_pure(owner, sizes,
+ * spans)` (sizes checked, spans their whole pages, all inside the owner's mapping). */
+static PyObject *
+module_cut_windows(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4 || !PyType_Check(args[0]) || !PyList_Check(args[2]) ||
+        !PyList_Check(args[3]) || PyList_Size(args[2]) != PyList_Size(args[3])) {
+        PyErr_SetString(PyExc_SystemError, "cut_windows(MmapRegion, owner, sizes, spans)");
+        return NULL;
+    }
+    PyTypeObject *type = (PyTypeObject *)args[0];
+    PyObject *owner = args[1], *sizes = args[2], *spans = args[3];
+    PyObject *descriptors[W_COUNT] = {NULL};
+    PyObject *owned[W_COUNT] = {NULL};
+    if (slot_descriptors(type, window_field_names, W_COUNT, descriptors) < 0)
+        return NULL;
+    int ok = 1;
+    for (int field = 0; ok && field < W_COUNT; field++) {
+        owned[field] = field == W_BASE ? (Py_INCREF(owner), owner)
+                                       : PyObject_GetAttr(owner, window_field_names[field]);
+        ok = owned[field] != NULL;
+    }
+    uint64_t host = ok ? PyLong_AsUnsignedLongLong(owned[W_HOST_ADDRESS]) : 0;
+    int file_offset_set = ok && !PyErr_Occurred() ? PyObject_IsTrue(owned[W_FILE_OFFSET]) : -1;
+    Py_ssize_t count = PyList_Size(sizes);
+    PyObject *windows = file_offset_set >= 0 ? PyList_New(count) : NULL;
+    allocfunc alloc = (allocfunc)PyType_GetSlot(type, Py_tp_alloc);
+    Py_ssize_t offset = 0;
+    for (Py_ssize_t index = 0; windows != NULL && index < count; index++) {
+        PyObject *size = PyList_GetItem(sizes, index);
+        Py_ssize_t length = PyLong_AsSsize_t(size);
+        Py_ssize_t span = PyLong_AsSsize_t(PyList_GetItem(spans, index));
+        PyObject *window = PyErr_Occurred() ? NULL :
+            cut_window(type, alloc, descriptors, owned, host, file_offset_set, size, length,
+                       offset);
+        if (window == NULL) {
+            Py_CLEAR(windows);
+            break;
+        }
+        PyList_SetItem(windows, index, window);
+        offset += span;
+    }
+    release_all(descriptors, W_COUNT);
+    release_all(owned, W_COUNT);
+    return windows;
+}
+
+/* place_windows(GuestRegionMmap, MmapRegion, windows, starts, no_typed_views, /): what
+ * `_place_fresh_pure(windows, starts)` returns — (regions, ordered), or None if a start
+ * is not a GuestAddress or its region would pass 2**64 (Python's checks then refuse). */
+static PyObject *
+module_place_windows(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 5 || !PyType_Check(args[0]) || !PyType_Check(args[1]) ||
+        !PyType_IsSubtype((PyTypeObject *)args[0], RegionCoreType) ||
+        !PyList_Check(args[2]) || !PyList_Check(args[3]) ||
+        PyList_Size(args[2]) != PyList_Size(args[3]) || guest_address_type == NULL) {
+        PyErr_SetString(PyExc_SystemError, "place_windows(GuestRegionMmap, MmapRegion, "
+                                           "windows, starts, no_typed_views)");
+        return NULL;
+    }
+    PyTypeObject *type = (PyTypeObject *)args[0], *window_type = (PyTypeObject *)args[1];
+    PyObject *windows = args[2], *starts = args[3];
+    PyObject *fields[F_COUNT + 1] = {NULL};   /* the region's, then its `mapping` */
+    PyObject *window_fields[W_COUNT] = {NULL};
+    if (slot_descriptors(type, region_field_names, F_COUNT, fields) < 0)
+        return NULL;
+    if (slot_descriptors(type, &window_field_names[W_MAPPING], 1, &fields[F_COUNT]) < 0 ||
+        slot_descriptors(window_type, window_field_names, W_COUNT, window_fields) < 0) {
+        release_all(fields, F_COUNT + 1);
+        return NULL;
+    }
+    Py_ssize_t count = PyList_Size(windows);
+    allocfunc alloc = (allocfunc)PyType_GetSlot(type, Py_tp_alloc);
+    PyObject *regions = PyList_New(count);
+    PyObject *result = NULL;
+    int ordered = 1, refused = 0;
+    uint64_t previous_last = 0;
+    for (Py_ssize_t index = 0; regions != NULL && index < count; index++) {
+        PyObject *window = PyList_GetItem(windows, index);
+        PyObject *start = PyList_GetItem(starts, index);
+        if (Py_TYPE(start) != guest_address_type) {
+            refused = 1;
+            break;
+        }
+        AddressObject *address = (AddressObject *)start;
+        PyObject *inputs[7] = {
+            start, address->value,
+            member_get(window_fields[W_SIZE], window, (PyObject *)window_type),
+            member_get(window_fields[W_READ_ONLY], window, (PyObject *)window_type),
+            member_get(window_fields[W_VIEW], window, (PyObject *)window_type),
+            member_get(window_fields[W_HOST_ADDRESS], window, (PyObject *)window_type),
+            args[4]};
+        int failed = inputs[2] == NULL || inputs[3] == NULL || inputs[4] == NULL ||
+            inputs[5] == NULL;
+        uint64_t size = failed ? 0 : PyLong_AsUnsignedLongLong(inputs[2]);
+        failed = failed || PyErr_Occurred() != NULL;
+        refused = !failed && (size == 0 || size - 1 > UINT64_MAX - address->raw);
+        PyObject *region = NULL;
+        if (!failed && !refused) {
+            if (index > 0 && address->raw <= previous_last)
+                ordered = 0;
+            previous_last = address->raw + (size - 1);
+            region = alloc(type, 0);
+            PyObject *done = region == NULL ? NULL : fill_fields(region, inputs, 7, fields);
+            Py_XDECREF(done);
+            if (done == NULL || member_set(fields[F_COUNT], region, window) < 0)
+                Py_CLEAR(region);
+        }
+        for (int input = 2; input < 6; input++)
+            Py_XDECREF(inputs[input]);
+        if (region == NULL)
+            break;
+        PyList_SetItem(regions, index, region);
+        if (index + 1 == count)
+            result = Py_BuildValue("(OO)", regions, ordered ? Py_True : Py_False);
+    }
+    if (count == 0 && regions != NULL)
+        result = Py_BuildValue("(OO)", regions, Py_True);
+    if (refused && !PyErr_Occurred()) {
+        result = Py_None;
+        Py_INCREF(result);
+    }
+    Py_XDECREF(regions);
+    release_all(fields, F_COUNT + 1);
+    release_all(window_fields, W_COUNT);
+    return result;
+}
 
 /* ---- GuestMemory: the region table and the hot methods ------------------------------- */
 
@@ -2763,6 +3157,12 @@ static PyMethodDef module_methods[] = {
      "missing_registrations($module, /)\n--\n\nThe names nothing registered yet."},
     {"lock_free_widths", module_lock_free_widths, METH_NOARGS,
      "lock_free_widths($module, /)\n--\n\nThe access sizes C does lock-free (always)."},
+    {"cut_windows", (PyCFunction)(void (*)(void))module_cut_windows, METH_FASTCALL,
+     "cut_windows(window_type, owner, sizes, spans, /)\n--\n\n"
+     "The windows of MmapRegion.anonymous_windows, cut in one loop."},
+    {"place_windows", (PyCFunction)(void (*)(void))module_place_windows, METH_FASTCALL,
+     "place_windows(region_type, window_type, windows, starts, no_typed_views, /)\n--\n\n"
+     "The regions of GuestRegionMmap._place_windows and whether they are in order."},
     {"host_epoch", module_host_epoch, METH_NOARGS,
      "host_epoch($module, /)\n--\n\nHow many times region host memory changed (+1)."},
     {NULL},
@@ -2796,11 +3196,13 @@ PyInit__fastpath(void)
     if (module == NULL)
         return NULL;
     type_infos = PyDict_New();
-    if (type_infos == NULL || region_names_init() < 0 ||
+    if (type_infos == NULL || region_names_init() < 0 || member_names_init() < 0 ||
+        bulk_names_init() < 0 ||
         (TypeInfoType = add_type(module, &typeinfo_spec, "TypeInfo")) == NULL ||
         (AddressCoreType = add_type(module, &address_spec, "GuestAddressCore")) == NULL ||
         (AlignedCoreType = add_type(module, &aligned_spec, "AlignedCore")) == NULL ||
         (RegionCoreType = add_type(module, &region_spec, "RegionCore")) == NULL ||
+        (LedgerType = add_type(module, &ledger_spec, "Ledger")) == NULL ||
         (MemoryCoreType = add_type(module, &memory_spec, "MemoryCore")) == NULL ||
         (ChunkType = add_type(module, &chunk_spec, "RegionChunk")) == NULL ||
         PyModule_AddIntConstant(module, "KIND_OTHER", K_OTHER) < 0 ||

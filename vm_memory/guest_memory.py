@@ -100,6 +100,7 @@ if TYPE_CHECKING:
 
 _V = TypeVar("_V")
 _A = TypeVar("_A", bound=Aggregate)
+_R = TypeVar("_R", bound=GuestMemoryRegion)
 
 Span = tuple[GuestMemoryRegion, int, int]
 """(region, offset in it, byte count): one piece of a range that crosses regions."""
@@ -228,6 +229,16 @@ def _write_spans(spans: list[Span], source: memoryview) -> None:
     _mark(spans)
 
 
+def sorted_without_overlap(regions: Iterable[_R]) -> list[_R]:
+    """`regions` sorted by start address; `RegionOverlap` if two of them overlap."""
+    ordered = sorted(regions, key=_START_VALUE)
+    for before, after in pairwise(ordered):
+        if before.end_value > after.start_value:
+            raise RegionOverlap(before.start_value, before.length, after.start_value,
+                                after.length)
+    return ordered
+
+
 class _PureMemoryBase:
     """Nothing: on the pure path GuestMemory keeps its lookup in its own slots."""
 
@@ -283,11 +294,7 @@ class GuestMemory(_MemoryBase):
                                       regions) from None
         for region in regions:
             self._admit(region)
-        ordered = sorted(regions, key=_START_VALUE)
-        for before, after in pairwise(ordered):
-            if before.end_value > after.start_value:
-                raise RegionOverlap(before.start_value, before.length, after.start_value,
-                                    after.length)
+        ordered = sorted_without_overlap(regions)
         self._install(tuple(ordered))
         with lifetime_lock():  # no close can slip between the check and the registration
             for region in ordered:

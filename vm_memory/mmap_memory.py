@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+import gc
+from collections.abc import Generator, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, cast
 
 from vm_memory.address import GuestAddress
-from vm_memory.errors import InvalidArgumentType, NoMemoryRegion
-from vm_memory.guest_memory import GuestMemory
-from vm_memory.mmap_region import FileOffset, GuestRegionMmap, MmapRegion
+from vm_memory.errors import InvalidArgumentType, MappingError, NoMemoryRegion
+from vm_memory.guest_memory import GuestMemory, sorted_without_overlap
+from vm_memory.lifetime import lifetime_lock, register
+from vm_memory.mmap_region import FileOffset, GuestRegionMmap, MmapRegion, place_windows
 from vm_memory.region import is_region
 
 
@@ -50,13 +53,38 @@ class GuestMemoryMmap(GuestMemory):
         if not one_mapping or len(items) < 2:
             return cls._mapped(GuestRegionMmap(MmapRegion.anonymous(size, shared=shared),
                                                start) for start, size in items)
-        windows = MmapRegion.anonymous_windows([size for _, size in items], shared=shared)
-        try:
-            return cls.from_regions(GuestRegionMmap.place_many(
-                (window, start) for window, (start, _) in zip(windows, items, strict=True)))
-        except BaseException:
-            windows[0].close()  # all of them: unmapped now, not left to the collector
-            raise
+        with _collector_paused():
+            windows = MmapRegion.anonymous_windows([size for _, size in items],
+                                                   shared=shared)
+            try:
+                return cls._from_windows(windows, [start for start, _ in items])
+            except BaseException:
+                windows[0].close()  # all of them: unmapped now, not left to the collector
+                raise
+
+    @classmethod
+    def _from_windows(cls, windows: list[MmapRegion], starts: list[GuestAddress]
+                      ) -> GuestMemoryMmap:
+        """Memory with each window placed at its start: `from_regions(place_many(...))`,
+        with each check the build itself guarantees made once, not once per region (the
+        windows are one open batch placed once each, its regions exact GuestRegionMmaps
+        this class admits); the starts, a user's, are checked each."""
+        placed = place_windows(windows, starts)
+        if placed is None or not cls._hotplug_skips_init \
+                or _admission_of(cls) is not GuestMemoryMmap:
+            regions = GuestRegionMmap.place_many(zip(windows, starts, strict=True)) \
+                if placed is None else placed[0]
+            return cls.from_regions(regions)
+        regions, ordered = placed
+        if not ordered:
+            regions = sorted_without_overlap(regions)
+        memory = cls.__new__(cls)
+        memory._install(tuple(regions))
+        with lifetime_lock():  # as in __init__: no close between the check and registration
+            if regions[0].closed:  # one batch: all of them
+                raise MappingError(regions[0].length, f"{regions[0]!r} is closed")
+            register(memory)
+        return memory
 
     @classmethod
     def from_ranges_memfd(cls, ranges: Iterable[tuple[GuestAddress, int]], *,
@@ -122,6 +150,28 @@ class GuestMemoryMmap(GuestMemory):
 
 
 
+def _admission_of(cls: type[GuestMemory]) -> type[GuestMemory]:
+    """The class whose `_admit` `cls` uses (a subclass may narrow what it admits)."""
+    return next(klass for klass in cls.__mro__ if "_admit" in vars(klass))
+
+
+@contextmanager
+def _collector_paused() -> Generator[None, None, None]:
+    """No automatic garbage collection meanwhile (unless it was off already): a build
+    makes a few objects per region, none garbage and none in a cycle, and the collector,
+    triggered every few hundred of them, would otherwise go over the growing set again
+    and again (most of a 100,000-region build's time). They are collected as usual from
+    then on."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
 def _ranges(ranges: Iterable[Any], *, with_file: bool = False) -> Iterator[Any]:
     """The (start, size[, file]) tuples of a builder, checked for shape."""
     width = 3 if with_file else 2
@@ -130,6 +180,14 @@ def _ranges(ranges: Iterable[Any], *, with_file: bool = False) -> Iterator[Any]:
         items = list(ranges)
     except TypeError:
         raise InvalidArgumentType("ranges", f"an iterable of {shape}", ranges) from None
+    if set(map(type, items)) <= {tuple} and set(map(len, items)) <= {width}:
+        return iter(items)  # every one has the shape: no check (and no call) each
+    return _shaped(items, width, shape)
+
+
+def _shaped(items: list[Any], width: int, shape: str) -> Iterator[Any]:
+    """`items`, each checked for shape as it is reached (the ones before a bad one may
+    already be mapped: the builders unmap them when the error passes)."""
     for item in cast("list[object]", items):
         if not _is_tuple_of(item, width):
             raise InvalidArgumentType("a range", f"a tuple {shape}", item)

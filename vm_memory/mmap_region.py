@@ -30,7 +30,7 @@ import sys
 import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, cast
 
 from vm_memory.address import GuestAddress
 from vm_memory.buffers import BufferExport, export_buffer, release_buffer
@@ -42,6 +42,7 @@ from vm_memory.errors import (
     RegionInUse,
     UnsealedMemory,
 )
+from vm_memory.implementation import compiled
 from vm_memory.lifetime import holders_of, holders_of_host_memory, lifetime_lock
 from vm_memory.region import _NO_TYPED_VIEWS, GuestMemoryRegion, _checked_flag, _checked_span
 
@@ -140,6 +141,17 @@ def _check_size(size: object) -> int:
     return size
 
 
+def _checked_sizes(sizes: Iterable[object]) -> list[int]:
+    """`sizes` as a list of mapping sizes, each checked as `_check_size` does (all at
+    once when every one is a plain int in range: the common case costs no call each)."""
+    given = list(sizes)
+    if set(map(type, given)) <= {int}:
+        ints = cast("list[int]", given)
+        if not ints or (min(ints) > 0 and max(ints) <= MAX_MAPPING_SIZE):
+            return ints
+    return [_check_size(size) for size in given]
+
+
 def _check_fd(fd: object) -> int:
     if type(fd) is not int or fd < 0:
         raise InvalidArgumentType("fd", "a non-negative int (an open file descriptor)", fd)
@@ -187,6 +199,29 @@ def _is_memfd(fd: int) -> bool:
         return False
 
 
+class _WeakLedger:
+    """The regions placed on one mapping, by weak reference (the compiled path's
+    `Ledger` does the same with a borrowed pointer each, cleared when a region goes)."""
+
+    __slots__ = ("_references",)
+
+    def __init__(self) -> None:
+        self._references: list[weakref.ref[GuestRegionMmap]] = []
+
+    def add(self, regions: list[GuestRegionMmap], /) -> None:
+        """Record each of `regions`."""
+        references = self._references
+        count = len(references)
+        if count >= 16 and not count & (count - 1):  # forget the regions gone, now and then
+            references[:] = [reference for reference in references if reference() is not None]
+        references.extend(map(weakref.ref, regions))
+
+    def live(self) -> list[GuestRegionMmap]:
+        """The regions recorded that are still alive, in the order they were added."""
+        return [region for reference in self._references
+                if (region := reference()) is not None]
+
+
 class MmapRegion:
     """One host mapping: its `mmap`, a byte view, host address and backing file.
 
@@ -217,9 +252,9 @@ class MmapRegion:
     """For a window, the hidden mapping that owns the `mmap`; None for an owner. Only
     an owner has (and its methods read) `_pins`, `_finalizer`, `_placements` and
     `_windows`: a window never sets them."""
-    _placements: list[weakref.ref[GuestRegionMmap]] | None
-    """At an owner, weak references to the regions placed on its `mmap` (made on the
-    first placement); None at a window."""
+    _placements: _WeakLedger | None
+    """At an owner, the regions placed on its `mmap`, not kept alive (made on the first
+    placement); None at a window."""
     _windows: list[weakref.ref[MmapRegion]] | None
     """For an owner split into windows, weak references to them; None otherwise."""
 
@@ -313,7 +348,7 @@ class MmapRegion:
         unmaps them all, and is refused while any memory object holds a region placed on
         any of them.
         """
-        sizes = [_check_size(size) for size in sizes]
+        sizes = _checked_sizes(sizes)
         if not sizes:
             return []
         spans = [-(-size // PAGE_SIZE) * PAGE_SIZE for size in sizes]
@@ -322,29 +357,9 @@ class MmapRegion:
             raise InvalidRange(0, total, "the windows together exceed the largest mapping; "
                                          "map them separately")
         owner = cls.anonymous(total, shared=shared)
-        windows: list[MmapRegion] = []
-        offset = 0
-        for size, span in zip(sizes, spans, strict=True):
-            windows.append(owner._window(offset, size))
-            offset += span
-        owner._windows = [weakref.ref(window) for window in windows]
+        windows = _cut_windows(owner, sizes, spans)
+        owner._windows = list(map(weakref.ref, windows))
         return windows
-
-    def _window(self, offset: int, size: int) -> MmapRegion:
-        """A mapping of `size` bytes at `offset` of this one (which stays its owner)."""
-        window = object.__new__(MmapRegion)
-        fix = object.__setattr__
-        fix(window, "mapping", self.mapping)
-        fix(window, "size", size)
-        fix(window, "read_only", self.read_only)
-        fix(window, "shared", self.shared)
-        fix(window, "fd", self.fd)
-        fix(window, "file_offset", self.file_offset + offset if self.file_offset else offset)
-        fix(window, "host_address", self.host_address + offset)
-        fix(window, "view", self.view[offset:offset + size])
-        fix(window, "offset", offset)
-        fix(window, "_base", self)  # the owner keeps its pin, finalizer and placements
-        return window
 
     @classmethod
     def memfd(cls, size: int, *, name: str = "guest-memory", sparse: bool = False) -> MmapRegion:
@@ -456,22 +471,18 @@ class MmapRegion:
         """
         self._close(None)
 
-    def _add_placement(self, region: GuestRegionMmap) -> None:
-        """Remember `region` (weakly) as placed on this mapping, at its owner: a close
-        finds every placement on the `mmap` there (call with the lock held)."""
+    def _add_placements(self, regions: list[GuestRegionMmap]) -> None:
+        """Remember `regions` (without keeping them alive) as placed on this mapping, at
+        its owner: a close finds every placement on the `mmap` there (call with the
+        lock held)."""
         owner = self if self._base is None else self._base
-        placements = owner._placements
-        if placements is None:
-            owner._placements = [weakref.ref(region)]
-            return
-        count = len(placements)
-        if count >= 16 and not count & (count - 1):  # forget the regions gone, now and then
-            placements[:] = [ref for ref in placements if ref() is not None]
-        placements.append(weakref.ref(region))
+        if owner._placements is None:
+            owner._placements = _Ledger()
+        owner._placements.add(regions)
 
     def _live_placements(self) -> list[GuestRegionMmap]:
         """The regions placed on this owner's `mmap` (on it or any of its windows)."""
-        return [region for ref in self._placements or () if (region := ref()) is not None]
+        return [] if self._placements is None else self._placements.live()
 
     def _members(self) -> list[MmapRegion]:
         """The mappings sharing this owner's `mmap`: its live windows, or itself."""
@@ -575,7 +586,7 @@ class GuestRegionMmap(GuestMemoryRegion):
         self._fill(start, _checked_span(start, size), size, mapping.read_only, mapping.view,
                    mapping.host_address, _NO_TYPED_VIEWS)
         object.__setattr__(self, "mapping", mapping)
-        mapping._add_placement(self)
+        mapping._add_placements([self])
 
     def _attach_view(self, view: memoryview) -> None:
         object.__setattr__(self, "buffer", view)
@@ -594,3 +605,103 @@ class GuestRegionMmap(GuestMemoryRegion):
     @property
     def kind(self) -> str:
         return "host-backed mmap region"
+
+
+def place_windows(windows: list[MmapRegion], starts: list[GuestAddress]
+                  ) -> tuple[list[GuestRegionMmap], bool] | None:
+    """`GuestRegionMmap.place_many(zip(windows, starts))` for the windows of one open
+    `anonymous_windows` batch, each placed once, with only the checks a user's start
+    needs made per region; and whether the regions come in ascending, non-overlapping
+    order. None, with nothing placed, if the windows are not one such batch or a start
+    needs `place_many`'s checks (which then give their errors)."""
+    owner = windows[0]._base if windows else None
+    if owner is None or len(starts) != len(windows) \
+            or set(map(type, windows)) != {MmapRegion} \
+            or not all(window._base is owner for window in windows):
+        return None
+    with lifetime_lock():
+        if owner.closed:
+            return None
+        placed = _place_fresh(windows, starts)
+        if placed is not None:
+            owner._add_placements(placed[0])
+    return placed
+
+
+def _cut_windows_pure(owner: MmapRegion, sizes: list[int], spans: list[int]
+                      ) -> list[MmapRegion]:
+    """The windows of `anonymous_windows`: a mapping of each (checked) size on `owner`'s,
+    each `span` (its size in whole pages) after the one before."""
+    new = object.__new__
+    fix = object.__setattr__
+    mapping, view, host_address = owner.mapping, owner.view, owner.host_address
+    read_only, shared, fd, file_offset = owner.read_only, owner.shared, owner.fd, \
+        owner.file_offset
+    windows: list[MmapRegion] = []
+    offset = 0
+    for size, span in zip(sizes, spans, strict=True):
+        window = new(MmapRegion)
+        fix(window, "mapping", mapping)
+        fix(window, "size", size)
+        fix(window, "read_only", read_only)
+        fix(window, "shared", shared)
+        fix(window, "fd", fd)
+        fix(window, "file_offset", file_offset + offset if file_offset else offset)
+        fix(window, "host_address", host_address + offset)
+        fix(window, "view", view[offset:offset + size])
+        fix(window, "offset", offset)
+        fix(window, "_base", owner)  # the owner keeps its pin, finalizer and placements
+        windows.append(window)
+        offset += span
+    return windows
+
+
+def _place_fresh_pure(windows: list[MmapRegion], starts: list[GuestAddress]
+                      ) -> tuple[list[GuestRegionMmap], bool] | None:
+    """The regions of `GuestRegionMmap._place_windows` (windows of one open batch, so
+    exact, open, each a 1-D byte view of its checked size) and whether they are in
+    ascending, non-overlapping order; None if a start is not a `GuestAddress` or its
+    region would pass 2**64."""
+    new = object.__new__
+    fix = object.__setattr__
+    regions: list[GuestRegionMmap] = []
+    ordered = True
+    previous_end = 0
+    for window, start in zip(windows, starts, strict=True):
+        if type(start) is not GuestAddress:
+            return None
+        start_value = start.raw_value()
+        size = window.size
+        end = start_value + size
+        if end > _ADDRESS_SPACE_END:
+            return None
+        if start_value < previous_end:
+            ordered = False
+        previous_end = end
+        region = new(GuestRegionMmap)
+        region._fill(start, start_value, size, window.read_only, window.view,
+                     window.host_address, _NO_TYPED_VIEWS)
+        fix(region, "mapping", window)
+        regions.append(region)
+    return regions, ordered
+
+
+_ADDRESS_SPACE_END: Final = 1 << 64
+"""One past the last guest address: where a region must end at the latest."""
+
+if compiled is None:
+    _Ledger: type[_WeakLedger] = _WeakLedger
+    _cut_windows = _cut_windows_pure
+    _place_fresh = _place_fresh_pure
+else:  # the same in C
+    _compiled = compiled
+    _Ledger = _compiled.Ledger
+
+    def _cut_windows(owner: MmapRegion, sizes: list[int], spans: list[int]
+                     ) -> list[MmapRegion]:
+        return _compiled.cut_windows(MmapRegion, owner, sizes, spans)  # type: ignore[no-any-return]
+
+    def _place_fresh(windows: list[MmapRegion], starts: list[GuestAddress]
+                     ) -> tuple[list[GuestRegionMmap], bool] | None:
+        return _compiled.place_windows(  # type: ignore[no-any-return]
+            GuestRegionMmap, MmapRegion, windows, starts, _NO_TYPED_VIEWS)

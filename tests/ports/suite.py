@@ -52,7 +52,7 @@ CORE: Final = (
     "tests/test_compiled_path.py", "tests/test_contract.py", "tests/test_region_lookup.py",
     # mmap flags (their values differ per architecture), files, windows
     "tests/test_mmap_backends.py", "tests/test_mmap_regions.py",
-    "tests/test_mapping_windows.py",
+    "tests/test_mapping_windows.py", "tests/test_bulk_build.py",
 )
 """The runtime suite's files where the architecture shows through (the ABI, the byte
 order, the atomics, the compiled path, the kernel's mmap flags): what CI runs on each

@@ -1,0 +1,336 @@
+"""The bulk one-mapping build (`from_ranges(..., one_mapping=True)`): its regions are made
+in one loop per batch (in C on the compiled path) and recorded in a ledger per mapping
+rather than a weak reference each. They must be indistinguishable from regions placed one
+by one (`GuestRegionMmap.place_many` over `MmapRegion.anonymous_windows`, the slow way),
+refuse what the slow way refuses, and close as windows do: never while any memory holds
+any region of the mapping, all together once nothing does.
+
+Scenarios that could unmap memory under a user run in a child process (a use after an
+unmap is a SIGSEGV), each with a control showing the close does happen. The suite runs
+on both paths, so every test here covers the path of its run.
+"""
+
+from __future__ import annotations
+
+import pickle
+import textwrap
+from typing import Any, Final
+
+import pytest
+from test_lifetimes import run_child
+
+from vm_memory import (
+    GuestAddress,
+    GuestMemoryError,
+    GuestMemoryMmap,
+    GuestRegionMmap,
+    MmapRegion,
+    RegionOverlap,
+)
+from vm_memory.region import _FIXED, is_region  # pyright: ignore[reportPrivateUsage]
+
+PAGE: Final = 4096
+STRIDE: Final = 0x10000
+
+SLOW_BUILD: Final = '''
+from vm_memory.mmap_memory import _ranges
+
+def slow_build(ranges):
+    """What from_ranges(one_mapping=True) did before the bulk build: one by one."""
+    ranges = list(_ranges(ranges))
+    windows = MmapRegion.anonymous_windows([size for _, size in ranges])
+    try:
+        return GuestMemoryMmap.from_regions(GuestRegionMmap.place_many(
+            (window, start) for window, (start, _) in zip(windows, ranges)))
+    except BaseException:
+        windows[0].close()
+        raise
+'''
+
+
+def _ranges(count: int, *, reverse: bool = False) -> list[tuple[GuestAddress, int]]:
+    indexes = range(count - 1, -1, -1) if reverse else range(count)
+    return [(GuestAddress(index * STRIDE), PAGE * (1 + index % 3)) for index in indexes]
+
+
+def _fields(region: GuestRegionMmap) -> dict[str, Any]:
+    """Everything a region is made of (the trusted fields, its mapping and dirty bitmap,
+    and the pure base's own field where it has one)."""
+    names = sorted(_FIXED | {"mapping", "dirty", "atomic_untracked_limit"})
+    return {name: getattr(region, name) for name in names if hasattr(region, name)}
+
+
+def _refusal(action: Any, *arguments: object) -> tuple[str, str]:
+    """The class and message of what `action(*arguments)` raises (it must raise)."""
+    with pytest.raises(Exception) as raised:
+        action(*arguments)
+    return type(raised.value).__name__, str(raised.value)
+
+
+# ---- Indistinguishable from the slow way -----------------------------------------------
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["ascending", "descending"])
+def test_a_bulk_region_is_the_region_placed_one_by_one(reverse: bool) -> None:
+    """Each region of the bulk build equals a region placed on the same window at the
+    same start the slow way, field by field (host pointers included), in repr, class,
+    admission and every refusal of a second construction, assignment or pickling."""
+    memory = GuestMemoryMmap.from_ranges(_ranges(40, reverse=reverse), one_mapping=True)
+    regions = memory.regions()
+    assert _fields(regions[0]) != _fields(regions[1]), "the control: fields tell apart"
+    assert [region.start_value for region in regions] == sorted(
+        index * STRIDE for index in range(40)), "sorted by start, whatever the input order"
+    for fast in regions:
+        slow = GuestRegionMmap(fast.mapping, fast.start)  # a second placement, slow way
+        assert type(fast) is GuestRegionMmap
+        assert type(slow) is GuestRegionMmap
+        assert _fields(fast) == _fields(slow)
+        assert fast.buffer is fast.mapping.view, "one view: the window's is the region's"
+        assert fast.mapping.size == fast.length == len(fast.mapping.view)
+        assert repr(fast) == repr(slow)
+        assert _refusal(pickle.dumps, fast) == _refusal(pickle.dumps, slow)
+        assert _refusal(GuestRegionMmap.__init__, fast, fast.mapping, fast.start) == \
+            _refusal(GuestRegionMmap.__init__, slow, slow.mapping, slow.start)
+        for name in sorted(GuestRegionMmap.fixed_attributes):
+            assert _refusal(setattr, fast, name, None) == _refusal(setattr, slow, name, None)
+        alone = GuestMemoryMmap([fast])  # admitted alone too, and reaches its bytes
+        alone.write_slice(fast.start, b"\x5a" * 8)
+        assert alone.read_bytes(fast.start, 8) == b"\x5a" * 8
+        assert bytes(slow.mapping.view[:8]) == b"\x5a" * 8, "the same bytes, placed twice"
+        assert is_region(fast)
+
+
+def test_a_bulk_window_is_the_window_cut_one_by_one() -> None:
+    """The windows under a bulk build are what `anonymous_windows` returns: neighbours on
+    the host, each exactly its size, sharing one owner."""
+    memory = GuestMemoryMmap.from_ranges(_ranges(12), one_mapping=True)
+    windows = [region.mapping for region in memory.regions()]
+    reference = MmapRegion.anonymous_windows([window.size for window in windows])
+    assert [(window.size, window.offset, window.file_offset, window.fd, window.read_only,
+             window.shared, len(window.view), window.host_address - windows[0].host_address)
+            for window in windows] == \
+        [(window.size, window.offset, window.file_offset, window.fd, window.read_only,
+          window.shared, len(window.view), window.host_address - reference[0].host_address)
+         for window in reference]
+    assert len({id(window.mapping) for window in windows}) == 1
+    assert [repr(window) for window in windows] == [repr(window) for window in reference]
+
+
+def test_subclasses_keep_their_own_admission_and_init() -> None:
+    """The bulk path skips per-region admission only for a class that admits as
+    GuestMemoryMmap does; a subclass's narrower `_admit` and its own `__init__` still run
+    (the control: the same ranges build where the subclass admits them)."""
+    class Narrow(GuestMemoryMmap):
+        __slots__ = ()
+
+        @classmethod
+        def _admit(cls, region: object) -> None:
+            super()._admit(region)
+            if isinstance(region, GuestRegionMmap) and region.start_value >= 2 * STRIDE:
+                raise RegionOverlap(region.start_value, region.length, 0, 0)
+
+    calls: list[int] = []
+
+    class Counted(GuestMemoryMmap):
+        __slots__ = ()
+
+        def __init__(self, regions: Any) -> None:
+            regions = list(regions)
+            calls.append(len(regions))
+            super().__init__(regions)
+
+    with pytest.raises(RegionOverlap):
+        Narrow.from_ranges(_ranges(3), one_mapping=True)
+    assert Narrow.from_ranges(_ranges(2), one_mapping=True).num_regions() == 2
+    assert type(Counted.from_ranges(_ranges(5), one_mapping=True)) is Counted
+    assert calls == [5]
+
+
+# ---- Refuses what the slow way refuses ----------------------------------------------------
+
+BAD_RANGES: Final[dict[str, str]] = {
+    "a start that is an int": "[(GuestAddress(0), PAGE), (0x10000, PAGE)]",
+    "the last region past 2**64":
+        "[(GuestAddress(0), PAGE), (GuestAddress(2**64 - PAGE + 1), PAGE)]",
+    "overlapping": "[(GuestAddress(0), 2 * PAGE), (GuestAddress(PAGE), PAGE)]",
+    "overlapping out of order":
+        "[(GuestAddress(0x20000), PAGE), (GuestAddress(0), PAGE), (GuestAddress(0x800), 1)]",
+    "a size of 0": "[(GuestAddress(0), PAGE), (GuestAddress(0x10000), 0)]",
+    "a size that is a str": "[(GuestAddress(0), PAGE), (GuestAddress(0x10000), '4096')]",
+    "a size that is a bool": "[(GuestAddress(0), PAGE), (GuestAddress(0x10000), True)]",
+    "a range that is a list": "[(GuestAddress(0), PAGE), [GuestAddress(0x10000), PAGE]]",
+    "a range of three": "[(GuestAddress(0), PAGE), (GuestAddress(0x10000), PAGE, None)]",
+    "ranges that are no iterable": "7",
+}
+
+
+@pytest.mark.parametrize("warm", [False, True], ids=["cold", "warm"])
+def test_the_bulk_build_refuses_what_the_slow_one_refuses(warm: bool) -> None:
+    """Each bad layout gets the same typed error (class and message) from the bulk build
+    as from the slow one and from a mapping per range, in a fresh interpreter whose first
+    build it is (cold) or after a build succeeded (warm); nothing stays mapped."""
+    results = run_child(SLOW_BUILD + textwrap.dedent(f'''
+        from vm_memory.errors import GuestMemoryError
+        bad = {{name: eval(text) for name, text in {BAD_RANGES!r}.items()}}
+        if {warm!r}:
+            GuestMemoryMmap.from_ranges([(GuestAddress(0), PAGE)] * 1 +
+                                        [(GuestAddress(0x10000), PAGE)], one_mapping=True)
+        made = []
+        original = MmapRegion.anonymous_windows
+        def spy(sizes, *, shared=False):
+            made.extend(original(sizes, shared=shared))
+            return made[-len(sizes):]
+        MmapRegion.anonymous_windows = staticmethod(spy)
+        for name, ranges in bad.items():
+            answers = {{}}
+            for how, build in (("bulk", lambda: GuestMemoryMmap.from_ranges(
+                                    ranges, one_mapping=True)),
+                               ("slow", lambda: slow_build(ranges)),
+                               ("alone", lambda: GuestMemoryMmap.from_ranges(ranges))):
+                answers[how] = outcome(build)
+            results[name] = answers
+        results["all_unmapped"] = all(window.closed for window in made)
+        results["windows_made"] = len(made)
+    '''))
+    assert results.pop("all_unmapped") is True
+    assert results.pop("windows_made") > 0, "the spy saw no windows: the control failed"
+    assert set(results) == set(BAD_RANGES)
+    for name, answers in results.items():
+        assert "raised" in answers["bulk"], (name, answers)
+        assert answers["bulk"] == answers["slow"], (name, answers)
+        assert answers["bulk"] == answers["alone"], (name, answers)
+        assert answers["bulk"]["raised"] in GUEST_MEMORY_ERRORS, (name, answers)
+
+
+def _subclasses(cls: type[Exception]) -> list[type[Exception]]:
+    """`cls` and every class below it."""
+    found = [cls]
+    for direct in cls.__subclasses__():
+        found.extend(_subclasses(direct))
+    return found
+
+
+GUEST_MEMORY_ERRORS: Final = {cls.__name__ for cls in _subclasses(GuestMemoryError)}
+
+
+# ---- Closes ------------------------------------------------------------------------------
+
+CLOSES: Final = '''
+def closes(build):
+    """Every step of a close's life on a 64-region layout, as observed."""
+    seen = {}
+    memory = build([(GuestAddress(index * 0x10000), PAGE) for index in range(64)])
+    regions = list(memory.regions())
+    memory.write_atomic(wide(8), 7)
+    memory.write_slice(GuestAddress(63 * 0x10000), b"end")
+    seen["after build"] = [outcome(regions[-1].close), outcome(regions[0].mapping.close)]
+    smaller = memory
+    for region in regions[1:33]:
+        smaller, _ = smaller.remove_region(region.start, PAGE)
+    seen["after removal"] = [outcome(regions[5].close), outcome(regions[50].close)]
+    del memory
+    gc.collect()
+    seen["after gc of the memory"] = [outcome(regions[5].close),
+                                      outcome(regions[5].mapping.close)]
+    seen["still works"] = [outcome(lambda: smaller.read_atomic(wide(8))),
+                           outcome(lambda: smaller.read_bytes(GuestAddress(63 * 0x10000), 3)
+                                   .decode())]
+    seen["open"] = [region.closed for region in regions].count(True)
+    exported = smaller.get_slice(GuestAddress(63 * 0x10000), 16).as_memoryview()
+    del smaller
+    gc.collect()
+    refused = outcome(regions[40].close)
+    seen["exported"] = [refused.get("raised"), [region.closed for region in regions].count(True)]
+    again = GuestMemoryMmap(regions[:2])  # a refused close gave every region a live view
+    seen["restored"] = outcome(lambda: again.read_atomic(wide(8)))
+    del again
+    exported.release()
+    del regions[2:30]  # some regions gone before the close: their ledger entries too
+    gc.collect()
+    seen["control"] = outcome(regions[-1].close)
+    seen["all closed"] = [region.closed for region in regions].count(False)
+    seen["detached"] = [(region.buffer, region.host_address) for region in regions
+                        ].count((None, None)) == len(regions)
+    seen["reuse"] = outcome(lambda: GuestMemoryMmap([regions[0]])).get("raised")
+    return seen
+'''
+
+
+def test_a_bulk_layout_closes_as_one_placed_one_by_one() -> None:
+    """A close is refused while any memory holds any region of the mapping — after the
+    build, after some were hot-unplugged, after the first memory was collected — and
+    while a buffer is exported (every region restored); once nothing holds any, any
+    close unmaps all and every region is detached. The bulk build and the slow one give
+    the same observations, and the control steps show the refusals are not a default."""
+    results = run_child(SLOW_BUILD + CLOSES + textwrap.dedent('''
+        results["bulk"] = closes(lambda ranges: GuestMemoryMmap.from_ranges(
+            ranges, one_mapping=True))
+        results["slow"] = closes(slow_build)
+    '''))
+    bulk = results["bulk"]
+    assert bulk == results["slow"]
+    assert [step["raised"] for step in bulk["after build"]] == ["RegionInUse"] * 2
+    assert [step["raised"] for step in bulk["after removal"]] == ["RegionInUse"] * 2
+    assert [step["raised"] for step in bulk["after gc of the memory"]] == ["RegionInUse"] * 2
+    assert bulk["still works"] == [{"value": 7}, {"value": "end"}]
+    assert bulk["open"] == 0
+    assert bulk["exported"] == ["RegionInUse", 0]
+    assert bulk["restored"] == {"value": 7}
+    assert bulk["control"] == {"value": None}, "the close happens once nothing holds any"
+    assert bulk["all closed"] == 0
+    assert bulk["detached"] is True
+    assert bulk["reuse"] == "MappingError"
+
+
+def test_the_ledger_forgets_regions_as_they_go() -> None:
+    """A mapping's ledger lists exactly its live placements through many placements,
+    collections and compactions (a dangling entry would be a crash: in a child)."""
+    results = run_child('''
+        memory = GuestMemoryMmap.from_ranges([(GuestAddress(0), PAGE),
+                                              (GuestAddress(0x10000), PAGE)], one_mapping=True)
+        window = memory.regions()[0].mapping
+        owner = window._base
+        kept = list(memory.regions())
+        counts = []
+        for round in range(6):
+            extra = [GuestRegionMmap(window, GuestAddress(0x100000 * (1 + index)))
+                     for index in range(37 * (round + 1))]
+            kept.extend(extra[::5])
+            del extra
+            gc.collect()
+            live = owner._live_placements()
+            counts.append([len(live), len(kept), all(any(region is mine for mine in kept)
+                                                     for region in live)])
+        del memory, live
+        gc.collect()
+        kept = kept[:3]
+        gc.collect()
+        counts.append([len(owner._live_placements()), len(kept), True])
+        results["counts"] = counts
+        results["close"] = outcome(window.close)
+        results["closed"] = [region.closed for region in kept]
+    ''')
+    assert all(live == kept and same for live, kept, same in results["counts"]), results
+    assert results["counts"][-1][0] == 3
+    assert results["close"] == {"value": None}
+    assert results["closed"] == [True, True, True]
+
+
+def test_the_compiled_ledger_refuses_what_it_cannot_record(compiled_path: Any) -> None:
+    """`Ledger.add` takes regions in no ledger yet (a region is placed once): anything
+    else is refused before any entry is made (the control: a fresh region is taken)."""
+    memory = GuestMemoryMmap.from_ranges([(GuestAddress(0), PAGE)])
+    placed = memory.regions()[0]
+    ledger = compiled_path.Ledger()
+    with pytest.raises(ValueError, match="no ledger"):
+        ledger.add([placed])
+    with pytest.raises(ValueError, match="no ledger"):
+        ledger.add([object()])
+    with pytest.raises(TypeError):
+        ledger.add((placed,))
+    assert ledger.live() == []
+    fresh = GuestRegionMmap.__new__(GuestRegionMmap)
+    ledger.add([fresh])
+    assert ledger.live() == [fresh]
+    del fresh
+    assert ledger.live() == []
