@@ -444,3 +444,84 @@ def test_one_change_allocates_about_the_same_at_any_size(
         assert large - small > GROWTH_BOUND, (small, large)
     else:
         assert large - small <= GROWTH_BOUND, (small, large)
+
+
+# ---- The private table calls refuse what would make a wrong table ------------------------
+
+HOSTILE_TABLE_CALLS = {
+    # case: (the call on `fresh` (a new memory made by __new__, one per case) or on `live`
+    # (a constructed memory), the error expected)
+    "changed, index negative": ("fresh._install_changed(live, -1, spare)", "ValueError"),
+    "changed, index past the end": ("fresh._install_changed(live, 9, spare)", "ValueError"),
+    "changed, index huge": ("fresh._install_changed(live, 1 << 70, spare)", "OverflowError"),
+    "changed, index not an int": ("fresh._install_changed(live, '0', spare)", "TypeError"),
+    "changed, unsorted": ("fresh._install_changed(live, 2, spare)", "ValueError"),
+    "changed, the region twice": ("fresh._install_changed(live, 1, held[0])", "ValueError"),
+    "changed, overlapping before": ("fresh._install_changed(live, 1, tail)", "ValueError"),
+    "changed, overlapping after": ("fresh._install_changed(live, 1, head)", "ValueError"),
+    "changed, not a region": ("fresh._install_changed(live, 1, 'region')", "TypeError"),
+    "changed, old not a memory": ("fresh._install_changed(held, 1, None)", "TypeError"),
+    "changed, old not installed": ("fresh._install_changed(blank, 0, spare)", "ValueError"),
+    "removed, index negative": ("fresh._install_changed(live, -1, None)", "ValueError"),
+    "removed, index past the end": ("fresh._install_changed(live, 3, None)", "ValueError"),
+    "changed, a live memory": ("live._install_changed(other, 0, None)", "AttributeError"),
+    "installed, a live memory": ("live._install((spare,))", "AttributeError"),
+    "installed, not a tuple": ("fresh._install(list(held))", "TypeError"),
+    "installed, unsorted": ("fresh._install(tuple(reversed(held)))", "TypeError"),
+    "installed, the region twice": ("fresh._install((held[0], held[0]))", "TypeError"),
+    "installed, overlapping": ("fresh._install((held[0], tail))", "TypeError"),
+    "installed, not regions": ("fresh._install((1, 2))", "TypeError"),
+}
+
+
+def test_private_table_calls_refuse_hostile_arguments() -> None:
+    """`_install` and `_install_changed` called directly with what no caller of theirs
+    passes (a wrong index, a foreign object, an unsorted or overlapping result, a
+    memory already installed): a typed error each, on both paths alike, never a crash
+    (a child process) nor a wrong table; the live memory keeps its regions, and the
+    memory the refused calls were made on still takes a valid change afterwards."""
+    cases = "\n".join(f"            {name!r}: {call!r}," for name, (call, _) in
+                      HOSTILE_TABLE_CALLS.items())
+    result = run_python_code('''
+        from vm_memory import DeviceRegion, GuestAddress, GuestMemory
+        class Device:
+            def read(self, offset, size): return bytes(size)
+            def write(self, offset, data): pass
+        device = Device()
+        def region(start, length):
+            return DeviceRegion(device, GuestAddress(start), length)
+        held = [region(0x1000, 0x1000), region(0x3000, 0x800), region(0x5000, 0x1000)]
+        live = GuestMemory(held)
+        other = GuestMemory([region(0x9000, 0x10)])
+        spare = region(0x100, 0x10)          # before every region of `live`
+        tail = region(0x1800, 0x100)         # inside held[0]
+        head = region(0x2000, 0x1001)        # into held[1]
+        blank = GuestMemory.__new__(GuestMemory)
+        CASES = {
+    ''' + cases + '''
+        }
+        reusable = True
+        for name, call in CASES.items():
+            fresh = GuestMemory.__new__(GuestMemory)
+            try:
+                eval(call)
+                print(name, "=> accepted")
+            except Exception as error:
+                print(name, "=>", type(error).__name__)
+            if call.startswith("fresh."):
+                try:   # the memory the refused call was made on: still a clean slate
+                    fresh._install_changed(live, 0, spare)
+                    reusable &= list(fresh.regions()) == [spare, *held] \
+                        and fresh.find_region(GuestAddress(0x10f)) is spare
+                except Exception:
+                    reusable = False
+        print("live memory kept its table:", list(live.regions()) == held
+              and all(live.find_region(r.start) is r for r in held))
+        print("valid change after each refusal:", reusable)
+    ''')
+    outcomes = dict(line.split(" => ") for line in result.stdout.splitlines()
+                    if " => " in line)
+    assert outcomes == {name: error for name, (_, error) in HOSTILE_TABLE_CALLS.items()}
+    assert result.returncode == 0, result.stderr
+    assert "live memory kept its table: True" in result.stdout
+    assert "valid change after each refusal: True" in result.stdout

@@ -2050,7 +2050,14 @@ check_not_installed(MemoryObject *self)
     return 0;
 }
 
-/* _install(regions): the table of a new memory (regions: a tuple, sorted, checked). */
+/* Whether `before` ends at or below the start of `after` (sorted, apart). */
+static inline int
+regions_apart(const RegionObject *before, const RegionObject *after)
+{
+    return before->start < after->start && before->length <= after->start - before->start;
+}
+
+/* _install(regions): the table of a new memory (regions: a tuple, sorted, apart). */
 static PyObject *
 memory_install(PyObject *op, PyObject *regions)
 {
@@ -2066,9 +2073,9 @@ memory_install(PyObject *op, PyObject *regions)
         PyObject *item = PyTuple_GetItem(regions, i);
         if (!PyObject_TypeCheck(item, RegionCoreType) ||
                 !(((RegionObject *)item)->flags & R_SET) ||
-                (i > 0 && ((RegionObject *)PyTuple_GetItem(regions, i - 1))->start >=
-                          ((RegionObject *)item)->start)) {
-            PyErr_SetString(PyExc_TypeError, "_install: sorted, constructed regions");
+                (i > 0 && !regions_apart((RegionObject *)PyTuple_GetItem(regions, i - 1),
+                                         (RegionObject *)item))) {
+            PyErr_SetString(PyExc_TypeError, "_install: sorted, non-overlapping, constructed regions");
             return NULL;
         }
     }
@@ -2190,8 +2197,8 @@ chunks_remove(MemoryObject *self, const MemoryObject *old, Py_ssize_t index)
 
 /* _install_changed(old, index, region): the table of `old` with `region` inserted at
  * `index`, or (region None) with the region at `index` removed; every part the change
- * does not touch shared with `old`. The caller has checked the change (overlaps, closed
- * regions); this checks only that it keeps the table sorted. */
+ * does not touch shared with `old`. The caller has checked the change (closed regions,
+ * admission); this checks again that it keeps the table sorted and without overlap. */
 static PyObject *
 memory_install_changed(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -2213,9 +2220,9 @@ memory_install_changed(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     if (!old->installed || index < 0 || index > old->count - (inserted ? 0 : 1) ||
-            (inserted && ((index > 0 && region_by_index(old, index - 1)->start >= region->start) ||
+            (inserted && ((index > 0 && !regions_apart(region_by_index(old, index - 1), region)) ||
                           (index < old->count &&
-                           region_by_index(old, index)->start <= region->start)))) {
+                           !regions_apart(region, region_by_index(old, index)))))) {
         PyErr_SetString(PyExc_ValueError, "_install_changed: the change does not fit");
         return NULL;
     }

@@ -83,6 +83,7 @@ from vm_memory.region_table import (
 from vm_memory.region_table import (
     Chunks,
     PageTable,
+    apart,
     build_chunks,
     build_pages,
     chunk_index,
@@ -91,6 +92,7 @@ from vm_memory.region_table import (
     chunks_removed,
     pages_inserted,
     pages_removed,
+    sorted_apart,
 )
 from vm_memory.stream_io import StreamSink, StreamSource, gather_write, scatter_read
 from vm_memory.volatile import VolatileSlice
@@ -317,9 +319,14 @@ class GuestMemory(_MemoryBase):
     # The lookup primitives. Pure-path versions; the compiled base replaces each.
 
     def _install(self, regions: tuple[GuestMemoryRegion, ...]) -> None:
-        """Set up the lookup for `regions` (sorted, checked), once."""
-        if hasattr(self, "_chunks"):  # `__init__` called again (as the compiled base says)
-            raise AttributeError("a memory's regions are fixed at construction")
+        """Set up the lookup for `regions` (sorted, checked), once (checked again here,
+        as the compiled base does: the table must never be wrong)."""
+        self._check_not_installed()
+        if not isinstance(regions, tuple):
+            raise TypeError("_install: a tuple of regions")
+        one_of_each_class = dict(zip(map(type, regions), regions, strict=True)).values()
+        if not all(map(is_region, one_of_each_class)) or not sorted_apart(regions):
+            raise TypeError("_install: sorted, non-overlapping, constructed regions")
         self._set_chunks(build_chunks(regions))
         self._pages = build_pages(regions)
         self._regions_made = regions
@@ -335,7 +342,23 @@ class GuestMemory(_MemoryBase):
                          region: GuestMemoryRegion | None) -> None:
         """Set up the lookup from `old`'s, with `region` inserted at `index` or (region
         None) `old`'s region at `index` removed, sharing every part the change does not
-        touch: work proportional to the change."""
+        touch: work proportional to the change. The caller has checked the change;
+        this checks again (as the compiled base does) that it fits `old`'s table."""
+        self._check_not_installed()
+        if not isinstance(old, GuestMemory):
+            raise TypeError("_install_changed(old, index, region)")
+        if not isinstance(index, int):
+            raise TypeError("an integer is required")
+        if region is not None and not is_region(region):
+            raise TypeError("_install_changed: a constructed region")
+        if not hasattr(old, "_chunks") \
+                or not 0 <= index <= old._count - (region is None) \
+                or (region is not None and (
+                    (index > 0 and not apart(old._nth_region(index - 1), region))
+                    or (index < old._count and not apart(region, old._nth_region(index))))):
+            if abs(index) >= 1 << 63:
+                raise OverflowError("Python int too large to convert to C ssize_t")
+            raise ValueError("_install_changed: the change does not fit")
         if region is not None:
             self._set_chunks(chunks_inserted(old._chunks, old._bases, old._count, index,
                                              region))
@@ -349,6 +372,11 @@ class GuestMemory(_MemoryBase):
                  if 0 <= near < self._count])
         self._regions_made = None
         self._last = _NO_REGION
+
+    def _check_not_installed(self) -> None:
+        """(Pure path) Refuse a second table: a memory's regions never change."""
+        if hasattr(self, "_chunks"):  # `__init__` called again (as the compiled base says)
+            raise AttributeError("a memory's regions are fixed at construction")
 
     def _page_guess(self, value: int) -> GuestMemoryRegion | None:
         """The region the page table names for `value`'s page, or None (for tests)."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections.abc import Sequence
 from itertools import accumulate
+from operator import attrgetter, le
 from typing import Final
 
 from vm_memory.region import GuestMemoryRegion
@@ -39,6 +40,9 @@ CHUNK_MIN: Final = 64
 PAGE_BUCKETS: Final = 251
 """The page table's dicts (a prime: strided regions spread over all of them)."""
 
+_START_VALUE: Final = attrgetter("start_value")
+_END_VALUE: Final = attrgetter("end_value")
+
 Chunks = tuple[tuple[GuestMemoryRegion, ...], ...]
 PageTable = tuple[dict[int, GuestMemoryRegion], ...]
 
@@ -51,6 +55,17 @@ def small_region_pages(region: GuestMemoryRegion) -> range:
     first = region.start_value >> LOOKUP_SHIFT
     last = (region.end_value - 1) >> LOOKUP_SHIFT
     return range(first, last + 1) if last - first < SMALL_REGION_SLOTS else range(0)
+
+
+def apart(before: GuestMemoryRegion, after: GuestMemoryRegion) -> bool:
+    """Whether `before` ends at or below the start of `after` (sorted, no overlap)."""
+    return before.start_value < after.start_value and before.end_value <= after.start_value
+
+
+def sorted_apart(regions: Sequence[GuestMemoryRegion]) -> bool:
+    """Whether each of `regions` ends at or below the start of the next (a region is
+    never empty, so they are sorted too)."""
+    return all(map(le, map(_END_VALUE, regions), map(_START_VALUE, regions[1:])))
 
 
 def build_chunks(regions: Sequence[GuestMemoryRegion]) -> Chunks:
