@@ -607,13 +607,16 @@ class GuestRegionMmap(GuestMemoryRegion):
         return "host-backed mmap region"
 
 
-def place_windows(windows: list[MmapRegion], starts: list[GuestAddress]
+def place_windows(windows: Iterable[MmapRegion], starts: Iterable[GuestAddress]
                   ) -> tuple[list[GuestRegionMmap], bool] | None:
     """`GuestRegionMmap.place_many(zip(windows, starts))` for the windows of one open
     `anonymous_windows` batch, each placed once, with only the checks a user's start
     needs made per region; and whether the regions come in ascending, non-overlapping
     order. None, with nothing placed, if the windows are not one such batch or a start
-    needs `place_many`'s checks (which then give their errors)."""
+    needs `place_many`'s checks (which then give their errors). Both are read once, into
+    tuples that are checked and then placed: a list changed meanwhile (by a finalizer
+    the collector runs, another thread) changes neither the check nor the placement."""
+    windows, starts = tuple(windows), tuple(starts)
     owner = windows[0]._base if windows else None
     if owner is None or len(starts) != len(windows) \
             or set(map(type, windows)) != {MmapRegion} \
@@ -656,7 +659,7 @@ def _cut_windows_pure(owner: MmapRegion, sizes: list[int], spans: list[int]
     return windows
 
 
-def _place_fresh_pure(windows: list[MmapRegion], starts: list[GuestAddress]
+def _place_fresh_pure(windows: Sequence[MmapRegion], starts: Sequence[GuestAddress]
                       ) -> tuple[list[GuestRegionMmap], bool] | None:
     """The regions of `GuestRegionMmap._place_windows` (windows of one open batch, so
     exact, open, each a 1-D byte view of its checked size) and whether they are in
@@ -701,7 +704,7 @@ else:  # the same in C
                      ) -> list[MmapRegion]:
         return _compiled.cut_windows(MmapRegion, owner, sizes, spans)  # type: ignore[no-any-return]
 
-    def _place_fresh(windows: list[MmapRegion], starts: list[GuestAddress]
+    def _place_fresh(windows: Sequence[MmapRegion], starts: Sequence[GuestAddress]
                      ) -> tuple[list[GuestRegionMmap], bool] | None:
         return _compiled.place_windows(  # type: ignore[no-any-return]
             GuestRegionMmap, MmapRegion, windows, starts, _NO_TYPED_VIEWS)
