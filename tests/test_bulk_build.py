@@ -549,3 +549,23 @@ def test_a_build_leaves_the_collector_as_the_caller_left_it() -> None:
                                                              [True, True, False]]
     assert results["collections during"] <= 1
     assert results["collections outside"] >= 10
+
+
+@pytest.mark.parametrize(("sizes", "spans"), [
+    ([PAGE, 1000 * PAGE], [PAGE, PAGE]),   # past the owner's end
+    ([PAGE], [4 * PAGE]),                  # a span past the end
+    ([0], [PAGE]), ([-5], [PAGE]),          # nothing, or less
+    ([2 * PAGE, PAGE], [PAGE, PAGE]),       # overlapping the next
+], ids=["size past the end", "span past the end", "size 0", "size negative", "overlap"])
+def test_the_compiled_cutter_refuses_a_window_outside_its_owner(
+        compiled_path: Any, sizes: list[int], spans: list[int]) -> None:
+    """`cut_windows` (the C loop under `anonymous_windows`) makes only windows inside
+    their owner's mapping: a window's size is what a placement's length and the raw
+    pointer paths trust, and the public `GuestRegionMmap` takes any window. The control:
+    windows that fit, up to the owner's last byte, are cut."""
+    owner = MmapRegion.anonymous(3 * PAGE)
+    with pytest.raises(SystemError, match="outside its owner"):
+        compiled_path.cut_windows(MmapRegion, owner, sizes, spans)
+    fitting = compiled_path.cut_windows(MmapRegion, owner, [PAGE, 1, PAGE], [PAGE] * 3)
+    assert [(window.size, len(window.view), window.offset) for window in fitting] == \
+        [(PAGE, PAGE, 0), (1, 1, PAGE), (PAGE, PAGE, 2 * PAGE)]

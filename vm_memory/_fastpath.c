@@ -1300,7 +1300,9 @@ bulk_snapshot(PyObject *first, PyObject *second, PyObject **tuples, const char *
 }
 
 /* cut_windows(MmapRegion, owner, sizes, spans, /): `_cut_windows_pure(owner, sizes,
- * spans)` (sizes checked, spans their whole pages, all inside the owner's mapping). */
+ * spans)` (sizes checked, spans their whole pages, all inside the owner's mapping). A
+ * window not inside the owner's mapping, or overlapping the next, is refused (a
+ * SystemError): its size is what placements and the raw-pointer paths trust. */
 static PyObject *
 module_cut_windows(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -1329,14 +1331,19 @@ module_cut_windows(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     uint64_t host = ok ? PyLong_AsUnsignedLongLong(owned[W_HOST_ADDRESS]) : 0;
     int file_offset_set = ok && !PyErr_Occurred() ? PyObject_IsTrue(owned[W_FILE_OFFSET]) : -1;
+    Py_ssize_t owner_size = file_offset_set >= 0 ? PyLong_AsSsize_t(owned[W_SIZE]) : -1;
     Py_ssize_t count = PyTuple_Size(sizes);
-    PyObject *windows = file_offset_set >= 0 ? PyList_New(count) : NULL;
+    if (owner_size < 0 && !PyErr_Occurred())
+        PyErr_SetString(PyExc_SystemError, "cut_windows: an owner of negative size");
+    PyObject *windows = owner_size >= 0 ? PyList_New(count) : NULL;
     allocfunc alloc = (allocfunc)PyType_GetSlot(type, Py_tp_alloc);
     Py_ssize_t offset = 0;
     for (Py_ssize_t index = 0; windows != NULL && index < count; index++) {
         PyObject *size = PyTuple_GetItem(sizes, index);
         Py_ssize_t length = PyLong_AsSsize_t(size);
         Py_ssize_t span = PyLong_AsSsize_t(PyTuple_GetItem(spans, index));
+        if (!PyErr_Occurred() && (length <= 0 || span < length || span > owner_size - offset))
+            PyErr_SetString(PyExc_SystemError, "cut_windows: a window outside its owner");
         PyObject *window = PyErr_Occurred() ? NULL :
             cut_window(type, alloc, descriptors, owned, host, file_offset_set, size, length,
                        offset);
