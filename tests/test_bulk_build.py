@@ -569,3 +569,34 @@ def test_the_compiled_cutter_refuses_a_window_outside_its_owner(
     fitting = compiled_path.cut_windows(MmapRegion, owner, [PAGE, 1, PAGE], [PAGE] * 3)
     assert [(window.size, len(window.view), window.offset) for window in fitting] == \
         [(PAGE, PAGE, 0), (1, 1, PAGE), (PAGE, PAGE, 2 * PAGE)]
+
+
+def test_an_interrupt_as_the_pause_begins_leaves_the_collector_as_it_was() -> None:
+    """A KeyboardInterrupt raised just as the pause takes effect (here by a profiler
+    hook as `gc.set_threshold` returns, where a signal handler's could land) propagates,
+    and the collector's thresholds are as before and nothing stays mapped. The control:
+    the hook does fire inside the build."""
+    results = run_child('''
+        import mmap
+        original = gc.get_threshold()
+        fired = []
+        def interrupt(frame, event, argument):
+            if event == "c_return" and argument is gc.set_threshold and not fired:
+                fired.append(frame.f_code.co_name)
+                raise KeyboardInterrupt
+        maps_before = open("/proc/self/maps").read().count("\\n")
+        sys.setprofile(interrupt)
+        try:
+            GuestMemoryMmap.from_ranges([(GuestAddress(0), PAGE), (GuestAddress(0x10000), PAGE)],
+                                        one_mapping=True)
+            results["raised"] = None
+        except KeyboardInterrupt:
+            results["raised"] = "KeyboardInterrupt"
+        finally:
+            sys.setprofile(None)
+        results["fired in"] = fired
+        results["thresholds kept"] = gc.get_threshold() == original
+        results["mappings"] = open("/proc/self/maps").read().count("\\n") - maps_before
+    ''')
+    assert results == {"raised": "KeyboardInterrupt", "fired in": ["_collector_paused"],
+                       "thresholds kept": True, "mappings": 0}

@@ -175,8 +175,8 @@ def _collector_paused() -> Generator[None, None, None]:
         yield
         return
     paused = (_PAUSED_THRESHOLD, *before[1:])
-    gc.set_threshold(*paused)
-    try:
+    try:  # set inside: an exception raised as it returns (a signal's) still restores
+        gc.set_threshold(*paused)
         yield
     finally:
         if gc.get_threshold() == paused:
