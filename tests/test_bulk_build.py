@@ -166,6 +166,28 @@ def test_a_subclass_from_regions_still_makes_the_memory() -> None:
     assert calls == [4, 3]
 
 
+def test_a_subclass_with_its_own_new_is_made_through_it() -> None:
+    """A subclass whose `__new__` takes the regions (as `cls(regions)` passes them) is
+    made through it by the bulk build and by hot-plug, as by the build one by one (the
+    shortcut that makes an object with `cls.__new__(cls)` is not for it). The control:
+    the build of a mapping per range."""
+    made: list[str] = []
+
+    class Tagged(GuestMemoryMmap):
+        __slots__ = ()
+
+        def __new__(cls, regions: Any) -> Tagged:
+            made.append(cls.__name__)
+            return super().__new__(cls)
+
+    assert type(Tagged.from_ranges(_ranges(2))) is Tagged
+    memory = Tagged.from_ranges(_ranges(3), one_mapping=True)
+    assert type(memory) is Tagged
+    smaller, _ = memory.remove_region(GuestAddress(0), PAGE)
+    assert type(smaller) is Tagged and smaller.num_regions() == 2
+    assert made == ["Tagged"] * 3
+
+
 # ---- Refuses what the slow way refuses ----------------------------------------------------
 
 BAD_RANGES: Final[dict[str, str]] = {
