@@ -622,3 +622,35 @@ def test_an_interrupt_as_the_pause_begins_leaves_the_collector_as_it_was() -> No
     ''')
     assert results == {"raised": "KeyboardInterrupt", "fired in": ["_collector_paused"],
                        "thresholds kept": True, "mappings": 0}
+
+
+def test_a_subclass_cannot_choose_the_host_address_of_its_windows() -> None:
+    """`anonymous_windows` called on an `MmapRegion` subclass whose `host_address` is a
+    property (storing the real one, answering another) makes exact windows of an exact
+    owner: their host addresses are where their bytes are, and an atomic through a
+    region placed on one reads what was written (before, the windows copied the
+    property's address and that atomic was a SIGSEGV, on both paths). The control: the
+    subclass's own mapping does answer the forged address."""
+    results = run_child('''
+        from vm_memory.buffers import buffer_address
+        class Liar(MmapRegion):
+            __slots__ = ()
+            @property
+            def host_address(self):
+                return 0x10
+            @host_address.setter
+            def host_address(self, value):
+                MmapRegion.host_address.__set__(self, value)
+        results["control"] = Liar.anonymous(PAGE).host_address
+        windows = Liar.anonymous_windows([PAGE, PAGE])
+        results["types"] = sorted({type(window).__name__ for window in windows} |
+                                  {type(windows[0]._base).__name__})
+        results["addresses true"] = [window.host_address == buffer_address(window.view)
+                                     for window in windows]
+        memory = GuestMemoryMmap.from_regions(GuestRegionMmap.place_many(
+            zip(windows, [GuestAddress(0), GuestAddress(0x10000)])))
+        memory.write_slice(GuestAddress(0x10000), (7).to_bytes(8, "little"))
+        results["read"] = memory.read_atomic(u64(0x10000))
+    ''')
+    assert results == {"control": 0x10, "types": ["MmapRegion"],
+                       "addresses true": [True, True], "read": 7}

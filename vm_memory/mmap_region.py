@@ -346,7 +346,8 @@ class MmapRegion:
         Each window is a mapping of exactly its size (its `view`, `host_address` and
         placements cover its bytes only); they share their lifetime: closing any one
         unmaps them all, and is refused while any memory object holds a region placed on
-        any of them.
+        any of them. The windows, and the mapping they share, are exact `MmapRegion`s
+        even when called on a subclass (whose fields a placement could not trust).
         """
         sizes = _checked_sizes(sizes)
         if not sizes:
@@ -356,7 +357,9 @@ class MmapRegion:
         if total > MAX_MAPPING_SIZE:
             raise InvalidRange(0, total, "the windows together exceed the largest mapping; "
                                          "map them separately")
-        owner = cls.anonymous(total, shared=shared)
+        # The owner is exact: the windows (exact too) copy its fields, which a subclass's
+        # properties would otherwise choose (the host address the raw-pointer paths use).
+        owner = MmapRegion.anonymous(total, shared=shared)
         windows = _cut_windows(owner, sizes, spans)
         owner._windows = list(map(weakref.ref, windows))
         return windows
