@@ -593,64 +593,57 @@ def test_the_compiled_cutter_refuses_a_window_outside_its_owner(
         [(PAGE, PAGE, 0), (1, 1, PAGE), (PAGE, PAGE, 2 * PAGE)]
 
 
+INTERRUPTED: Final = '''
+def interrupted_build(at, one_mapping=True):
+    """What a two-range `from_ranges` raises when a profiler hook raises a
+    KeyboardInterrupt at the first event where `at(frame, event, argument)` holds (where a
+    signal handler's could land), where that was, and how many mappings it left."""
+    fired = []
+    def interrupt(frame, event, argument):
+        if not fired and at(frame, event, argument):
+            fired.append(frame.f_code.co_name)
+            raise KeyboardInterrupt
+    maps_before = open("/proc/self/maps").read().count("\\n")
+    sys.setprofile(interrupt)
+    try:
+        GuestMemoryMmap.from_ranges([(GuestAddress(0), PAGE), (GuestAddress(0x10000), PAGE)],
+                                    one_mapping=one_mapping)
+        raised = None
+    except BaseException as error:
+        raised = type(error).__name__
+        del error
+    finally:
+        sys.setprofile(None)
+    gc.collect()
+    return {"raised": raised, "fired in": fired,
+            "mappings": open("/proc/self/maps").read().count("\\n") - maps_before}
+'''
+
+
 def test_an_interrupt_as_the_pause_begins_leaves_the_collector_as_it_was() -> None:
-    """A KeyboardInterrupt raised just as the pause takes effect (here by a profiler
-    hook as `gc.set_threshold` returns, where a signal handler's could land) propagates,
-    and the collector's thresholds are as before and nothing stays mapped. The control:
-    the hook does fire inside the build."""
-    results = run_child('''
-        import mmap
+    """A KeyboardInterrupt raised just as the pause takes effect (as `gc.set_threshold`
+    returns) propagates, and the collector's thresholds are as before and nothing stays
+    mapped. The control: the hook does fire inside the pause."""
+    results = run_child(INTERRUPTED + textwrap.dedent('''
         original = gc.get_threshold()
-        fired = []
-        def interrupt(frame, event, argument):
-            if event == "c_return" and argument is gc.set_threshold and not fired:
-                fired.append(frame.f_code.co_name)
-                raise KeyboardInterrupt
-        maps_before = open("/proc/self/maps").read().count("\\n")
-        sys.setprofile(interrupt)
-        try:
-            GuestMemoryMmap.from_ranges([(GuestAddress(0), PAGE), (GuestAddress(0x10000), PAGE)],
-                                        one_mapping=True)
-            results["raised"] = None
-        except KeyboardInterrupt:
-            results["raised"] = "KeyboardInterrupt"
-        finally:
-            sys.setprofile(None)
-        results["fired in"] = fired
+        results.update(interrupted_build(lambda frame, event, argument:
+                                         event == "c_return" and argument is gc.set_threshold))
         results["thresholds kept"] = gc.get_threshold() == original
-        results["mappings"] = open("/proc/self/maps").read().count("\\n") - maps_before
-    ''')
+    '''))
     assert results == {"raised": "KeyboardInterrupt", "fired in": ["_collector_paused"],
                        "thresholds kept": True, "mappings": 0}
 
 
-def test_a_subclass_cannot_choose_the_host_address_of_its_windows() -> None:
-    """`anonymous_windows` called on an `MmapRegion` subclass whose `host_address` is a
-    property (storing the real one, answering another) makes exact windows of an exact
-    owner: their host addresses are where their bytes are, and an atomic through a
-    region placed on one reads what was written (before, the windows copied the
-    property's address and that atomic was a SIGSEGV, on both paths). The control: the
-    subclass's own mapping does answer the forged address."""
-    results = run_child('''
-        from vm_memory.buffers import buffer_address
-        class Liar(MmapRegion):
-            __slots__ = ()
-            @property
-            def host_address(self):
-                return 0x10
-            @host_address.setter
-            def host_address(self, value):
-                MmapRegion.host_address.__set__(self, value)
-        results["control"] = Liar.anonymous(PAGE).host_address
-        windows = Liar.anonymous_windows([PAGE, PAGE])
-        results["types"] = sorted({type(window).__name__ for window in windows} |
-                                  {type(windows[0]._base).__name__})
-        results["addresses true"] = [window.host_address == buffer_address(window.view)
-                                     for window in windows]
-        memory = GuestMemoryMmap.from_regions(GuestRegionMmap.place_many(
-            zip(windows, [GuestAddress(0), GuestAddress(0x10000)])))
-        memory.write_slice(GuestAddress(0x10000), (7).to_bytes(8, "little"))
-        results["read"] = memory.read_atomic(u64(0x10000))
-    ''')
-    assert results == {"control": 0x10, "types": ["MmapRegion"],
-                       "addresses true": [True, True], "read": 7}
+@pytest.mark.parametrize("one_mapping", [True, False], ids=["one mapping", "a mapping each"])
+def test_an_interrupt_as_the_memory_is_made_is_what_the_caller_sees(one_mapping: bool) -> None:
+    """A KeyboardInterrupt raised once the new memory holds its regions (as its
+    registration returns) is what the build raises: the cleanup's close, refused because
+    that memory holds them, does not replace it; the mappings go with that memory. The
+    control: the hook fired in the registration of this build."""
+    results = run_child(INTERRUPTED + textwrap.dedent(f'''
+        import vm_memory.lifetime as lifetime
+        results.update(interrupted_build(
+            lambda frame, event, argument: event == "return"
+            and frame.f_code is lifetime.register.__code__, one_mapping={one_mapping!r}))
+    '''))
+    assert results == {"raised": "KeyboardInterrupt", "fired in": ["register"], "mappings": 0}

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Generator, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any, Final, cast
 
 from vm_memory.address import GuestAddress
-from vm_memory.errors import InvalidArgumentType, MappingError, NoMemoryRegion
+from vm_memory.errors import InvalidArgumentType, MappingError, NoMemoryRegion, RegionInUse
 from vm_memory.guest_memory import GuestMemory, sorted_without_overlap
 from vm_memory.lifetime import lifetime_lock, register
 from vm_memory.mmap_region import FileOffset, GuestRegionMmap, MmapRegion, place_windows
@@ -59,7 +59,7 @@ class GuestMemoryMmap(GuestMemory):
             try:
                 return cls._from_windows(windows, [start for start, _ in items])
             except BaseException:
-                windows[0].close()  # all of them: unmapped now, not left to the collector
+                _unmap_now([windows[0]])  # all of them
                 raise
 
     @classmethod
@@ -137,8 +137,7 @@ class GuestMemoryMmap(GuestMemory):
                 regions.append(region)
             return cls.from_regions(regions)
         except BaseException:
-            for region in regions:
-                region.close()
+            _unmap_now(regions)
             raise
 
     def regions(self) -> Sequence[GuestRegionMmap]:
@@ -150,6 +149,16 @@ class GuestMemoryMmap(GuestMemory):
         return cast("GuestRegionMmap | None", super().find_region(address))
 
 
+
+
+def _unmap_now(mappings: Iterable[MmapRegion | GuestRegionMmap]) -> None:
+    """Close each of a failed build's `mappings` now rather than leave them to the
+    collector; one the build's memory already holds (an exception raised as it was
+    being returned: a signal handler's) is refused and goes with that memory, and the
+    refusal must not replace the exception that stopped the build."""
+    for mapping in mappings:
+        with suppress(RegionInUse):
+            mapping.close()
 
 
 def _defined_by(cls: type[GuestMemory], name: str) -> type:
