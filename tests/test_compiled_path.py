@@ -222,8 +222,13 @@ def test_half_built_core_objects_cannot_exist(compiled_path: Any) -> None:
     fresh = GuestMemory.__new__(GuestMemory)
     with pytest.raises(TypeError):
         fresh._install((compiled_path.RegionCore(),))  # pyright: ignore[reportPrivateUsage]
-    with pytest.raises(ValueError, match="does not fit"):
-        fresh._install_changed(memory, (), 5, True)  # pyright: ignore[reportPrivateUsage]
+    with pytest.raises(ValueError, match="does not fit"):  # no region 5 to remove
+        fresh._install_changed(memory, 5, None)  # pyright: ignore[reportPrivateUsage]
+    same_start = memory.regions()[0]
+    with pytest.raises(ValueError, match="does not fit"):  # it would not stay sorted
+        fresh._install_changed(memory, 1, same_start)  # pyright: ignore[reportPrivateUsage]
+    with pytest.raises(TypeError):
+        fresh._install_changed(memory, 0, object())  # type: ignore[arg-type]  # pyright: ignore[reportPrivateUsage, reportArgumentType]
     assert fresh.regions() == ()
     assert fresh.read_bytes(GuestAddress(0), 0) == b""
 

@@ -14,10 +14,11 @@
  * the method, which stays the single source of truth for errors.
  *
  * Lifetimes: every C method runs with the GIL held and runs no Python code between
- * reading a host pointer and using it. A memory object's table copies its regions'
- * host pointers; a mapping can only be unmapped while no memory object holds it
- * (vm_memory/lifetime.py), and any change of a region's host memory after its
- * construction bumps a global epoch, so a table refreshes its copy before its next use.
+ * reading a host pointer and using it. A memory object's table holds its regions (in
+ * chunks shared between snapshots) and reads each one's host pointer from the region
+ * itself; a mapping can only be unmapped while no memory object holds it
+ * (vm_memory/lifetime.py), and a region's host memory changing after its construction
+ * (a close) is seen by the next lookup.
  *
  * Stable ABI: built with Py_LIMITED_API for 3.11 (METH_FASTCALL is limited since 3.10).
  * Portable C11 with GCC/Clang __atomic builtins; a width the compiler cannot do lock-free
@@ -112,7 +113,7 @@ static PyObject *type_infos;               /* dict: ctype -> TypeInfo (successes
 static PyObject *orderings[6];
 
 /* Bumped whenever a region's host memory changes after construction (a close, or a
- * refused close that restores the view): tables copied before refresh on next use. */
+ * refused close that restores the view): what `host_epoch()` reports. */
 static uint64_t host_epoch = 1;
 
 #define O_RELAXED 0
@@ -939,7 +940,7 @@ derive_fields(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
     Py_XDECREF(delta);
     if (failed)
         return NULL;
-    if (self->flags & R_SET)   /* a change after construction: tables must refresh */
+    if (self->flags & R_SET)   /* a change after construction */
         host_epoch++;
     self->start = start;
     self->length = length;
@@ -1451,339 +1452,604 @@ module_place_windows(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 
 /* ---- GuestMemory: the region table and the hot methods ------------------------------- */
 
+/* The region table is persistent: a hot-plug change makes a new memory object that
+ * shares every part of the old one's table it does not change, so an insert or a remove
+ * costs work proportional to the change (one chunk of regions, the bucket of each page it
+ * touches, and the two small indexes over them), not to the number of regions. Every
+ * shared part is immutable once a memory object refers to it; a change copies what it
+ * changes first. The old memory object stays valid and unchanged for whoever holds it.
+ *
+ * - Regions: sorted, in chunks (ChunkObject) of at most CHUNK_MAX, each a GC-tracked
+ *   object owning its regions; a memory object owns a reference to each of its chunks and
+ *   an index over them (the chunks, their first starts, the index of each one's first
+ *   region).
+ * - Page table: page number -> a small region on that page (a guess, checked at each
+ *   use), an extendible hash: a directory (each memory object's own) of buckets shared
+ *   between memory objects, each bucket a small open-addressing table. A change copies
+ *   the directory and the buckets it changes; a full bucket splits on its own.
+ *
+ * Lookups read a region's fields (start, length, host, flags) from the region object
+ * itself, so a region's host memory changing after construction (a close) is seen at
+ * once; nothing is cached per table. The last region hit and the page table's slots
+ * point at regions this memory object holds (its chunks own them). */
+
 typedef struct {
     uint64_t start;
-    uint64_t length;
-    char *host;
-    unsigned flags;
-    RegionObject *region;   /* borrowed: the memory's regions tuple owns it */
+    RegionObject *region;   /* strong: the chunk owns it */
 } Entry;
+
+typedef struct {
+    PyObject_VAR_HEAD       /* ob_size: how many entries */
+    Entry entries[1];
+} ChunkObject;
+
+static PyTypeObject *ChunkType;
+
+#define CHUNK_MAX 256        /* a chunk never holds more (an insert into a full one splits it) */
+#define CHUNK_BUILD 128      /* a new memory's chunks: room to grow before splitting */
+#define CHUNK_MIN 64         /* a smaller chunk merges with a neighbour where they fit */
+
+static inline Py_ssize_t
+chunk_size(const ChunkObject *chunk)
+{
+    return chunk->ob_base.ob_size;
+}
+
+static int
+chunk_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    ChunkObject *chunk = (ChunkObject *)op;
+    for (Py_ssize_t i = 0; i < chunk_size(chunk); i++)
+        Py_VISIT((PyObject *)chunk->entries[i].region);
+    Py_VISIT(Py_TYPE(op));
+    return 0;
+}
+
+static void
+chunk_dealloc(PyObject *op)
+{
+    ChunkObject *chunk = (ChunkObject *)op;
+    PyObject_GC_UnTrack(op);
+    for (Py_ssize_t i = 0; i < chunk_size(chunk); i++)
+        Py_CLEAR(chunk->entries[i].region);
+    type_dealloc_tail(op);
+}
+
+/* No tp_clear: a chunk is immutable; a cycle through it goes through a memory object,
+ * whose tp_clear lets go of its chunks. */
+static PyType_Slot chunk_slots[] = {
+    {Py_tp_dealloc, chunk_dealloc},
+    {Py_tp_traverse, chunk_traverse},
+    {Py_tp_doc, "A run of a region table's regions, shared by the memory objects holding it."},
+    {0, NULL},
+};
+
+static PyType_Spec chunk_spec = {
+    "vm_memory._fastpath.RegionChunk", offsetof(ChunkObject, entries), sizeof(Entry),
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_DISALLOW_INSTANTIATION, chunk_slots,
+};
+
+/* A new chunk of `count` regions (new references taken), or NULL with MemoryError. */
+static ChunkObject *
+chunk_of(RegionObject *const *regions, Py_ssize_t count)
+{
+    allocfunc alloc = (allocfunc)PyType_GetSlot(ChunkType, Py_tp_alloc);
+    ChunkObject *chunk = (ChunkObject *)alloc(ChunkType, count);   /* zeroed, tracked */
+    if (chunk == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        Py_INCREF((PyObject *)regions[i]);
+        chunk->entries[i].start = regions[i]->start;
+        chunk->entries[i].region = regions[i];
+    }
+    return chunk;
+}
 
 /* The page table's granularity and the regions it holds: the pure path's (_LOOKUP_SHIFT
  * and _SMALL_REGION_SLOTS in vm_memory/guest_memory.py). */
 #define PAGE_SHIFT 12
 #define SMALL_REGION_PAGES 16
-#define PAGE_TABLE_MIN_BITS 4
+#define BUCKET_MIN_BITS 3    /* a new bucket's slots: 8 */
+#define BUCKET_MAX_BITS 9    /* a bucket this big splits rather than grows ... */
+#define DEPTH_MAX 24         /* ... unless the directory would pass 2**24 slots */
+#define FIBONACCI 0x9E3779B97F4A7C15ull
 
-/* 8 bytes a slot: a copy made at each hot-plug costs little (fresh memory page faults
- * dominate it). The key is the page number's low 32 bits: pages 16 TiB apart share a key,
- * and one of them then goes to the binary search (every guess is checked anyway). */
 typedef struct {
-    uint32_t key;           /* (uint32_t)page */
-    uint32_t entry;         /* index + 1 of an entry whose region is on the page; 0: empty */
+    uint64_t page;
+    RegionObject *region;   /* borrowed (a region of every memory naming the bucket); NULL: empty */
 } PageSlot;
+
+/* Pages whose hashes share their top `depth` bits; a slot's home is the hash's next
+ * `bits` bits. Immutable while more directory slots name it than this memory's own. */
+typedef struct {
+    unsigned depth;
+    unsigned home_shift;    /* 64 - bits */
+    size_t mask;            /* slots - 1 */
+    unsigned bits;
+    size_t used;
+    Py_ssize_t refs;        /* directory slots naming it, over every memory object */
+    PageSlot slots[];
+} Bucket;
 
 typedef struct {
     PyObject_HEAD
-    PyObject *regions;      /* tuple of regions, sorted; NULL until installed */
-    Entry *entries;
-    uint64_t *starts;
-    Py_ssize_t count;
-    Py_ssize_t last;        /* index of the last entry hit */
-    uint64_t epoch;
-    /* A hash table (open addressing, linear probing) from page number to an entry of a
-     * small region on that page: a guess, checked against the entry's bounds at each
-     * use. Contiguous, like the entries: a lookup touches two cache lines, not a region
-     * object somewhere in the heap. */
-    PageSlot *pages;        /* NULL: no small region */
-    size_t page_mask;       /* slots - 1; slots is a power of two */
-    unsigned page_bits;     /* log2(slots) */
-    size_t page_used;       /* occupied slots, kept at most half of them */
+    RegionObject *last;     /* the region the last lookup hit (borrowed), or NULL */
+    Bucket **directory;     /* 2**directory_bits buckets; NULL: no small region yet */
+    unsigned directory_shift;   /* 63 - directory_bits */
+    unsigned directory_bits;
+    Py_ssize_t count;       /* regions */
+    Py_ssize_t chunk_count;
+    ChunkObject **chunks;   /* strong; one allocation holds chunks, firsts and bases */
+    uint64_t *firsts;       /* firsts[k]: the start of chunk k's first region */
+    Py_ssize_t *bases;      /* bases[k]: the index of chunk k's first region */
+    PyObject *regions;      /* the regions as a tuple, made on first use; or NULL */
+    int installed;
 } MemoryObject;
 
 static PyTypeObject *MemoryCoreType;
 
-static void
-refresh(MemoryObject *self)
+static inline uint64_t
+page_hash(uint64_t page)
 {
-    for (Py_ssize_t i = 0; i < self->count; i++) {
-        Entry *entry = &self->entries[i];
-        entry->host = entry->region->host;
-        entry->flags = entry->region->flags;
-    }
-    self->epoch = host_epoch;
+    return page * FIBONACCI;   /* Fibonacci hashing: strided pages spread evenly */
 }
 
-/* Index of the last entry whose start is <= value, or -1. Branch-free halving (the
- * comparison becomes a conditional move): alternating between regions then costs no
- * mispredicted branch per step. */
-static inline Py_ssize_t
-index_at(const MemoryObject *self, uint64_t value)
-{
-    const uint64_t *starts = self->starts;
-    const uint64_t *base = starts;
-    Py_ssize_t remaining = self->count;
-    if (remaining == 0)
-        return -1;
-    while (remaining > 1) {
-        Py_ssize_t half = remaining / 2;
-        base = base[half] <= value ? base + half : base;
-        remaining -= half;
-    }
-    return (base - starts) - (*base > value);
-}
-
-/* Fibonacci hashing: strided page numbers (regions every 1 MiB, say) spread evenly. */
 static inline size_t
-page_home(uint32_t key, unsigned bits)
+directory_slot(const MemoryObject *self, uint64_t hash)
 {
-    return (size_t)(((uint64_t)key * 0x9E3779B97F4A7C15ull) >> (64 - bits));
+    return (size_t)((hash >> 1) >> self->directory_shift);   /* top directory_bits bits */
 }
 
-/* The entry holding `value` (remembered for the next lookup), or NULL: the last entry
- * hit, else the page table's guess, else a binary search. */
+static inline size_t
+bucket_home(const Bucket *bucket, uint64_t hash)
+{
+    return (size_t)((hash << bucket->depth) >> bucket->home_shift);
+}
+
+static inline size_t
+bucket_mask(const Bucket *bucket)
+{
+    return bucket->mask;
+}
+
+/* Index of the last of `count` starts (`stride` bytes apart) that is <= value, or -1.
+ * Branch-free halving (the comparison becomes a conditional move): alternating between
+ * regions then costs no mispredicted branch per step. */
+static inline Py_ssize_t
+search_starts(const char *starts, size_t stride, Py_ssize_t count, uint64_t value)
+{
+    if (count == 0)
+        return -1;
+    const char *base = starts;
+    while (count > 1) {
+        Py_ssize_t half = count / 2;
+        base = *(const uint64_t *)(base + (size_t)half * stride) <= value
+            ? base + (size_t)half * stride : base;
+        count -= half;
+    }
+    return (Py_ssize_t)((size_t)(base - starts) / stride) - (*(const uint64_t *)base > value);
+}
+
+/* The entry of the last region starting at or below `value` (and its index), or NULL. */
 static inline Entry *
+entry_at(const MemoryObject *self, uint64_t value, Py_ssize_t *index)
+{
+    Py_ssize_t k = search_starts((const char *)self->firsts, sizeof(uint64_t),
+                                 self->chunk_count, value);
+    if (k < 0)
+        return NULL;
+    ChunkObject *chunk = self->chunks[k];
+    Py_ssize_t local = search_starts((const char *)&chunk->entries[0].start, sizeof(Entry),
+                                     chunk_size(chunk), value);
+    *index = self->bases[k] + local;
+    return &chunk->entries[local];
+}
+
+/* The chunk holding the region at `index` (0 <= index < count) and its place there. */
+static inline Py_ssize_t
+chunk_of_index(const MemoryObject *self, Py_ssize_t index, Py_ssize_t *local)
+{
+    Py_ssize_t low = 0, high = self->chunk_count - 1;
+    while (low < high) {   /* the last chunk whose base is <= index */
+        Py_ssize_t middle = (low + high + 1) / 2;
+        if (self->bases[middle] <= index)
+            low = middle;
+        else
+            high = middle - 1;
+    }
+    *local = index - self->bases[low];
+    return low;
+}
+
+static inline RegionObject *
+region_by_index(const MemoryObject *self, Py_ssize_t index)
+{
+    Py_ssize_t local;
+    Py_ssize_t k = chunk_of_index(self, index, &local);
+    return self->chunks[k]->entries[local].region;
+}
+
+/* The binary search of `lookup` (out of line: the hot part stays small). */
+#if defined(__GNUC__)
+__attribute__((noinline))
+#endif
+static RegionObject *
+lookup_search(MemoryObject *self, uint64_t value)
+{
+    Py_ssize_t index;
+    Entry *entry = entry_at(self, value, &index);
+    if (entry == NULL || value - entry->start >= entry->region->length)
+        return NULL;
+    self->last = entry->region;
+    return entry->region;
+}
+
+/* The region holding `value` (remembered for the next lookup), or NULL: the last region
+ * hit, else the page table's guess, else a binary search. */
+static inline RegionObject *
 lookup(MemoryObject *self, uint64_t value)
 {
-    if (UNLIKELY(self->epoch != host_epoch))
-        refresh(self);
-    if (LIKELY(self->last >= 0)) {
-        Entry *entry = &self->entries[self->last];
-        if (LIKELY(value - entry->start < entry->length))
-            return entry;
-    }
-    if (self->pages != NULL) {
-        uint32_t key = (uint32_t)(value >> PAGE_SHIFT);
-        size_t slot = page_home(key, self->page_bits);
-        Py_ssize_t stored;
-        while ((stored = self->pages[slot].entry) != 0) {
-            if (self->pages[slot].key == key) {
-                Entry *entry = &self->entries[stored - 1];
-                if (LIKELY(value - entry->start < entry->length)) {
-                    self->last = stored - 1;
-                    return entry;
+    RegionObject *region = self->last;
+    if (LIKELY(region != NULL) && LIKELY(value - region->start < region->length))
+        return region;
+    if (self->directory != NULL) {
+        uint64_t page = value >> PAGE_SHIFT;
+        uint64_t hash = page_hash(page);
+        const Bucket *bucket = self->directory[directory_slot(self, hash)];
+        size_t slot = bucket_home(bucket, hash);
+        while ((region = bucket->slots[slot].region) != NULL) {
+            if (bucket->slots[slot].page == page) {
+                if (LIKELY(value - region->start < region->length)) {
+                    self->last = region;
+                    return region;
                 }
                 break;   /* a region on this page, not holding `value`: search */
             }
-            slot = (slot + 1) & self->page_mask;
+            slot = (slot + 1) & bucket->mask;
         }
     }
-    Py_ssize_t index = index_at(self, value);
-    if (index < 0)
-        return NULL;
-    Entry *entry = &self->entries[index];
-    if (value - entry->start >= entry->length)
-        return NULL;
-    self->last = index;
-    return entry;
+    return lookup_search(self, value);
 }
 
 /* The host bytes of [value, value + size) when one host-backed region holds them all. */
 static inline char *
-host_span(MemoryObject *self, uint64_t value, uint64_t size, int writing, Entry **found)
+host_span(MemoryObject *self, uint64_t value, uint64_t size, int writing,
+          RegionObject **found)
 {
-    Entry *entry = lookup(self, value);
-    if (entry == NULL || entry->host == NULL)
+    RegionObject *region = lookup(self, value);
+    if (region == NULL || region->host == NULL)
         return NULL;
-    uint64_t offset = value - entry->start;
-    if (size > entry->length || offset > entry->length - size)
+    uint64_t offset = value - region->start;
+    if (size > region->length || offset > region->length - size)
         return NULL;
-    if (writing && (entry->flags & R_READ_ONLY))
+    if (writing && (region->flags & R_READ_ONLY))
         return NULL;
-    *found = entry;
-    return entry->host + offset;
+    *found = region;
+    return region->host + offset;
 }
 
-static void
-fill_entry(MemoryObject *self, Py_ssize_t index, RegionObject *region)
-{
-    Entry *entry = &self->entries[index];
-    entry->start = region->start;
-    entry->length = region->length;
-    entry->host = region->host;
-    entry->flags = region->flags;
-    entry->region = region;
-    self->starts[index] = region->start;
-}
-
-/* The pages of a region [start, start + length) if it is small enough for the page
- * table (else 0). */
+/* The pages of a region if it is small enough for the page table (else 0). */
 static inline int
-small_region_pages(uint64_t start, uint64_t length, uint64_t *first, uint64_t *last)
+small_region_pages(const RegionObject *region, uint64_t *first, uint64_t *last)
 {
-    if (length == 0)
+    if (region->length == 0)
         return 0;
-    *first = start >> PAGE_SHIFT;
-    *last = (start + length - 1) >> PAGE_SHIFT;
+    *first = region->start >> PAGE_SHIFT;
+    *last = (region->start + region->length - 1) >> PAGE_SHIFT;
     return *last - *first < SMALL_REGION_PAGES;
 }
 
-static inline int
-entry_pages(const Entry *entry, uint64_t *first, uint64_t *last)
+/* ---- The page table: an extendible hash of shared buckets ---- */
+
+static Bucket *
+bucket_new(unsigned depth, unsigned bits)
 {
-    return small_region_pages(entry->start, entry->length, first, last);
+    Bucket *bucket = PyMem_Calloc(1, sizeof(Bucket) + ((size_t)1 << bits) * sizeof(PageSlot));
+    if (bucket == NULL) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    bucket->depth = depth;
+    bucket->bits = bits;
+    bucket->home_shift = 64 - bits;
+    bucket->mask = ((size_t)1 << bits) - 1;
+    return bucket;
 }
 
-/* The slot of `page`'s key, or the empty slot ending its probe run. */
-static inline size_t
-page_slot(const MemoryObject *self, uint64_t page)
+static void
+bucket_release(Bucket *bucket, Py_ssize_t references)
 {
-    uint32_t key = (uint32_t)page;
-    size_t slot = page_home(key, self->page_bits);
-    while (self->pages[slot].entry != 0 && self->pages[slot].key != key)
-        slot = (slot + 1) & self->page_mask;
+    bucket->refs -= references;
+    if (bucket->refs == 0)
+        PyMem_Free(bucket);
+}
+
+/* Put (page, region) in a bucket with room that does not hold `page`. */
+static void
+bucket_put(Bucket *bucket, uint64_t page, RegionObject *region)
+{
+    size_t mask = bucket_mask(bucket);
+    size_t slot = bucket_home(bucket, page_hash(page));
+    while (bucket->slots[slot].region != NULL)
+        slot = (slot + 1) & mask;
+    bucket->slots[slot].page = page;
+    bucket->slots[slot].region = region;
+    bucket->used++;
+}
+
+/* The slot of `page` in `bucket`, or the empty slot ending its probe run. */
+static size_t
+bucket_find(const Bucket *bucket, uint64_t page)
+{
+    size_t mask = bucket_mask(bucket);
+    size_t slot = bucket_home(bucket, page_hash(page));
+    while (bucket->slots[slot].region != NULL && bucket->slots[slot].page != page)
+        slot = (slot + 1) & mask;
     return slot;
 }
 
-/* Point `page` at entry `index` unless an entry is there already (any region on the
- * page is a valid guess). */
-static void
-pages_add(MemoryObject *self, uint64_t page, Py_ssize_t index)
+/* How many of this memory's directory slots name a bucket of `depth`, and the first. */
+static inline Py_ssize_t
+directory_span(const MemoryObject *self, unsigned depth)
 {
-    size_t slot = page_slot(self, page);
-    if (self->pages[slot].entry != 0)
-        return;
-    self->pages[slot].key = (uint32_t)page;
-    self->pages[slot].entry = (uint32_t)(index + 1);
-    self->page_used++;
+    return (Py_ssize_t)1 << (self->directory_bits - depth);
 }
 
+static inline size_t
+directory_first(const MemoryObject *self, uint64_t hash, unsigned depth)
+{
+    size_t span = (size_t)directory_span(self, depth);
+    return directory_slot(self, hash) / span * span;
+}
+
+/* Point the directory slots of `old` (this memory's, for `hash`) at `replacement`
+ * instead: the replacement takes those references, the old bucket loses them. */
 static void
-pages_add_entry(MemoryObject *self, const Entry *entry, Py_ssize_t index)
+directory_replace(MemoryObject *self, uint64_t hash, Bucket *old, Bucket *replacement)
+{
+    Py_ssize_t span = directory_span(self, old->depth);
+    size_t first = directory_first(self, hash, old->depth);
+    for (Py_ssize_t i = 0; i < span; i++)
+        self->directory[first + (size_t)i] = replacement;
+    replacement->refs += span;
+    bucket_release(old, span);
+}
+
+/* The bucket for `hash`, this memory's own (copied first if another memory names it). */
+static Bucket *
+bucket_owned(MemoryObject *self, uint64_t hash)
+{
+    Bucket *bucket = self->directory[directory_slot(self, hash)];
+    if (bucket->refs == directory_span(self, bucket->depth))
+        return bucket;
+    size_t size = sizeof(Bucket) + ((size_t)1 << bucket->bits) * sizeof(PageSlot);
+    Bucket *copy = PyMem_Malloc(size);
+    if (copy == NULL) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    memcpy(copy, bucket, size);
+    copy->refs = 0;
+    directory_replace(self, hash, bucket, copy);
+    return copy;
+}
+
+/* Rehash `bucket`'s pages into `into` (and those of the upper half into `upper`, when
+ * splitting). */
+static void
+bucket_rehash(const Bucket *bucket, Bucket *into, Bucket *upper)
+{
+    for (size_t slot = 0; slot <= bucket_mask(bucket); slot++) {
+        const PageSlot *entry = &bucket->slots[slot];
+        if (entry->region == NULL)
+            continue;
+        Bucket *target = into;
+        if (upper != NULL && ((page_hash(entry->page) << bucket->depth) >> 63))
+            target = upper;
+        bucket_put(target, entry->page, entry->region);
+    }
+}
+
+/* Double the directory (this memory's own): each bucket named by twice the slots. */
+static int
+directory_double(MemoryObject *self)
+{
+    size_t slots = (size_t)1 << self->directory_bits;
+    Bucket **doubled = PyMem_Malloc(2 * slots * sizeof(Bucket *));
+    if (doubled == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (size_t i = 0; i < 2 * slots; i++) {
+        doubled[i] = self->directory[i / 2];
+        doubled[i]->refs++;
+    }
+    for (size_t i = 0; i < slots; i++)
+        self->directory[i]->refs--;   /* stays named by the doubled directory */
+    PyMem_Free(self->directory);
+    self->directory = doubled;
+    self->directory_bits++;
+    self->directory_shift--;
+    return 0;
+}
+
+/* Make room for one more page in the bucket for `hash`: grow it, or split it (doubling
+ * the directory first if the bucket is as deep as the directory). */
+static int
+bucket_make_room(MemoryObject *self, uint64_t hash)
+{
+    Bucket *bucket = self->directory[directory_slot(self, hash)];
+    if (bucket->bits < BUCKET_MAX_BITS || bucket->depth >= DEPTH_MAX) {
+        Bucket *grown = bucket_new(bucket->depth, bucket->bits + 1);
+        if (grown == NULL)
+            return -1;
+        bucket_rehash(bucket, grown, NULL);
+        directory_replace(self, hash, bucket, grown);
+        return 0;
+    }
+    if (bucket->depth == self->directory_bits && directory_double(self) < 0)
+        return -1;
+    Bucket *lower = bucket_new(bucket->depth + 1, bucket->bits);
+    Bucket *upper = bucket_new(bucket->depth + 1, bucket->bits);
+    if (lower == NULL || upper == NULL) {
+        PyMem_Free(lower);
+        PyMem_Free(upper);
+        return -1;
+    }
+    bucket_rehash(bucket, lower, upper);
+    Py_ssize_t span = directory_span(self, bucket->depth);
+    size_t first = directory_first(self, hash, bucket->depth);
+    for (Py_ssize_t i = 0; i < span; i++)
+        self->directory[first + (size_t)i] = i < span / 2 ? lower : upper;
+    lower->refs = upper->refs = span / 2;
+    bucket_release(bucket, span);
+    return 0;
+}
+
+/* A directory of one empty bucket (the first small region of this memory). */
+static int
+directory_start(MemoryObject *self)
+{
+    self->directory = PyMem_Malloc(sizeof(Bucket *));
+    Bucket *bucket = self->directory == NULL ? NULL : bucket_new(0, BUCKET_MIN_BITS);
+    if (bucket == NULL) {
+        PyMem_Free(self->directory);
+        self->directory = NULL;
+        if (!PyErr_Occurred())
+            PyErr_NoMemory();
+        return -1;
+    }
+    bucket->refs = 1;
+    self->directory[0] = bucket;
+    self->directory_bits = 0;
+    self->directory_shift = 63;
+    return 0;
+}
+
+/* Name `region` for `page` unless a region is named there already (any region on the
+ * page is a valid guess). */
+static int
+pages_add(MemoryObject *self, uint64_t page, RegionObject *region)
+{
+    if (self->directory == NULL && directory_start(self) < 0)
+        return -1;
+    uint64_t hash = page_hash(page);
+    for (;;) {
+        Bucket *bucket = self->directory[directory_slot(self, hash)];
+        if (bucket->slots[bucket_find(bucket, page)].region != NULL)
+            return 0;
+        if (2 * (bucket->used + 1) <= ((size_t)1 << bucket->bits))
+            break;
+        if (bucket_make_room(self, hash) < 0)
+            return -1;
+    }
+    Bucket *bucket = bucket_owned(self, hash);
+    if (bucket == NULL)
+        return -1;
+    bucket_put(bucket, page, region);
+    return 0;
+}
+
+static int
+pages_add_region(MemoryObject *self, RegionObject *region)
 {
     uint64_t first, last;
-    if (entry_pages(entry, &first, &last))
+    if (small_region_pages(region, &first, &last))
         for (uint64_t page = first; page <= last; page++)
-            pages_add(self, page, index);
+            if (pages_add(self, page, region) < 0)
+                return -1;
+    return 0;
 }
 
-/* Empty the slot `hole`, moving back the entries of its probe run that may fill it
- * (backward-shift deletion: no tombstones, so probe runs stay as short as when built). */
-static void
-pages_delete(MemoryObject *self, size_t hole)
+/* Forget `page` if it names `region` (backward-shift deletion: no tombstones, so probe
+ * runs stay as short as when built); 1 if it did. */
+static int
+pages_forget(MemoryObject *self, uint64_t page, RegionObject *region)
 {
-    PageSlot *pages = self->pages;
-    size_t mask = self->page_mask;
+    uint64_t hash = page_hash(page);
+    Bucket *bucket = self->directory[directory_slot(self, hash)];
+    if (bucket->slots[bucket_find(bucket, page)].region != region)
+        return 0;
+    if ((bucket = bucket_owned(self, hash)) == NULL)
+        return -1;
+    size_t mask = bucket_mask(bucket);
+    size_t hole = bucket_find(bucket, page);
     size_t next = hole;
     for (;;) {
         next = (next + 1) & mask;
-        if (pages[next].entry == 0)
+        if (bucket->slots[next].region == NULL)
             break;
-        size_t home = page_home(pages[next].key, self->page_bits);
+        size_t home = bucket_home(bucket, page_hash(bucket->slots[next].page));
         /* it may move unless its home lies cyclically in (hole, next] */
         if (((next - home) & mask) >= ((next - hole) & mask)) {
-            pages[hole] = pages[next];
+            bucket->slots[hole] = bucket->slots[next];
             hole = next;
         }
     }
-    pages[hole].entry = 0;
-    self->page_used--;
+    bucket->slots[hole].region = NULL;
+    bucket->used--;
+    return 1;
 }
 
-/* Add `delta` to every slot's entry index at or above `from` (after an insert or a
- * remove shifted the entries). */
+/* ---- Tables: made, copied, changed, freed ---- */
+
+static int
+index_allocate(MemoryObject *self, Py_ssize_t chunk_count)
+{
+    size_t slots = chunk_count > 0 ? (size_t)chunk_count : 1;
+    char *block = PyMem_Malloc(slots * (sizeof(ChunkObject *) + sizeof(uint64_t)) +
+                               (slots + 1) * sizeof(Py_ssize_t));
+    if (block == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    self->chunks = (ChunkObject **)block;
+    self->firsts = (uint64_t *)(block + slots * sizeof(ChunkObject *));
+    self->bases = (Py_ssize_t *)(block + slots * (sizeof(ChunkObject *) + sizeof(uint64_t)));
+    self->chunk_count = 0;
+    self->count = 0;
+    return 0;
+}
+
+/* Append a chunk (a new reference taken) to the index being built. */
 static void
-pages_shift(MemoryObject *self, Py_ssize_t from, Py_ssize_t delta)
+index_append(MemoryObject *self, ChunkObject *chunk)
 {
-    PageSlot *pages = self->pages;
-    size_t slots = self->page_mask + 1;
-    for (size_t slot = 0; slot < slots; slot++)
-        if (pages[slot].entry > from)   /* entry index + 1 > from: index >= from */
-            pages[slot].entry = (uint32_t)(pages[slot].entry + delta);
-}
-
-/* A page table of at least twice `wanted` slots, empty; 0, or -1 with MemoryError. */
-static int
-pages_allocate(MemoryObject *self, size_t wanted)
-{
-    unsigned bits = PAGE_TABLE_MIN_BITS;
-    while (((size_t)1 << bits) < 2 * wanted)
-        bits++;
-    self->pages = PyMem_Calloc((size_t)1 << bits, sizeof(PageSlot));
-    if (self->pages == NULL) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    self->page_bits = bits;
-    self->page_mask = ((size_t)1 << bits) - 1;
-    self->page_used = 0;
-    return 0;
-}
-
-/* The page table of all `count` entries, built afresh (none if no region is small). */
-static int
-pages_build(MemoryObject *self, Py_ssize_t count)
-{
-    size_t wanted = 0;
-    uint64_t first, last;
-    for (Py_ssize_t i = 0; i < count; i++)
-        if (entry_pages(&self->entries[i], &first, &last))
-            wanted += (size_t)(last - first + 1);
-    if (wanted == 0 || (uint64_t)count >= UINT32_MAX)   /* no table: the search alone */
-        return 0;
-    if (pages_allocate(self, wanted) < 0)
-        return -1;
-    for (Py_ssize_t i = 0; i < count; i++)
-        pages_add_entry(self, &self->entries[i], i);
-    return 0;
-}
-
-/* The page table of `self` (its `count` entries set) from `old`'s, which differs by the
- * entry at `index` (inserted, or removed from `old`): a copy and the change, or a rebuild
- * when the copy would be more than half full. */
-static int
-pages_derive(MemoryObject *self, const MemoryObject *old, Py_ssize_t count, Py_ssize_t index,
-             int inserted)
-{
-    uint64_t first, last;
-    const Entry *changed = inserted ? &self->entries[index] : &old->entries[index];
-    int small = entry_pages(changed, &first, &last);
-    size_t adding = inserted && small ? (size_t)(last - first + 1) : 0;
-    if (old->pages == NULL || 2 * (old->page_used + adding) > old->page_mask + 1 ||
-            (uint64_t)count >= UINT32_MAX)
-        return inserted ? pages_build(self, count) : 0;
-    size_t slots = old->page_mask + 1;
-    self->pages = PyMem_Malloc(slots * sizeof(PageSlot));
-    if (self->pages == NULL) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    memcpy(self->pages, old->pages, slots * sizeof(PageSlot));
-    self->page_mask = old->page_mask;
-    self->page_bits = old->page_bits;
-    self->page_used = old->page_used;
-    if (inserted) {
-        pages_shift(self, index, 1);
-        pages_add_entry(self, changed, index);
-        return 0;
-    }
-    /* Removed: its pages go to a neighbour on the same page if there is one (only its
-     * two neighbours can share its pages), numbered as in `old` until the shift. */
-    for (uint64_t page = first; small && page <= last; page++) {
-        size_t slot = page_slot(self, page);
-        if (self->pages[slot].entry != (uint32_t)(index + 1))
-            continue;
-        pages_delete(self, slot);
-        for (Py_ssize_t i = index - 1; i <= index + 1; i += 2) {
-            uint64_t low, high;
-            if (i >= 0 && i < old->count && entry_pages(&old->entries[i], &low, &high) &&
-                    low <= page && page <= high) {
-                pages_add(self, page, i);
-                break;
-            }
-        }
-    }
-    pages_shift(self, index + 1, -1);
-    return 0;
+    Py_ssize_t k = self->chunk_count++;
+    Py_INCREF((PyObject *)chunk);
+    self->chunks[k] = chunk;
+    self->firsts[k] = chunk->entries[0].start;
+    self->bases[k] = self->count;
+    self->count += chunk_size(chunk);
 }
 
 static void
 free_table(MemoryObject *self)
 {
-    PyMem_Free(self->entries);
-    PyMem_Free(self->starts);
-    PyMem_Free(self->pages);
-    self->entries = NULL;
-    self->starts = NULL;
-    self->pages = NULL;
-    self->page_mask = 0;
-    self->page_used = 0;
+    if (self->directory != NULL) {
+        for (size_t i = 0; i < ((size_t)1 << self->directory_bits); i++)
+            bucket_release(self->directory[i], 1);
+        PyMem_Free(self->directory);
+        self->directory = NULL;
+    }
+    for (Py_ssize_t k = 0; k < self->chunk_count; k++)
+        Py_DECREF((PyObject *)self->chunks[k]);
+    PyMem_Free(self->chunks);
+    self->chunks = NULL;
+    self->firsts = NULL;
+    self->bases = NULL;
+    self->chunk_count = 0;
+    self->count = 0;
+    self->last = NULL;
 }
 
 static int
 memory_traverse(PyObject *op, visitproc visit, void *arg)
 {
-    Py_VISIT(((MemoryObject *)op)->regions);
+    MemoryObject *self = (MemoryObject *)op;
+    for (Py_ssize_t k = 0; k < self->chunk_count; k++)
+        Py_VISIT((PyObject *)self->chunks[k]);
+    Py_VISIT(self->regions);
     Py_VISIT(Py_TYPE(op));
     return 0;
 }
@@ -1793,8 +2059,6 @@ memory_clear(PyObject *op)
 {
     MemoryObject *self = (MemoryObject *)op;
     free_table(self);
-    self->count = 0;
-    self->last = -1;
     Py_CLEAR(self->regions);
     return 0;
 }
@@ -1813,29 +2077,15 @@ memory_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     MemoryObject *self = (MemoryObject *)alloc_instance(type);
     if (self == NULL)
         return NULL;
-    self->last = -1;
-    self->epoch = host_epoch;
+    self->last = NULL;
+    self->directory_shift = 63;
     return (PyObject *)self;
-}
-
-static int
-allocate_table(MemoryObject *self, Py_ssize_t count)
-{
-    size_t slots = count > 0 ? (size_t)count : 1;
-    self->entries = PyMem_Malloc(slots * sizeof(Entry));
-    self->starts = PyMem_Malloc(slots * sizeof(uint64_t));
-    if (self->entries == NULL || self->starts == NULL) {
-        free_table(self);
-        PyErr_NoMemory();
-        return -1;
-    }
-    return 0;
 }
 
 static int
 check_not_installed(MemoryObject *self)
 {
-    if (self->regions != NULL) {
+    if (self->installed) {
         PyErr_SetString(PyExc_AttributeError, "a memory's regions are fixed at construction");
         return -1;
     }
@@ -1854,108 +2104,262 @@ memory_install(PyObject *op, PyObject *regions)
         return NULL;
     }
     Py_ssize_t count = PyTuple_Size(regions);
-    if (allocate_table(self, count) < 0)
-        return NULL;
     for (Py_ssize_t i = 0; i < count; i++) {
         PyObject *item = PyTuple_GetItem(regions, i);
         if (!PyObject_TypeCheck(item, RegionCoreType) ||
                 !(((RegionObject *)item)->flags & R_SET) ||
-                (i > 0 && self->starts[i - 1] >= ((RegionObject *)item)->start)) {
-            free_table(self);
+                (i > 0 && ((RegionObject *)PyTuple_GetItem(regions, i - 1))->start >=
+                          ((RegionObject *)item)->start)) {
             PyErr_SetString(PyExc_TypeError, "_install: sorted, constructed regions");
             return NULL;
         }
-        fill_entry(self, i, (RegionObject *)item);
     }
-    if (pages_build(self, count) < 0) {
-        free_table(self);
+    if (index_allocate(self, (count + CHUNK_BUILD - 1) / CHUNK_BUILD) < 0)
         return NULL;
+    RegionObject *run[CHUNK_BUILD];
+    for (Py_ssize_t done = 0; done < count; done += CHUNK_BUILD) {
+        Py_ssize_t size = count - done < CHUNK_BUILD ? count - done : CHUNK_BUILD;
+        for (Py_ssize_t i = 0; i < size; i++)
+            run[i] = (RegionObject *)PyTuple_GetItem(regions, done + i);
+        ChunkObject *chunk = chunk_of(run, size);
+        if (chunk == NULL)
+            goto failed;
+        index_append(self, chunk);
+        Py_DECREF((PyObject *)chunk);
     }
+    for (Py_ssize_t i = 0; i < count; i++)
+        if (pages_add_region(self, (RegionObject *)PyTuple_GetItem(regions, i)) < 0)
+            goto failed;
+    PyObject *previous = self->regions;   /* an empty tuple asked for before install */
     Py_INCREF(regions);
     self->regions = regions;
-    self->count = count;
-    self->last = -1;
-    self->epoch = host_epoch;
+    Py_XDECREF(previous);
+    self->installed = 1;
     Py_RETURN_NONE;
+failed:
+    free_table(self);
+    return NULL;
 }
 
-/* _install_changed(old, regions, index, inserted): the table of `old` with the region at
- * `index` inserted (inserted true) or removed, copied and changed rather than rebuilt;
- * `regions` is the new tuple, already checked by the caller. */
+/* The index of `old` with its chunks [first, first + dropped) replaced by `added` (new
+ * references, stolen), into `self`. */
+static int
+index_derive(MemoryObject *self, const MemoryObject *old, Py_ssize_t first,
+             Py_ssize_t dropped, ChunkObject **added, Py_ssize_t adding)
+{
+    if (index_allocate(self, old->chunk_count - dropped + adding) < 0) {
+        for (Py_ssize_t i = 0; i < adding; i++)
+            Py_DECREF((PyObject *)added[i]);
+        return -1;
+    }
+    for (Py_ssize_t k = 0; k < first; k++)
+        index_append(self, old->chunks[k]);
+    for (Py_ssize_t i = 0; i < adding; i++) {
+        index_append(self, added[i]);
+        Py_DECREF((PyObject *)added[i]);
+    }
+    for (Py_ssize_t k = first + dropped; k < old->chunk_count; k++)
+        index_append(self, old->chunks[k]);
+    return 0;
+}
+
+/* The regions of chunks [first, first + count) of `old` in order, into `run`; how many. */
+static Py_ssize_t
+gather(const MemoryObject *old, Py_ssize_t first, Py_ssize_t count, RegionObject **run)
+{
+    Py_ssize_t done = 0;
+    for (Py_ssize_t k = first; k < first + count; k++)
+        for (Py_ssize_t i = 0; i < chunk_size(old->chunks[k]); i++)
+            run[done++] = old->chunks[k]->entries[i].region;
+    return done;
+}
+
+/* `self`'s chunks: `old`'s with `region` inserted at `index`. */
+static int
+chunks_insert(MemoryObject *self, const MemoryObject *old, Py_ssize_t index,
+              RegionObject *region)
+{
+    RegionObject *run[CHUNK_MAX + 1];
+    ChunkObject *added[2] = {NULL, NULL};
+    if (old->chunk_count == 0) {
+        if ((added[0] = chunk_of(&region, 1)) == NULL)
+            return -1;
+        return index_derive(self, old, 0, 0, added, 1);
+    }
+    Py_ssize_t local;
+    Py_ssize_t k = index == old->count ? old->chunk_count - 1 : chunk_of_index(old, index, &local);
+    local = index - old->bases[k];
+    Py_ssize_t size = gather(old, k, 1, run);
+    memmove(run + local + 1, run + local, (size_t)(size - local) * sizeof(RegionObject *));
+    run[local] = region;
+    size++;
+    Py_ssize_t left = size <= CHUNK_MAX ? size : size / 2;
+    if ((added[0] = chunk_of(run, left)) == NULL)
+        return -1;
+    if (left < size && (added[1] = chunk_of(run + left, size - left)) == NULL) {
+        Py_DECREF((PyObject *)added[0]);
+        return -1;
+    }
+    return index_derive(self, old, k, 1, added, left < size ? 2 : 1);
+}
+
+/* `self`'s chunks: `old`'s without the region at `index` (a chunk left small merges with
+ * a neighbour where both fit in one). */
+static int
+chunks_remove(MemoryObject *self, const MemoryObject *old, Py_ssize_t index)
+{
+    RegionObject *run[2 * CHUNK_MAX];
+    ChunkObject *added[1] = {NULL};
+    Py_ssize_t local;
+    Py_ssize_t k = chunk_of_index(old, index, &local);
+    Py_ssize_t size = chunk_size(old->chunks[k]) - 1;
+    if (size == 0)
+        return index_derive(self, old, k, 1, added, 0);
+    Py_ssize_t first = k, dropped = 1;
+    if (size < CHUNK_MIN) {
+        if (k + 1 < old->chunk_count && size + chunk_size(old->chunks[k + 1]) <= CHUNK_MAX)
+            dropped = 2;
+        else if (k > 0 && size + chunk_size(old->chunks[k - 1]) <= CHUNK_MAX)
+            first = k - 1, dropped = 2;
+    }
+    Py_ssize_t total = gather(old, first, dropped, run);
+    Py_ssize_t at = index - old->bases[first];
+    memmove(run + at, run + at + 1, (size_t)(total - at - 1) * sizeof(RegionObject *));
+    if ((added[0] = chunk_of(run, total - 1)) == NULL)
+        return -1;
+    return index_derive(self, old, first, dropped, added, 1);
+}
+
+/* _install_changed(old, index, region): the table of `old` with `region` inserted at
+ * `index`, or (region None) with the region at `index` removed; every part the change
+ * does not touch shared with `old`. The caller has checked the change (overlaps, closed
+ * regions); this checks only that it keeps the table sorted. */
 static PyObject *
 memory_install_changed(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
 {
     MemoryObject *self = (MemoryObject *)op;
     if (check_not_installed(self) < 0)
         return NULL;
-    if (nargs != 4 || !PyObject_TypeCheck(args[0], MemoryCoreType) || !PyTuple_Check(args[1])) {
-        PyErr_SetString(PyExc_TypeError, "_install_changed(old, regions, index, inserted)");
+    if (nargs != 3 || !PyObject_TypeCheck(args[0], MemoryCoreType)) {
+        PyErr_SetString(PyExc_TypeError, "_install_changed(old, index, region)");
         return NULL;
     }
     MemoryObject *old = (MemoryObject *)args[0];
-    PyObject *regions = args[1];
-    Py_ssize_t index = PyLong_AsSsize_t(args[2]);
-    int inserted = PyObject_IsTrue(args[3]);
-    if ((index == -1 && PyErr_Occurred()) || inserted < 0)
+    Py_ssize_t index = PyLong_AsSsize_t(args[1]);
+    if (index == -1 && PyErr_Occurred())
         return NULL;
-    Py_ssize_t count = PyTuple_Size(regions);
-    if (old->regions == NULL || count != old->count + (inserted ? 1 : -1) || index < 0 ||
-            index >= count + (inserted ? 0 : 1)) {
+    int inserted = args[2] != Py_None;
+    RegionObject *region = (RegionObject *)args[2];
+    if (inserted && (!PyObject_TypeCheck(args[2], RegionCoreType) || !(region->flags & R_SET))) {
+        PyErr_SetString(PyExc_TypeError, "_install_changed: a constructed region");
+        return NULL;
+    }
+    if (!old->installed || index < 0 || index > old->count - (inserted ? 0 : 1) ||
+            (inserted && ((index > 0 && region_by_index(old, index - 1)->start >= region->start) ||
+                          (index < old->count &&
+                           region_by_index(old, index)->start <= region->start)))) {
         PyErr_SetString(PyExc_ValueError, "_install_changed: the change does not fit");
         return NULL;
     }
-    if (allocate_table(self, count) < 0)
-        return NULL;
-    if (old->epoch != host_epoch)
-        refresh(old);
-    memcpy(self->entries, old->entries, (size_t)index * sizeof(Entry));
-    memcpy(self->starts, old->starts, (size_t)index * sizeof(uint64_t));
+    Py_CLEAR(self->regions);   /* an empty tuple asked for before install */
+    RegionObject *removed = inserted ? NULL : region_by_index(old, index);
+    if ((inserted ? chunks_insert(self, old, index, region)
+                  : chunks_remove(self, old, index)) < 0)
+        goto failed;
+    if (old->directory != NULL) {   /* a copy of the directory, naming the same buckets */
+        size_t slots = (size_t)1 << old->directory_bits;
+        self->directory = PyMem_Malloc(slots * sizeof(Bucket *));
+        if (self->directory == NULL) {
+            PyErr_NoMemory();
+            goto failed;
+        }
+        memcpy(self->directory, old->directory, slots * sizeof(Bucket *));
+        for (size_t i = 0; i < slots; i++)
+            self->directory[i]->refs++;
+        self->directory_bits = old->directory_bits;
+        self->directory_shift = old->directory_shift;
+    }
     if (inserted) {
-        PyObject *item = PyTuple_GetItem(regions, index);
-        if (!PyObject_TypeCheck(item, RegionCoreType) ||
-                !(((RegionObject *)item)->flags & R_SET)) {
-            free_table(self);
-            PyErr_SetString(PyExc_TypeError, "_install_changed: a constructed region");
-            return NULL;
-        }
-        fill_entry(self, index, (RegionObject *)item);
-        memcpy(self->entries + index + 1, old->entries + index,
-               (size_t)(old->count - index) * sizeof(Entry));
-        memcpy(self->starts + index + 1, old->starts + index,
-               (size_t)(old->count - index) * sizeof(uint64_t));
+        if (pages_add_region(self, region) < 0)
+            goto failed;
     } else {
-        memcpy(self->entries + index, old->entries + index + 1,
-               (size_t)(old->count - index - 1) * sizeof(Entry));
-        memcpy(self->starts + index, old->starts + index + 1,
-               (size_t)(old->count - index - 1) * sizeof(uint64_t));
-    }
-    for (Py_ssize_t i = 0; i < count; i++) {   /* the table and the tuple must agree */
-        if ((PyObject *)self->entries[i].region != PyTuple_GetItem(regions, i)) {
-            free_table(self);
-            PyErr_SetString(PyExc_ValueError, "_install_changed: the regions disagree");
-            return NULL;
+        /* its pages go to a neighbour on the same page if there is one (only its two
+         * neighbours can share its pages; in `self` they are at index - 1 and index) */
+        uint64_t first = 1, last = 0;
+        if (!small_region_pages(removed, &first, &last))
+            last = 0, first = 1;   /* not in the page table */
+        for (uint64_t page = first; page <= last; page++) {
+            int forgotten = pages_forget(self, page, removed);
+            if (forgotten < 0)
+                goto failed;
+            for (Py_ssize_t i = index - 1; forgotten && i <= index; i++) {
+                uint64_t low, high;
+                if (i < 0 || i >= self->count)
+                    continue;
+                RegionObject *neighbour = region_by_index(self, i);
+                if (small_region_pages(neighbour, &low, &high) && low <= page && page <= high) {
+                    if (pages_add(self, page, neighbour) < 0)
+                        goto failed;
+                    break;
+                }
+            }
         }
     }
-    if (pages_derive(self, old, count, index, inserted) < 0) {
-        free_table(self);
-        return NULL;
-    }
-    Py_INCREF(regions);
-    self->regions = regions;
-    self->count = count;
-    self->last = -1;
-    self->epoch = host_epoch;
+    self->installed = 1;
     Py_RETURN_NONE;
+failed:
+    free_table(self);
+    return NULL;
 }
 
+/* _regions: the regions as a tuple (made once per memory object, on first use). */
 static PyObject *
 memory_get_regions(PyObject *op, void *closure)
 {
-    PyObject *regions = ((MemoryObject *)op)->regions;
-    if (regions == NULL)
-        return PyTuple_New(0);
-    Py_INCREF(regions);
-    return regions;
+    MemoryObject *self = (MemoryObject *)op;
+    if (self->regions == NULL) {
+        PyObject *regions = PyTuple_New(self->count);
+        if (regions == NULL)
+            return NULL;
+        if (self->regions != NULL) {   /* made meanwhile (by a finalizer the allocation ran) */
+            Py_DECREF(regions);
+            Py_INCREF(self->regions);
+            return self->regions;
+        }
+        Py_ssize_t done = 0;
+        for (Py_ssize_t k = 0; k < self->chunk_count; k++)
+            for (Py_ssize_t i = 0; i < chunk_size(self->chunks[k]); i++) {
+                PyObject *region = (PyObject *)self->chunks[k]->entries[i].region;
+                Py_INCREF(region);
+                PyTuple_SetItem(regions, done++, region);
+            }
+        self->regions = regions;
+    }
+    Py_INCREF(self->regions);
+    return self->regions;
+}
+
+static PyObject *
+memory_num_regions(PyObject *op, PyObject *unused)
+{
+    return PyLong_FromSsize_t(((MemoryObject *)op)->count);
+}
+
+/* _nth_region(index): the region at `index` in address order (0 <= index < count). */
+static PyObject *
+memory_nth_region(PyObject *op, PyObject *value)
+{
+    MemoryObject *self = (MemoryObject *)op;
+    Py_ssize_t index = PyLong_AsSsize_t(value);
+    if (index == -1 && PyErr_Occurred())
+        return NULL;
+    if (index < 0 || index >= self->count) {
+        PyErr_SetString(PyExc_IndexError, "region index out of range");
+        return NULL;
+    }
+    PyObject *region = (PyObject *)region_by_index(self, index);
+    Py_INCREF(region);
+    return region;
 }
 
 static PyObject *
@@ -1966,8 +2370,8 @@ memory_region_at(PyObject *op, PyObject *value)
         PyErr_SetString(PyExc_TypeError, "_region_at: an address value");
         return NULL;
     }
-    Entry *entry = ((MemoryObject *)op)->count ? lookup((MemoryObject *)op, raw) : NULL;
-    PyObject *region = entry != NULL ? (PyObject *)entry->region : no_region;
+    RegionObject *found = lookup((MemoryObject *)op, raw);
+    PyObject *region = found != NULL ? (PyObject *)found : no_region;
     if (region == NULL)
         Py_RETURN_NONE;
     Py_INCREF(region);
@@ -1985,10 +2389,11 @@ memory_page_guess(PyObject *op, PyObject *value)
         PyErr_SetString(PyExc_TypeError, "_page_guess: an address value");
         return NULL;
     }
-    if (self->pages != NULL) {
-        size_t slot = page_slot(self, raw >> PAGE_SHIFT);
-        if (self->pages[slot].entry != 0) {
-            PyObject *region = (PyObject *)self->entries[self->pages[slot].entry - 1].region;
+    if (self->directory != NULL) {
+        uint64_t page = raw >> PAGE_SHIFT;
+        const Bucket *bucket = self->directory[directory_slot(self, page_hash(page))];
+        PyObject *region = (PyObject *)bucket->slots[bucket_find(bucket, page)].region;
+        if (region != NULL) {
             Py_INCREF(region);
             return region;
         }
@@ -2004,7 +2409,9 @@ memory_index_at(PyObject *op, PyObject *value)
         PyErr_SetString(PyExc_TypeError, "_index_at: an address value");
         return NULL;
     }
-    return PyLong_FromSsize_t(index_at((MemoryObject *)op, raw));
+    Py_ssize_t index = -1;
+    entry_at((MemoryObject *)op, raw, &index);
+    return PyLong_FromSsize_t(index);
 }
 
 /* ---- Values: raw bits <-> Python objects, as the pure path's struct codecs do ------ */
@@ -2353,12 +2760,12 @@ atomic_method(int op, PyObject *op_self, PyObject *const *args, Py_ssize_t nargs
         goto general;
     if (operands == 2 && !integer_bits(args[2], info, &second))
         goto general;
-    Entry *entry;
+    RegionObject *region;
     unsigned size = info->size;
-    char *pointer = host_span(self, aligned->raw, size, op != OP_LOAD, &entry);
+    char *pointer = host_span(self, aligned->raw, size, op != OP_LOAD, &region);
     if (pointer == NULL || ((uintptr_t)pointer & (size - 1)))
         goto general;
-    uint64_t offset = aligned->raw - entry->start;
+    uint64_t offset = aligned->raw - region->start;
 
     if (info->kind == K_BOOL && op != OP_LOAD && op != OP_STORE) {
         int old = 0;
@@ -2366,7 +2773,7 @@ atomic_method(int op, PyObject *op_self, PyObject *const *args, Py_ssize_t nargs
         int stored = bool_read_modify_write(op, pointer, op == OP_CAS ? second : first, first,
                                             order, failure, &old);
         if (op != OP_CAS || stored)
-            mark_dirty(entry->region, offset, size);
+            mark_dirty(region, offset, size);
         if (op == OP_CAS)
             return Py_BuildValue("(NN)", PyBool_FromLong(stored), PyBool_FromLong(old));
         return PyBool_FromLong(old);
@@ -2377,7 +2784,7 @@ atomic_method(int op, PyObject *op_self, PyObject *const *args, Py_ssize_t nargs
         uint64_t seen = first;
         int stored = atomic_any(size, OP_CAS, pointer, second, &seen, order, failure, &old);
         if (stored)
-            mark_dirty(entry->region, offset, size);
+            mark_dirty(region, offset, size);
         PyObject *value = stored ? (Py_INCREF(args[1]), args[1]) : integer_object(seen, info);
         if (value == NULL)
             return NULL;
@@ -2386,7 +2793,7 @@ atomic_method(int op, PyObject *op_self, PyObject *const *args, Py_ssize_t nargs
     atomic_any(size, op, pointer, first, NULL, order, O_SEQ_CST, &old);
     if (op == OP_LOAD)
         return info->kind == K_BOOL ? PyBool_FromLong(old != 0) : integer_object(old, info);
-    mark_dirty(entry->region, offset, size);
+    mark_dirty(region, offset, size);
     if (op == OP_STORE)
         Py_RETURN_NONE;
     return integer_object(old, info);
@@ -2434,10 +2841,10 @@ memory_read_obj(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject 
     if (kwnames == NULL && nargs == 1 && Py_TYPE(args[0]) == aligned_type) {
         AlignedObject *aligned = (AlignedObject *)args[0];
         TypeInfoObject *info = aligned->info;
-        Entry *entry;
+        RegionObject *region;
         char *pointer;
         if (info->kind != K_OTHER &&
-                (pointer = host_span(self, aligned->raw, info->size, 0, &entry)) != NULL)
+                (pointer = host_span(self, aligned->raw, info->size, 0, &region)) != NULL)
             return value_object(read_value_bits(pointer, info), info);
     }
     return call_fallback(G_READ_OBJ, op, args, nargs, kwnames);
@@ -2451,12 +2858,12 @@ memory_write_obj(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject
         AlignedObject *aligned = (AlignedObject *)args[0];
         TypeInfoObject *info = aligned->info;
         uint64_t bits;
-        Entry *entry;
+        RegionObject *region;
         char *pointer;
         if (info->kind != K_OTHER && value_bits(args[1], info, &bits) &&
-                (pointer = host_span(self, aligned->raw, info->size, 1, &entry)) != NULL) {
+                (pointer = host_span(self, aligned->raw, info->size, 1, &region)) != NULL) {
             write_value_bits(pointer, info, bits);
-            mark_dirty(entry->region, aligned->raw - entry->start, info->size);
+            mark_dirty(region, aligned->raw - region->start, info->size);
             Py_RETURN_NONE;
         }
     }
@@ -2486,10 +2893,10 @@ memory_read_obj_unaligned(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
     uint64_t raw;
     if (kwnames == NULL && nargs == 2 && plain_address(args[0], &raw)) {
         TypeInfoObject *info = info_of(args[1]);
-        Entry *entry;
+        RegionObject *region;
         char *pointer;
         if (info != NULL && info->kind != K_OTHER &&
-                (pointer = host_span(self, raw, info->size, 0, &entry)) != NULL)
+                (pointer = host_span(self, raw, info->size, 0, &region)) != NULL)
             return value_object(read_value_bits(pointer, info), info);
     }
     return call_fallback(G_READ_OBJ_UNALIGNED, op, args, nargs, kwnames);
@@ -2503,12 +2910,12 @@ memory_write_obj_unaligned(PyObject *op, PyObject *const *args, Py_ssize_t nargs
     uint64_t raw, bits;
     if (kwnames == NULL && nargs == 3 && plain_address(args[0], &raw)) {
         TypeInfoObject *info = info_of(args[1]);
-        Entry *entry;
+        RegionObject *region;
         char *pointer;
         if (info != NULL && info->kind != K_OTHER && value_bits(args[2], info, &bits) &&
-                (pointer = host_span(self, raw, info->size, 1, &entry)) != NULL) {
+                (pointer = host_span(self, raw, info->size, 1, &region)) != NULL) {
             write_value_bits(pointer, info, bits);
-            mark_dirty(entry->region, raw - entry->start, info->size);
+            mark_dirty(region, raw - region->start, info->size);
             Py_RETURN_NONE;
         }
     }
@@ -2542,8 +2949,8 @@ memory_read_slice(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObjec
     Py_buffer view;
     if (kwnames == NULL && nargs == 2 && plain_address(args[0], &raw) &&
             flat_buffer(args[1], &view, 1)) {
-        Entry *entry;
-        char *pointer = host_span(self, raw, (uint64_t)view.len, 0, &entry);
+        RegionObject *region;
+        char *pointer = host_span(self, raw, (uint64_t)view.len, 0, &region);
         if (pointer != NULL)
             memmove(view.buf, pointer, (size_t)view.len);
         PyBuffer_Release(&view);
@@ -2561,11 +2968,11 @@ memory_write_slice(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObje
     Py_buffer view;
     if (kwnames == NULL && nargs == 2 && plain_address(args[0], &raw) &&
             flat_buffer(args[1], &view, 0)) {
-        Entry *entry;
-        char *pointer = host_span(self, raw, (uint64_t)view.len, 1, &entry);
+        RegionObject *region;
+        char *pointer = host_span(self, raw, (uint64_t)view.len, 1, &region);
         if (pointer != NULL) {
             memmove(pointer, view.buf, (size_t)view.len);
-            mark_dirty(entry->region, raw - entry->start, (uint64_t)view.len);
+            mark_dirty(region, raw - region->start, (uint64_t)view.len);
         }
         PyBuffer_Release(&view);
         if (pointer != NULL)
@@ -2602,7 +3009,12 @@ static PyMethodDef memory_methods[] = {
          "nothing."),
     {"_install", memory_install, METH_O, "Build the region table (once)."},
     {"_install_changed", (PyCFunction)(void (*)(void))memory_install_changed, METH_FASTCALL,
-     "Build the region table from another memory's, one region inserted or removed."},
+     "Build the region table from another memory's, one region inserted or removed, "
+     "sharing what the change does not touch."},
+    {"_nth_region", memory_nth_region, METH_O,
+     "_nth_region($self, index, /)\n--\n\nThe region at `index` in address order."},
+    {"num_regions", memory_num_regions, METH_NOARGS,
+     "num_regions($self, /)\n--\n\nHow many regions there are."},
     {"_region_at", memory_region_at, METH_O,
      "The region holding an address value (remembered), or the no-region."},
     {"_page_guess", memory_page_guess, METH_O,
@@ -2834,6 +3246,7 @@ PyInit__fastpath(void)
         (RegionCoreType = add_type(module, &region_spec, "RegionCore")) == NULL ||
         (LedgerType = add_type(module, &ledger_spec, "Ledger")) == NULL ||
         (MemoryCoreType = add_type(module, &memory_spec, "MemoryCore")) == NULL ||
+        (ChunkType = add_type(module, &chunk_spec, "RegionChunk")) == NULL ||
         PyModule_AddIntConstant(module, "KIND_OTHER", K_OTHER) < 0 ||
         PyModule_AddIntConstant(module, "KIND_UNSIGNED", K_UINT) < 0 ||
         PyModule_AddIntConstant(module, "KIND_SIGNED", K_SINT) < 0 ||

@@ -74,6 +74,24 @@ from vm_memory.region import (
     is_region,
     regions_tracking_dirty_pages,
 )
+from vm_memory.region_table import (
+    LOOKUP_SHIFT as _LOOKUP_SHIFT,
+)
+from vm_memory.region_table import (
+    PAGE_BUCKETS as _PAGE_BUCKETS,
+)
+from vm_memory.region_table import (
+    Chunks,
+    PageTable,
+    build_chunks,
+    build_pages,
+    chunk_index,
+    chunk_of_index,
+    chunks_inserted,
+    chunks_removed,
+    pages_inserted,
+    pages_removed,
+)
 from vm_memory.stream_io import StreamSink, StreamSource, gather_write, scatter_read
 from vm_memory.volatile import VolatileSlice
 
@@ -89,10 +107,6 @@ Span = tuple[GuestMemoryRegion, int, int]
 
 _SEQ_CST: Final = Ordering.SEQ_CST
 _NO_REGION: Final = NoRegion()
-_LOOKUP_SHIFT: Final = 12
-"""The page table's granularity (4 KiB slots): a lookup key is `address >> _LOOKUP_SHIFT`."""
-_SMALL_REGION_SLOTS: Final = 16
-"""Regions spanning at most this many slots go in the page table."""
 _OWNED_BUFFERS: Final = (bytes, bytearray)
 """Buffer types that own their memory: never guest memory, so never overlapping it."""
 _START_VALUE: Final = attrgetter("start_value")
@@ -215,36 +229,6 @@ def _write_spans(spans: list[Span], source: memoryview) -> None:
     _mark(spans)
 
 
-def _small_region_pages(region: GuestMemoryRegion) -> range:
-    """The page-table slots of `region` if it is small enough to be in the table, else none."""
-    first = region.start_value >> _LOOKUP_SHIFT
-    last = (region.end_value - 1) >> _LOOKUP_SHIFT
-    return range(first, last + 1) if last - first < _SMALL_REGION_SLOTS else range(0)
-
-
-def _add_pages(pages: dict[int, GuestMemoryRegion], region: GuestMemoryRegion) -> None:
-    """Point the page-table slots of a small `region` at it (where no region is yet)."""
-    for page in _small_region_pages(region):
-        pages.setdefault(page, region)
-
-
-def _drop_pages(pages: dict[int, GuestMemoryRegion], region: GuestMemoryRegion,
-                remaining: tuple[GuestMemoryRegion, ...], index: int) -> None:
-    """Remove `region` from the page table; a slot it shared goes to a neighbour on the
-    same page (the table is a guess checked at each use: any region on the page will do,
-    and only the removed region's two neighbours can share its pages)."""
-    neighbours = [_small_region_pages(neighbour)
-                  for neighbour in remaining[max(index - 1, 0):index + 1]]
-    for page in _small_region_pages(region):
-        if pages.get(page) is region:
-            del pages[page]
-            for slots, neighbour in zip(neighbours, remaining[max(index - 1, 0):index + 1],
-                                        strict=True):
-                if page in slots:
-                    pages[page] = neighbour
-                    break
-
-
 def sorted_without_overlap(regions: Iterable[_R]) -> list[_R]:
     """`regions` sorted by start address; `RegionOverlap` if two of them overlap."""
     ordered = sorted(regions, key=_START_VALUE)
@@ -263,7 +247,8 @@ class _PureMemoryBase:
 
 if TYPE_CHECKING or compiled is None:
     _MemoryBase = _PureMemoryBase
-    _MEMORY_SLOTS: tuple[str, ...] = ("__weakref__", "_last", "_pages", "_regions", "_starts")
+    _MEMORY_SLOTS: tuple[str, ...] = ("__weakref__", "_bases", "_chunks", "_count", "_firsts",
+                                      "_last", "_pages", "_regions_made")
 else:  # the region table and the hot methods live in the compiled base (MemoryCore)
     _MemoryBase = compiled.MemoryCore
     _MEMORY_SLOTS = ("__weakref__",)
@@ -277,14 +262,19 @@ class GuestMemory(_MemoryBase):
 
     __slots__ = _MEMORY_SLOTS
 
-    _regions: tuple[GuestMemoryRegion, ...]
     # Pure-path lookup, fastest first: the region the last access hit (any region of this
     # memory is a valid guess, so threads may race on it harmlessly); a page table of the
     # small regions, so thousands of them cost one dict probe; a binary search over the
-    # starts. (The compiled path keeps the same in its C table.)
-    _starts: list[int]
+    # chunks' first starts, then in the chunk. The table is persistent (see
+    # vm_memory/region_table.py): a hot-plug change shares what it does not touch. (The
+    # compiled path keeps the same in its C table.)
+    _chunks: Chunks
+    _firsts: list[int]
+    _bases: list[int]
+    _count: int
     _last: GuestMemoryRegion
-    _pages: dict[int, GuestMemoryRegion]
+    _pages: PageTable
+    _regions_made: tuple[GuestMemoryRegion, ...] | None
 
     _hotplug_skips_init: ClassVar[bool] = True
     """Whether hot-plug may make this class's new objects without calling `__init__`
@@ -329,58 +319,88 @@ class GuestMemory(_MemoryBase):
 
     def _install(self, regions: tuple[GuestMemoryRegion, ...]) -> None:
         """Set up the lookup for `regions` (sorted, checked), once."""
-        if hasattr(self, "_regions"):  # `__init__` called again (as the compiled base says)
+        if hasattr(self, "_chunks"):  # `__init__` called again (as the compiled base says)
             raise AttributeError("a memory's regions are fixed at construction")
-        self._regions = regions
-        self._starts = [region.start_value for region in regions]
-        self._pages = {}
-        for region in regions:
-            _add_pages(self._pages, region)
+        self._set_chunks(build_chunks(regions))
+        self._pages = build_pages(regions)
+        self._regions_made = regions
         self._last = _NO_REGION
 
-    def _install_changed(self, old: GuestMemory, regions: tuple[GuestMemoryRegion, ...],
-                         index: int, inserted: bool) -> None:
-        """Set up the lookup from `old`'s, with `regions[index]` inserted or `old`'s region
-        at `index` removed: work proportional to the change, plus copies of the tables."""
-        self._regions = regions
-        self._starts = old._starts.copy()
-        self._pages = old._pages.copy()
-        if inserted:
-            region = regions[index]
-            self._starts.insert(index, region.start_value)
-            _add_pages(self._pages, region)
+    def _set_chunks(self, chunks: Chunks) -> None:
+        """(Pure path) Hold `chunks` and their index."""
+        self._chunks = chunks
+        self._firsts, self._bases = chunk_index(chunks)
+        self._count = self._bases[-1] + len(chunks[-1]) if chunks else 0
+
+    def _install_changed(self, old: GuestMemory, index: int,
+                         region: GuestMemoryRegion | None) -> None:
+        """Set up the lookup from `old`'s, with `region` inserted at `index` or (region
+        None) `old`'s region at `index` removed, sharing every part the change does not
+        touch: work proportional to the change."""
+        if region is not None:
+            self._set_chunks(chunks_inserted(old._chunks, old._bases, old._count, index,
+                                             region))
+            self._pages = pages_inserted(old._pages, region)
         else:
-            del self._starts[index]
-            _drop_pages(self._pages, old._regions[index], regions, index)
+            removed = old._nth_region(index)
+            self._set_chunks(chunks_removed(old._chunks, old._bases, index))
+            self._pages = pages_removed(
+                old._pages, removed,
+                [self._nth_region(near) for near in (index - 1, index)
+                 if 0 <= near < self._count])
+        self._regions_made = None
         self._last = _NO_REGION
 
     def _page_guess(self, value: int) -> GuestMemoryRegion | None:
         """The region the page table names for `value`'s page, or None (for tests)."""
-        return self._pages.get(value >> _LOOKUP_SHIFT)
+        page = value >> _LOOKUP_SHIFT
+        return self._pages[page % _PAGE_BUCKETS].get(page)
 
     def _index_at(self, value: int) -> int:
         """The index of the last region starting at or below `value`, or -1."""
-        return bisect_right(self._starts, value) - 1
+        number = bisect_right(self._firsts, value) - 1
+        if number < 0:
+            return -1
+        return self._bases[number] + bisect_right(self._chunks[number], value,
+                                                  key=_START_VALUE) - 1
+
+    def _nth_region(self, index: int, /) -> GuestMemoryRegion:
+        """The region at `index` in address order (0 <= index < num_regions())."""
+        if not 0 <= index < self._count:
+            raise IndexError("region index out of range")
+        number = chunk_of_index(self._bases, index)
+        return self._chunks[number][index - self._bases[number]]
 
     def _region_at(self, value: int) -> GuestMemoryRegion:
         """The region holding `value` (remembered for the next access), or `_NO_REGION`."""
-        region = self._pages.get(value >> _LOOKUP_SHIFT)
+        page = value >> _LOOKUP_SHIFT
+        region = self._pages[page % _PAGE_BUCKETS].get(page)
         if region is None or not region.start_value <= value < region.end_value:
-            index = bisect_right(self._starts, value) - 1
-            if index < 0:
+            number = bisect_right(self._firsts, value) - 1
+            if number < 0:
                 return _NO_REGION
-            region = self._regions[index]
+            chunk = self._chunks[number]
+            region = chunk[bisect_right(chunk, value, key=_START_VALUE) - 1]
             if value >= region.end_value:
                 return _NO_REGION
         self._last = region
         return region
+
+    @property
+    def _regions(self) -> tuple[GuestMemoryRegion, ...]:
+        """The regions as a tuple, made on first use (a change shares chunks instead)."""
+        regions = self._regions_made
+        if regions is None:
+            regions = self._regions_made = tuple(
+                region for chunk in self._chunks for region in chunk)
+        return regions
 
     def holds(self, region: object) -> bool:
         """Whether `region` (this very object) is one of this memory's regions."""
         if not is_region(region):
             return False
         index = self._index_at(region.start_value)
-        return index >= 0 and self._regions[index] is region
+        return index >= 0 and self._nth_region(index) is region
 
     def uses_host_memory(self, low: int, high: int) -> bool:
         """Whether a region of this memory reaches host memory in [low, high)."""
@@ -398,7 +418,7 @@ class GuestMemory(_MemoryBase):
 
     def num_regions(self) -> int:
         """How many regions there are."""
-        return len(self._regions)
+        return self._count
 
     def __iter__(self) -> Iterator[GuestMemoryRegion]:
         return iter(self._regions)
@@ -410,9 +430,10 @@ class GuestMemory(_MemoryBase):
 
     def last_addr(self) -> GuestAddress:
         """The highest guest address backed by a region; raises if there are none."""
-        if not self._regions:
+        count = self.num_regions()
+        if not count:
             raise InvalidGuestAddress(0)
-        return self._regions[-1].last_addr
+        return self._nth_region(count - 1).last_addr
 
     def address_in_range(self, address: GuestAddress) -> bool:
         """Whether a region contains `address`."""
@@ -472,10 +493,10 @@ class GuestMemory(_MemoryBase):
         """The pieces covering `[value, value + length)`, in order, up to a hole."""
         spans: list[Span] = []
         index = self._index_at(value)
-        regions = self._regions
+        regions = self.num_regions()
         remaining = length
-        while remaining > 0 and 0 <= index < len(regions):
-            region = regions[index]
+        while remaining > 0 and 0 <= index < regions:
+            region = self._nth_region(index)
             offset = value - region.start_value
             if offset < 0 or offset >= region.length:
                 break
@@ -542,7 +563,8 @@ class GuestMemory(_MemoryBase):
         value = self._checked_start(address, length, "read_slice")
         region = self._last
         if not region.start_value <= value < region.end_value:
-            region = self._pages.get(value >> _LOOKUP_SHIFT, _NO_REGION)
+            page = value >> _LOOKUP_SHIFT
+            region = self._pages[page % _PAGE_BUCKETS].get(page, _NO_REGION)
             if not region.start_value <= value < region.end_value:
                 region = self._region_at(value)
         offset = value - region.start_value
@@ -564,7 +586,8 @@ class GuestMemory(_MemoryBase):
         value = self._checked_start(address, length, "write_slice")
         region = self._last
         if not region.start_value <= value < region.end_value:
-            region = self._pages.get(value >> _LOOKUP_SHIFT, _NO_REGION)
+            page = value >> _LOOKUP_SHIFT
+            region = self._pages[page % _PAGE_BUCKETS].get(page, _NO_REGION)
             if not region.start_value <= value < region.end_value:
                 region = self._region_at(value)
         offset = value - region.start_value
@@ -623,7 +646,8 @@ class GuestMemory(_MemoryBase):
         if region.start_value <= value < region.read_limit and unpack is not None:
             return unpack(region.buffer, value - region.start_value)[0]
         # Another region: the page table's guess first (no Python call), else a search.
-        region = self._pages.get(value >> _LOOKUP_SHIFT, _NO_REGION)
+        page = value >> _LOOKUP_SHIFT
+        region = self._pages[page % _PAGE_BUCKETS].get(page, _NO_REGION)
         if not region.start_value <= value < region.read_limit:
             region = self._region_at(value)
         if region.start_value <= value < region.read_limit and unpack is not None:
@@ -691,7 +715,8 @@ class GuestMemory(_MemoryBase):
         region = self._last
         if not region.start_value <= value < region.read_limit:
             # another region: the page table's guess (no Python call), else a search
-            region = self._pages.get(value >> _LOOKUP_SHIFT, _NO_REGION)
+            page = value >> _LOOKUP_SHIFT
+            region = self._pages[page % _PAGE_BUCKETS].get(page, _NO_REGION)
             if not region.start_value <= value < region.read_limit:
                 region = self._region_at(value)
                 if not region.start_value <= value < region.read_limit:
@@ -731,7 +756,8 @@ class GuestMemory(_MemoryBase):
         region = self._last
         if not region.start_value <= raw < region.write_limit:
             # another region: the page table's guess (no Python call), else a search
-            region = self._pages.get(raw >> _LOOKUP_SHIFT, _NO_REGION)
+            page = raw >> _LOOKUP_SHIFT
+            region = self._pages[page % _PAGE_BUCKETS].get(page, _NO_REGION)
             if not region.start_value <= raw < region.write_limit:
                 region = self._region_at(raw)
                 if not region.start_value <= raw < region.write_limit:
@@ -958,7 +984,8 @@ class GuestMemory(_MemoryBase):
         at all while no region anywhere tracks)."""
         if not regions_tracking_dirty_pages():
             return None
-        return next((tracked.dirty.page_size for tracked in self._regions
+        regions = (self._nth_region(index) for index in range(self.num_regions()))
+        return next((tracked.dirty.page_size for tracked in regions
                      if tracked.dirty is not None), None)
 
     def remove_region(self, address: GuestAddress,
@@ -972,44 +999,43 @@ class GuestMemory(_MemoryBase):
         length = check_u64(length, "length")
         index = self._index_at(value)
         if index >= 0:
-            region = self._regions[index]
+            region = self._nth_region(index)
             if region.start_value == value and region.length == length:
-                remaining = self._regions[:index] + self._regions[index + 1:]
                 if not type(self)._hotplug_skips_init:
-                    return type(self)(remaining), region
-                return self._changed(remaining, index, inserted=False), region
+                    regions = self._regions
+                    return type(self)(regions[:index] + regions[index + 1:]), region
+                return self._changed(index, None), region
         raise InvalidRange(value, length, "no region has exactly this range")
 
     def _with_inserted(self, region: GuestMemoryRegion) -> Self:
         """A new memory object with `region` inserted, checking only what changes: the
         region itself and its two neighbours (the others were checked when this memory
         was made, and a live memory's regions cannot be closed)."""
-        regions = self._regions
         if not type(self)._hotplug_skips_init:
-            return type(self)((*regions, region))
+            return type(self)((*self._regions, region))
         self._admit(region)
         index = self._index_at(region.start_value) + 1
-        if index > 0 and regions[index - 1].end_value > region.start_value:
-            before = regions[index - 1]
+        if index > 0 and self._nth_region(index - 1).end_value > region.start_value:
+            before = self._nth_region(index - 1)
             raise RegionOverlap(before.start_value, before.length, region.start_value,
                                 region.length)
-        if index < len(regions) and region.end_value > regions[index].start_value:
-            after = regions[index]
+        if index < self.num_regions() \
+                and region.end_value > self._nth_region(index).start_value:
+            after = self._nth_region(index)
             raise RegionOverlap(region.start_value, region.length, after.start_value,
                                 after.length)
         with lifetime_lock():  # as in __init__: no close between the check and registration
             if region.closed:
                 raise MappingError(region.length, f"{region!r} is closed")
-            return self._changed((*regions[:index], region, *regions[index:]), index,
-                                 inserted=True)
+            return self._changed(index, region)
 
-    def _changed(self, regions: tuple[GuestMemoryRegion, ...], index: int, *,
-                 inserted: bool) -> Self:
-        """A new registered object of this class over `regions`, its lookup derived from
+    def _changed(self, index: int, region: GuestMemoryRegion | None) -> Self:
+        """A new registered object of this class: this one with `region` inserted at
+        `index`, or (region None) without the region at `index`; its lookup derived from
         this one's (call with the lifetime lock held when inserting)."""
         cls = type(self)
         memory = cls.__new__(cls)
-        memory._install_changed(self, regions, index, inserted)
+        memory._install_changed(self, index, region)
         with lifetime_lock():
             register(memory)
         return memory
@@ -1285,7 +1311,8 @@ def _compare_exchange_method(operation: AtomicOperation, members: tuple[Ordering
             return False, box.value
         if not region.start_value <= raw < region.atomic_write_limit:
             # another region: the page table's guess (no Python call), else a search
-            region = self._pages.get(raw >> _LOOKUP_SHIFT, _NO_REGION)
+            page = raw >> _LOOKUP_SHIFT
+            region = self._pages[page % _PAGE_BUCKETS].get(page, _NO_REGION)
             if not region.start_value <= raw < region.atomic_write_limit:
                 region = self._region_at(raw)
                 if not region.start_value <= raw < region.atomic_write_limit:
@@ -1310,6 +1337,40 @@ def _compare_exchange_method(operation: AtomicOperation, members: tuple[Ordering
     return compare_exchange
 
 
+def _load_method(operation: AtomicOperation,
+                 members: tuple[Ordering, ...]) -> Callable[..., Any]:
+    """`_atomic_method`'s fast path for a load (no operand, one ordering)."""
+    index = _OPERATION_INDEX[operation.name]
+    ordering_type = Ordering
+
+    def load(self: GuestMemory, address: AlignedGuestAddress[Any],
+             order: Ordering = _SEQ_CST) -> Any:
+        if type(address) is not AlignedGuestAddress:  # a look-alike: refused there
+            return self._atomic(operation, address, order, ())
+        try:
+            function = address._info.atomics[index]
+            value = address._guest_value
+        except TypeError:  # not primed (None)
+            return self._atomic(operation, address, order, ())
+        region = self._last
+        if region.start_value <= value < region.atomic_read_limit \
+                and order is _SEQ_CST:
+            return function(value + region.atomic_delta, order)
+        if not region.start_value <= value < region.atomic_read_limit:
+            # another region: the page table's guess (no Python call), else a search
+            page = value >> _LOOKUP_SHIFT
+            region = self._pages[page % _PAGE_BUCKETS].get(page, _NO_REGION)
+            if not region.start_value <= value < region.atomic_read_limit:
+                region = self._region_at(value)
+                if not region.start_value <= value < region.atomic_read_limit:
+                    return self._atomic(operation, address, order, ())
+            self._last = region
+        if order is _SEQ_CST or (type(order) is ordering_type and order in members):
+            return function(value + region.atomic_delta, order)
+        return self._atomic(operation, address, order, ())
+    return load
+
+
 def _atomic_method(operation: AtomicOperation) -> Callable[..., Any]:
     """The public method for `operation`: its fast path, then `GuestMemory._atomic`.
 
@@ -1326,31 +1387,7 @@ def _atomic_method(operation: AtomicOperation) -> Callable[..., Any]:
     method: Callable[..., Any]
 
     if operation.shape == "load":
-        def load(self: GuestMemory, address: AlignedGuestAddress[Any],
-                 order: Ordering = _SEQ_CST) -> Any:
-            if type(address) is not AlignedGuestAddress:  # a look-alike: refused there
-                return self._atomic(operation, address, order, ())
-            try:
-                function = address._info.atomics[index]
-                value = address._guest_value
-            except TypeError:  # not primed (None)
-                return self._atomic(operation, address, order, ())
-            region = self._last
-            if region.start_value <= value < region.atomic_read_limit \
-                    and order is _SEQ_CST:
-                return function(value + region.atomic_delta, order)
-            if not region.start_value <= value < region.atomic_read_limit:
-                # another region: the page table's guess (no Python call), else a search
-                region = self._pages.get(value >> _LOOKUP_SHIFT, _NO_REGION)
-                if not region.start_value <= value < region.atomic_read_limit:
-                    region = self._region_at(value)
-                    if not region.start_value <= value < region.atomic_read_limit:
-                        return self._atomic(operation, address, order, ())
-                self._last = region
-            if order is _SEQ_CST or (type(order) is ordering_type and order in members):
-                return function(value + region.atomic_delta, order)
-            return self._atomic(operation, address, order, ())
-        method = load
+        method = _load_method(operation, members)
 
     elif operation.shape == "compare-exchange":
         method = _compare_exchange_method(operation, members, failure_members)
@@ -1372,7 +1409,8 @@ def _atomic_method(operation: AtomicOperation) -> Callable[..., Any]:
                 return function(raw + region.atomic_delta, value, order)
             if not region.start_value <= raw < region.atomic_write_limit:
                 # another region: the page table's guess (no Python call), else a search
-                region = self._pages.get(raw >> _LOOKUP_SHIFT, _NO_REGION)
+                page = raw >> _LOOKUP_SHIFT
+                region = self._pages[page % _PAGE_BUCKETS].get(page, _NO_REGION)
                 if not region.start_value <= raw < region.atomic_write_limit:
                     region = self._region_at(raw)
                     if not region.start_value <= raw < region.atomic_write_limit:
@@ -1422,7 +1460,7 @@ COMPILED_METHODS: Final = (
 """The access methods the compiled base runs in C (each falling back on its general
 path, `_<name>_general` or the atomic table's)."""
 _COMPILED_LOOKUP: Final = ("_install", "_install_changed", "_index_at", "_region_at",
-                           "_page_guess")
+                           "_page_guess", "_nth_region", "num_regions", "_regions")
 
 if compiled is None:
     for _operation in OPERATIONS.values():

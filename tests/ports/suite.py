@@ -50,6 +50,7 @@ CORE: Final = (
     "tests/test_atomic_refusals.py", "tests/test_torn_reads.py", "tests/test_lost_updates.py",
     # the cross-compiled extension, against the pure path on every region kind
     "tests/test_compiled_path.py", "tests/test_contract.py", "tests/test_region_lookup.py",
+    "tests/test_region_table.py",
     # mmap flags (their values differ per architecture), files, windows
     "tests/test_mmap_backends.py", "tests/test_mmap_regions.py",
     "tests/test_mapping_windows.py", "tests/test_bulk_build.py",

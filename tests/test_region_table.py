@@ -1,0 +1,446 @@
+"""The persistent region table at scale: snapshots share structure, yet stay independent.
+
+A hot-plug change makes a new memory object that shares every part of the old one's
+table it does not touch (chunks of regions, page-table buckets; `vm_memory/region_table.py`
+and `_fastpath.c`). These tests check what that must never break, on the access path
+this process runs (the suite runs on both):
+
+- long random sequences of inserts and removes over hundreds of regions (so chunks fill,
+  split, shrink and merge), every snapshot kept: each one answers, at the end, exactly
+  as a brute-force model of its own regions does (its regions in order, each by index,
+  the index search, `find_region`, and reads through every fast path: typed aligned and
+  unaligned, atomic, slice), and its page table is complete and sound;
+- old snapshots keep working after many later changes, and once they are the only
+  holder of their regions (everything derived from them dropped, the garbage collected);
+- threads reading an old snapshot while another thread hot-plugs and drops snapshots
+  and collects garbage (in a child process: a lifetime bug would crash it);
+- the work of one change is proportional to the change: what one insert or remove
+  allocates (tracemalloc sees the C table's PyMem allocations too) barely grows from
+  1,000 to 100,000 regions, where copying the table would allocate megabytes. The
+  control: the same check run on a copy-everything change fails.
+"""
+# pyright: reportPrivateUsage=false
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import mmap
+import random
+import tracemalloc
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import cache
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from support import ByteDevice, run_python_code
+
+from vm_memory import (
+    AlignedGuestAddress,
+    DeviceRegion,
+    GuestAddress,
+    GuestMemory,
+    GuestMemoryError,
+    GuestMemoryMmap,
+    GuestMemoryRegion,
+    RegionOverlap,
+)
+from vm_memory.region_table import CHUNK_BUILD, CHUNK_MAX, LOOKUP_SHIFT, SMALL_REGION_SLOTS
+
+PAGE = mmap.PAGESIZE
+LOOKUP_PAGE = 1 << LOOKUP_SHIFT
+BASE = 0x1000_0000
+BASE_REGIONS = 3 * CHUNK_BUILD + 40
+"""The starting memory: several chunks, one of them partly full."""
+SPOTS = BASE_REGIONS + CHUNK_MAX
+"""Places for inserted regions: between the base regions and past them."""
+
+
+def base_start(index: int) -> int:
+    return BASE + 4 * PAGE * index
+
+
+def spot_start(index: int) -> int:
+    """An inserted region's start: between base regions `index` and `index + 1`."""
+    return BASE + (4 * index + 2) * PAGE
+
+
+def marked(memory: GuestMemoryMmap, first_mark: int) -> list[GuestMemoryRegion]:
+    """`memory`'s regions, each filled with its own mark byte (1..250)."""
+    regions: list[GuestMemoryRegion] = list(memory.regions())
+    for number, region in enumerate(regions):
+        view = region.buffer
+        assert view is not None
+        view[:] = bytes([1 + (first_mark + number) % 250]) * region.length
+    return regions
+
+
+@dataclass(frozen=True)
+class Parts:
+    """The regions the tests combine, each a window of one mapping per group."""
+
+    base: GuestMemoryMmap
+    one_page: list[GuestMemoryRegion]
+    two_pages: list[GuestMemoryRegion]
+    large: GuestMemoryRegion
+
+
+@cache
+def parts() -> Parts:
+    base = GuestMemoryMmap.from_ranges(
+        [(GuestAddress(base_start(index)), PAGE) for index in range(BASE_REGIONS)],
+        one_mapping=True)
+    marked(base, 0)
+    one = GuestMemoryMmap.from_ranges(
+        [(GuestAddress(spot_start(index)), PAGE) for index in range(SPOTS)],
+        one_mapping=True)
+    two = GuestMemoryMmap.from_ranges(
+        [(GuestAddress(spot_start(index)), 2 * PAGE) for index in range(SPOTS)],
+        one_mapping=True)
+    large_size = (SMALL_REGION_SLOTS + 1) * max(PAGE, LOOKUP_PAGE)
+    large = GuestMemoryMmap.from_ranges([(GuestAddress(0x4000_0000), large_size)])
+    return Parts(base, marked(one, 7), marked(two, 101), marked(large, 200)[0])
+
+
+def mark_of(region: GuestMemoryRegion) -> int:
+    view = region.buffer
+    assert view is not None
+    return view[0]
+
+
+def find(model: Sequence[GuestMemoryRegion], value: int) -> GuestMemoryRegion | None:
+    """The brute-force answer: the region of `model` holding `value`, if any."""
+    for region in model:
+        if region.start_value <= value < region.end_value:
+            return region
+    return None
+
+
+def reads(memory: GuestMemory, value: int) -> int | None:
+    """The byte at `value` through every fast path, which must agree (None where
+    nothing is backed: each path's typed error)."""
+    answers: list[int | None] = []
+    aligned = AlignedGuestAddress.new(ctypes.c_uint8, GuestAddress(value))
+    buffer = bytearray(1)
+
+    def slice_byte() -> int:
+        memory.read_slice(GuestAddress(value), buffer)
+        return buffer[0]
+
+    calls: list[Callable[[], object]] = [
+        lambda: memory.read_obj_unaligned(GuestAddress(value), ctypes.c_uint8),
+        lambda: memory.read_obj(aligned),
+        lambda: memory.read_atomic(aligned),
+        slice_byte,
+    ]
+    for call in calls:
+        try:
+            answer = call()
+        except GuestMemoryError:
+            answer = None
+        assert answer is None or isinstance(answer, int)
+        answers.append(answer)
+    assert len(set(answers)) == 1, (hex(value), answers)
+    return answers[0]
+
+
+def check_table(memory: GuestMemory, model: Sequence[GuestMemoryRegion]) -> None:
+    """The cheap checks: the regions in order, by index and by the index search, and
+    a complete, sound page table."""
+    assert memory.num_regions() == len(model)
+    assert list(memory.regions()) == list(model)
+    for index, region in enumerate(model):
+        assert memory._nth_region(index) is region
+        assert memory._index_at(region.start_value) == index
+        assert memory._index_at(region.end_value - 1) == index
+        assert memory._index_at(region.start_value - 1) == index - 1
+    for region in model:
+        first = region.start_value >> LOOKUP_SHIFT
+        last = (region.end_value - 1) >> LOOKUP_SHIFT
+        if last - first >= SMALL_REGION_SLOTS:
+            continue
+        for page in range(first, last + 1):
+            guessed = memory._page_guess(page << LOOKUP_SHIFT)
+            assert guessed is not None, ("no guess", hex(page << LOOKUP_SHIFT))
+            assert any(guessed is held for held in model), "a guess of another memory"
+            assert guessed.start_value >> LOOKUP_SHIFT <= page \
+                <= (guessed.end_value - 1) >> LOOKUP_SHIFT
+
+
+def check_lookups(memory: GuestMemory, model: Sequence[GuestMemoryRegion],
+                  rng: random.Random) -> None:
+    """Lookups at the interesting addresses of a sample of regions (and around them),
+    in two orders (the last-hit cache cold, then warm), against the brute force."""
+    sample = rng.sample(model, min(len(model), 60)) if model else []
+    values = sorted({value for region in sample for value in (
+        region.start_value - 1, region.start_value, region.start_value + 0x41,
+        region.end_value - 1, region.end_value) if value >= 0} | {0, BASE - 1})
+    for order in (values, values[::-1]):
+        for value in order:
+            expected = find(model, value)
+            assert memory.find_region(GuestAddress(value)) is expected, hex(value)
+            assert reads(memory, value) == (None if expected is None
+                                            else mark_of(expected)), hex(value)
+
+
+Step = tuple[str, int, int]
+"""("insert", spot, variant) / ("remove", index, 0) / ("run", spot, count): a run
+inserts `count` one-page regions at consecutive free spots (filling a chunk), or
+(negative count) removes that many consecutive regions."""
+
+plans = st.lists(st.one_of(
+    st.tuples(st.just("insert"), st.integers(0, SPOTS - 1), st.integers(0, 2)),
+    st.tuples(st.just("remove"), st.integers(0, 10_000), st.just(0)),
+    st.tuples(st.just("run"), st.integers(0, SPOTS - 1),
+              st.integers(-CHUNK_MAX, CHUNK_MAX))), min_size=1, max_size=12)
+
+
+def apply(plan: list[Step]) -> list[tuple[GuestMemory, list[GuestMemoryRegion]]]:
+    """Every snapshot `plan` makes from the base memory, with its model."""
+    table = parts()
+    memory: GuestMemory = table.base
+    model: list[GuestMemoryRegion] = list(table.base.regions())
+    made: list[tuple[GuestMemory, list[GuestMemoryRegion]]] = [(memory, model)]
+
+    def insert(region: GuestMemoryRegion) -> None:
+        nonlocal memory, model
+        clash = find(model, region.start_value) or find(model, region.end_value - 1)
+        if clash is not None:
+            with pytest.raises(RegionOverlap):
+                memory.insert_region(region)
+            return
+        memory = memory.insert_region(region)
+        model = sorted([*model, region], key=lambda held: held.start_value)
+        made.append((memory, model))
+
+    def remove(index: int) -> None:
+        nonlocal memory, model
+        held = model[index]
+        memory, removed = memory.remove_region(held.start, held.length)
+        assert removed is held
+        model = model[:index] + model[index + 1:]
+        made.append((memory, model))
+
+    for action, where, amount in plan:
+        if action == "insert":
+            variants = (table.one_page[where], table.two_pages[where], table.large)
+            insert(variants[amount])
+        elif action == "remove":
+            if model:
+                remove(where % len(model))
+        elif amount >= 0:
+            for spot in range(where, min(where + amount, SPOTS)):
+                if find(model, spot_start(spot)) is None:
+                    insert(table.one_page[spot])
+        else:
+            for _ in range(-amount):
+                if not model:
+                    break
+                remove(min(where, len(model) - 1))
+    return made
+
+
+@settings(max_examples=25)
+@given(plans, st.randoms(use_true_random=False))
+def test_every_snapshot_answers_as_its_own_model(plan: list[Step],
+                                                 rng: random.Random) -> None:
+    made = apply(plan)
+    for memory, model in made:  # every snapshot, after every later change
+        check_table(memory, model)
+    for memory, model in [*rng.sample(made, min(len(made), 4)), made[0], made[-1]]:
+        check_lookups(memory, model, rng)
+
+
+def test_chunks_split_and_merge_along_a_long_sequence() -> None:
+    """A fixed long sequence (fill one chunk past CHUNK_MAX, drain it, hot-plug at
+    random): every snapshot still answers as its model at the end."""
+    rng = random.Random(13)
+    plan: list[Step] = [("run", 0, CHUNK_MAX + 10), ("run", 5, -(CHUNK_MAX - 20))]
+    plan += [(rng.choice(("insert", "remove")), rng.randrange(SPOTS), rng.randrange(3))
+             for _ in range(150)]
+    made = apply(plan)
+    assert len(made) > 2 * CHUNK_MAX
+    for memory, model in made:
+        check_table(memory, model)
+    for memory, model in made[::40]:
+        check_lookups(memory, model, rng)
+
+
+def test_the_table_checks_can_fail() -> None:
+    """The controls: a snapshot checked against its successor's model (one region
+    more) fails both checks."""
+    table = parts()
+    memory = table.base
+    model = list(memory.regions())
+    bigger = memory.insert_region(table.one_page[3])
+    with pytest.raises(AssertionError):
+        check_table(memory, sorted([*model, table.one_page[3]],
+                                   key=lambda held: held.start_value))
+    with pytest.raises(AssertionError):
+        check_lookups(memory, [*model, table.one_page[3]], random.Random(0))
+    check_table(bigger, sorted([*model, table.one_page[3]], key=lambda held: held.start_value))
+
+
+def test_an_old_snapshot_outlives_everything_derived_from_it() -> None:
+    """A snapshot, changed many times over and then the only holder of its regions
+    (every later snapshot dropped, garbage collected), answers as before; so does the
+    last snapshot once the first is gone."""
+    table = parts()
+    rng = random.Random(7)
+    first = table.base.insert_region(table.one_page[1])
+    first_model = sorted([*table.base.regions(), table.one_page[1]],
+                         key=lambda held: held.start_value)
+    memory: GuestMemory = first
+    for _ in range(400):
+        spot = rng.randrange(SPOTS)
+        region = table.one_page[spot]
+        if memory.holds(region):
+            memory, _ = memory.remove_region(region.start, region.length)
+        elif find(list(memory.regions()), region.start_value) is None:
+            memory = memory.insert_region(region)
+    last, last_model = memory, list(memory.regions())
+    del memory
+    gc.collect()
+    check_table(first, first_model)
+    check_lookups(first, first_model, rng)
+    del first
+    gc.collect()
+    check_table(last, last_model)
+    check_lookups(last, last_model, rng)
+
+
+def test_threads_read_old_snapshots_while_another_hot_plugs() -> None:
+    """Readers keep reading an old snapshot's bytes (every fast path) while a writer
+    thread inserts and removes regions, drops each snapshot and collects garbage; in a
+    child process, so a use after free would crash it rather than the suite."""
+    result = run_python_code('''
+        import ctypes, gc, random, threading
+        from vm_memory import AlignedGuestAddress, GuestAddress, GuestMemoryMmap
+        PAGE = __import__("mmap").PAGESIZE
+        base = GuestMemoryMmap.from_ranges(
+            [(GuestAddress(0x100000 + 4 * PAGE * i), PAGE) for i in range(700)],
+            one_mapping=True)
+        for number, region in enumerate(base.regions()):
+            region.buffer[:] = bytes([1 + number % 250]) * PAGE
+        extra = GuestMemoryMmap.from_ranges(
+            [(GuestAddress(0x100000 + (4 * i + 2) * PAGE), PAGE) for i in range(700)],
+            one_mapping=True)
+        old = base.insert_region(extra.regions()[0])
+        expected = {r.start_value: r.buffer[0] for r in old.regions()}
+        starts = sorted(expected)
+        stop = threading.Event()
+        failures, reads = [], [0]
+
+        def reader(seed):
+            rng = random.Random(seed)
+            while not stop.is_set():
+                start = rng.choice(starts) + rng.randrange(PAGE)
+                aligned = AlignedGuestAddress.new(ctypes.c_uint8, GuestAddress(start))
+                got = (old.read_obj(aligned), old.read_atomic(aligned),
+                       old.read_obj_unaligned(GuestAddress(start), ctypes.c_uint8),
+                       old.read_bytes(GuestAddress(start), 1)[0])
+                want = expected[start - (start - 0x100000) % (2 * PAGE)]
+                if set(got) != {want}:
+                    failures.append((hex(start), got, want))
+                reads[0] += 1
+
+        def plugger():
+            rng = random.Random(1)
+            memory = old
+            for step in range(3000):
+                region = extra.regions()[rng.randrange(700)]
+                if memory.holds(region):
+                    memory, _ = memory.remove_region(region.start, region.length)
+                elif memory.find_region(region.start) is None:
+                    memory = memory.insert_region(region)
+                if step % 100 == 0:
+                    gc.collect()
+            del memory
+            gc.collect()
+
+        threads = [threading.Thread(target=reader, args=(seed,)) for seed in range(3)]
+        for thread in threads:
+            thread.start()
+        plugging = threading.Thread(target=plugger)
+        plugging.start()
+        plugging.join()
+        stop.set()
+        for thread in threads:
+            thread.join()
+        del base, extra
+        gc.collect()
+        assert all(old.read_bytes(GuestAddress(s), 1)[0] == v for s, v in expected.items())
+        print("failures", failures[:3], "reads", reads[0] > 0)
+    ''')
+    assert result.returncode == 0, result.stderr
+    assert "failures [] reads True" in result.stdout, result.stdout
+
+
+# ---- Work proportional to the change ----------------------------------------------------
+
+SMALL_TABLE = 1_000
+LARGE_TABLE = 100_000
+GROWTH_BOUND = 160 * 1024
+"""What one change may allocate more at 100,000 regions than at 1,000: the chunk index
+(n/256..n/128 entries) and one page-table bucket (C: the directory, n/128..n/256
+pointers; pure: the dict of page % 251, n/251 entries) — about 35 KB compiled and 70 KB
+pure at 100,000. Copying the whole table allocates megabytes there."""
+
+
+def device_memory(count: int) -> GuestMemory:
+    """`count` one-lookup-page device regions (no host memory: cheap to make at any size
+    and on any page size; the table treats them as any region)."""
+    device = ByteDevice(bytes(LOOKUP_PAGE))
+    return GuestMemory(DeviceRegion(device, GuestAddress(BASE + 2 * LOOKUP_PAGE * index),
+                                    LOOKUP_PAGE) for index in range(count))
+
+
+@pytest.fixture(scope="module")
+def device_memories() -> dict[int, GuestMemory]:
+    """The two tables, made once for the module (and let go after it)."""
+    return {count: device_memory(count) for count in (SMALL_TABLE, LARGE_TABLE)}
+
+
+def change_allocations(memory: GuestMemory,
+                       change: Callable[[GuestMemory, GuestMemoryRegion], object]) -> int:
+    """Bytes allocated at most while `change` inserts (then removes) one region into
+    `memory` (tracemalloc's peak above what was held before; it sees the C table's
+    PyMem allocations as well as Python objects)."""
+    region = DeviceRegion(ByteDevice(bytes(LOOKUP_PAGE)), GuestAddress(BASE + LOOKUP_PAGE),
+                          LOOKUP_PAGE)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        held = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        kept = change(memory, region)
+        peak = tracemalloc.get_traced_memory()[1] - held
+    finally:
+        tracemalloc.stop()
+    del kept
+    return peak
+
+
+def hot_plug(memory: GuestMemory, region: GuestMemoryRegion) -> object:
+    bigger = memory.insert_region(region)
+    return bigger, bigger.remove_region(region.start, region.length)
+
+
+def copy_everything(memory: GuestMemory, region: GuestMemoryRegion) -> object:
+    """What a copy-everything table does per change (for the control): a new memory
+    built over a copy of all the regions."""
+    return GuestMemory([*memory.regions(), region])
+
+
+@pytest.mark.parametrize("change", [hot_plug, copy_everything], ids=["hot_plug", "control"])
+def test_one_change_allocates_about_the_same_at_any_size(
+        change: Callable[[GuestMemory, GuestMemoryRegion], object],
+        device_memories: dict[int, GuestMemory]) -> None:
+    small = change_allocations(device_memories[SMALL_TABLE], change)
+    large = change_allocations(device_memories[LARGE_TABLE], change)
+    if change is copy_everything:  # the control: a copy of the table is caught
+        assert large - small > GROWTH_BOUND, (small, large)
+    else:
+        assert large - small <= GROWTH_BOUND, (small, large)
