@@ -1158,6 +1158,8 @@ ledger_add(PyObject *op, PyObject *regions)
     }
     for (Py_ssize_t index = 0; index < adding; index++) {
         RegionObject *region = (RegionObject *)PyList_GetItem(regions, index);
+        if (region->ledger != NULL)   /* listed twice: one entry (its dealloc clears one) */
+            continue;
         Py_INCREF(op);
         region->ledger = self;
         region->ledger_index = self->count;
@@ -1166,7 +1168,10 @@ ledger_add(PyObject *op, PyObject *regions)
     Py_RETURN_NONE;
 }
 
-/* live(): the regions recorded and still alive, in the order they were added. */
+/* live(): the regions recorded and still alive, in the order they were added. A region
+ * whose count has reached 0 is being deallocated (its weak references' callbacks, a
+ * slot's `__del__` and a deferred trashcan run before its entry is cleared): as a dead
+ * weak reference, it is skipped, never handed out again (that would free it twice). */
 static PyObject *
 ledger_live(PyObject *op, PyObject *unused)
 {
@@ -1174,7 +1179,7 @@ ledger_live(PyObject *op, PyObject *unused)
     PyObject *live = PyList_New(0);
     for (Py_ssize_t index = 0; live != NULL && index < self->count; index++) {
         PyObject *region = (PyObject *)self->entries[index];
-        if (region != NULL && PyList_Append(live, region) < 0)
+        if (region != NULL && Py_REFCNT(region) > 0 && PyList_Append(live, region) < 0)
             Py_CLEAR(live);
     }
     return live;
@@ -1279,22 +1284,46 @@ cut_window(PyTypeObject *type, allocfunc alloc, PyObject *const *descriptors,
     return window;
 }
 
+/* The two sequences of a bulk builder as tuples of one length (new references), or -1
+ * with an error: a snapshot the loop reads while code it runs (a collection's
+ * finalizers, another thread) may change the caller's lists. */
+static int
+bulk_snapshot(PyObject *first, PyObject *second, PyObject **tuples, const char *usage)
+{
+    tuples[0] = PySequence_Tuple(first);
+    tuples[1] = tuples[0] == NULL ? NULL : PySequence_Tuple(second);
+    if (tuples[1] != NULL && PyTuple_Size(tuples[0]) == PyTuple_Size(tuples[1]))
+        return 0;
+    if (tuples[1] != NULL)
+        PyErr_SetString(PyExc_SystemError, usage);
+    release_all(tuples, 2);
+    return -1;
+}
+
 /* cut_windows(MmapRegion, owner, sizes, spans, /): `_cut_windows_pure(owner, sizes,
- * spans)` (sizes checked, spans their whole pages, all inside the owner's mapping). */
+ * spans)` (sizes checked, spans their whole pages, all inside the owner's mapping). A
+ * window not inside the owner's mapping, or overlapping the next, is refused (a
+ * SystemError): its size is what placements and the raw-pointer paths trust. */
 static PyObject *
 module_cut_windows(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 4 || !PyType_Check(args[0]) || !PyList_Check(args[2]) ||
-        !PyList_Check(args[3]) || PyList_Size(args[2]) != PyList_Size(args[3])) {
-        PyErr_SetString(PyExc_SystemError, "cut_windows(MmapRegion, owner, sizes, spans)");
+    static const char usage[] = "cut_windows(MmapRegion, owner, sizes, spans)";
+    if (nargs != 4 || !PyType_Check(args[0]) || Py_TYPE(args[1]) != (PyTypeObject *)args[0]) {
+        PyErr_SetString(PyExc_SystemError, usage);
         return NULL;
     }
     PyTypeObject *type = (PyTypeObject *)args[0];
-    PyObject *owner = args[1], *sizes = args[2], *spans = args[3];
+    PyObject *owner = args[1];
     PyObject *descriptors[W_COUNT] = {NULL};
     PyObject *owned[W_COUNT] = {NULL};
-    if (slot_descriptors(type, window_field_names, W_COUNT, descriptors) < 0)
+    PyObject *snapshot[2];   /* sizes, spans */
+    if (bulk_snapshot(args[2], args[3], snapshot, usage) < 0)
         return NULL;
+    PyObject *sizes = snapshot[0], *spans = snapshot[1];
+    if (slot_descriptors(type, window_field_names, W_COUNT, descriptors) < 0) {
+        release_all(snapshot, 2);
+        return NULL;
+    }
     int ok = 1;
     for (int field = 0; ok && field < W_COUNT; field++) {
         owned[field] = field == W_BASE ? (Py_INCREF(owner), owner)
@@ -1303,14 +1332,19 @@ module_cut_windows(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     uint64_t host = ok ? PyLong_AsUnsignedLongLong(owned[W_HOST_ADDRESS]) : 0;
     int file_offset_set = ok && !PyErr_Occurred() ? PyObject_IsTrue(owned[W_FILE_OFFSET]) : -1;
-    Py_ssize_t count = PyList_Size(sizes);
-    PyObject *windows = file_offset_set >= 0 ? PyList_New(count) : NULL;
+    Py_ssize_t owner_size = file_offset_set >= 0 ? PyLong_AsSsize_t(owned[W_SIZE]) : -1;
+    Py_ssize_t count = PyTuple_Size(sizes);
+    if (owner_size < 0 && !PyErr_Occurred())
+        PyErr_SetString(PyExc_SystemError, "cut_windows: an owner of negative size");
+    PyObject *windows = owner_size >= 0 ? PyList_New(count) : NULL;
     allocfunc alloc = (allocfunc)PyType_GetSlot(type, Py_tp_alloc);
     Py_ssize_t offset = 0;
     for (Py_ssize_t index = 0; windows != NULL && index < count; index++) {
-        PyObject *size = PyList_GetItem(sizes, index);
+        PyObject *size = PyTuple_GetItem(sizes, index);
         Py_ssize_t length = PyLong_AsSsize_t(size);
-        Py_ssize_t span = PyLong_AsSsize_t(PyList_GetItem(spans, index));
+        Py_ssize_t span = PyLong_AsSsize_t(PyTuple_GetItem(spans, index));
+        if (!PyErr_Occurred() && (length <= 0 || span < length || span > owner_size - offset))
+            PyErr_SetString(PyExc_SystemError, "cut_windows: a window outside its owner");
         PyObject *window = PyErr_Occurred() ? NULL :
             cut_window(type, alloc, descriptors, owned, host, file_offset_set, size, length,
                        offset);
@@ -1323,6 +1357,7 @@ module_cut_windows(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     release_all(descriptors, W_COUNT);
     release_all(owned, W_COUNT);
+    release_all(snapshot, 2);
     return windows;
 }
 
@@ -1332,34 +1367,40 @@ module_cut_windows(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *
 module_place_windows(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
+    static const char usage[] = "place_windows(GuestRegionMmap, MmapRegion, windows, "
+                                "starts, no_typed_views)";
     if (nargs != 5 || !PyType_Check(args[0]) || !PyType_Check(args[1]) ||
         !PyType_IsSubtype((PyTypeObject *)args[0], RegionCoreType) ||
-        !PyList_Check(args[2]) || !PyList_Check(args[3]) ||
-        PyList_Size(args[2]) != PyList_Size(args[3]) || guest_address_type == NULL) {
-        PyErr_SetString(PyExc_SystemError, "place_windows(GuestRegionMmap, MmapRegion, "
-                                           "windows, starts, no_typed_views)");
+        guest_address_type == NULL) {
+        PyErr_SetString(PyExc_SystemError, usage);
         return NULL;
     }
     PyTypeObject *type = (PyTypeObject *)args[0], *window_type = (PyTypeObject *)args[1];
-    PyObject *windows = args[2], *starts = args[3];
     PyObject *fields[F_COUNT + 1] = {NULL};   /* the region's, then its `mapping` */
     PyObject *window_fields[W_COUNT] = {NULL};
-    if (slot_descriptors(type, region_field_names, F_COUNT, fields) < 0)
+    PyObject *snapshot[2];   /* windows, starts */
+    if (bulk_snapshot(args[2], args[3], snapshot, usage) < 0)
         return NULL;
+    PyObject *windows = snapshot[0], *starts = snapshot[1];
+    if (slot_descriptors(type, region_field_names, F_COUNT, fields) < 0) {
+        release_all(snapshot, 2);
+        return NULL;
+    }
     if (slot_descriptors(type, &window_field_names[W_MAPPING], 1, &fields[F_COUNT]) < 0 ||
         slot_descriptors(window_type, window_field_names, W_COUNT, window_fields) < 0) {
         release_all(fields, F_COUNT + 1);
+        release_all(snapshot, 2);
         return NULL;
     }
-    Py_ssize_t count = PyList_Size(windows);
+    Py_ssize_t count = PyTuple_Size(windows);
     allocfunc alloc = (allocfunc)PyType_GetSlot(type, Py_tp_alloc);
     PyObject *regions = PyList_New(count);
     PyObject *result = NULL;
     int ordered = 1, refused = 0;
     uint64_t previous_last = 0;
     for (Py_ssize_t index = 0; regions != NULL && index < count; index++) {
-        PyObject *window = PyList_GetItem(windows, index);
-        PyObject *start = PyList_GetItem(starts, index);
+        PyObject *window = PyTuple_GetItem(windows, index);
+        PyObject *start = PyTuple_GetItem(starts, index);
         if (Py_TYPE(start) != guest_address_type) {
             refused = 1;
             break;
@@ -1405,6 +1446,7 @@ module_place_windows(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_XDECREF(regions);
     release_all(fields, F_COUNT + 1);
     release_all(window_fields, W_COUNT);
+    release_all(snapshot, 2);
     return result;
 }
 

@@ -280,12 +280,13 @@ class GuestMemory(_MemoryBase):
 
     _hotplug_skips_init: ClassVar[bool] = True
     """Whether hot-plug may make this class's new objects without calling `__init__`
-    (checking only the region that changes); False for a subclass with its own
-    `__init__` unless it says otherwise."""
+    (checking only the region that changes; made by `cls.__new__(cls)`); False for a
+    subclass with its own `__init__` or `__new__` unless it says otherwise."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if "__init__" in vars(cls) and "_hotplug_skips_init" not in vars(cls):
+        if ("__init__" in vars(cls) or "__new__" in vars(cls)) \
+                and "_hotplug_skips_init" not in vars(cls):
             cls._hotplug_skips_init = False
 
     def __init__(self, regions: Iterable[GuestMemoryRegion]) -> None:

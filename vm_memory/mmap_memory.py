@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Generator, Iterable, Iterator, Sequence
-from contextlib import contextmanager
-from typing import Any, cast
+from contextlib import contextmanager, suppress
+from typing import Any, Final, cast
 
 from vm_memory.address import GuestAddress
-from vm_memory.errors import InvalidArgumentType, MappingError, NoMemoryRegion
+from vm_memory.errors import InvalidArgumentType, MappingError, NoMemoryRegion, RegionInUse
 from vm_memory.guest_memory import GuestMemory, sorted_without_overlap
 from vm_memory.lifetime import lifetime_lock, register
 from vm_memory.mmap_region import FileOffset, GuestRegionMmap, MmapRegion, place_windows
@@ -59,7 +59,7 @@ class GuestMemoryMmap(GuestMemory):
             try:
                 return cls._from_windows(windows, [start for start, _ in items])
             except BaseException:
-                windows[0].close()  # all of them: unmapped now, not left to the collector
+                _unmap_now([windows[0]])  # all of them
                 raise
 
     @classmethod
@@ -68,10 +68,12 @@ class GuestMemoryMmap(GuestMemory):
         """Memory with each window placed at its start: `from_regions(place_many(...))`,
         with each check the build itself guarantees made once, not once per region (the
         windows are one open batch placed once each, its regions exact GuestRegionMmaps
-        this class admits); the starts, a user's, are checked each."""
+        this class admits, and makes as GuestMemoryMmap does); the starts, a user's, are
+        checked each."""
         placed = place_windows(windows, starts)
         if placed is None or not cls._hotplug_skips_init \
-                or _admission_of(cls) is not GuestMemoryMmap:
+                or _defined_by(cls, "_admit") is not GuestMemoryMmap \
+                or _defined_by(cls, "from_regions") is not GuestMemoryMmap:
             regions = GuestRegionMmap.place_many(zip(windows, starts, strict=True)) \
                 if placed is None else placed[0]
             return cls.from_regions(regions)
@@ -135,8 +137,7 @@ class GuestMemoryMmap(GuestMemory):
                 regions.append(region)
             return cls.from_regions(regions)
         except BaseException:
-            for region in regions:
-                region.close()
+            _unmap_now(regions)
             raise
 
     def regions(self) -> Sequence[GuestRegionMmap]:
@@ -150,26 +151,50 @@ class GuestMemoryMmap(GuestMemory):
 
 
 
-def _admission_of(cls: type[GuestMemory]) -> type[GuestMemory]:
-    """The class whose `_admit` `cls` uses (a subclass may narrow what it admits)."""
-    return next(klass for klass in cls.__mro__ if "_admit" in vars(klass))
+def _unmap_now(mappings: Iterable[MmapRegion | GuestRegionMmap]) -> None:
+    """Close each of a failed build's `mappings` now rather than leave them to the
+    collector; one the build's memory already holds (an exception raised as it was
+    being returned: a signal handler's) is refused and goes with that memory, and the
+    refusal must not replace the exception that stopped the build."""
+    for mapping in mappings:
+        with suppress(RegionInUse):
+            mapping.close()
+
+
+def _defined_by(cls: type[GuestMemory], name: str) -> type:
+    """The class whose `name` `cls` uses (a subclass may narrow what `_admit` admits, or
+    add to what `from_regions` does)."""
+    return next(klass for klass in cls.__mro__ if name in vars(klass))
 
 
 @contextmanager
 def _collector_paused() -> Generator[None, None, None]:
-    """No automatic garbage collection meanwhile (unless it was off already): a build
-    makes a few objects per region, none garbage and none in a cycle, and the collector,
-    triggered every few hundred of them, would otherwise go over the growing set again
-    and again (most of a 100,000-region build's time). They are collected as usual from
-    then on."""
-    if not gc.isenabled():
+    """No automatic garbage collection meanwhile: a build makes a few objects per region,
+    none garbage and none in a cycle, and the collector, triggered every few hundred of
+    them, would otherwise go over the growing set again and again (most of a
+    100,000-region build's time). They are collected as usual from then on.
+
+    The pause raises the youngest generation's threshold rather than disabling the
+    collector, and puts the thresholds back only if they are still the pause's own: a
+    `gc.disable()`, `gc.enable()` or `gc.set_threshold()` made meanwhile (by a subclass's
+    `__init__`, a signal handler, another thread) stands. Nothing to do when automatic
+    collection is off already."""
+    before = gc.get_threshold()
+    if not gc.isenabled() or before[0] == 0:
         yield
         return
-    gc.disable()
-    try:
+    paused = (_PAUSED_THRESHOLD, *before[1:])
+    try:  # set inside: an exception raised as it returns (a signal's) still restores
+        gc.set_threshold(*paused)
         yield
     finally:
-        gc.enable()
+        if gc.get_threshold() == paused:
+            gc.set_threshold(*before)
+
+
+_PAUSED_THRESHOLD: Final = 1 << 30
+"""The youngest generation's threshold during a pause: more allocations than any build
+makes between two of its own collections."""
 
 
 def _ranges(ranges: Iterable[Any], *, with_file: bool = False) -> Iterator[Any]:

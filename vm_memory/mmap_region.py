@@ -346,7 +346,8 @@ class MmapRegion:
         Each window is a mapping of exactly its size (its `view`, `host_address` and
         placements cover its bytes only); they share their lifetime: closing any one
         unmaps them all, and is refused while any memory object holds a region placed on
-        any of them.
+        any of them. The windows, and the mapping they share, are exact `MmapRegion`s
+        even when called on a subclass (whose fields a placement could not trust).
         """
         sizes = _checked_sizes(sizes)
         if not sizes:
@@ -356,7 +357,9 @@ class MmapRegion:
         if total > MAX_MAPPING_SIZE:
             raise InvalidRange(0, total, "the windows together exceed the largest mapping; "
                                          "map them separately")
-        owner = cls.anonymous(total, shared=shared)
+        # The owner is exact: the windows (exact too) copy its fields, which a subclass's
+        # properties would otherwise choose (the host address the raw-pointer paths use).
+        owner = MmapRegion.anonymous(total, shared=shared)
         windows = _cut_windows(owner, sizes, spans)
         owner._windows = list(map(weakref.ref, windows))
         return windows
@@ -607,13 +610,16 @@ class GuestRegionMmap(GuestMemoryRegion):
         return "host-backed mmap region"
 
 
-def place_windows(windows: list[MmapRegion], starts: list[GuestAddress]
+def place_windows(windows: Iterable[MmapRegion], starts: Iterable[GuestAddress]
                   ) -> tuple[list[GuestRegionMmap], bool] | None:
     """`GuestRegionMmap.place_many(zip(windows, starts))` for the windows of one open
     `anonymous_windows` batch, each placed once, with only the checks a user's start
     needs made per region; and whether the regions come in ascending, non-overlapping
     order. None, with nothing placed, if the windows are not one such batch or a start
-    needs `place_many`'s checks (which then give their errors)."""
+    needs `place_many`'s checks (which then give their errors). Both are read once, into
+    tuples that are checked and then placed: a list changed meanwhile (by a finalizer
+    the collector runs, another thread) changes neither the check nor the placement."""
+    windows, starts = tuple(windows), tuple(starts)
     owner = windows[0]._base if windows else None
     if owner is None or len(starts) != len(windows) \
             or set(map(type, windows)) != {MmapRegion} \
@@ -656,7 +662,7 @@ def _cut_windows_pure(owner: MmapRegion, sizes: list[int], spans: list[int]
     return windows
 
 
-def _place_fresh_pure(windows: list[MmapRegion], starts: list[GuestAddress]
+def _place_fresh_pure(windows: Sequence[MmapRegion], starts: Sequence[GuestAddress]
                       ) -> tuple[list[GuestRegionMmap], bool] | None:
     """The regions of `GuestRegionMmap._place_windows` (windows of one open batch, so
     exact, open, each a 1-D byte view of its checked size) and whether they are in
@@ -701,7 +707,7 @@ else:  # the same in C
                      ) -> list[MmapRegion]:
         return _compiled.cut_windows(MmapRegion, owner, sizes, spans)  # type: ignore[no-any-return]
 
-    def _place_fresh(windows: list[MmapRegion], starts: list[GuestAddress]
+    def _place_fresh(windows: Sequence[MmapRegion], starts: Sequence[GuestAddress]
                      ) -> tuple[list[GuestRegionMmap], bool] | None:
         return _compiled.place_windows(  # type: ignore[no-any-return]
             GuestRegionMmap, MmapRegion, windows, starts, _NO_TYPED_VIEWS)
