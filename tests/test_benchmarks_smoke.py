@@ -91,9 +91,11 @@ def test_quick_run_prints_every_row_on_both_paths(tmp_path: Path) -> None:
             row = by_name[name]
             ours = float(cells[first].replace(",", ""))
             # The JSON's ratio, not the printed one: a compiled call against an emulated
-            # ctypes baseline can print as 0.00.
-            assert math.isfinite(row["ratio"]) and row["ratio"] > 0, (side, name, row)
-            assert ours > 0 and row["baseline_ns"] > 0, f"{side} {name}: {cells}"
+            # ctypes baseline can print as 0.00. A quick run's few short samples on a
+            # loaded machine can leave a ~20 ns call at 0 net of its loop (the figure is
+            # clamped there); a missing, negative or NaN figure is still a failure.
+            assert row["ratio"] >= 0 and not math.isnan(row["ratio"]), (side, name, row)
+            assert ours >= 0 and row["baseline_ns"] >= 0, f"{side} {name}: {cells}"
             assert f"{row['ratio']:.2f}" == cells[first + 1], (side, name)
             assert within_cell(row) == cells[first + 2], (side, name)
     for side in ("compiled", "pure"):
