@@ -12,8 +12,11 @@ moment it signals, that the back-end is in that state:
   any thread that does not block it; qemu-user does so): its C-level handler ran there
   while the main thread slept in `select` and nothing woke it. `tgkill` puts it there.
 
-The racier states (during start-up, during and after a malformed message, while a
-front-end with running queues leaves) are hit with bounded retries and counted.
+The racy moments of a malformed message and of a front-end with running queues leaving
+are reached by freezing the back-end (SIGSTOP) while the event and SIGTERM are both
+delivered, so it finds them pending together; each also runs unfrozen, SIGTERM at once
+and after the event was logged. Start-up is hit with bounded, growing delays until a
+signal landed both before and after the back-end was ready.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import struct
 import subprocess
 import termios
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -196,7 +199,7 @@ def test_sigterm_on_a_queue_thread_stops_the_backend(backend: BackendProcess) ->
     assert_stopped_cleanly(backend, status)
 
 
-# ---- racy moments: bounded retries, counted ----------------------------------------------
+# ---- racy moments: start-up by growing delays, the rest frozen ------------------------
 
 def test_sigterm_during_startup_kills_or_stops_it_cleanly(tmp_path: Path) -> None:
     """SIGTERM 0, 0.05, 0.1, 0.2 ... s after the start, until one landed before the
@@ -230,58 +233,80 @@ def test_sigterm_during_startup_kills_or_stops_it_cleanly(tmp_path: Path) -> Non
             attempts=12, what="SIGTERM both before and after the back-end was ready")
 
 
-def test_sigterm_during_and_after_a_malformed_message(tmp_path: Path) -> None:
-    """The signal while the back-end refuses a malformed message, and just after."""
-    seen: dict[bool, int] = {True: 0, False: 0}  # signalled before the refusal was logged
+@contextlib.contextmanager
+def frozen(backend: BackendProcess) -> Generator[None]:
+    """The back-end stopped (SIGSTOP: every one of its threads) until the block ends,
+    then continued. What the block does to it (a message, a front-end leaving, SIGTERM)
+    is all pending at once when it resumes: the moment a racing signal aims at, reached
+    every time, on any machine (a fast one notices a leave before a test can signal)."""
+    pid = backend.process.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        wait_for(lambda: all(thread_state(pid, task) == "T"
+                             for task in os.listdir(f"/proc/{pid}/task")), "stopped")
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
 
-    def attempt() -> dict[bool, int]:
-        backend = start_backend(tmp_path, name=f"malformed{sum(seen.values())}")
-        during = seen[True] == 0
-        before_refusal = False
 
-        def look() -> None:
-            nonlocal before_refusal
-            before_refusal = "a reply where a request" not in backend.log_text()
+def thread_state(pid: int, task: str) -> str:
+    """One thread's state letter in /proc (T: stopped); "T" for a thread that is gone."""
+    try:
+        with open(f"/proc/{pid}/task/{task}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0]
+    except FileNotFoundError:
+        return "T"
 
-        with Frontend(backend.socket) as frontend:
-            frontend.send_raw(HEADER.pack(Request.GET_FEATURES, 5, 0))  # a reply
-            if not during:
+
+@pytest.mark.parametrize("moment", ["frozen", "at once", "after"])
+def test_sigterm_during_and_after_a_malformed_message(tmp_path: Path, moment: str) -> None:
+    """The signal while the back-end refuses a malformed message (a reply where a request
+    belongs): frozen, the message and SIGTERM reach it together; at once, SIGTERM follows
+    the message, whichever it handles first; after, once it logged the refusal."""
+    backend = start_backend(tmp_path, name="malformed")
+    with Frontend(backend.socket) as frontend:
+        message = HEADER.pack(Request.GET_FEATURES, 5, 0)  # a reply
+        if moment == "frozen":
+            with frozen(backend):
+                frontend.send_raw(message)
+                backend.process.send_signal(signal.SIGTERM)
+                # the state the signal found: nothing of the message handled
+                assert "a reply where a request" not in backend.log_text()
+            status = stop_within_bound(backend, lambda: None)
+        else:
+            frontend.send_raw(message)
+            if moment == "after":
                 assert frontend.closed_by_peer()
                 assert backend.wait_log("a reply where a request")
-            status = stop_within_bound(backend, then=look)
-        assert_stopped_cleanly(backend, status)
-        seen[before_refusal] += 1
-        return seen
-
-    provoke(attempt, lambda counts: counts[True] > 0 and counts[False] > 0,
-            attempts=ATTEMPTS, what="SIGTERM both during and after a refusal")
+            status = stop_within_bound(backend)
+    assert_stopped_cleanly(backend, status)
 
 
-def test_sigterm_as_a_frontend_with_running_queues_leaves(tmp_path: Path) -> None:
+@pytest.mark.parametrize("moment", ["frozen", "at once", "after"])
+def test_sigterm_as_a_frontend_with_running_queues_leaves(tmp_path: Path, moment: str) -> None:
     """The teardown of the malformed-message tests: a front-end with a queue thread
-    closes, and SIGTERM follows at once, while the back-end stops that thread."""
-    seen: dict[bool, int] = {True: 0, False: 0}  # signalled before it noticed the leave
-
-    def attempt() -> dict[bool, int]:
-        backend = start_backend(tmp_path, name=f"leaving{sum(seen.values())}")
-        memory = GuestMemoryMmap.from_ranges_memfd([(GuestAddress(0), MIB)])
-        frontend = Frontend(backend.socket)
-        frontend.negotiate()
-        assert frontend.set_mem_table(memory) == 0
-        frontend.setup_queue(memory, 0, LAYOUTS[0])
-        assert queue_count(frontend) == 2
-        wait_for(lambda: len(queue_threads(backend.process.pid)) >= 1, "started its queue")
-        before_leave = False
-
-        def look() -> None:
-            nonlocal before_leave
-            before_leave = "front-end disconnected" not in backend.log_text()
-
+    closes and SIGTERM follows, while the back-end stops that thread. Frozen, the leave
+    and the signal reach it together; at once, SIGTERM follows the close, whichever it
+    notices first; after, once it logged the leave (it stops the queue thread then)."""
+    backend = start_backend(tmp_path, name="leaving")
+    memory = GuestMemoryMmap.from_ranges_memfd([(GuestAddress(0), MIB)])
+    frontend = Frontend(backend.socket)
+    frontend.negotiate()
+    assert frontend.set_mem_table(memory) == 0
+    frontend.setup_queue(memory, 0, LAYOUTS[0])
+    assert queue_count(frontend) == 2
+    wait_for(lambda: len(queue_threads(backend.process.pid)) >= 1, "started its queue")
+    if moment == "frozen":
+        with frozen(backend):
+            frontend.close()
+            backend.process.send_signal(signal.SIGTERM)
+            # the state the signal found: the leave not noticed, the queue thread running
+            assert "front-end disconnected" not in backend.log_text()
+            assert queue_threads(backend.process.pid)
+        status = stop_within_bound(backend, lambda: None)
+    else:
         frontend.close()
-        status = stop_within_bound(backend, then=look)
-        assert_stopped_cleanly(backend, status)
-        seen[before_leave] += 1
-        return seen
-
-    provoke(attempt, lambda counts: counts[True] > 0, attempts=ATTEMPTS,
-            what="SIGTERM before the back-end noticed the front-end leave")
+        if moment == "after":
+            assert backend.wait_log("front-end disconnected")
+        status = stop_within_bound(backend)
+    assert_stopped_cleanly(backend, status)
