@@ -1470,8 +1470,8 @@ module_place_windows(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
  *
  * Lookups read a region's fields (start, length, host, flags) from the region object
  * itself, so a region's host memory changing after construction (a close) is seen at
- * once; nothing is cached per table. The last region hit and the page table's slots
- * point at regions this memory object holds (its chunks own them). */
+ * once; only which region holds a page is remembered. The region cache's slots and the
+ * page table's point at regions this memory object holds (its chunks own them). */
 
 typedef struct {
     uint64_t start;
@@ -1571,9 +1571,17 @@ typedef struct {
     PageSlot slots[];
 } Bucket;
 
+/* The region cache: the region each lookup found, in the slot of its address's page (a
+ * direct-mapped cache of PAGE_CACHE_SLOTS slots, each memory object its own). A slot is a
+ * guess, checked at each use to hold the address (regions sharing a page, or pages whose
+ * slot collides, replace each other); it names a region this memory's own chunks hold,
+ * or `no_cached_region`. A staying loop hits one slot, as does a loop over many regions
+ * as long as their pages fall in different slots. */
+#define PAGE_CACHE_BITS 8
+#define PAGE_CACHE_SLOTS (1u << PAGE_CACHE_BITS)
+
 typedef struct {
     PyObject_HEAD
-    RegionObject *last;     /* the region the last lookup hit (borrowed), or NULL */
     Bucket **directory;     /* 2**directory_bits buckets; NULL: no small region yet */
     unsigned directory_shift;   /* 63 - directory_bits */
     unsigned directory_bits;
@@ -1584,7 +1592,32 @@ typedef struct {
     Py_ssize_t *bases;      /* bases[k]: the index of chunk k's first region */
     PyObject *regions;      /* the regions as a tuple, made on first use; or NULL */
     int installed;
+    RegionObject *cache[PAGE_CACHE_SLOTS];   /* borrowed; see PAGE_CACHE_BITS */
 } MemoryObject;
+
+/* An empty cache slot: no address passes its check (length 0). Never a region of any
+ * table, never handed out. */
+static RegionObject no_cached_region;
+
+/* The cache slot of `value`'s page: the page number's low bits, with its next bits
+ * folded in. Pages within a 2**PAGE_CACHE_BITS-page window all get slots of their own
+ * (as a loop over neighbouring regions needs), and pages a power of two apart (aligned
+ * regions' starts) still spread over many slots. Two cheap operations on the lookup's
+ * critical path, no multiply (hashing left neighbouring pages colliding). */
+static inline size_t
+cache_slot(uint64_t value)
+{
+    uint64_t page = value >> PAGE_SHIFT;
+    return (size_t)((page ^ (page >> PAGE_CACHE_BITS) ^ (page >> (2 * PAGE_CACHE_BITS))) &
+                    (PAGE_CACHE_SLOTS - 1));
+}
+
+static void
+cache_clear(MemoryObject *self)
+{
+    for (size_t i = 0; i < PAGE_CACHE_SLOTS; i++)
+        self->cache[i] = &no_cached_region;
+}
 
 static PyTypeObject *MemoryCoreType;
 
@@ -1669,29 +1702,15 @@ region_by_index(const MemoryObject *self, Py_ssize_t index)
     return self->chunks[k]->entries[local].region;
 }
 
-/* The binary search of `lookup` (out of line: the hot part stays small). */
+/* A cache miss of `lookup` (out of line: the hot part stays small): the page table's
+ * guess, checked, else a binary search; the region found goes in the cache slot. */
 #if defined(__GNUC__)
 __attribute__((noinline))
 #endif
 static RegionObject *
-lookup_search(MemoryObject *self, uint64_t value)
+lookup_miss(MemoryObject *self, uint64_t value, RegionObject **cached)
 {
-    Py_ssize_t index;
-    Entry *entry = entry_at(self, value, &index);
-    if (entry == NULL || value - entry->start >= entry->region->length)
-        return NULL;
-    self->last = entry->region;
-    return entry->region;
-}
-
-/* The region holding `value` (remembered for the next lookup), or NULL: the last region
- * hit, else the page table's guess, else a binary search. */
-static inline RegionObject *
-lookup(MemoryObject *self, uint64_t value)
-{
-    RegionObject *region = self->last;
-    if (LIKELY(region != NULL) && LIKELY(value - region->start < region->length))
-        return region;
+    RegionObject *region;
     if (self->directory != NULL) {
         uint64_t page = value >> PAGE_SHIFT;
         uint64_t hash = page_hash(page);
@@ -1699,8 +1718,8 @@ lookup(MemoryObject *self, uint64_t value)
         size_t slot = bucket_home(bucket, hash);
         while ((region = bucket->slots[slot].region) != NULL) {
             if (bucket->slots[slot].page == page) {
-                if (LIKELY(value - region->start < region->length)) {
-                    self->last = region;
+                if (value - region->start < region->length) {
+                    *cached = region;
                     return region;
                 }
                 break;   /* a region on this page, not holding `value`: search */
@@ -1708,7 +1727,24 @@ lookup(MemoryObject *self, uint64_t value)
             slot = (slot + 1) & bucket->mask;
         }
     }
-    return lookup_search(self, value);
+    Py_ssize_t index;
+    Entry *entry = entry_at(self, value, &index);
+    if (entry == NULL || value - entry->start >= entry->region->length)
+        return NULL;
+    *cached = entry->region;
+    return entry->region;
+}
+
+/* The region holding `value`, or NULL: the cache slot of its page if the region there
+ * holds it, else `lookup_miss`. */
+static inline RegionObject *
+lookup(MemoryObject *self, uint64_t value)
+{
+    RegionObject **cached = &self->cache[cache_slot(value)];
+    RegionObject *region = *cached;
+    if (LIKELY(value - region->start < region->length))
+        return region;
+    return lookup_miss(self, value, cached);
 }
 
 /* The host bytes of [value, value + size) when one host-backed region holds them all. */
@@ -2026,21 +2062,25 @@ index_append(MemoryObject *self, ChunkObject *chunk)
 static void
 free_table(MemoryObject *self)
 {
+    /* The table is emptied before any region is let go: code a release runs (a
+     * finalizer) may look up in this memory, and must neither find nor cache a region. */
+    cache_clear(self);
     if (self->directory != NULL) {
         for (size_t i = 0; i < ((size_t)1 << self->directory_bits); i++)
             bucket_release(self->directory[i], 1);
         PyMem_Free(self->directory);
         self->directory = NULL;
     }
-    for (Py_ssize_t k = 0; k < self->chunk_count; k++)
-        Py_DECREF((PyObject *)self->chunks[k]);
-    PyMem_Free(self->chunks);
+    ChunkObject **chunks = self->chunks;
+    Py_ssize_t chunk_count = self->chunk_count;
     self->chunks = NULL;
     self->firsts = NULL;
     self->bases = NULL;
     self->chunk_count = 0;
     self->count = 0;
-    self->last = NULL;
+    for (Py_ssize_t k = 0; k < chunk_count; k++)
+        Py_DECREF((PyObject *)chunks[k]);
+    PyMem_Free(chunks);
 }
 
 static int
@@ -2077,7 +2117,7 @@ memory_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     MemoryObject *self = (MemoryObject *)alloc_instance(type);
     if (self == NULL)
         return NULL;
-    self->last = NULL;
+    cache_clear(self);
     self->directory_shift = 63;
     return (PyObject *)self;
 }
@@ -2406,6 +2446,24 @@ memory_page_guess(PyObject *op, PyObject *value)
         }
     }
     Py_RETURN_NONE;
+}
+
+/* _cached_region(value): the region the region cache's slot for `value`'s page names —
+ * the unchecked guess, which need not hold `value` — or None (for tests). */
+static PyObject *
+memory_cached_region(PyObject *op, PyObject *value)
+{
+    MemoryObject *self = (MemoryObject *)op;
+    uint64_t raw;
+    if (!exact_u64(value, &raw)) {
+        PyErr_SetString(PyExc_TypeError, "_cached_region: an address value");
+        return NULL;
+    }
+    PyObject *region = (PyObject *)self->cache[cache_slot(raw)];
+    if (region == (PyObject *)&no_cached_region)
+        Py_RETURN_NONE;
+    Py_INCREF(region);
+    return region;
 }
 
 static PyObject *
@@ -3026,6 +3084,8 @@ static PyMethodDef memory_methods[] = {
      "The region holding an address value (remembered), or the no-region."},
     {"_page_guess", memory_page_guess, METH_O,
      "The region the page table guesses for an address value's page, or None."},
+    {"_cached_region", memory_cached_region, METH_O,
+     "The region the region cache's slot for an address value's page names, or None."},
     {"_index_at", memory_index_at, METH_O,
      "The index of the last region starting at or below an address value, or -1."},
     {NULL},
