@@ -19,6 +19,7 @@ import subprocess
 import sys
 import textwrap
 import zipfile
+from functools import partial
 from pathlib import Path
 from typing import Any, Final
 
@@ -32,11 +33,13 @@ from vm_memory import (
     GuestAddress,
     GuestMemory,
     GuestMemoryMmap,
+    InvalidGuestAddress,
     MisalignedAddress,
     access_path,
 )
 from vm_memory.atomic_backend import libatomic_lock_free
 from vm_memory.guest_memory import COMPILED_METHODS
+from vm_memory.region_table import LOOKUP_SHIFT
 
 ROOT: Final = Path(__file__).resolve().parent.parent
 
@@ -231,6 +234,120 @@ def test_half_built_core_objects_cannot_exist(compiled_path: Any) -> None:
         fresh._install_changed(memory, 0, object())  # type: ignore[arg-type]  # pyright: ignore[reportPrivateUsage, reportArgumentType]
     assert fresh.regions() == ()
     assert fresh.read_bytes(GuestAddress(0), 0) == b""
+
+
+# ---- The region cache ---------------------------------------------------------------------
+
+
+def read_through_every_fast_path(memory: GuestMemory, value: int) -> int:
+    """The byte at `value` by read_obj, read_atomic, read_obj_unaligned and read_slice,
+    which must agree."""
+    aligned = AlignedGuestAddress.new(ctypes.c_uint8, GuestAddress(value))
+    buffer = bytearray(1)
+    memory.read_slice(GuestAddress(value), buffer)
+    answers = {memory.read_obj(aligned), memory.read_atomic(aligned),
+               memory.read_obj_unaligned(GuestAddress(value), ctypes.c_uint8), buffer[0]}
+    assert len(answers) == 1, (hex(value), answers)
+    return answers.pop()
+
+
+def test_the_region_cache_answers_switches_and_checks_each_guess(compiled_path: Any) -> None:
+    """Each memory object remembers, per cache slot of a page, the region a lookup found
+    there: alternating between regions on different pages is answered from the cache
+    (no lookup misses once warm), and a slot's region is used only after checking that
+    it holds the address. Two regions sharing a page replace each other in its slot and
+    each read still answers its own region. The control: right after a read of one, the
+    slot's guess for the other's address is the wrong region — an unchecked guess would
+    have answered it. A memory made by insert or remove starts with an empty cache."""
+    page = 1 << LOOKUP_SHIFT
+    base = 0x40_0000
+    memory = GuestMemoryMmap.from_ranges(
+        [(GuestAddress(base + 0x100), 0x100), (GuestAddress(base + 0x800), 0x100),
+         (GuestAddress(base + 3 * page + 0x100), 0x100)], one_mapping=True)
+    first, sharing, elsewhere = memory.regions()
+    for mark, region in zip((0xA1, 0xB2, 0xC3), (first, sharing, elsewhere), strict=True):
+        view = region.buffer
+        assert view is not None
+        view[:] = bytes([mark]) * region.length
+    a, b, c = base + 0x140, base + 0x840, base + 3 * page + 0x140
+    cached = partial(compiled_path.MemoryCore._cached_region, memory)
+    misses = partial(compiled_path.MemoryCore._cache_misses, memory)
+    assert (cached(a), cached(b), cached(c), misses()) == (None, None, None, 0)
+
+    assert read_through_every_fast_path(memory, a) == 0xA1
+    assert (cached(a), misses()) == (first, 1)  # the first read missed and filled
+    assert read_through_every_fast_path(memory, c) == 0xC3
+    assert (cached(a), cached(c), misses()) == (first, elsewhere, 2)
+    for _ in range(10):  # switching regions on different pages: all from the cache
+        assert read_through_every_fast_path(memory, a) == 0xA1
+        assert read_through_every_fast_path(memory, c) == 0xC3
+    assert misses() == 2
+
+    # the control: the slot of b's page names `first`, which does not hold b
+    assert cached(b) is first and not first.start_value <= b < first.end_value
+    for round_number in range(5):  # sharing a page: each switch is a checked miss
+        assert read_through_every_fast_path(memory, b) == 0xB2
+        assert cached(a) is sharing
+        assert read_through_every_fast_path(memory, a) == 0xA1
+        assert cached(b) is first
+        assert misses() == 2 + 2 * (round_number + 1)
+    assert memory.find_region(GuestAddress(b)) is sharing
+
+    derived, removed = memory.remove_region(first.start, first.length)
+    assert removed is first
+    derived_cached = partial(compiled_path.MemoryCore._cached_region, derived)
+    assert (derived_cached(a), derived_cached(c)) == (None, None)  # a cache of its own
+    with pytest.raises(InvalidGuestAddress):
+        derived.read_obj(AlignedGuestAddress.new(ctypes.c_uint8, GuestAddress(a)))
+    assert read_through_every_fast_path(derived, b) == 0xB2
+    assert read_through_every_fast_path(memory, a) == 0xA1  # the old snapshot still holds it
+    assert derived_cached(a) is sharing and cached(a) is first
+
+
+def test_a_close_is_seen_through_a_warm_region_cache(compiled_path: object) -> None:
+    """Two regions read in turn until both are in the region cache; a finalizer closes
+    one (the memory is garbage, as in the test below) and reads both through every fast
+    path: the closed one is a typed refusal each time (never a read of unmapped memory),
+    the other still answers from the cache."""
+    results = run_child('''
+        closing = GuestRegionMmap(MmapRegion.anonymous(PAGE), GuestAddress(0))
+        staying = GuestRegionMmap(MmapRegion.anonymous(PAGE), GuestAddress(5 * PAGE))
+
+        def reads(memory, value):
+            return [outcome(call) for call in (
+                lambda: memory.read_atomic(u64(value)), lambda: memory.read_obj(u64(value)),
+                lambda: memory.read_obj_unaligned(GuestAddress(value), ctypes.c_uint64),
+                lambda: memory.read_slice(GuestAddress(value), bytearray(8)) or "read",
+                lambda: memory.write_obj(u64(value), 2))]
+
+        class Cycle:
+            def __del__(self):
+                memory = self.memory
+                results["misses before"] = memory._cache_misses()
+                results["close"] = outcome(closing.close)
+                for round_number in range(3):
+                    results[f"closed {round_number}"] = reads(memory, 8)
+                    results[f"staying {round_number}"] = reads(memory, 5 * PAGE + 8)
+
+        def make_garbage():
+            memory = GuestMemoryMmap.from_regions([closing, staying])
+            for _ in range(20):  # both regions in the cache
+                memory.write_atomic(u64(8), 1)
+                memory.write_atomic(u64(5 * PAGE + 8), 2)
+            cycle = Cycle()
+            cycle.self, cycle.memory = cycle, memory  # the cycle alone keeps the memory
+
+        make_garbage()
+        gc.collect()
+    ''')
+    assert results["misses before"] == 2
+    assert results["close"] == {"value": None}
+    for round_number in range(3):
+        closed = [answer.get("raised") for answer in results[f"closed {round_number}"]]
+        assert closed == ["AtomicAccessUnsupported", "MappingError", "MappingError",
+                          "MappingError", "MappingError"], closed
+        assert [answer.get("value") for answer in results[f"staying {round_number}"]] == \
+            [2, 2, 2, "read", None]
 
 
 # ---- Lifetimes under raw pointers (children) ----------------------------------------------

@@ -9,7 +9,8 @@ model, a file reached with pread/pwrite):
 
 - cold: a fresh memory, and the atomic fast paths' caches emptied;
 - warm: a fresh memory after the same method succeeded on the same type in the same
-  region (so the last-region guess and every cache point at the call's own region).
+  region, and a read at the call's own address (so the last-region guess, the compiled
+  region cache's slot of the call's page and every cache point at the call's region).
 
 Cold and warm must give the same result or the same error class, and leave the same
 bytes. Across kinds, every answer must be the same, except that a file region refuses
@@ -382,17 +383,30 @@ def warm(kind: str, call: Call) -> tuple[tuple[str, str], bytes]:
         restore(memory)
         memory.read_slice(primer.arguments[0].addr if isinstance(
             primer.arguments[0], AlignedGuestAddress) else primer.arguments[0], bytearray(1))
+        target = target_value(call)
+        if target < 2**64 and memory.find_region(GuestAddress(target)) is not None:
+            memory.read_slice(GuestAddress(target), bytearray(1))  # the call's page too
         return outcome(fresh_arguments(call), memory), built.contents()
+
+
+def target_value(call: Call) -> int:
+    """The address value the call aims at (0 where its address is no address)."""
+    address = call.arguments[0]
+    # by type: a look-alike passes isinstance
+    kind: object = type(address)  # pyright: ignore[reportUnknownVariableType]
+    if kind is LookAlike:
+        return int(address._guest_value)
+    if kind in (AlignedGuestAddress, GuestAddress):
+        return int(address.raw_value())
+    return 0
 
 
 def _primer(call: Call) -> Call:
     """An honest call of the same method at a valid address of the same type, in the
     region the call aims at when there is one."""
     address = call.arguments[0]
-    # by type: a look-alike passes isinstance
     kind: object = type(address)  # pyright: ignore[reportUnknownVariableType]
-    target = address._guest_value if kind is LookAlike else \
-        address.raw_value() if kind in (AlignedGuestAddress, GuestAddress) else 0
+    target = target_value(call)
     region_start = next((start for start in STARTS if start <= target < start + 2 * PAGE),
                         STARTS[0])
     honest = region_start + 0x40

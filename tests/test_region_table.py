@@ -9,7 +9,10 @@ this process runs (the suite runs on both):
   split, shrink and merge), every snapshot kept: each one answers, at the end, exactly
   as a brute-force model of its own regions does (its regions in order, each by index,
   the index search, `find_region`, and reads through every fast path: typed aligned and
-  unaligned, atomic, slice), and its page table is complete and sound;
+  unaligned, atomic, slice — in address order, reversed, and alternating between regions
+  twice over, so the compiled region cache is filled, hit and overturned, with regions
+  sharing one page and regions spanning many), and its page table and region cache are
+  sound;
 - old snapshots keep working after many later changes, and once they are the only
   holder of their regions (everything derived from them dropped, the garbage collected);
 - threads reading an old snapshot while another thread hot-plugs and drops snapshots
@@ -47,6 +50,7 @@ from vm_memory import (
     GuestMemoryRegion,
     RegionOverlap,
 )
+from vm_memory.implementation import compiled
 from vm_memory.region_table import CHUNK_BUILD, CHUNK_MAX, LOOKUP_SHIFT, SMALL_REGION_SLOTS
 
 PAGE = mmap.PAGESIZE
@@ -56,6 +60,9 @@ BASE_REGIONS = 3 * CHUNK_BUILD + 40
 """The starting memory: several chunks, one of them partly full."""
 SPOTS = BASE_REGIONS + CHUNK_MAX
 """Places for inserted regions: between the base regions and past them."""
+SHARING_OFFSETS = (0x100, 0x800)
+SMALL_SIZE = 0x300
+"""Two small regions at these offsets from a spot share its first lookup page."""
 
 
 def base_start(index: int) -> int:
@@ -85,6 +92,8 @@ class Parts:
     one_page: list[GuestMemoryRegion]
     two_pages: list[GuestMemoryRegion]
     large: GuestMemoryRegion
+    sharing: list[tuple[GuestMemoryRegion, GuestMemoryRegion]]
+    """Per spot, two small regions on the same lookup page (and on the one-page region's)."""
 
 
 @cache
@@ -101,7 +110,12 @@ def parts() -> Parts:
         one_mapping=True)
     large_size = (SMALL_REGION_SLOTS + 1) * max(PAGE, LOOKUP_PAGE)
     large = GuestMemoryMmap.from_ranges([(GuestAddress(0x4000_0000), large_size)])
-    return Parts(base, marked(one, 7), marked(two, 101), marked(large, 200)[0])
+    small = GuestMemoryMmap.from_ranges(
+        [(GuestAddress(spot_start(index) + offset), SMALL_SIZE)
+         for index in range(SPOTS) for offset in SHARING_OFFSETS], one_mapping=True)
+    pairs = marked(small, 53)
+    return Parts(base, marked(one, 7), marked(two, 101), marked(large, 200)[0],
+                 list(zip(pairs[0::2], pairs[1::2], strict=True)))
 
 
 def mark_of(region: GuestMemoryRegion) -> int:
@@ -169,29 +183,50 @@ def check_table(memory: GuestMemory, model: Sequence[GuestMemoryRegion]) -> None
                 <= (guessed.end_value - 1) >> LOOKUP_SHIFT
 
 
+def cached_guess(memory: GuestMemory, value: int) -> object:
+    """The compiled region cache's guess for `value`'s page (None: an empty slot)."""
+    assert compiled is not None
+    return compiled.MemoryCore._cached_region(memory, value)
+
+
+ALTERNATION_STRIDE = 5
+"""The alternating order takes every 5th value: each lookup lands in another region."""
+
+
 def check_lookups(memory: GuestMemory, model: Sequence[GuestMemoryRegion],
                   rng: random.Random) -> None:
-    """Lookups at the interesting addresses of a sample of regions (and around them),
-    in two orders (the last-hit cache cold, then warm), against the brute force."""
+    """Lookups at the interesting addresses of a sample of regions (and around them)
+    against the brute force: in address order, reversed, then alternating between
+    regions twice over (the region cache cold, filled, then answering or overturned).
+    On the compiled path, each slot a lookup leaves names one of `model`'s regions and,
+    after a hit, the region found."""
     sample = rng.sample(model, min(len(model), 60)) if model else []
     values = sorted({value for region in sample for value in (
         region.start_value - 1, region.start_value, region.start_value + 0x41,
         region.end_value - 1, region.end_value) if value >= 0} | {0, BASE - 1})
-    for order in (values, values[::-1]):
+    alternating = [value for first in range(ALTERNATION_STRIDE)
+                   for value in values[first::ALTERNATION_STRIDE]]
+    for order in (values, values[::-1], alternating, alternating):
         for value in order:
             expected = find(model, value)
             assert memory.find_region(GuestAddress(value)) is expected, hex(value)
             assert reads(memory, value) == (None if expected is None
                                             else mark_of(expected)), hex(value)
+            if compiled is not None:
+                guess = cached_guess(memory, value)
+                assert guess is None or any(guess is held for held in model), hex(value)
+                assert expected is None or guess is expected, hex(value)
 
 
 Step = tuple[str, int, int]
-"""("insert", spot, variant) / ("remove", index, 0) / ("run", spot, count): a run
+"""("insert", spot, variant) / ("remove", index, 0) / ("run", spot, count): a variant is
+one page, two pages, the large region, or one of the spot's two small regions sharing a
+lookup page (see `Parts`); a run
 inserts `count` one-page regions at consecutive free spots (filling a chunk), or
 (negative count) removes that many consecutive regions."""
 
 plans = st.lists(st.one_of(
-    st.tuples(st.just("insert"), st.integers(0, SPOTS - 1), st.integers(0, 2)),
+    st.tuples(st.just("insert"), st.integers(0, SPOTS - 1), st.integers(0, 4)),
     st.tuples(st.just("remove"), st.integers(0, 10_000), st.just(0)),
     st.tuples(st.just("run"), st.integers(0, SPOTS - 1),
               st.integers(-CHUNK_MAX, CHUNK_MAX))), min_size=1, max_size=12)
@@ -206,8 +241,8 @@ def apply(plan: list[Step]) -> list[tuple[GuestMemory, list[GuestMemoryRegion]]]
 
     def insert(region: GuestMemoryRegion) -> None:
         nonlocal memory, model
-        clash = find(model, region.start_value) or find(model, region.end_value - 1)
-        if clash is not None:
+        if any(held.start_value < region.end_value and region.start_value < held.end_value
+               for held in model):
             with pytest.raises(RegionOverlap):
                 memory.insert_region(region)
             return
@@ -225,7 +260,8 @@ def apply(plan: list[Step]) -> list[tuple[GuestMemory, list[GuestMemoryRegion]]]
 
     for action, where, amount in plan:
         if action == "insert":
-            variants = (table.one_page[where], table.two_pages[where], table.large)
+            variants = (table.one_page[where], table.two_pages[where], table.large,
+                        *table.sharing[where])
             insert(variants[amount])
         elif action == "remove":
             if model:
@@ -258,7 +294,7 @@ def test_chunks_split_and_merge_along_a_long_sequence() -> None:
     random): every snapshot still answers as its model at the end."""
     rng = random.Random(13)
     plan: list[Step] = [("run", 0, CHUNK_MAX + 10), ("run", 5, -(CHUNK_MAX - 20))]
-    plan += [(rng.choice(("insert", "remove")), rng.randrange(SPOTS), rng.randrange(3))
+    plan += [(rng.choice(("insert", "remove")), rng.randrange(SPOTS), rng.randrange(5))
              for _ in range(150)]
     made = apply(plan)
     assert len(made) > 2 * CHUNK_MAX

@@ -1592,6 +1592,7 @@ typedef struct {
     Py_ssize_t *bases;      /* bases[k]: the index of chunk k's first region */
     PyObject *regions;      /* the regions as a tuple, made on first use; or NULL */
     int installed;
+    Py_ssize_t cache_misses;   /* lookups the region cache did not answer (for tests) */
     RegionObject *cache[PAGE_CACHE_SLOTS];   /* borrowed; see PAGE_CACHE_BITS */
 } MemoryObject;
 
@@ -1711,6 +1712,7 @@ static RegionObject *
 lookup_miss(MemoryObject *self, uint64_t value, RegionObject **cached)
 {
     RegionObject *region;
+    self->cache_misses++;
     if (self->directory != NULL) {
         uint64_t page = value >> PAGE_SHIFT;
         uint64_t hash = page_hash(page);
@@ -2466,6 +2468,13 @@ memory_cached_region(PyObject *op, PyObject *value)
     return region;
 }
 
+/* _cache_misses(): how many lookups the region cache has not answered (for tests). */
+static PyObject *
+memory_cache_misses(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    return PyLong_FromSsize_t(((MemoryObject *)op)->cache_misses);
+}
+
 static PyObject *
 memory_index_at(PyObject *op, PyObject *value)
 {
@@ -3086,6 +3095,8 @@ static PyMethodDef memory_methods[] = {
      "The region the page table guesses for an address value's page, or None."},
     {"_cached_region", memory_cached_region, METH_O,
      "The region the region cache's slot for an address value's page names, or None."},
+    {"_cache_misses", memory_cache_misses, METH_NOARGS,
+     "How many lookups the region cache has not answered."},
     {"_index_at", memory_index_at, METH_O,
      "The index of the last region starting at or below an address value, or -1."},
     {NULL},
