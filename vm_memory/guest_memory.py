@@ -243,6 +243,17 @@ def sorted_without_overlap(regions: Iterable[_R]) -> list[_R]:
     return ordered
 
 
+class _PageHits(dict[int, GuestMemoryRegion]):
+    """Page number -> a region covering the whole page (`GuestMemory._page_region`); a
+    page not remembered gives `_NO_REGION`, whose limits admit nothing, so a fast path
+    probes it with one subscript."""
+
+    __slots__ = ()
+
+    def __missing__(self, page: int) -> GuestMemoryRegion:
+        return _NO_REGION
+
+
 class _PureMemoryBase:
     """Nothing: on the pure path GuestMemory keeps its lookup in its own slots."""
 
@@ -278,7 +289,7 @@ class GuestMemory(_MemoryBase):
     _count: int
     _last: GuestMemoryRegion
     _pages: PageTable
-    _page_hits: dict[int, GuestMemoryRegion]
+    _page_hits: _PageHits
     _regions_made: tuple[GuestMemoryRegion, ...] | None
 
     _hotplug_skips_init: ClassVar[bool] = True
@@ -334,7 +345,7 @@ class GuestMemory(_MemoryBase):
         self._set_chunks(build_chunks(regions))
         self._pages = build_pages(regions)
         self._regions_made = regions
-        self._page_hits = {}
+        self._page_hits = _PageHits()
         self._last = _NO_REGION
 
     def _set_chunks(self, chunks: Chunks) -> None:
@@ -376,7 +387,7 @@ class GuestMemory(_MemoryBase):
                 [self._nth_region(near) for near in (index - 1, index)
                  if 0 <= near < self._count])
         self._regions_made = None
-        self._page_hits = {}
+        self._page_hits = _PageHits()
         self._last = _NO_REGION
 
     def _check_not_installed(self) -> None:
@@ -611,7 +622,7 @@ class GuestMemory(_MemoryBase):
         value = self._checked_start(address, length, "read_slice")
         region = self._last
         if not region.start_value <= value < region.end_value:
-            region = self._page_hits.get(value >> _LOOKUP_SHIFT, _NO_REGION)
+            region = self._page_hits[value >> _LOOKUP_SHIFT]
             if not value < region.end_value:  # a page hit covers its whole page
                 region = self._page_region(value)
         offset = value - region.start_value
@@ -633,7 +644,7 @@ class GuestMemory(_MemoryBase):
         value = self._checked_start(address, length, "write_slice")
         region = self._last
         if not region.start_value <= value < region.end_value:
-            region = self._page_hits.get(value >> _LOOKUP_SHIFT, _NO_REGION)
+            region = self._page_hits[value >> _LOOKUP_SHIFT]
             if not value < region.end_value:  # a page hit covers its whole page
                 region = self._page_region(value)
         offset = value - region.start_value
@@ -692,7 +703,7 @@ class GuestMemory(_MemoryBase):
         if region.start_value <= value < region.read_limit and unpack is not None:
             return unpack(region.buffer, value - region.start_value)[0]
         # Another region: the last hit on its page first (no Python call), else a search.
-        region = self._page_hits.get(value >> _LOOKUP_SHIFT, _NO_REGION)
+        region = self._page_hits[value >> _LOOKUP_SHIFT]
         if not value < region.read_limit:  # a page hit covers its whole page
             region = self._page_region(value)
         if region.start_value <= value < region.read_limit and unpack is not None:
@@ -760,7 +771,7 @@ class GuestMemory(_MemoryBase):
         region = self._last
         if not region.start_value <= value < region.read_limit:
             # another region: the last hit on its page (no Python call), else a search
-            region = self._page_hits.get(value >> _LOOKUP_SHIFT, _NO_REGION)
+            region = self._page_hits[value >> _LOOKUP_SHIFT]
             if not value < region.read_limit:  # a page hit covers its whole page
                 region = self._page_region(value)
                 if not region.start_value <= value < region.read_limit:
@@ -800,7 +811,7 @@ class GuestMemory(_MemoryBase):
         region = self._last
         if not region.start_value <= raw < region.write_limit:
             # another region: the last hit on its page (no Python call), else a search
-            region = self._page_hits.get(raw >> _LOOKUP_SHIFT, _NO_REGION)
+            region = self._page_hits[raw >> _LOOKUP_SHIFT]
             if not raw < region.write_limit:  # a page hit covers its whole page
                 region = self._page_region(raw)
                 if not region.start_value <= raw < region.write_limit:
@@ -1354,7 +1365,7 @@ def _compare_exchange_method(operation: AtomicOperation, members: tuple[Ordering
             return False, box.value
         if not region.start_value <= raw < region.atomic_write_limit:
             # another region: the last hit on its page (no Python call), else a search
-            region = self._page_hits.get(raw >> _LOOKUP_SHIFT, _NO_REGION)
+            region = self._page_hits[raw >> _LOOKUP_SHIFT]
             if not raw < region.atomic_write_limit:  # a page hit covers its whole page
                 region = self._page_region(raw)
                 if not region.start_value <= raw < region.atomic_write_limit:
@@ -1400,7 +1411,7 @@ def _load_method(operation: AtomicOperation,
             return function(value + region.atomic_delta, order)
         if not region.start_value <= value < region.atomic_read_limit:
             # another region: the last hit on its page (no Python call), else a search
-            region = self._page_hits.get(value >> _LOOKUP_SHIFT, _NO_REGION)
+            region = self._page_hits[value >> _LOOKUP_SHIFT]
             if not value < region.atomic_read_limit:  # a page hit covers its whole page
                 region = self._page_region(value)
                 if not region.start_value <= value < region.atomic_read_limit:
@@ -1450,7 +1461,7 @@ def _atomic_method(operation: AtomicOperation) -> Callable[..., Any]:
                 return function(raw + region.atomic_delta, value, order)
             if not region.start_value <= raw < region.atomic_write_limit:
                 # another region: the last hit on its page (no Python call), else a search
-                region = self._page_hits.get(raw >> _LOOKUP_SHIFT, _NO_REGION)
+                region = self._page_hits[raw >> _LOOKUP_SHIFT]
                 if not raw < region.atomic_write_limit:  # a page hit covers its whole page
                     region = self._page_region(raw)
                     if not region.start_value <= raw < region.atomic_write_limit:
