@@ -35,6 +35,9 @@ is a ratio to a raw baseline measured in that same child on the same memory:
 
 Run with `python -m benchmarks.bench_paths [--quick] [--json FILE]`.
 """
+# pyright: reportPrivateUsage=false
+# (the pure floors read what the library's own fast paths read: an address's fields and
+# its type's fast-path entries)
 
 from __future__ import annotations
 
