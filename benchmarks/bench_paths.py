@@ -35,6 +35,9 @@ is a ratio to a raw baseline measured in that same child on the same memory:
 
 Run with `python -m benchmarks.bench_paths [--quick] [--json FILE]`.
 """
+# pyright: reportPrivateUsage=false
+# (the pure floors read what the library's own fast paths read: an address's fields and
+# its type's fast-path entries)
 
 from __future__ import annotations
 
@@ -78,8 +81,13 @@ from vm_memory import (
     AlignedGuestAddress,
     GuestAddress,
     GuestMemoryMmap,
+    Ordering,
     access_path,
 )
+from vm_memory.atomic_access import atomic_type_info
+from vm_memory.atomic_backend import host_atomics
+from vm_memory.atomic_operations import OPERATIONS
+from vm_memory.guest_memory import _prime_fast_atomics
 
 PAGE = mmap.PAGESIZE
 MEMORY_START = 0x10_0000
@@ -191,6 +199,7 @@ def access_comparisons() -> tuple[list[Comparison], list[Skipped]]:
         rows.append(Comparison(f"{method} u64 vs libatomic", ours(stmt, method),
                                Case(label, raw, names), target=_target(ATOMIC_VS_LIBATOMIC)))
     rows += pure_floor_comparisons(names, libatomic_rows)
+    rows += contract_floor_comparisons(memory, names, libatomic_rows)
     size = 4096
     destination = bytearray(size)
     bulk: dict[str, Any] = {**names, "raw": memoryview(region.mapping.mapping),
@@ -232,6 +241,111 @@ def pure_floor_comparisons(names: dict[str, Any],
                      "op = floor_op")
         rows.append(Comparison(f"floor: pure {method} u64 vs libatomic", floor,
                                Case(label, raw, names)))
+    return rows
+
+
+CONTRACT_CHECKS: dict[str, tuple[str, str]] = {
+    # shape: (the checks and the call, the operands after the address)
+    "load": ("""
+    function = address._info.atomics[index]
+    value = address._guest_value
+    region = self.last
+    if region.start_value <= value < region.atomic_read_limit and order is SEQ_CST:
+        return function(value + region.atomic_delta, order)
+    raise ValueError(value)""", ""),
+    "store": ("""
+    function, low, high = address._info.atomics[index]
+    value = address._guest_value
+    region = self.last
+    if region.start_value <= value < region.atomic_untracked_limit \\
+            and type(operand) is int and low <= operand <= high and order is SEQ_CST:
+        return function(value + region.atomic_delta, operand, order)
+    raise ValueError(value)""", "operand, "),
+    "compare-exchange": ("""
+    function, value_type, low, high = address._info.atomics[index]
+    value = address._guest_value
+    region = self.last
+    if region.start_value <= value < region.atomic_untracked_limit \\
+            and type(expected) is int and type(desired) is int \\
+            and low <= expected <= high and low <= desired <= high \\
+            and order is SEQ_CST and failure is SEQ_CST:
+        box = value_type(expected)
+        if function(value + region.atomic_delta, box, desired, order, failure):
+            return True, expected
+        return False, box.value
+    raise ValueError(value)""", "expected, desired, "),
+}
+"""The least the atomic contract checks around the libatomic call, per operation shape:
+the address an `AlignedGuestAddress` (its type, not a look-alike's); its type's entry
+(a lock-free integer type of this width: the function, the operands' range); the address
+in bounds of a host-backed region whose host address is aligned like the guest's, and
+for a store a writable one tracking no dirty pages (one limit of the region the last
+access hit: no lookup); each operand an exact int in range; the ordering allowed (here
+the default SEQ_CST, by identity). Nothing else: no look-up on a miss, no general path."""
+
+CONTRACT_ROWS = ("read_atomic", "write_atomic", "fetch_add", "compare_exchange")
+
+
+class _FloorRegion:
+    """A region's limits as the contract floor reads them (8-byte accesses, writable,
+    host-backed, no dirty tracking: both limits alike)."""
+
+    __slots__ = ("atomic_delta", "atomic_read_limit", "atomic_untracked_limit",
+                 "start_value")
+
+    def __init__(self, start: int, end: int, delta: int) -> None:
+        assert delta % 8 == 0
+        self.start_value = start
+        self.atomic_read_limit = self.atomic_untracked_limit = end - 7
+        self.atomic_delta = delta
+
+
+class _ContractFloor:
+    """What the contract floor's methods are bound to: the region the last access hit."""
+
+    __slots__ = ("last",)
+    last: _FloorRegion
+
+
+def contract_floor_comparisons(memory: GuestMemoryMmap, names: dict[str, Any],
+                               libatomic_rows: list[tuple[str, str, str, str]]
+                               ) -> list[Comparison]:
+    """The pure path's floor under the contract: a Python method making only the checks
+    the contract requires (`CONTRACT_CHECKS`) around the libatomic call, on the region
+    the address is in, against the same bare call (reported). Ours can reach it, not go
+    below it without dropping a check."""
+    aligned = names["aligned"]
+    memory.read_atomic(aligned)  # on the pure path: the type's fast-path entries
+    if aligned._info.atomics is None:  # the compiled path keeps its own: make them
+        info = atomic_type_info(ctypes.c_uint64)
+        atomics = host_atomics(info)
+        _prime_fast_atomics(aligned._info, info.minimum, info.maximum, atomics.value_type,
+                            atomics.functions)
+    region = memory.regions()[0]
+    assert region.host_address is not None
+    holder = _ContractFloor()
+    holder.last = _FloorRegion(region.start_value, region.end_value,
+                               region.host_address - region.start_value)
+    indexes = {name: index for index, name in enumerate(OPERATIONS)}
+    rows: list[Comparison] = []
+    for method, stmt, raw, label in libatomic_rows:
+        if method not in CONTRACT_ROWS:
+            continue
+        operation = OPERATIONS[method]
+        shape = operation.shape if operation.shape != "read-modify-write" else "store"
+        checks, operands = CONTRACT_CHECKS[shape]
+        failure = ", failure=SEQ_CST" if shape == "compare-exchange" else ""
+        source = (f"def {method}(self, address, {operands}order=SEQ_CST{failure}):\n"
+                  "    if type(address) is not Aligned:\n"
+                  "        raise TypeError(address)" + checks + "\n")
+        namespace: dict[str, Any] = {}
+        exec(source, {"Aligned": AlignedGuestAddress, "SEQ_CST": Ordering.SEQ_CST,
+                      "index": indexes[method]}, namespace)
+        bound = types.MethodType(namespace[method], holder)
+        floor = Case("the contract's checks and the call", stmt,
+                     {**names, "floor_op": bound}, "op = floor_op")
+        rows.append(Comparison(f"floor: pure {method} u64, the contract's checks, "
+                               "vs libatomic", floor, Case(label, raw, names)))
     return rows
 
 
@@ -296,6 +410,7 @@ def region_comparisons() -> list[Comparison]:
                                case("one region, same pages", spread),
                                target=_target(ALTERNATING)))
     rows += alternating_floor(many, alternating, staying)
+    rows += page_probe_floor(many, alternating, staying)
     count = 10_000
     addresses = lookup_addresses(count)
     regions = page_regions(count)
@@ -345,6 +460,77 @@ def alternating_floor(memory: GuestMemoryMmap, alternating: list[AlignedGuestAdd
 
     return [Comparison("floor: C reference read u64 alternating between 100 regions' pages",
                        case("100 pages in turn", alternating), case("one page", staying))]
+
+
+class _PageProbeFloor:
+    """The least any checked pure lookup does per access: the bounds of the region the
+    last access hit (two comparisons); on a switch, one dict probe (page number to a
+    region covering the whole page) and one comparison with its limit, and the region
+    remembered; then the read. No check of the address's type, the value or the ordering,
+    no general path (an address it cannot serve raises KeyError or ValueError). The
+    lookup is written out in each method on purpose, as ours is: a shared helper would
+    add a Python call to what is measured."""
+
+    __slots__ = ("last", "pages")
+
+    def __init__(self, memory: GuestMemoryMmap) -> None:
+        load = _libatomic_functions(libatomic(), keep_gil=True)["load"]
+        self.pages = {region.start_value >> 12: _PageEntry(region, load)
+                      for region in memory.regions()}
+        self.last = next(iter(self.pages.values()))
+
+    def read_atomic(self, address: AlignedGuestAddress[Any]) -> int:
+        value = address._guest_value
+        entry = self.last
+        if not entry.start <= value < entry.limit:
+            entry = self.pages[value >> 12]
+            if not value < entry.limit:
+                raise ValueError(value)
+            self.last = entry
+        return int(entry.load(value + entry.delta, SEQ_CST))
+
+    def read_obj(self, address: AlignedGuestAddress[Any]) -> int:
+        value = address._guest_value
+        entry = self.last
+        if not entry.start <= value < entry.limit:
+            entry = self.pages[value >> 12]
+            if not value < entry.limit:
+                raise ValueError(value)
+            self.last = entry
+        return int(entry.view[(value - entry.start) >> 3])
+
+
+class _PageEntry:
+    """One one-page region as the floor reads it: start, limit, host delta, u64 view."""
+
+    __slots__ = ("delta", "limit", "load", "start", "view")
+
+    def __init__(self, region: Any, load: Any) -> None:
+        assert region.host_address is not None and region.buffer is not None
+        self.start = region.start_value
+        self.limit = region.end_value - 7
+        self.delta = region.host_address - region.start_value
+        self.view = region.buffer.cast("Q")
+        self.load = load
+
+
+def page_probe_floor(memory: GuestMemoryMmap, alternating: list[AlignedGuestAddress[Any]],
+                     staying: list[AlignedGuestAddress[Any]]) -> list[Comparison]:
+    """What alternating costs any checked pure lookup at least (`_PageProbeFloor`): the
+    same loop alternating between the 100 regions against staying in one (reported)."""
+    floor = _PageProbeFloor(memory)
+    rows: list[Comparison] = []
+    for method in ("read_atomic", "read_obj"):
+        def case(label: str, addresses: list[AlignedGuestAddress[Any]],
+                 method: str = method) -> Case:
+            return Case(label, "for address in addresses:\n    op(address)",
+                        {"floor": floor, "addresses": addresses}, f"op = floor.{method}",
+                        ops_per_stmt=len(addresses),
+                        overhead_stmt="for address in addresses:\n    pass")
+        rows.append(Comparison(f"floor: pure {method} u64 alternating, a dict probe per "
+                               "switch", case("100 regions in turn", alternating),
+                               case("one region", staying)))
+    return rows
 
 
 @dataclass(frozen=True)

@@ -125,6 +125,10 @@ PATH_ROWS = [
     *(f"{method} u64 alternating, vs the same pages in one region"
       for method in ("read_atomic", "read_obj")),
     "floor: C reference read u64 alternating between 100 regions' pages",
+    *(f"floor: pure {method} u64 alternating, a dict probe per switch"
+      for method in ("read_atomic", "read_obj")),
+    *(f"floor: pure {method} u64, the contract's checks, vs libatomic"
+      for method in ("read_atomic", "write_atomic", "fetch_add", "compare_exchange")),
     "lookup at 10,000 regions vs the same 10,000 mmaps",
     "floor: pure lookup at 10,000 regions, a dict probe per read",
 ]

@@ -119,6 +119,8 @@ _OPERATION_INDEX: Final = {name: index for index, name in enumerate(OPERATIONS)}
 _COMPACT: Final = (1 << 30) - 1
 """The largest magnitude CPython compares as a one-digit int (its cheapest comparison):
 an entry's first value bounds, inside the type's range."""
+_PAGE_HITS_MAX: Final = 1 << 14
+"""The most pages a memory remembers its regions for (`GuestMemory._page_region`)."""
 _PRIMED: list[AlignmentInfo] = []
 """Every type's info given fast-path entries (what `forget_fast_atomics` takes back)."""
 
@@ -242,6 +244,17 @@ def sorted_without_overlap(regions: Iterable[_R]) -> list[_R]:
     return ordered
 
 
+class _PageHits(dict[int, GuestMemoryRegion]):
+    """Page number -> a region covering the whole page (`GuestMemory._page_region`); a
+    page not remembered gives `_NO_REGION`, whose limits admit nothing, so a fast path
+    probes it with one subscript."""
+
+    __slots__ = ()
+
+    def __missing__(self, page: int) -> GuestMemoryRegion:
+        return _NO_REGION
+
+
 class _PureMemoryBase:
     """On the pure path GuestMemory keeps its lookup in its own slots; a new object starts
     with the empty table, as the compiled base's does (`cls.__new__(cls)` alone makes an
@@ -260,13 +273,15 @@ class _PureMemoryBase:
         set_field(self, "_pages", EMPTY_PAGES)
         set_field(self, "_regions_made", ())
         set_field(self, "_last", _NO_REGION)
+        set_field(self, "_page_hits", _PageHits())
         return self
 
 
 if TYPE_CHECKING or compiled is None:
     _MemoryBase = _PureMemoryBase
     _MEMORY_SLOTS: tuple[str, ...] = ("__weakref__", "_bases", "_chunks", "_count", "_firsts",
-                                      "_installed", "_last", "_pages", "_regions_made")
+                                      "_installed", "_last", "_page_hits", "_pages",
+                                      "_regions_made")
 else:  # the region table and the hot methods live in the compiled base (MemoryCore)
     _MemoryBase = compiled.MemoryCore
     _MEMORY_SLOTS = ("__weakref__",)
@@ -293,6 +308,7 @@ class GuestMemory(_MemoryBase):
     _installed: bool
     _last: GuestMemoryRegion
     _pages: PageTable
+    _page_hits: _PageHits
     _regions_made: tuple[GuestMemoryRegion, ...] | None
 
     _hotplug_skips_init: ClassVar[bool] = True
@@ -348,6 +364,7 @@ class GuestMemory(_MemoryBase):
         self._set_chunks(build_chunks(regions))
         self._pages = build_pages(regions)
         self._regions_made = regions
+        self._page_hits = _PageHits()
         self._last = _NO_REGION
         self._installed = True
 
@@ -389,6 +406,7 @@ class GuestMemory(_MemoryBase):
                 [self._nth_region(near) for near in (index - 1, index)
                  if 0 <= near < self._count])
         self._regions_made = None
+        self._page_hits = _PageHits()
         self._last = _NO_REGION
         self._installed = True
 
@@ -430,6 +448,21 @@ class GuestMemory(_MemoryBase):
             if value >= region.end_value:
                 return _NO_REGION
         self._last = region
+        return region
+
+    def _page_region(self, value: int) -> GuestMemoryRegion:
+        """`_region_at(value)`, remembered for `value`'s page in `_page_hits` when it
+        covers the whole page: the fast paths' second guess, one dict probe, after which
+        only the region's upper limit needs checking (its start is at or below the
+        page's). At most `_PAGE_HITS_MAX` pages are remembered (then it starts afresh)."""
+        region = self._region_at(value)
+        page = value >> _LOOKUP_SHIFT
+        if region.start_value <= page << _LOOKUP_SHIFT \
+                and (page + 1) << _LOOKUP_SHIFT <= region.end_value:
+            hits = self._page_hits
+            if len(hits) >= _PAGE_HITS_MAX:
+                hits.clear()
+            hits[page] = region
         return region
 
     @property
@@ -609,10 +642,9 @@ class GuestMemory(_MemoryBase):
         value = self._checked_start(address, length, "read_slice")
         region = self._last
         if not region.start_value <= value < region.end_value:
-            page = value >> _LOOKUP_SHIFT
-            region = self._pages[page % _PAGE_BUCKETS].get(page, _NO_REGION)
-            if not region.start_value <= value < region.end_value:
-                region = self._region_at(value)
+            region = self._page_hits[value >> _LOOKUP_SHIFT]
+            if not value < region.end_value:  # a page hit covers its whole page
+                region = self._page_region(value)
         offset = value - region.start_value
         source = region.buffer
         if source is not None and offset + length <= region.length:  # one region's buffer
@@ -632,10 +664,9 @@ class GuestMemory(_MemoryBase):
         value = self._checked_start(address, length, "write_slice")
         region = self._last
         if not region.start_value <= value < region.end_value:
-            page = value >> _LOOKUP_SHIFT
-            region = self._pages[page % _PAGE_BUCKETS].get(page, _NO_REGION)
-            if not region.start_value <= value < region.end_value:
-                region = self._region_at(value)
+            region = self._page_hits[value >> _LOOKUP_SHIFT]
+            if not value < region.end_value:  # a page hit covers its whole page
+                region = self._page_region(value)
         offset = value - region.start_value
         target = region.buffer
         if target is not None and offset + length <= region.length and not region.read_only:
@@ -691,11 +722,10 @@ class GuestMemory(_MemoryBase):
             return self._read_obj_unaligned_general(address, ctype)
         if region.start_value <= value < region.read_limit and unpack is not None:
             return unpack(region.buffer, value - region.start_value)[0]
-        # Another region: the page table's guess first (no Python call), else a search.
-        page = value >> _LOOKUP_SHIFT
-        region = self._pages[page % _PAGE_BUCKETS].get(page, _NO_REGION)
-        if not region.start_value <= value < region.read_limit:
-            region = self._region_at(value)
+        # Another region: the last hit on its page first (no Python call), else a search.
+        region = self._page_hits[value >> _LOOKUP_SHIFT]
+        if not value < region.read_limit:  # a page hit covers its whole page
+            region = self._page_region(value)
         if region.start_value <= value < region.read_limit and unpack is not None:
             self._last = region
             return unpack(region.buffer, value - region.start_value)[0]
@@ -760,11 +790,10 @@ class GuestMemory(_MemoryBase):
         value = address._guest_value
         region = self._last
         if not region.start_value <= value < region.read_limit:
-            # another region: the page table's guess (no Python call), else a search
-            page = value >> _LOOKUP_SHIFT
-            region = self._pages[page % _PAGE_BUCKETS].get(page, _NO_REGION)
-            if not region.start_value <= value < region.read_limit:
-                region = self._region_at(value)
+            # another region: the last hit on its page (no Python call), else a search
+            region = self._page_hits[value >> _LOOKUP_SHIFT]
+            if not value < region.read_limit:  # a page hit covers its whole page
+                region = self._page_region(value)
                 if not region.start_value <= value < region.read_limit:
                     return self._read_obj_general(address)
             self._last = region
@@ -801,11 +830,10 @@ class GuestMemory(_MemoryBase):
         raw = address._guest_value
         region = self._last
         if not region.start_value <= raw < region.write_limit:
-            # another region: the page table's guess (no Python call), else a search
-            page = raw >> _LOOKUP_SHIFT
-            region = self._pages[page % _PAGE_BUCKETS].get(page, _NO_REGION)
-            if not region.start_value <= raw < region.write_limit:
-                region = self._region_at(raw)
+            # another region: the last hit on its page (no Python call), else a search
+            region = self._page_hits[raw >> _LOOKUP_SHIFT]
+            if not raw < region.write_limit:  # a page hit covers its whole page
+                region = self._page_region(raw)
                 if not region.start_value <= raw < region.write_limit:
                     self._write_obj_general(address, value)
                     return
@@ -1356,11 +1384,10 @@ def _compare_exchange_method(operation: AtomicOperation, members: tuple[Ordering
                 return True, expected
             return False, box.value
         if not region.start_value <= raw < region.atomic_write_limit:
-            # another region: the page table's guess (no Python call), else a search
-            page = raw >> _LOOKUP_SHIFT
-            region = self._pages[page % _PAGE_BUCKETS].get(page, _NO_REGION)
-            if not region.start_value <= raw < region.atomic_write_limit:
-                region = self._region_at(raw)
+            # another region: the last hit on its page (no Python call), else a search
+            region = self._page_hits[raw >> _LOOKUP_SHIFT]
+            if not raw < region.atomic_write_limit:  # a page hit covers its whole page
+                region = self._page_region(raw)
                 if not region.start_value <= raw < region.atomic_write_limit:
                     return self._atomic(operation, address, success, (expected, desired),
                                         failure)
@@ -1403,11 +1430,10 @@ def _load_method(operation: AtomicOperation,
                 and order is _SEQ_CST:
             return function(value + region.atomic_delta, order)
         if not region.start_value <= value < region.atomic_read_limit:
-            # another region: the page table's guess (no Python call), else a search
-            page = value >> _LOOKUP_SHIFT
-            region = self._pages[page % _PAGE_BUCKETS].get(page, _NO_REGION)
-            if not region.start_value <= value < region.atomic_read_limit:
-                region = self._region_at(value)
+            # another region: the last hit on its page (no Python call), else a search
+            region = self._page_hits[value >> _LOOKUP_SHIFT]
+            if not value < region.atomic_read_limit:  # a page hit covers its whole page
+                region = self._page_region(value)
                 if not region.start_value <= value < region.atomic_read_limit:
                     return self._atomic(operation, address, order, ())
             self._last = region
@@ -1454,11 +1480,10 @@ def _atomic_method(operation: AtomicOperation) -> Callable[..., Any]:
                     and order is _SEQ_CST:
                 return function(raw + region.atomic_delta, value, order)
             if not region.start_value <= raw < region.atomic_write_limit:
-                # another region: the page table's guess (no Python call), else a search
-                page = raw >> _LOOKUP_SHIFT
-                region = self._pages[page % _PAGE_BUCKETS].get(page, _NO_REGION)
-                if not region.start_value <= raw < region.atomic_write_limit:
-                    region = self._region_at(raw)
+                # another region: the last hit on its page (no Python call), else a search
+                region = self._page_hits[raw >> _LOOKUP_SHIFT]
+                if not raw < region.atomic_write_limit:  # a page hit covers its whole page
+                    region = self._page_region(raw)
                     if not region.start_value <= raw < region.atomic_write_limit:
                         return self._atomic(operation, address, order, (value,))
                 self._last = region
@@ -1506,6 +1531,7 @@ COMPILED_METHODS: Final = (
 """The access methods the compiled base runs in C (each falling back on its general
 path, `_<name>_general` or the atomic table's)."""
 _COMPILED_LOOKUP: Final = ("_install", "_install_changed", "_index_at", "_region_at",
+                           "_page_region",
                            "_page_guess", "_nth_region", "num_regions", "_regions")
 
 if compiled is None:
