@@ -41,10 +41,26 @@ from vm_memory.guest_memory import COMPILED_METHODS
 ROOT: Final = Path(__file__).resolve().parent.parent
 
 
-def run_child(body: str, *, pure: bool = False, path: Path = ROOT) -> dict[str, Any]:
+WARNINGS_RECORDED: Final = """
+import warnings
+_recording = warnings.catch_warnings(record=True)
+_recorded = _recording.__enter__()
+warnings.simplefilter("always")
+"""
+
+
+def run_child(body: str, *, pure: bool = False, path: Path = ROOT,
+              warnings: bool = False) -> dict[str, Any]:
     """Run the prelude and `body` in a fresh interpreter on the compiled path (or the pure
-    one); it must exit normally (not by a signal) and print its `results` as JSON."""
-    code = PRELUDE + textwrap.dedent(body) + "\nprint(json.dumps(results))\n"
+    one); it must exit normally (not by a signal) and print its `results` as JSON. With
+    `warnings`, `results["warnings"]` lists every warning from the start (the import of
+    `vm_memory` included) as [category, message]."""
+    code = PRELUDE + textwrap.dedent(body)
+    if warnings:
+        code = WARNINGS_RECORDED + code + (
+            '\nresults["warnings"] = [[item.category.__name__, str(item.message)] '
+            'for item in _recorded]')
+    code += "\nprint(json.dumps(results))\n"
     environment = {key: value for key, value in os.environ.items()
                    if key != vm_memory.PURE_ENVIRONMENT_VARIABLE}
     environment["PYTHONPATH"] = str(path)
@@ -109,10 +125,15 @@ def test_a_build_older_than_its_source_is_not_used(compiled_path: object,
         results["path"] = access_path().name
         results["reason"] = access_path().reason
         results["module"] = GuestMemory.__module__ and sys.modules["vm_memory"].__file__
-    ''', path=tmp_path)
+    ''', path=tmp_path, warnings=True)
     assert results["path"] == "pure"
     assert "older than vm_memory/_fastpath.c" in results["reason"]
     assert results["module"].startswith(str(tmp_path))
+    # said aloud, once, on import (the control: the same child on the checkout says nothing)
+    assert results["warnings"] == [["RuntimeWarning", "vm_memory runs on the pure access "
+                                    "path: " + results["reason"]]]
+    assert run_child('results["path"] = access_path().name', warnings=True) == \
+        {"path": "compiled", "warnings": []}
 
 
 def build_wheel(tmp_path: Path, compiler: str | None) -> tuple[Path, str]:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import json
 import mmap
 import random
 import tracemalloc
@@ -566,3 +567,45 @@ def test_private_table_calls_refuse_hostile_arguments() -> None:
     assert result.returncode == 0, result.stderr
     assert "live memory kept its table: True" in result.stdout
     assert "valid change after each refusal: True" in result.stdout
+
+
+@pytest.mark.parametrize("pure", ["0", "1"], ids=["compiled", "pure"])
+def test_a_memory_made_by_new_alone_is_empty_on_both_paths(pure: str) -> None:
+    """`GuestMemory.__new__` without `__init__` (as hot-plug makes its new objects, then
+    installs a table): until a table is installed the memory answers as an empty one, on
+    both paths alike (the pure path raised AttributeError here), refuses hot-plug from
+    it, and still takes its one table."""
+    result = run_python_code('''
+        import ctypes, json
+        from vm_memory import (AlignedGuestAddress, GuestAddress, GuestMemoryMmap,
+                               access_path)
+        def outcome(call):
+            try:
+                return repr(call())
+            except Exception as error:
+                return type(error).__name__
+        blank = GuestMemoryMmap.__new__(GuestMemoryMmap)
+        other = GuestMemoryMmap.from_ranges([(GuestAddress(0x1000), 0x1000)])
+        region = other.regions()[0]
+        at = AlignedGuestAddress.new(ctypes.c_uint64, GuestAddress(0x1000))
+        results = {name: outcome(call) for name, call in {
+            "num_regions": blank.num_regions, "regions": blank.regions,
+            "find_region": lambda: blank.find_region(GuestAddress(0x1000)),
+            "read_obj": lambda: blank.read_obj(at),
+            "read_atomic": lambda: blank.read_atomic(at),
+            "write_slice": lambda: blank.write_slice(GuestAddress(0x1000), b"x"),
+            "last_addr": blank.last_addr,
+            "insert_region": lambda: blank.insert_region(region),
+            "then installed": lambda: (blank._install((region,)),
+                                       blank.read_obj(at), blank.num_regions()),
+        }.items()}
+        print(access_path().name, json.dumps(results))
+    ''', environment={"VM_MEMORY_PURE": pure})
+    assert result.returncode == 0, result.stderr
+    path, _, results = result.stdout.strip().partition(" ")
+    assert path == ("pure" if pure == "1" else "compiled")
+    assert json.loads(results) == {
+        "num_regions": "0", "regions": "()", "find_region": "None",
+        "read_obj": "InvalidGuestAddress", "read_atomic": "InvalidGuestAddress",
+        "write_slice": "PartialBuffer", "last_addr": "InvalidGuestAddress",
+        "insert_region": "ValueError", "then installed": "(None, 0, 1)"}

@@ -75,12 +75,7 @@ from vm_memory.region import (
     regions_tracking_dirty_pages,
 )
 from vm_memory.region_table import (
-    LOOKUP_SHIFT as _LOOKUP_SHIFT,
-)
-from vm_memory.region_table import (
-    PAGE_BUCKETS as _PAGE_BUCKETS,
-)
-from vm_memory.region_table import (
+    EMPTY_PAGES,
     Chunks,
     PageTable,
     apart,
@@ -93,6 +88,12 @@ from vm_memory.region_table import (
     pages_inserted,
     pages_removed,
     sorted_apart,
+)
+from vm_memory.region_table import (
+    LOOKUP_SHIFT as _LOOKUP_SHIFT,
+)
+from vm_memory.region_table import (
+    PAGE_BUCKETS as _PAGE_BUCKETS,
 )
 from vm_memory.stream_io import StreamSink, StreamSource, gather_write, scatter_read
 from vm_memory.volatile import VolatileSlice
@@ -242,15 +243,30 @@ def sorted_without_overlap(regions: Iterable[_R]) -> list[_R]:
 
 
 class _PureMemoryBase:
-    """Nothing: on the pure path GuestMemory keeps its lookup in its own slots."""
+    """On the pure path GuestMemory keeps its lookup in its own slots; a new object starts
+    with the empty table, as the compiled base's does (`cls.__new__(cls)` alone makes an
+    empty memory on both paths), until `_install` sets its own once."""
 
     __slots__ = ()
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Self:
+        self = super().__new__(cls)
+        set_field = object.__setattr__  # GuestMemory's slots (the only subclass)
+        set_field(self, "_installed", False)
+        set_field(self, "_chunks", ())
+        set_field(self, "_firsts", [])
+        set_field(self, "_bases", [])
+        set_field(self, "_count", 0)
+        set_field(self, "_pages", EMPTY_PAGES)
+        set_field(self, "_regions_made", ())
+        set_field(self, "_last", _NO_REGION)
+        return self
 
 
 if TYPE_CHECKING or compiled is None:
     _MemoryBase = _PureMemoryBase
     _MEMORY_SLOTS: tuple[str, ...] = ("__weakref__", "_bases", "_chunks", "_count", "_firsts",
-                                      "_last", "_pages", "_regions_made")
+                                      "_installed", "_last", "_pages", "_regions_made")
 else:  # the region table and the hot methods live in the compiled base (MemoryCore)
     _MemoryBase = compiled.MemoryCore
     _MEMORY_SLOTS = ("__weakref__",)
@@ -274,6 +290,7 @@ class GuestMemory(_MemoryBase):
     _firsts: list[int]
     _bases: list[int]
     _count: int
+    _installed: bool
     _last: GuestMemoryRegion
     _pages: PageTable
     _regions_made: tuple[GuestMemoryRegion, ...] | None
@@ -332,6 +349,7 @@ class GuestMemory(_MemoryBase):
         self._pages = build_pages(regions)
         self._regions_made = regions
         self._last = _NO_REGION
+        self._installed = True
 
     def _set_chunks(self, chunks: Chunks) -> None:
         """(Pure path) Hold `chunks` and their index."""
@@ -352,8 +370,7 @@ class GuestMemory(_MemoryBase):
             raise TypeError("an integer is required")
         if region is not None and not is_region(region):
             raise TypeError("_install_changed: a constructed region")
-        if not hasattr(old, "_chunks") \
-                or not 0 <= index <= old._count - (region is None) \
+        if not old._installed or not 0 <= index <= old._count - (region is None) \
                 or (region is not None and (
                     (index > 0 and not apart(old._nth_region(index - 1), region))
                     or (index < old._count and not apart(region, old._nth_region(index))))):
@@ -373,10 +390,11 @@ class GuestMemory(_MemoryBase):
                  if 0 <= near < self._count])
         self._regions_made = None
         self._last = _NO_REGION
+        self._installed = True
 
     def _check_not_installed(self) -> None:
         """(Pure path) Refuse a second table: a memory's regions never change."""
-        if hasattr(self, "_chunks"):  # `__init__` called again (as the compiled base says)
+        if self._installed:  # `__init__` called again (as the compiled base says)
             raise AttributeError("a memory's regions are fixed at construction")
 
     def _page_guess(self, value: int) -> GuestMemoryRegion | None:
