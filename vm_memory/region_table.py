@@ -19,10 +19,11 @@ refers to it.
 
 from __future__ import annotations
 
+import operator
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Sequence
 from itertools import accumulate, chain, repeat
-from operator import add, attrgetter, le, lt, mod, mul, rshift, sub
+from operator import add, attrgetter, le, lt, mod, mul, sub
 from typing import Final
 
 from vm_memory.bulk import consume
@@ -47,8 +48,10 @@ _END_VALUE: Final = attrgetter("end_value")
 Chunks = tuple[tuple[GuestMemoryRegion, ...], ...]
 PageTable = tuple[dict[int, GuestMemoryRegion], ...]
 
+# Read with getattr: typeshed types these through protocols the strict checkers call unknown.
+rshift: Final[Callable[[int, int], int]] = getattr(operator, "rshift")  # noqa: B009
 _SET_FIRST: Final[Callable[[dict[int, GuestMemoryRegion], int, GuestMemoryRegion],
-                           GuestMemoryRegion]] = dict.setdefault
+                           GuestMemoryRegion]] = getattr(dict, "setdefault")  # noqa: B009
 """Name a region for a page unless one is named already."""
 
 EMPTY_PAGES: Final[PageTable] = tuple({} for _ in range(PAGE_BUCKETS))
