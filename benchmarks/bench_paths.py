@@ -42,8 +42,10 @@ Run with `python -m benchmarks.bench_paths [--quick] [--json FILE]`.
 from __future__ import annotations
 
 import argparse
+import collections
 import ctypes
 import gc
+import itertools
 import json
 import mmap
 import struct
@@ -88,6 +90,7 @@ from vm_memory.atomic_access import atomic_type_info
 from vm_memory.atomic_backend import host_atomics
 from vm_memory.atomic_operations import OPERATIONS
 from vm_memory.guest_memory import _prime_fast_atomics
+from vm_memory.mmap_memory import _collector_paused  # pyright: ignore[reportPrivateUsage]
 
 PAGE = mmap.PAGESIZE
 MEMORY_START = 0x10_0000
@@ -550,6 +553,46 @@ class ScaleRow:
                 "within_target": self.ours <= self.target}
 
 
+WINDOW_FIELDS = 10
+"""The fields a bulk build sets on each window (`_cut_windows_pure` in mmap_region.py)."""
+REGION_FIELDS = 16
+"""The fields a bulk build sets on each region (`_place_fresh_pure`)."""
+
+
+class _FloorWindow:
+    __slots__ = ("__weakref__", *(f"field{index}" for index in range(WINDOW_FIELDS)))
+
+
+class _FloorRegion:
+    __slots__ = ("__weakref__", *(f"field{index}" for index in range(REGION_FIELDS)))
+
+
+def build_floor(count: int) -> float:
+    """Seconds to make `count` windows and `count` regions of plain slotted classes with
+    as many fields as the build sets, each field set for all of them by one C-level loop
+    over its slot setter (the cheapest way Python has; the values all None, computed by
+    nothing), and one dict entry each — with automatic collection paused as the build
+    pauses it, and the collection due as the pause ends counted, as the build's is.
+    Less than any pure-Python build of this shape can cost."""
+    consume = collections.deque[None](maxlen=0).extend
+    gc.collect()
+    started = time.perf_counter()
+    with _collector_paused():
+        windows = list(map(object.__new__, itertools.repeat(_FloorWindow, count)))
+        for name in _FloorWindow.__slots__[1:]:
+            consume(map(getattr(_FloorWindow, name).__set__, windows,
+                        itertools.repeat(None)))
+        regions = list(map(object.__new__, itertools.repeat(_FloorRegion, count)))
+        for name in _FloorRegion.__slots__[1:]:
+            consume(map(getattr(_FloorRegion, name).__set__, regions,
+                        itertools.repeat(None)))
+        table = dict(zip(range(count), regions, strict=True))
+    due: list[list[None]] = [[]]  # the first allocation after the pause: the collection due
+    elapsed = time.perf_counter() - started
+    del windows, regions, table, due
+    return elapsed
+
+
 def _rss_bytes() -> int:
     with open("/proc/self/statm", encoding="ascii") as statm:
         return int(statm.read().split()[1]) * PAGE
@@ -574,6 +617,7 @@ def scale_rows(count: int, raw_count: int) -> list[ScaleRow]:
     memory = GuestMemoryMmap.from_ranges(ranges, one_mapping=True)
     build_time = time.perf_counter() - started
     ours_rss = _rss_bytes() - before
+    floor_time = build_floor(count)
     extra = GuestMemoryMmap.from_ranges([(GuestAddress(MEMORY_START + PAGE), PAGE)])
     region = extra.regions()[0]
     inserts: list[float] = []
@@ -597,6 +641,11 @@ def scale_rows(count: int, raw_count: int) -> list[ScaleRow]:
         ScaleRow(f"build {label} one-page regions (one_mapping=True)", build_time,
                  f"{raw_label} bare mmap.mmap(-1, PAGE) (the mapping limit's count)",
                  raw_build, "s", 0.5 * count / SCALE_TARGET_REGIONS),
+        ScaleRow(f"floor: build {label} pairs of slotted objects ({WINDOW_FIELDS} + "
+                 f"{REGION_FIELDS} fields, each set by a C loop over its slot setter) and "
+                 "a dict entry each", floor_time,
+                 f"the build of {label} above (same run)", build_time, "s",
+                 0.5 * count / SCALE_TARGET_REGIONS),
         ScaleRow(f"insert one region into {label}", min(inserts),
                  f"list.insert into {raw_label}", insert_raw, "s", 0.005),
         ScaleRow(f"remove one region from {label} + 1", min(removes),

@@ -160,7 +160,9 @@ def test_both_paths_benchmark_measures_every_row_on_each_path(tmp_path: Path) ->
             assert row["baseline_ns"] >= 0, (side, name, row)
         scale = document[side]["scale"]
         # The bare mmaps' RSS can round to 0 pages (the allocator reuses freed memory).
-        assert len(scale) == 4 and all(row["ours"] > 0 and row["raw"] >= 0 for row in scale)
+        assert len(scale) == 5 and all(row["ours"] > 0 and row["raw"] >= 0 for row in scale)
+        assert [row["operation"].split(" ")[0] for row in scale] == \
+            ["build", "floor:", "insert", "remove", "RSS"], (side, scale)
     printed = table_rows(result.stdout)
     assert set(PATH_ROWS) <= set(printed)
     assert all(len(printed[name]) == 8 for name in PATH_ROWS)

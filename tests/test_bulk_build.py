@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import pickle
 import textwrap
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any, Final
 
 import pytest
@@ -27,6 +29,7 @@ from vm_memory import (
     MmapRegion,
     RegionOverlap,
 )
+from vm_memory.bulk import make_each, set_each, slot_setter
 from vm_memory.region import _FIXED, is_region  # pyright: ignore[reportPrivateUsage]
 
 PAGE: Final = 4096
@@ -114,6 +117,60 @@ def test_a_bulk_window_is_the_window_cut_one_by_one() -> None:
          for window in reference]
     assert len({id(window.mapping) for window in windows}) == 1
     assert [repr(window) for window in windows] == [repr(window) for window in reference]
+
+
+def test_bulk_regions_at_unaligned_starts_are_placed_as_one_by_one() -> None:
+    """Starts that are not multiples of 8 give a region no atomic fast path (its host
+    address is not aligned as its guest address is): the bulk build derives each
+    region's limits from its own start, as a placement one by one does. The control:
+    the layout has regions of both kinds."""
+    offsets = (0, 4, 1, 8, 2, 0x10)
+    ranges = [(GuestAddress(index * STRIDE + offset), PAGE)
+              for index, offset in enumerate(offsets)]
+    memory = GuestMemoryMmap.from_ranges(ranges, one_mapping=True)
+    regions = memory.regions()
+    assert sorted({region.atomic_read_limit == -1 for region in regions}) == [False, True]
+    for fast in regions:
+        assert _fields(fast) == _fields(GuestRegionMmap(fast.mapping, fast.start))
+
+
+def test_a_window_changed_since_it_was_cut_is_placed_as_one_by_one() -> None:
+    """A window whose field was changed behind its back (`object.__setattr__`) after it
+    was cut is still placed as `place_many` places it (the pure batch leaves such
+    windows to `place_many` rather than compute with a field of the wrong type). The
+    control: the change does change the region (no host address: no atomic fast path)."""
+    windows = MmapRegion.anonymous_windows([PAGE, PAGE])
+    starts = [GuestAddress(0), GuestAddress(STRIDE)]
+    object.__setattr__(windows[1], "host_address", None)
+    memory = GuestMemoryMmap._from_windows(windows, starts)  # pyright: ignore[reportPrivateUsage]
+    fast = memory.regions()
+    slow = GuestRegionMmap.place_many(zip(windows, starts, strict=True))
+    assert [_fields(region) for region in fast] == [_fields(region) for region in slow]
+    assert fast[1].host_address is None and fast[1].atomic_read_limit == -1
+    assert fast[0].atomic_read_limit != -1
+
+
+def test_slot_setters_set_only_slots() -> None:
+    """`slot_setter` answers a slot's own `__set__` (defined by the class or a base), and
+    refuses a name that is no slot or not there at all; `set_each` sets one field of each
+    object in order; `make_each` makes objects with every field its setters name, and
+    refuses to leave one unset."""
+    setter = slot_setter(GuestRegionMmap, "typed_views")  # a slot of a base class
+    with pytest.raises(TypeError, match="not a slot"):
+        slot_setter(GuestRegionMmap, "fixed_attributes")
+    with pytest.raises(AttributeError, match="no slot 'nothing'"):
+        slot_setter(GuestRegionMmap, "nothing")
+    regions = [GuestRegionMmap.__new__(GuestRegionMmap) for _ in range(3)]
+    views: list[Mapping[str, memoryview]] = [MappingProxyType({}) for _ in regions]
+    set_each(setter, regions, views)
+    assert all(region.typed_views is view for region, view in zip(regions, views, strict=True))
+    setters = {"typed_views": setter, "mapping": slot_setter(GuestRegionMmap, "mapping")}
+    with pytest.raises(ValueError, match="make_each"):  # a field left unset is refused
+        make_each(GuestRegionMmap, setters, 2, {"typed_views": views})
+    windows = MmapRegion.anonymous_windows([PAGE, PAGE])
+    made = make_each(GuestRegionMmap, setters, 2, {"typed_views": views, "mapping": windows})
+    assert [(region.typed_views, region.mapping) for region in made] == \
+        [(views[0], windows[0]), (views[1], windows[1])]
 
 
 def test_subclasses_keep_their_own_admission_and_init() -> None:

@@ -52,7 +52,15 @@ from vm_memory import (
     RegionOverlap,
 )
 from vm_memory.implementation import compiled
-from vm_memory.region_table import CHUNK_BUILD, CHUNK_MAX, LOOKUP_SHIFT, SMALL_REGION_SLOTS
+from vm_memory.region_table import (
+    CHUNK_BUILD,
+    CHUNK_MAX,
+    EMPTY_PAGES,
+    LOOKUP_SHIFT,
+    SMALL_REGION_SLOTS,
+    _PageEdit,  # pyright: ignore[reportPrivateUsage]
+    build_pages,
+)
 
 PAGE = mmap.PAGESIZE
 LOOKUP_PAGE = 1 << LOOKUP_SHIFT
@@ -303,6 +311,39 @@ def test_chunks_split_and_merge_along_a_long_sequence() -> None:
         check_table(memory, model)
     for memory, model in made[::40]:
         check_lookups(memory, model, rng)
+
+
+def test_the_page_table_built_at_once_is_the_one_built_a_region_at_a_time() -> None:
+    """`build_pages` (every page of every region in one pass) names the same region for
+    each page as adding the regions one at a time does (`_PageEdit`, what an insert
+    uses): the first region on a page, every page of a small region (up to
+    SMALL_REGION_SLOTS), none of a larger one; a bucket no page lands in stays the
+    shared empty one. The control: the layout has a page two regions share, a region of
+    exactly SMALL_REGION_SLOTS pages and one a page longer (and a one-page layout)."""
+    def region(start: int, length: int) -> GuestMemoryRegion:
+        return GuestMemoryRegion(GuestAddress(start), length, read_only=False)
+
+    small = SMALL_REGION_SLOTS * LOOKUP_PAGE
+    mixed = [region(BASE, 0x800), region(BASE + 0x800, 0x800),    # two on one page
+             region(BASE + LOOKUP_PAGE + 8, LOOKUP_PAGE),          # across two pages
+             region(BASE + 4 * LOOKUP_PAGE, small),                # just small
+             region(BASE + 4 * LOOKUP_PAGE + small, small + 1),    # just too large
+             region(BASE + 64 * LOOKUP_PAGE, 1)]
+    one_page = [region(BASE + index * 3 * LOOKUP_PAGE, LOOKUP_PAGE) for index in range(600)]
+    for regions in (mixed, one_page, mixed[:1], []):
+        edit = _PageEdit(EMPTY_PAGES)
+        for held in regions:
+            edit.add(held)
+        expected, built = edit.done(), build_pages(regions)
+        assert [dict(bucket) for bucket in built] == [dict(bucket) for bucket in expected]
+        assert all(bucket is empty for bucket, empty in zip(built, EMPTY_PAGES, strict=True)
+                   if not bucket)
+    pages = build_pages(mixed)
+    named = {page: held for bucket in pages for page, held in bucket.items()}
+    assert named[BASE >> LOOKUP_SHIFT] is mixed[0], "the first region on a shared page"
+    assert sum(held is mixed[3] for held in named.values()) == SMALL_REGION_SLOTS
+    assert all(held is not mixed[4] for held in named.values())
+    assert len(named) == 1 + 2 + SMALL_REGION_SLOTS + 1
 
 
 def test_the_table_checks_can_fail() -> None:

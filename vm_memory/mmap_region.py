@@ -23,17 +23,21 @@ from __future__ import annotations
 
 import fcntl
 import mmap
+import operator
 import os
 import platform
 import stat
 import sys
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from itertools import accumulate, islice, repeat
+from operator import add, attrgetter, is_, le, sub
 from typing import Final, cast
 
 from vm_memory.address import GuestAddress
 from vm_memory.buffers import BufferExport, export_buffer, release_buffer
+from vm_memory.bulk import make_each, slot_setter
 from vm_memory.errors import (
     InvalidArgumentType,
     InvalidRange,
@@ -44,7 +48,13 @@ from vm_memory.errors import (
 )
 from vm_memory.implementation import compiled
 from vm_memory.lifetime import holders_of, holders_of_host_memory, lifetime_lock
-from vm_memory.region import _NO_TYPED_VIEWS, GuestMemoryRegion, _checked_flag, _checked_span
+from vm_memory.region import (
+    _FIXED,
+    _NO_TYPED_VIEWS,
+    GuestMemoryRegion,
+    _checked_flag,
+    _checked_span,
+)
 
 PAGE_SIZE: Final = mmap.PAGESIZE
 
@@ -623,7 +633,7 @@ def place_windows(windows: Iterable[MmapRegion], starts: Iterable[GuestAddress]
     owner = windows[0]._base if windows else None
     if owner is None or len(starts) != len(windows) \
             or set(map(type, windows)) != {MmapRegion} \
-            or not all(window._base is owner for window in windows):
+            or not all(map(is_, map(_WINDOW_BASE, windows), repeat(owner))):
         return None
     with lifetime_lock():
         if owner.closed:
@@ -637,65 +647,95 @@ def place_windows(windows: Iterable[MmapRegion], starts: Iterable[GuestAddress]
 def _cut_windows_pure(owner: MmapRegion, sizes: list[int], spans: list[int]
                       ) -> list[MmapRegion]:
     """The windows of `anonymous_windows`: a mapping of each (checked) size on `owner`'s,
-    each `span` (its size in whole pages) after the one before."""
-    new = object.__new__
-    fix = object.__setattr__
-    mapping, view, host_address = owner.mapping, owner.view, owner.host_address
-    read_only, shared, fd, file_offset = owner.read_only, owner.shared, owner.fd, \
-        owner.file_offset
-    windows: list[MmapRegion] = []
-    offset = 0
-    for size, span in zip(sizes, spans, strict=True):
-        window = new(MmapRegion)
-        fix(window, "mapping", mapping)
-        fix(window, "size", size)
-        fix(window, "read_only", read_only)
-        fix(window, "shared", shared)
-        fix(window, "fd", fd)
-        fix(window, "file_offset", file_offset + offset if file_offset else offset)
-        fix(window, "host_address", host_address + offset)
-        fix(window, "view", view[offset:offset + size])
-        fix(window, "offset", offset)
-        fix(window, "_base", owner)  # the owner keeps its pin, finalizer and placements
-        windows.append(window)
-        offset += span
-    return windows
+    each `span` (its size in whole pages) after the one before. Made a field at a time
+    for all of them (a loop in C each; see vm_memory/bulk.py)."""
+    if len(sizes) != len(spans):
+        raise ValueError("_cut_windows: a span for each size")
+    count = len(sizes)
+    offsets = list(accumulate(islice(spans, max(count - 1, 0)), initial=0))
+    file_offset = owner.file_offset
+    view = owner.view
+    return make_each(MmapRegion, _WINDOW_SETTERS, count, {
+        "mapping": repeat(owner.mapping), "size": sizes, "read_only": repeat(owner.read_only),
+        "shared": repeat(owner.shared), "fd": repeat(owner.fd),
+        "file_offset": map(add, offsets, repeat(file_offset)) if file_offset else offsets,
+        "host_address": map(add, offsets, repeat(owner.host_address)),
+        "view": map(view.__getitem__, map(slice, offsets, map(add, offsets, sizes))),
+        "offset": offsets,
+        "_base": repeat(owner)})  # the owner keeps its pin, finalizer and placements
 
 
 def _place_fresh_pure(windows: Sequence[MmapRegion], starts: Sequence[GuestAddress]
                       ) -> tuple[list[GuestRegionMmap], bool] | None:
     """The regions of `GuestRegionMmap._place_windows` (windows of one open batch, so
     exact, open, each a 1-D byte view of its checked size) and whether they are in
-    ascending, non-overlapping order; None if a start is not a `GuestAddress` or its
-    region would pass 2**64."""
-    new = object.__new__
-    fix = object.__setattr__
-    regions: list[GuestRegionMmap] = []
-    ordered = True
-    previous_end = 0
-    for window, start in zip(windows, starts, strict=True):
-        if type(start) is not GuestAddress:
-            return None
-        start_value = start.raw_value()
-        size = window.size
-        end = start_value + size
-        if end > _ADDRESS_SPACE_END:
-            return None
-        if start_value < previous_end:
-            ordered = False
-        previous_end = end
-        region = new(GuestRegionMmap)
-        region._fill(start, start_value, size, window.read_only, window.view,
-                     window.host_address, _NO_TYPED_VIEWS)
-        fix(region, "mapping", window)
-        regions.append(region)
-    return regions, ordered
+    ascending, non-overlapping order; None if a start is not a `GuestAddress`, its
+    region would pass 2**64, or a window's fields are not of the types `anonymous_windows`
+    gives them. Made a field at a time for all of them, each field what
+    `_fill` sets (a loop in C each; see vm_memory/bulk.py)."""
+    if len(windows) != len(starts):
+        raise ValueError("_place_fresh: a start for each window")
+    if not windows:
+        return [], True
+    sizes: list[int] = list(map(_WINDOW_SIZE, windows))
+    views: list[memoryview] = list(map(_WINDOW_VIEW, windows))
+    hosts: list[int] = list(map(_WINDOW_HOST_ADDRESS, windows))
+    read_onlys: list[bool] = list(map(_WINDOW_READ_ONLY, windows))
+    # What `anonymous_windows` set, unless a window was changed with `object.__setattr__`
+    # since (then `place_many` places them, a region at a time).
+    if set(map(type, starts)) != {GuestAddress} or set(map(type, sizes)) != {int} \
+            or set(map(type, hosts)) != {int} or set(map(type, views)) != {memoryview} \
+            or set(map(type, read_onlys)) - {bool} or min(sizes) <= 0:
+        return None
+    start_values: list[int] = list(map(_GUEST_VALUE, starts))
+    ends = list(map(add, start_values, sizes))
+    if max(ends) > _ADDRESS_SPACE_END:
+        return None
+    # What `_derive` sets, for regions with a buffer and a host address and no bitmap.
+    limits = list(map(sub, ends, repeat(7)))
+    deltas = list(map(sub, hosts, start_values))
+    if any(map(and_, deltas, repeat(7))):
+        misaligned = list(map(and_, deltas, repeat(7)))
+        deltas = [0 if odd else delta for odd, delta in zip(misaligned, deltas, strict=True)]
+        atomic_limits = [-1 if odd else limit
+                         for odd, limit in zip(misaligned, limits, strict=True)]
+    else:
+        atomic_limits = limits
+    if any(read_onlys):
+        write_limits = [-1 if read_only else limit
+                        for read_only, limit in zip(read_onlys, limits, strict=True)]
+        atomic_write_limits = [-1 if read_only else limit
+                               for read_only, limit in zip(read_onlys, atomic_limits, strict=True)]
+    else:
+        write_limits, atomic_write_limits = limits, atomic_limits
+    regions = make_each(GuestRegionMmap, _REGION_SETTERS, len(windows), {
+        "start": starts, "start_value": start_values, "length": sizes,
+        "read_only": read_onlys, "buffer": views, "host_address": hosts,
+        "typed_views": repeat(_NO_TYPED_VIEWS), "dirty": repeat(None), "end_value": ends,
+        "atomic_delta": deltas, "read_limit": limits, "write_limit": write_limits,
+        "atomic_read_limit": atomic_limits, "atomic_write_limit": atomic_write_limits,
+        "atomic_untracked_limit": atomic_write_limits, "mapping": windows})
+    return regions, all(map(le, ends, islice(start_values, 1, None)))
 
 
 _ADDRESS_SPACE_END: Final = 1 << 64
 """One past the last guest address: where a region must end at the latest."""
 
+# Read with getattr: typeshed types it through protocols the strict checkers call unknown.
+and_: Final[Callable[[int, int], int]] = getattr(operator, "and_")  # noqa: B009
+_GUEST_VALUE: Final = attrgetter("_guest_value")
+_WINDOW_BASE: Final = attrgetter("_base")
+_WINDOW_SIZE: Final = attrgetter("size")
+_WINDOW_VIEW: Final = attrgetter("view")
+_WINDOW_HOST_ADDRESS: Final = attrgetter("host_address")
+_WINDOW_READ_ONLY: Final = attrgetter("read_only")
+
 if compiled is None:
+    _WINDOW_SETTERS: Final = {name: slot_setter(MmapRegion, name) for name in (
+        "mapping", "size", "read_only", "shared", "fd", "file_offset", "host_address",
+        "view", "offset", "_base")}
+    _REGION_SETTERS: Final = {name: slot_setter(GuestRegionMmap, name)
+                              for name in (*_FIXED, "mapping")}
     _Ledger: type[_WeakLedger] = _WeakLedger
     _cut_windows = _cut_windows_pure
     _place_fresh = _place_fresh_pure
