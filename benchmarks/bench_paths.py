@@ -559,11 +559,11 @@ REGION_FIELDS = 16
 """The fields a bulk build sets on each region (`_place_fresh_pure`)."""
 
 
-class _FloorWindow:
+class _BuildFloorWindow:
     __slots__ = ("__weakref__", *(f"field{index}" for index in range(WINDOW_FIELDS)))
 
 
-class _FloorRegion:
+class _BuildFloorRegion:
     __slots__ = ("__weakref__", *(f"field{index}" for index in range(REGION_FIELDS)))
 
 
@@ -578,13 +578,13 @@ def build_floor(count: int) -> float:
     gc.collect()
     started = time.perf_counter()
     with _collector_paused():
-        windows = list(map(object.__new__, itertools.repeat(_FloorWindow, count)))
-        for name in _FloorWindow.__slots__[1:]:
-            consume(map(getattr(_FloorWindow, name).__set__, windows,
+        windows = list(map(object.__new__, itertools.repeat(_BuildFloorWindow, count)))
+        for name in _BuildFloorWindow.__slots__[1:]:
+            consume(map(getattr(_BuildFloorWindow, name).__set__, windows,
                         itertools.repeat(None)))
-        regions = list(map(object.__new__, itertools.repeat(_FloorRegion, count)))
-        for name in _FloorRegion.__slots__[1:]:
-            consume(map(getattr(_FloorRegion, name).__set__, regions,
+        regions = list(map(object.__new__, itertools.repeat(_BuildFloorRegion, count)))
+        for name in _BuildFloorRegion.__slots__[1:]:
+            consume(map(getattr(_BuildFloorRegion, name).__set__, regions,
                         itertools.repeat(None)))
         table = dict(zip(range(count), regions, strict=True))
     due: list[list[None]] = [[]]  # the first allocation after the pause: the collection due
