@@ -331,10 +331,10 @@ WARM_CLOSE: Final = '''
 
         def reads(memory, value):
             return [outcome(call) for call in (
-                lambda: memory.read_atomic(u64(value)), lambda: memory.read_obj(u64(value)),
-                lambda: memory.read_obj_unaligned(GuestAddress(value), ctypes.c_uint64),
-                lambda: memory.read_slice(GuestAddress(value), bytearray(8)) or "read",
-                lambda: memory.write_obj(u64(value), 2))]
+                lambda: memory.read_atomic(wide(value)), lambda: memory.read_obj(wide(value)),
+                lambda: memory.read_obj_unaligned(GuestAddress(value), WIDE_TYPE),
+                lambda: memory.read_slice(GuestAddress(value), bytearray(WIDE_BYTES)) or "read",
+                lambda: memory.write_obj(wide(value), 2))]
 
         class Cycle:
             def __del__(self):
@@ -348,8 +348,8 @@ WARM_CLOSE: Final = '''
         def make_garbage():
             memory = GuestMemoryMmap.from_regions([closing, staying])
             for _ in range(20):  # both regions in the cache
-                memory.write_atomic(u64(8), 1)
-                memory.write_atomic(u64(5 * PAGE + 8), 2)
+                memory.write_atomic(wide(8), 1)
+                memory.write_atomic(wide(5 * PAGE + 8), 2)
             cycle = Cycle()
             cycle.self, cycle.memory = cycle, memory  # the cycle alone keeps the memory
 

@@ -100,7 +100,8 @@ class SuiteResult:
         return [item for item in self.outcomes if item["outcome"] == outcome]
 
     def summary(self) -> str:
-        """passed/failed/skipped counts, then each skip and failure with its reason."""
+        """passed/failed/skipped counts, then each skip and failure with its reason, and the
+        tests that failed, errored or passed unexpectedly by name."""
         counts = ", ".join(f"{self.counts[name]} {name}" for name in OUTCOMES
                            if self.counts[name] or name in ("passed", "failed", "skipped"))
         what = "" if self.paths == ("tests",) else f", core: {len(self.paths)} files"
@@ -110,7 +111,11 @@ class SuiteResult:
                  f"exit status {self.exit_status}"]
         for outcome in ("failed", "error", "xpassed", "xfailed", "skipped"):
             reasons = Counter(item["reason"] for item in self.tests(outcome))
-            lines += [f"  {outcome} ({count}): {reason}" for reason, count in reasons.items()]
+            for reason, count in reasons.items():
+                lines.append(f"  {outcome} ({count}): {reason}")
+                if outcome in ("failed", "error", "xpassed"):  # named: CI shows only this
+                    lines += [f"    {item['test']}" for item in self.tests(outcome)
+                              if item["reason"] == reason]
         return "\n".join(lines)
 
 

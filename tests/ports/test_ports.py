@@ -26,9 +26,10 @@ from vm_memory_mypy.targets import ARCHITECTURES, host_target, make_target
 from .architectures import PORTS, Port
 from .conftest import root_of
 from .facts import disagreements, probe
-from .roots import REPOSITORY, PortUnavailable
+from .roots import REPOSITORY, PortUnavailable, Root
 from .suite import (
     SELECTION,
+    SuiteResult,
     foreign_environment,
     ignored,
     run_suite,
@@ -145,6 +146,30 @@ def test_a_wrong_row_is_caught_and_named(host_facts: dict[str, Any]) -> None:
                if found.field == "atomic c_uint64"]
     assert (found.plugin, found.runtime) == ("allowed", refusing["atomics"]["ctypes.c_uint64"])
     assert "atomic width" in {found.field for found in disagreements(host, refusing)}
+
+
+def test_a_failed_port_run_names_its_failed_tests(tmp_path: Path) -> None:
+    """CI shows only the summary (the port's log stays on the CI machine): each failed or
+    errored test is named under its own reason; passed and skipped tests are not listed."""
+    (tmp_path / "ready.json").write_text('{"python": "3.11.2"}')
+    outcomes = [{"test": "tests/test_a.py::test_one[8]", "outcome": "failed", "reason": "boom"},
+                {"test": "tests/test_a.py::test_two", "outcome": "failed", "reason": "bang"},
+                {"test": "tests/test_a.py::test_six", "outcome": "failed", "reason": "boom"},
+                {"test": "tests/test_b.py::test_three", "outcome": "error", "reason": "import"},
+                {"test": "tests/test_b.py::test_four", "outcome": "passed", "reason": ""},
+                {"test": "tests/test_c.py::test_five", "outcome": "skipped", "reason": "32-bit"}]
+    result = SuiteResult(Root(PORTS[0], tmp_path / "root"), 1.0, 1.0, 1, 25, outcomes, [],
+                         tmp_path / "log")
+    lines = result.summary().splitlines()
+    failed = lines.index("  failed (2): boom")
+    assert lines[failed + 1:failed + 6] == ["    tests/test_a.py::test_one[8]",
+                                            "    tests/test_a.py::test_six",
+                                            "  failed (1): bang",
+                                            "    tests/test_a.py::test_two",
+                                            "  error (1): import"]
+    assert lines[failed + 6] == "    tests/test_b.py::test_three"
+    assert not result.green
+    assert not any("test_four" in line or "test_five" in line for line in lines)
 
 
 def readme_verified_column() -> dict[str, str]:
