@@ -4,14 +4,17 @@ comparison, and admits nothing a cold call refuses.
 On the pure path each memory object remembers, page by page, the region a lookup found
 when it covers the whole page (`GuestMemory._page_hits`, at most `_PAGE_HITS_MAX` pages):
 a fast path whose last region hit misses probes it, then needs only the region's upper
-limit, since the region starts at or below the page. These tests run on the pure path (a
-child with `VM_MEMORY_PURE=1`, whichever path this session runs): calls alternating over
-one-page, multi-page, read-only and sub-page regions and the gaps between them, round
-after round with the map held small so it fills and starts afresh, answer exactly as the
-same call on a fresh memory object (cold); every remembered page is covered by its
-region; a hot-plug change starts a new map; a region that starts tracking dirty pages
-while remembered has its stores marked. The control remembers regions that do not cover
-their page and shows the comparison then fails.
+limit, since the region starts at or below the page. A page no region covers whole is
+remembered as `_NO_REGION` (whose limits admit nothing), so its next probe is a hit too.
+These tests run on the pure path (a child with `VM_MEMORY_PURE=1`, whichever path this
+session runs): calls alternating over one-page, multi-page, read-only and sub-page
+regions and the gaps between them, round after round with the map held small so it
+fills and starts afresh, answer exactly as the same call on a fresh memory object
+(cold); every remembered page is covered by its region, or by none where it is
+remembered as none; a hot-plug change starts a new map; a region that starts tracking
+dirty pages while remembered has its stores marked. The control remembers regions that
+do not cover their page and shows the comparison then fails. The calls use the widest
+atomic this host does (8 bytes, or 4 where 8 are refused).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import signal
 import subprocess
 from typing import Any, Final
 
+from host_assumptions import WIDE_ATOMIC_NAME
 from support import run_python_code
 
 PROGRAM: Final = """
@@ -66,15 +70,15 @@ starts = [BASE + 0x40, BASE + 2 * PAGE + 0x40, BASE + 4 * PAGE + 0xFF8, BASE + 6
           sub_page + 0x40, sub_page + 0x540, BASE + PAGE + 0x40, BASE + 5 * PAGE]
 
 def calls(memory, value):
-    u64 = AlignedGuestAddress.new(ctypes.c_uint64, GuestAddress(value))
+    typed = AlignedGuestAddress.new(ctypes.{wide}, GuestAddress(value))
     plain = GuestAddress(value + 1)
-    return [("read_obj", lambda: memory.read_obj(u64)),
-            ("write_obj", lambda: memory.write_obj(u64, value & 0xFF)),
+    return [("read_obj", lambda: memory.read_obj(typed)),
+            ("write_obj", lambda: memory.write_obj(typed, value & 0xFF)),
             ("read_obj_unaligned", lambda: memory.read_obj_unaligned(plain, ctypes.c_uint32)),
-            ("read_atomic", lambda: memory.read_atomic(u64)),
-            ("write_atomic", lambda: memory.write_atomic(u64, value & 0xFF)),
-            ("fetch_add", lambda: memory.fetch_add(u64, 0)),
-            ("compare_exchange", lambda: memory.compare_exchange(u64, 1, 1)),
+            ("read_atomic", lambda: memory.read_atomic(typed)),
+            ("write_atomic", lambda: memory.write_atomic(typed, value & 0xFF)),
+            ("fetch_add", lambda: memory.fetch_add(typed, 0)),
+            ("compare_exchange", lambda: memory.compare_exchange(typed, 1, 1)),
             ("read_slice", lambda: memory.read_slice(plain, bytearray(4))),
             ("write_slice", lambda: memory.write_slice(plain, b"\\x09\\x09")),
             ("read_bytes", lambda: memory.read_bytes(plain, 4))]
@@ -87,13 +91,21 @@ def outcome(action):
     except Exception as error:  # never right: a cold call raises none of these
         return ["untyped " + type(error).__name__, str(error)]
 
-def uncovered(memory):
-    return [hex(page) for page, region in memory._page_hits.items()
-            if not (memory.holds(region) and region.start_value <= page << 12
-                    and (page + 1) << 12 <= region.end_value)]
+def covers(region, page):
+    return region.start_value <= page << 12 and (page + 1) << 12 <= region.end_value
+
+def uncovered(memory):  # remembered with a region not covering them, or as none wrongly
+    wrong = []
+    for page, region in memory._page_hits.items():
+        if region is guest_memory._NO_REGION:
+            if any(covers(other, page) for other in memory.regions()):
+                wrong.append(hex(page) + " remembered as none")
+        elif not (memory.holds(region) and covers(region, page)):
+            wrong.append(hex(page))
+    return wrong
 
 warm = GuestMemory(regions)
-mismatches, wrong_pages, checked, remembered = [], [], 0, set()
+mismatches, wrong_pages, checked, remembered, none_pages = [], [], 0, set(), set()
 for round_ in range(3):
     for number in range(len(calls(warm, BASE))):
         for value in starts:  # each call alternates over every region and gap
@@ -103,7 +115,10 @@ for round_ in range(3):
             checked += 1
             if ours != cold:
                 mismatches.append([name, hex(value), round_, ours, cold])
-            remembered.update(warm._page_hits)
+            remembered.update(page for page, region in warm._page_hits.items()
+                              if region is not guest_memory._NO_REGION)
+            none_pages.update(page for page, region in warm._page_hits.items()
+                              if region is guest_memory._NO_REGION)
             wrong_pages += uncovered(warm)
             if len(warm._page_hits) > 3:
                 wrong_pages.append("over the limit")
@@ -117,17 +132,19 @@ bigger_ok = [outcome(calls(bigger, value)[0][1]) for value in starts + [BASE + 1
 tracked = regions[0]
 dirty = tracked.track_dirty_pages(PAGE)
 for value in starts[:2] * 2:  # the tracked region is remembered, then stored to
-    warm.write_obj(AlignedGuestAddress.new(ctypes.c_uint64, GuestAddress(value)), 5)
-    warm.fetch_add(AlignedGuestAddress.new(ctypes.c_uint64, GuestAddress(value + 8)), 1)
+    warm.write_obj(AlignedGuestAddress.new(ctypes.{wide}, GuestAddress(value)), 5)
+    warm.fetch_add(AlignedGuestAddress.new(ctypes.{wide}, GuestAddress(value + 8)), 1)
 marked = [hex(address.raw_value()) for address in warm.dirty_pages()]
 print(json.dumps({{"checked": checked, "mismatches": mismatches, "wrong_pages": wrong_pages,
-                  "remembered": len(remembered), "fresh_map": fresh_map,
+                  "remembered": len(remembered), "none_pages": sorted(none_pages),
+                  "fresh_map": fresh_map,
                   "bigger_ok": bigger_ok, "marked": marked}}))
 """
 
 
 def run(broken: bool) -> subprocess.CompletedProcess[str]:
-    return run_python_code(PROGRAM.format(broken=broken), environment={"VM_MEMORY_PURE": "1"})
+    return run_python_code(PROGRAM.format(broken=broken, wide=WIDE_ATOMIC_NAME),
+                           environment={"VM_MEMORY_PURE": "1"})
 
 
 def test_alternating_through_page_hits_answers_as_cold_calls() -> None:
@@ -143,6 +160,8 @@ def test_alternating_through_page_hits_answers_as_cold_calls() -> None:
     assert answer["mismatches"] == [], answer["mismatches"][:5]
     assert answer["wrong_pages"] == [], answer["wrong_pages"][:5]
     assert answer["remembered"] >= 4, answer  # the whole-page regions' pages were used
+    # the sub-page regions' page and the gap pages: remembered as having no region
+    assert answer["none_pages"] == [0x101, 0x105, 0x108], answer["none_pages"]
     assert answer["fresh_map"] and answer["bigger_ok"], answer
     assert answer["marked"] == [hex(0x10_0000)], answer["marked"]
 

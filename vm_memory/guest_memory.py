@@ -244,17 +244,6 @@ def sorted_without_overlap(regions: Iterable[_R]) -> list[_R]:
     return ordered
 
 
-class _PageHits(dict[int, GuestMemoryRegion]):
-    """Page number -> a region covering the whole page (`GuestMemory._page_region`); a
-    page not remembered gives `_NO_REGION`, whose limits admit nothing, so a fast path
-    probes it with one subscript."""
-
-    __slots__ = ()
-
-    def __missing__(self, page: int) -> GuestMemoryRegion:
-        return _NO_REGION
-
-
 class _PureMemoryBase:
     """On the pure path GuestMemory keeps its lookup in its own slots; a new object starts
     with the empty table, as the compiled base's does (`cls.__new__(cls)` alone makes an
@@ -273,7 +262,7 @@ class _PureMemoryBase:
         set_field(self, "_pages", EMPTY_PAGES)
         set_field(self, "_regions_made", ())
         set_field(self, "_last", _NO_REGION)
-        set_field(self, "_page_hits", _PageHits())
+        set_field(self, "_page_hits", {})
         return self
 
 
@@ -308,7 +297,7 @@ class GuestMemory(_MemoryBase):
     _installed: bool
     _last: GuestMemoryRegion
     _pages: PageTable
-    _page_hits: _PageHits
+    _page_hits: dict[int, GuestMemoryRegion]
     _regions_made: tuple[GuestMemoryRegion, ...] | None
 
     _hotplug_skips_init: ClassVar[bool] = True
@@ -364,7 +353,7 @@ class GuestMemory(_MemoryBase):
         self._set_chunks(build_chunks(regions))
         self._pages = build_pages(regions)
         self._regions_made = regions
-        self._page_hits = _PageHits()
+        self._page_hits = {}
         self._last = _NO_REGION
         self._installed = True
 
@@ -406,7 +395,7 @@ class GuestMemory(_MemoryBase):
                 [self._nth_region(near) for near in (index - 1, index)
                  if 0 <= near < self._count])
         self._regions_made = None
-        self._page_hits = _PageHits()
+        self._page_hits = {}
         self._last = _NO_REGION
         self._installed = True
 
@@ -454,15 +443,20 @@ class GuestMemory(_MemoryBase):
         """`_region_at(value)`, remembered for `value`'s page in `_page_hits` when it
         covers the whole page: the fast paths' second guess, one dict probe, after which
         only the region's upper limit needs checking (its start is at or below the
-        page's). At most `_PAGE_HITS_MAX` pages are remembered (then it starts afresh)."""
+        page's). A page it does not cover is remembered as `_NO_REGION`, which admits
+        nothing: the next probe finds it instead of raising KeyError (a plain dict is
+        probed faster than one with `__missing__`). At most `_PAGE_HITS_MAX` pages are
+        remembered (then it starts afresh)."""
         region = self._region_at(value)
         page = value >> _LOOKUP_SHIFT
+        hits = self._page_hits
+        if len(hits) >= _PAGE_HITS_MAX:
+            hits.clear()
         if region.start_value <= page << _LOOKUP_SHIFT \
                 and (page + 1) << _LOOKUP_SHIFT <= region.end_value:
-            hits = self._page_hits
-            if len(hits) >= _PAGE_HITS_MAX:
-                hits.clear()
             hits[page] = region
+        else:  # known not covered: the next probe finds no region, not a KeyError
+            hits[page] = _NO_REGION
         return region
 
     @property
@@ -642,7 +636,10 @@ class GuestMemory(_MemoryBase):
         value = self._checked_start(address, length, "read_slice")
         region = self._last
         if not region.start_value <= value < region.end_value:
-            region = self._page_hits[value >> _LOOKUP_SHIFT]
+            try:
+                region = self._page_hits[value >> _LOOKUP_SHIFT]
+            except KeyError:
+                region = _NO_REGION
             if not value < region.end_value:  # a page hit covers its whole page
                 region = self._page_region(value)
         offset = value - region.start_value
@@ -664,7 +661,10 @@ class GuestMemory(_MemoryBase):
         value = self._checked_start(address, length, "write_slice")
         region = self._last
         if not region.start_value <= value < region.end_value:
-            region = self._page_hits[value >> _LOOKUP_SHIFT]
+            try:
+                region = self._page_hits[value >> _LOOKUP_SHIFT]
+            except KeyError:
+                region = _NO_REGION
             if not value < region.end_value:  # a page hit covers its whole page
                 region = self._page_region(value)
         offset = value - region.start_value
@@ -723,7 +723,10 @@ class GuestMemory(_MemoryBase):
         if region.start_value <= value < region.read_limit and unpack is not None:
             return unpack(region.buffer, value - region.start_value)[0]
         # Another region: the last hit on its page first (no Python call), else a search.
-        region = self._page_hits[value >> _LOOKUP_SHIFT]
+        try:
+            region = self._page_hits[value >> _LOOKUP_SHIFT]
+        except KeyError:
+            region = _NO_REGION
         if not value < region.read_limit:  # a page hit covers its whole page
             region = self._page_region(value)
         if region.start_value <= value < region.read_limit and unpack is not None:
@@ -791,7 +794,10 @@ class GuestMemory(_MemoryBase):
         region = self._last
         if not region.start_value <= value < region.read_limit:
             # another region: the last hit on its page (no Python call), else a search
-            region = self._page_hits[value >> _LOOKUP_SHIFT]
+            try:
+                region = self._page_hits[value >> _LOOKUP_SHIFT]
+            except KeyError:
+                region = _NO_REGION
             if not value < region.read_limit:  # a page hit covers its whole page
                 region = self._page_region(value)
                 if not region.start_value <= value < region.read_limit:
@@ -831,7 +837,10 @@ class GuestMemory(_MemoryBase):
         region = self._last
         if not region.start_value <= raw < region.write_limit:
             # another region: the last hit on its page (no Python call), else a search
-            region = self._page_hits[raw >> _LOOKUP_SHIFT]
+            try:
+                region = self._page_hits[raw >> _LOOKUP_SHIFT]
+            except KeyError:
+                region = _NO_REGION
             if not raw < region.write_limit:  # a page hit covers its whole page
                 region = self._page_region(raw)
                 if not region.start_value <= raw < region.write_limit:
@@ -1385,7 +1394,10 @@ def _compare_exchange_method(operation: AtomicOperation, members: tuple[Ordering
             return False, box.value
         if not region.start_value <= raw < region.atomic_write_limit:
             # another region: the last hit on its page (no Python call), else a search
-            region = self._page_hits[raw >> _LOOKUP_SHIFT]
+            try:
+                region = self._page_hits[raw >> _LOOKUP_SHIFT]
+            except KeyError:
+                region = _NO_REGION
             if not raw < region.atomic_write_limit:  # a page hit covers its whole page
                 region = self._page_region(raw)
                 if not region.start_value <= raw < region.atomic_write_limit:
@@ -1426,12 +1438,12 @@ def _load_method(operation: AtomicOperation,
         except TypeError:  # not primed (None)
             return self._atomic(operation, address, order, ())
         region = self._last
-        if region.start_value <= value < region.atomic_read_limit \
-                and order is _SEQ_CST:
-            return function(value + region.atomic_delta, order)
         if not region.start_value <= value < region.atomic_read_limit:
             # another region: the last hit on its page (no Python call), else a search
-            region = self._page_hits[value >> _LOOKUP_SHIFT]
+            try:
+                region = self._page_hits[value >> _LOOKUP_SHIFT]
+            except KeyError:
+                region = _NO_REGION
             if not value < region.atomic_read_limit:  # a page hit covers its whole page
                 region = self._page_region(value)
                 if not region.start_value <= value < region.atomic_read_limit:
@@ -1481,7 +1493,10 @@ def _atomic_method(operation: AtomicOperation) -> Callable[..., Any]:
                 return function(raw + region.atomic_delta, value, order)
             if not region.start_value <= raw < region.atomic_write_limit:
                 # another region: the last hit on its page (no Python call), else a search
-                region = self._page_hits[raw >> _LOOKUP_SHIFT]
+                try:
+                    region = self._page_hits[raw >> _LOOKUP_SHIFT]
+                except KeyError:
+                    region = _NO_REGION
                 if not raw < region.atomic_write_limit:  # a page hit covers its whole page
                     region = self._page_region(raw)
                     if not region.start_value <= raw < region.atomic_write_limit:
