@@ -15,6 +15,8 @@ from __future__ import annotations
 import pickle
 import textwrap
 from collections.abc import Mapping
+from itertools import repeat
+from operator import is_
 from types import MappingProxyType
 from typing import Any, Final
 
@@ -28,8 +30,10 @@ from vm_memory import (
     GuestRegionMmap,
     MmapRegion,
     RegionOverlap,
+    access_path,
 )
-from vm_memory.bulk import make_each, set_each, slot_setter
+from vm_memory.bulk import each, make_each, set_each, slot_setter
+from vm_memory.mmap_region import cut_anonymous_windows
 from vm_memory.region import _FIXED, is_region  # pyright: ignore[reportPrivateUsage]
 
 PAGE: Final = 4096
@@ -134,6 +138,24 @@ def test_bulk_regions_at_unaligned_starts_are_placed_as_one_by_one() -> None:
         assert _fields(fast) == _fields(GuestRegionMmap(fast.mapping, fast.start))
 
 
+def test_the_fields_a_cut_hands_on_are_the_windows_own() -> None:
+    """On the pure path `from_ranges` places the windows it has just cut by the fields
+    the cut gave them (`CutFields`), not reading them back: those must be each window's
+    own, in order (the very view objects). The compiled cutter hands on none (its
+    placement reads the windows in C)."""
+    windows, fields = cut_anonymous_windows([PAGE, 3 * PAGE, 100, PAGE])
+    if access_path().name == "compiled":
+        assert fields is None
+        return
+    assert fields is not None
+    assert fields.sizes == [window.size for window in windows] == [PAGE, 3 * PAGE, 100, PAGE]
+    assert all(map(is_, fields.views, [window.view for window in windows]))
+    assert fields.hosts == [window.host_address for window in windows]
+    assert fields.read_only is False
+    assert all(window.read_only is False for window in windows)
+    assert cut_anonymous_windows([]) == ([], None)
+
+
 def test_a_window_changed_since_it_was_cut_is_placed_as_one_by_one() -> None:
     """A window whose field was changed behind its back (`object.__setattr__`) after it
     was cut is still placed as `place_many` places it (the pure batch leaves such
@@ -171,6 +193,17 @@ def test_slot_setters_set_only_slots() -> None:
     made = make_each(GuestRegionMmap, setters, 2, {"typed_views": views, "mapping": windows})
     assert [(region.typed_views, region.mapping) for region in made] == \
         [(views[0], windows[0]), (views[1], windows[1])]
+
+
+def test_each_calls_as_map_does() -> None:
+    """`each` (starmap over zip, whose argument tuple is reused) gives what `map` gives,
+    up to the shortest iterable, each result its own object."""
+    starts, ends = [0, 8, 16], [4, 12, 20, 99]
+    assert list(each(slice, starts, ends)) == list(map(slice, starts, ends))
+    made = list(each(object.__new__, repeat(GuestRegionMmap, 3)))
+    assert len({id(region) for region in made}) == 3
+    assert all(type(region) is GuestRegionMmap for region in made)
+    assert list(each(divmod, [7, 9], [2, 4])) == [(3, 1), (2, 1)]
 
 
 def test_subclasses_keep_their_own_admission_and_init() -> None:

@@ -29,7 +29,9 @@ from vm_memory import (
     InvalidRange,
     MmapRegion,
     RegionInUse,
+    mmap_memory,
 )
+from vm_memory.mmap_region import CutFields, cut_anonymous_windows
 
 PAGE: Final = 4096
 LOW: Final = 0x1_0000
@@ -214,14 +216,16 @@ def test_a_window_close_is_refused_while_a_buffer_of_a_sibling_is_exported() -> 
 def test_ranges_that_cannot_be_placed_unmap_the_shared_mapping_at_once() -> None:
     """Overlapping ranges are refused; the mapping made for them is unmapped at once."""
     windows: list[MmapRegion] = []
-    original = MmapRegion.anonymous_windows
+    original = cut_anonymous_windows
 
-    def spy(sizes: list[int], *, shared: bool = False) -> list[MmapRegion]:
-        windows.extend(original(sizes, shared=shared))
-        return windows
+    def spy(sizes: list[int], *, shared: bool = False
+            ) -> tuple[list[MmapRegion], CutFields | None]:
+        cut, fields = original(sizes, shared=shared)
+        windows.extend(cut)
+        return cut, fields
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(MmapRegion, "anonymous_windows", staticmethod(spy))
+        patch.setattr(mmap_memory, "cut_anonymous_windows", spy)  # what from_ranges calls
         with pytest.raises(GuestMemoryError):
             GuestMemoryMmap.from_ranges([(GuestAddress(0), 2 * PAGE),
                                          (GuestAddress(PAGE), PAGE)], one_mapping=True)

@@ -11,7 +11,14 @@ from vm_memory.address import GuestAddress
 from vm_memory.errors import InvalidArgumentType, MappingError, NoMemoryRegion, RegionInUse
 from vm_memory.guest_memory import GuestMemory, sorted_without_overlap
 from vm_memory.lifetime import lifetime_lock, register
-from vm_memory.mmap_region import FileOffset, GuestRegionMmap, MmapRegion, place_windows
+from vm_memory.mmap_region import (
+    CutFields,
+    FileOffset,
+    GuestRegionMmap,
+    MmapRegion,
+    cut_anonymous_windows,
+    place_windows,
+)
 from vm_memory.region import is_region
 
 
@@ -54,23 +61,23 @@ class GuestMemoryMmap(GuestMemory):
             return cls._mapped(GuestRegionMmap(MmapRegion.anonymous(size, shared=shared),
                                                start) for start, size in items)
         with _collector_paused():
-            windows = MmapRegion.anonymous_windows([size for _, size in items],
-                                                   shared=shared)
+            windows, fields = cut_anonymous_windows([size for _, size in items],
+                                                    shared=shared)
             try:
-                return cls._from_windows(windows, [start for start, _ in items])
+                return cls._from_windows(windows, [start for start, _ in items], fields)
             except BaseException:
                 _unmap_now([windows[0]])  # all of them
                 raise
 
     @classmethod
-    def _from_windows(cls, windows: list[MmapRegion], starts: list[GuestAddress]
-                      ) -> GuestMemoryMmap:
+    def _from_windows(cls, windows: list[MmapRegion], starts: list[GuestAddress],
+                      fields: CutFields | None = None) -> GuestMemoryMmap:
         """Memory with each window placed at its start: `from_regions(place_many(...))`,
         with each check the build itself guarantees made once, not once per region (the
         windows are one open batch placed once each, its regions exact GuestRegionMmaps
         this class admits, and makes as GuestMemoryMmap does); the starts, a user's, are
-        checked each."""
-        placed = place_windows(windows, starts)
+        checked each. `fields`: see `place_windows`."""
+        placed = place_windows(windows, starts, fields)
         if placed is None or not cls._hotplug_skips_init \
                 or _defined_by(cls, "_admit") is not GuestMemoryMmap \
                 or _defined_by(cls, "from_regions") is not GuestMemoryMmap:

@@ -37,7 +37,7 @@ from typing import Final, cast
 
 from vm_memory.address import GuestAddress
 from vm_memory.buffers import BufferExport, export_buffer, release_buffer
-from vm_memory.bulk import make_each, slot_setter
+from vm_memory.bulk import each, make_each, slot_setter
 from vm_memory.errors import (
     InvalidArgumentType,
     InvalidRange,
@@ -224,7 +224,7 @@ class _WeakLedger:
         count = len(references)
         if count >= 16 and not count & (count - 1):  # forget the regions gone, now and then
             references[:] = [reference for reference in references if reference() is not None]
-        references.extend(map(weakref.ref, regions))
+        references.extend(each(weakref.ref, regions))
 
     def live(self) -> list[GuestRegionMmap]:
         """The regions recorded that are still alive, in the order they were added."""
@@ -359,20 +359,7 @@ class MmapRegion:
         any of them. The windows, and the mapping they share, are exact `MmapRegion`s
         even when called on a subclass (whose fields a placement could not trust).
         """
-        sizes = _checked_sizes(sizes)
-        if not sizes:
-            return []
-        spans = [-(-size // PAGE_SIZE) * PAGE_SIZE for size in sizes]
-        total = sum(spans)
-        if total > MAX_MAPPING_SIZE:
-            raise InvalidRange(0, total, "the windows together exceed the largest mapping; "
-                                         "map them separately")
-        # The owner is exact: the windows (exact too) copy its fields, which a subclass's
-        # properties would otherwise choose (the host address the raw-pointer paths use).
-        owner = MmapRegion.anonymous(total, shared=shared)
-        windows = _cut_windows(owner, sizes, spans)
-        owner._windows = list(map(weakref.ref, windows))
-        return windows
+        return cut_anonymous_windows(sizes, shared=shared)[0]
 
     @classmethod
     def memfd(cls, size: int, *, name: str = "guest-memory", sparse: bool = False) -> MmapRegion:
@@ -620,7 +607,43 @@ class GuestRegionMmap(GuestMemoryRegion):
         return "host-backed mmap region"
 
 
-def place_windows(windows: Iterable[MmapRegion], starts: Iterable[GuestAddress]
+def cut_anonymous_windows(sizes: Sequence[int], *, shared: bool = False
+                          ) -> tuple[list[MmapRegion], CutFields | None]:
+    """`MmapRegion.anonymous_windows(sizes, shared=shared)`, and (on the pure path) the
+    fields the windows were given, for `place_windows` to place them by: read back from
+    the windows, they would cost a pass and a check each."""
+    sizes = _checked_sizes(sizes)
+    if not sizes:
+        return [], None
+    # each size in whole pages (the sizes themselves where all are: the common case)
+    spans = sizes if not any(map(and_, sizes, repeat(PAGE_SIZE - 1))) else [
+        -(-size // PAGE_SIZE) * PAGE_SIZE for size in sizes]
+    total = sum(spans)
+    if total > MAX_MAPPING_SIZE:
+        raise InvalidRange(0, total, "the windows together exceed the largest mapping; "
+                                     "map them separately")
+    # The owner is exact: the windows (exact too) copy its fields, which a subclass's
+    # properties would otherwise choose (the host address the raw-pointer paths use).
+    owner = MmapRegion.anonymous(total, shared=shared)
+    windows, fields = _cut_windows(owner, sizes, spans)
+    owner._windows = list(each(weakref.ref, windows))
+    return windows, fields
+
+
+@dataclass(frozen=True)
+class CutFields:
+    """What `_cut_windows_pure` gave each window of one batch it has just made (lists in
+    the windows' order): the fields a placement reads, known without reading them back.
+    Only the code that made the windows, and never let them out, may pass it on."""
+
+    sizes: list[int]
+    views: list[memoryview]
+    hosts: list[int]
+    read_only: bool
+
+
+def place_windows(windows: Iterable[MmapRegion], starts: Iterable[GuestAddress],
+                  fields: CutFields | None = None
                   ) -> tuple[list[GuestRegionMmap], bool] | None:
     """`GuestRegionMmap.place_many(zip(windows, starts))` for the windows of one open
     `anonymous_windows` batch, each placed once, with only the checks a user's start
@@ -628,44 +651,52 @@ def place_windows(windows: Iterable[MmapRegion], starts: Iterable[GuestAddress]
     order. None, with nothing placed, if the windows are not one such batch or a start
     needs `place_many`'s checks (which then give their errors). Both are read once, into
     tuples that are checked and then placed: a list changed meanwhile (by a finalizer
-    the collector runs, another thread) changes neither the check nor the placement."""
+    the collector runs, another thread) changes neither the check nor the placement.
+
+    With `fields` (from `cut_anonymous_windows`, by a caller that made the windows and
+    let nobody else see them) the windows are known to be one exact batch with those
+    fields: only the starts are checked."""
     windows, starts = tuple(windows), tuple(starts)
     owner = windows[0]._base if windows else None
-    if owner is None or len(starts) != len(windows) \
-            or set(map(type, windows)) != {MmapRegion} \
-            or not all(map(is_, map(_WINDOW_BASE, windows), repeat(owner))):
+    if owner is None or len(starts) != len(windows):
+        return None
+    if fields is None and (set(map(type, windows)) != {MmapRegion}
+                           or not all(map(is_, map(_WINDOW_BASE, windows), repeat(owner)))):
         return None
     with lifetime_lock():
         if owner.closed:
             return None
-        placed = _place_fresh(windows, starts)
+        placed = _place_fresh(windows, starts, fields)
         if placed is not None:
             owner._add_placements(placed[0])
     return placed
 
 
 def _cut_windows_pure(owner: MmapRegion, sizes: list[int], spans: list[int]
-                      ) -> list[MmapRegion]:
+                      ) -> tuple[list[MmapRegion], CutFields | None]:
     """The windows of `anonymous_windows`: a mapping of each (checked) size on `owner`'s,
-    each `span` (its size in whole pages) after the one before. Made a field at a time
-    for all of them (a loop in C each; see vm_memory/bulk.py)."""
+    each `span` (its size in whole pages) after the one before; and the fields a
+    placement reads. Made a field at a time for all of them (a loop in C each; see
+    vm_memory/bulk.py)."""
     if len(sizes) != len(spans):
         raise ValueError("_cut_windows: a span for each size")
     count = len(sizes)
     offsets = list(accumulate(islice(spans, max(count - 1, 0)), initial=0))
     file_offset = owner.file_offset
     view = owner.view
-    return make_each(MmapRegion, _WINDOW_SETTERS, count, {
+    views = list(map(view.__getitem__, each(slice, offsets, map(add, offsets, sizes))))
+    hosts = list(map(add, offsets, repeat(owner.host_address)))
+    windows = make_each(MmapRegion, _WINDOW_SETTERS, count, {
         "mapping": repeat(owner.mapping), "size": sizes, "read_only": repeat(owner.read_only),
         "shared": repeat(owner.shared), "fd": repeat(owner.fd),
         "file_offset": map(add, offsets, repeat(file_offset)) if file_offset else offsets,
-        "host_address": map(add, offsets, repeat(owner.host_address)),
-        "view": map(view.__getitem__, map(slice, offsets, map(add, offsets, sizes))),
-        "offset": offsets,
+        "host_address": hosts, "view": views, "offset": offsets,
         "_base": repeat(owner)})  # the owner keeps its pin, finalizer and placements
+    return windows, CutFields(sizes, views, hosts, owner.read_only)
 
 
-def _place_fresh_pure(windows: Sequence[MmapRegion], starts: Sequence[GuestAddress]
+def _place_fresh_pure(windows: Sequence[MmapRegion], starts: Sequence[GuestAddress],
+                      fields: CutFields | None = None
                       ) -> tuple[list[GuestRegionMmap], bool] | None:
     """The regions of `GuestRegionMmap._place_windows` (windows of one open batch, so
     exact, open, each a 1-D byte view of its checked size) and whether they are in
@@ -677,16 +708,22 @@ def _place_fresh_pure(windows: Sequence[MmapRegion], starts: Sequence[GuestAddre
         raise ValueError("_place_fresh: a start for each window")
     if not windows:
         return [], True
-    sizes: list[int] = list(map(_WINDOW_SIZE, windows))
-    views: list[memoryview] = list(map(_WINDOW_VIEW, windows))
-    hosts: list[int] = list(map(_WINDOW_HOST_ADDRESS, windows))
-    read_onlys: list[bool] = list(map(_WINDOW_READ_ONLY, windows))
-    # What `anonymous_windows` set, unless a window was changed with `object.__setattr__`
-    # since (then `place_many` places them, a region at a time).
-    if set(map(type, starts)) != {GuestAddress} or set(map(type, sizes)) != {int} \
-            or set(map(type, hosts)) != {int} or set(map(type, views)) != {memoryview} \
-            or set(map(type, read_onlys)) - {bool} or min(sizes) <= 0:
+    if set(map(type, starts)) != {GuestAddress}:
         return None
+    if fields is not None:  # what the windows were just given (see CutFields)
+        sizes, views, hosts = fields.sizes, fields.views, fields.hosts
+        read_onlys = [fields.read_only] * len(windows)
+    else:
+        sizes = list(map(_WINDOW_SIZE, windows))
+        views = list(map(_WINDOW_VIEW, windows))
+        hosts = list(map(_WINDOW_HOST_ADDRESS, windows))
+        read_onlys = list(map(_WINDOW_READ_ONLY, windows))
+        # What `anonymous_windows` set, unless a window was changed with
+        # `object.__setattr__` since (then `place_many` places them, a region at a time).
+        if set(map(type, sizes)) != {int} or set(map(type, hosts)) != {int} \
+                or set(map(type, views)) != {memoryview} \
+                or set(map(type, read_onlys)) - {bool} or min(sizes) <= 0:
+            return None
     start_values: list[int] = list(map(_GUEST_VALUE, starts))
     ends = list(map(add, start_values, sizes))
     if max(ends) > _ADDRESS_SPACE_END:
@@ -744,10 +781,11 @@ else:  # the same in C
     _Ledger = _compiled.Ledger
 
     def _cut_windows(owner: MmapRegion, sizes: list[int], spans: list[int]
-                     ) -> list[MmapRegion]:
-        return _compiled.cut_windows(MmapRegion, owner, sizes, spans)  # type: ignore[no-any-return]
+                     ) -> tuple[list[MmapRegion], CutFields | None]:
+        return _compiled.cut_windows(MmapRegion, owner, sizes, spans), None
 
-    def _place_fresh(windows: Sequence[MmapRegion], starts: Sequence[GuestAddress]
+    def _place_fresh(windows: Sequence[MmapRegion], starts: Sequence[GuestAddress],
+                     fields: CutFields | None = None
                      ) -> tuple[list[GuestRegionMmap], bool] | None:
         return _compiled.place_windows(  # type: ignore[no-any-return]
             GuestRegionMmap, MmapRegion, windows, starts, _NO_TYPED_VIEWS)
