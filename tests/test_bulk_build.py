@@ -153,6 +153,44 @@ def test_the_fields_a_cut_hands_on_are_the_windows_own() -> None:
     assert cut_anonymous_windows([]) == ([], None)
 
 
+def test_fields_vouched_for_other_windows_are_not_trusted() -> None:
+    """`CutFields` vouches only for the very windows of its cut, all of them, in order:
+    placed with a part of the batch, the batch reordered or another batch's windows,
+    the windows are read and checked as any list is, so each region is its window's size
+    and an access past it is a typed refusal (on the pure path, trusting the sizes made a
+    region 16 pages long on a one-page window, and an atomic store past its mapping
+    killed the process: a child, so a crash is seen). The control: the batch's own
+    windows are vouched for."""
+    results = run_child('''
+        from vm_memory.mmap_region import cut_anonymous_windows, place_windows
+        windows, fields = cut_anonymous_windows([16 * PAGE, PAGE])
+        other, other_fields = cut_anonymous_windows([PAGE, 16 * PAGE])
+        results["own"] = fields is None or fields.vouches_for(windows)
+        cases = {"a part": (windows[1:], fields), "reordered": (windows[::-1], fields),
+                 "another batch's": (windows, other_fields)}
+        for name, (chosen, vouched) in cases.items():
+            if vouched is not None:
+                results[name + " vouched"] = vouched.vouches_for(chosen)
+            starts = [GuestAddress(index * 0x100000) for index in range(len(chosen))]
+            placed = place_windows(chosen, starts, vouched)
+            regions = placed[0] if placed is not None else []
+            results[name + " lengths"] = [region.length for region in regions]
+            results[name + " sizes"] = [window.size for window in chosen]
+            memory = GuestMemoryMmap.from_regions(sorted(regions, key=lambda r: r.start_value))
+            results[name + " store"] = outcome(lambda: memory.write_atomic(
+                AlignedGuestAddress.new(ctypes.c_uint64, GuestAddress(8 * PAGE)), 1))
+    ''')
+    assert results.pop("own") is True
+    for name in ("a part", "reordered", "another batch's"):
+        assert results.pop(name + " vouched", False) is False, name
+        assert results[name + " lengths"] == results[name + " sizes"], (name, results)
+        store = results[name + " store"]
+        if results[name + " sizes"][0] == PAGE:  # no region holds 0x8000
+            assert store.get("raised") == "InvalidGuestAddress", (name, store)
+        else:  # the 16-page window is first: 0x8000 is inside it
+            assert store == {"value": None}, (name, store)
+
+
 def test_a_window_changed_since_it_was_cut_is_placed_as_one_by_one() -> None:
     """A window whose field was changed behind its back (`object.__setattr__`) after it
     was cut is still placed as `place_many` places it (the pure batch leaves such
@@ -293,23 +331,34 @@ BAD_RANGES: Final[dict[str, str]] = {
 }
 
 
-@pytest.mark.parametrize("warm", [False, True], ids=["cold", "warm"])
-def test_the_bulk_build_refuses_what_the_slow_one_refuses(warm: bool) -> None:
-    """Each bad layout gets the same typed error (class and message) from the bulk build
-    as from the slow one and from a mapping per range, in a fresh interpreter whose first
-    build it is (cold) or after a build succeeded (warm); nothing stays mapped."""
-    results = run_child(SLOW_BUILD + textwrap.dedent(f'''
+def refusals_child(*, warm: bool, leave_mapped: bool = False) -> dict[str, Any]:
+    """Build each of `BAD_RANGES` the bulk way, the slow way and a mapping per range, in
+    a fresh interpreter (after a good bulk build if `warm`); with every window either
+    builder cut recorded (the bulk build's through `cut_anonymous_windows`, which
+    `from_ranges` calls, the slow one's through `anonymous_windows`) and whether all are
+    unmapped at the end. `leave_mapped` (the control) makes a failed build leave its
+    windows mapped."""
+    return run_child(SLOW_BUILD + textwrap.dedent(f'''
+        from vm_memory import mmap_memory
         from vm_memory.errors import GuestMemoryError
         bad = {{name: eval(text) for name, text in {BAD_RANGES!r}.items()}}
         if {warm!r}:
             GuestMemoryMmap.from_ranges([(GuestAddress(0), PAGE)] * 1 +
                                         [(GuestAddress(0x10000), PAGE)], one_mapping=True)
-        made = []
+        if {leave_mapped!r}:
+            mmap_memory._unmap_now = lambda mappings: None
+        made, bulk_made = [], []
         original = MmapRegion.anonymous_windows
         def spy(sizes, *, shared=False):
             made.extend(original(sizes, shared=shared))
             return made[-len(sizes):]
         MmapRegion.anonymous_windows = staticmethod(spy)
+        original_cut = mmap_memory.cut_anonymous_windows
+        def cut_spy(sizes, *, shared=False):
+            windows, fields = original_cut(sizes, shared=shared)
+            bulk_made.extend(windows)
+            return windows, fields
+        mmap_memory.cut_anonymous_windows = cut_spy
         for name, ranges in bad.items():
             answers = {{}}
             for how, build in (("bulk", lambda: GuestMemoryMmap.from_ranges(
@@ -318,17 +367,36 @@ def test_the_bulk_build_refuses_what_the_slow_one_refuses(warm: bool) -> None:
                                ("alone", lambda: GuestMemoryMmap.from_ranges(ranges))):
                 answers[how] = outcome(build)
             results[name] = answers
-        results["all_unmapped"] = all(window.closed for window in made)
+        results["all_unmapped"] = all(window.closed for window in made + bulk_made)
         results["windows_made"] = len(made)
+        results["bulk_windows_made"] = len(bulk_made)
     '''))
+
+
+@pytest.mark.parametrize("warm", [False, True], ids=["cold", "warm"])
+def test_the_bulk_build_refuses_what_the_slow_one_refuses(warm: bool) -> None:
+    """Each bad layout gets the same typed error (class and message) from the bulk build
+    as from the slow one and from a mapping per range, in a fresh interpreter whose first
+    build it is (cold) or after a build succeeded (warm); nothing either builder mapped
+    stays mapped."""
+    results = refusals_child(warm=warm)
     assert results.pop("all_unmapped") is True
     assert results.pop("windows_made") > 0, "the spy saw no windows: the control failed"
+    assert results.pop("bulk_windows_made") > 0, "the bulk build's windows went unseen"
     assert set(results) == set(BAD_RANGES)
     for name, answers in results.items():
         assert "raised" in answers["bulk"], (name, answers)
         assert answers["bulk"] == answers["slow"], (name, answers)
         assert answers["bulk"] == answers["alone"], (name, answers)
         assert answers["bulk"]["raised"] in GUEST_MEMORY_ERRORS, (name, answers)
+
+
+def test_a_failed_build_that_leaves_its_windows_mapped_is_seen() -> None:
+    """The control: with a failed build's unmapping disabled, the check above sees
+    windows still mapped (it watches what the bulk build actually cuts)."""
+    results = refusals_child(warm=False, leave_mapped=True)
+    assert results.pop("bulk_windows_made") > 0
+    assert results.pop("all_unmapped") is False
 
 
 def _subclasses(cls: type[Exception]) -> list[type[Exception]]:

@@ -631,13 +631,19 @@ def cut_anonymous_windows(sizes: Sequence[int], *, shared: bool = False
 
 @dataclass(frozen=True)
 class CutFields:
-    """What `_cut_windows_pure` vouches for of one batch it has just made: the checked
-    sizes (in the windows' order) and read-only state it gave them, so a placement
-    neither reads these back nor checks any window's fields for their types. Only the
-    code that made the windows, and never let them out, may pass it on."""
+    """What `_cut_windows_pure` vouches for of the batch it has just made: the windows
+    themselves, the checked sizes (in their order) and the read-only state it gave them,
+    so a placement of exactly those windows neither reads these back nor checks any
+    window's fields for their types. Only the code that made the windows, and never let
+    them out, may pass it on; a placement of any other list does not trust it."""
 
+    windows: list[MmapRegion]
     sizes: list[int]
     read_only: bool
+
+    def vouches_for(self, windows: Sequence[MmapRegion]) -> bool:
+        """Whether `windows` are this batch's very windows, all of them, in order."""
+        return len(windows) == len(self.windows) and all(map(is_, windows, self.windows))
 
 
 def place_windows(windows: Iterable[MmapRegion], starts: Iterable[GuestAddress],
@@ -658,6 +664,8 @@ def place_windows(windows: Iterable[MmapRegion], starts: Iterable[GuestAddress],
     owner = windows[0]._base if windows else None
     if owner is None or len(starts) != len(windows):
         return None
+    if fields is not None and not fields.vouches_for(windows):
+        fields = None  # not the batch it was made for: checked as any list is
     if fields is None and (set(map(type, windows)) != {MmapRegion}
                            or not all(map(is_, map(_WINDOW_BASE, windows), repeat(owner)))):
         return None
@@ -690,7 +698,7 @@ def _cut_windows_pure(owner: MmapRegion, sizes: list[int], spans: list[int]
         "view": map(view.__getitem__, each(slice, offsets, map(add, offsets, sizes))),
         "offset": offsets,
         "_base": repeat(owner)})  # the owner keeps its pin, finalizer and placements
-    return windows, CutFields(sizes, owner.read_only)
+    return windows, CutFields(windows, sizes, owner.read_only)
 
 
 def _place_fresh_pure(windows: Sequence[MmapRegion], starts: Sequence[GuestAddress],
@@ -700,15 +708,16 @@ def _place_fresh_pure(windows: Sequence[MmapRegion], starts: Sequence[GuestAddre
     exact, open, each a 1-D byte view of its checked size) and whether they are in
     ascending, non-overlapping order; None if a start is not a `GuestAddress`, its
     region would pass 2**64, or a window's fields are not of the types `anonymous_windows`
-    gives them. Made a field at a time for all of them, each field what
-    `_fill` sets (a loop in C each; see vm_memory/bulk.py)."""
+    gives them (not checked where `fields` vouches for these very windows). Made a field
+    at a time for all of them, each field what `_fill` sets (a loop in C each; see
+    vm_memory/bulk.py)."""
     if len(windows) != len(starts):
         raise ValueError("_place_fresh: a start for each window")
     if not windows:
         return [], True
     if set(map(type, starts)) != {GuestAddress}:
         return None
-    if fields is not None:  # what the windows were just given (see CutFields)
+    if fields is not None and fields.vouches_for(windows):  # see CutFields
         # Read where they are needed, not kept in lists beside the windows: a list made
         # before the windows, or kept longer, leaves its memory in the heap between
         # theirs (measured: 23 bytes of RSS a region after a build of 100,000).
