@@ -177,8 +177,7 @@ def test_fields_vouched_for_other_windows_are_not_trusted() -> None:
             results[name + " lengths"] = [region.length for region in regions]
             results[name + " sizes"] = [window.size for window in chosen]
             memory = GuestMemoryMmap.from_regions(sorted(regions, key=lambda r: r.start_value))
-            results[name + " store"] = outcome(lambda: memory.write_atomic(
-                AlignedGuestAddress.new(ctypes.c_uint64, GuestAddress(8 * PAGE)), 1))
+            results[name + " store"] = outcome(lambda: memory.write_atomic(wide(8 * PAGE), 1))
     ''')
     assert results.pop("own") is True
     for name in ("a part", "reordered", "another batch's"):
