@@ -14,6 +14,7 @@ as `bench_paths` prints it, e.g. "read_atomic u64 vs libatomic").
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import subprocess
 import sys
@@ -45,7 +46,11 @@ def _instructions(operation: str, side: str, calls: int) -> int:
     command = ["valgrind", "--tool=cachegrind", "--cache-sim=no",
                "--cachegrind-out-file=/dev/null", sys.executable, "-m",
                "benchmarks.instructions", "--child", side, "--calls", str(calls), operation]
-    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    # One hash seed for every child: with random ones the same loop's count moves by
+    # some 200 instructions an operation (dict layouts, and so the specialised paths).
+    environment = {**os.environ, "PYTHONHASHSEED": "0"}
+    result = subprocess.run(command, capture_output=True, text=True, check=True,
+                            env=environment)
     found = re.search(r"I\s+refs:\s+([\d,]+)", result.stderr)
     if found is None:
         raise SystemExit(f"no instruction count from cachegrind:\n{result.stderr}")
