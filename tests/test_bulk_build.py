@@ -155,7 +155,8 @@ def test_the_fields_a_cut_hands_on_are_the_windows_own() -> None:
 
 def test_fields_vouched_for_other_windows_are_not_trusted() -> None:
     """`CutFields` vouches only for the very windows of its cut, all of them, in order:
-    placed with a part of the batch, the batch reordered or another batch's windows,
+    placed with a part of the batch, the batch reordered (a new list, or the list the
+    cut handed back changed in place) or another batch's windows,
     the windows are read and checked as any list is, so each region is its window's size
     and an access past it is a typed refusal (on the pure path, trusting the sizes made a
     region 16 pages long on a one-page window, and an atomic store past its mapping
@@ -167,7 +168,9 @@ def test_fields_vouched_for_other_windows_are_not_trusted() -> None:
         other, other_fields = cut_anonymous_windows([PAGE, 16 * PAGE])
         results["own"] = fields is None or fields.vouches_for(windows)
         cases = {"a part": (windows[1:], fields), "reordered": (windows[::-1], fields),
-                 "another batch's": (windows, other_fields)}
+                 "another batch's": (windows, other_fields),
+                 "changed in place": (windows, fields)}
+        windows[0], windows[1] = windows[1], windows[0]  # the list the cut handed back
         for name, (chosen, vouched) in cases.items():
             if vouched is not None:
                 results[name + " vouched"] = vouched.vouches_for(chosen)
@@ -180,7 +183,7 @@ def test_fields_vouched_for_other_windows_are_not_trusted() -> None:
             results[name + " store"] = outcome(lambda: memory.write_atomic(wide(8 * PAGE), 1))
     ''')
     assert results.pop("own") is True
-    for name in ("a part", "reordered", "another batch's"):
+    for name in ("a part", "reordered", "another batch's", "changed in place"):
         assert results.pop(name + " vouched", False) is False, name
         assert results[name + " lengths"] == results[name + " sizes"], (name, results)
         store = results[name + " store"]

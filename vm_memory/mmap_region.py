@@ -637,7 +637,8 @@ class CutFields:
     window's fields for their types. Only the code that made the windows, and never let
     them out, may pass it on; a placement of any other list does not trust it."""
 
-    windows: list[MmapRegion]
+    windows: tuple[MmapRegion, ...]
+    """A copy: the list handed to the caller may change; this may not."""
     sizes: list[int]
     read_only: bool
 
@@ -698,7 +699,7 @@ def _cut_windows_pure(owner: MmapRegion, sizes: list[int], spans: list[int]
         "view": map(view.__getitem__, each(slice, offsets, map(add, offsets, sizes))),
         "offset": offsets,
         "_base": repeat(owner)})  # the owner keeps its pin, finalizer and placements
-    return windows, CutFields(windows, sizes, owner.read_only)
+    return windows, CutFields(tuple(windows), sizes, owner.read_only)
 
 
 def _place_fresh_pure(windows: Sequence[MmapRegion], starts: Sequence[GuestAddress],
