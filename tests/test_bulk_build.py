@@ -147,7 +147,10 @@ def test_the_fields_a_cut_hands_on_are_the_windows_own() -> None:
         assert fields is None
         return
     assert fields is not None
-    assert fields.sizes == [window.size for window in windows] == [PAGE, 3 * PAGE, 100, PAGE]
+    assert list(fields.sizes) == [window.size for window in windows] == \
+        [PAGE, 3 * PAGE, 100, PAGE]
+    assert type(fields.sizes) is tuple, "what is vouched for cannot be changed in place"
+    assert type(fields.windows) is tuple
     assert fields.read_only is False
     assert all(window.read_only is False for window in windows)
     assert cut_anonymous_windows([]) == ([], None)
