@@ -150,7 +150,8 @@ def agree(library_call: Callable[[], object], model_call: Callable[[], object]) 
 
 STRESS_SCALE_VARIABLE: Final = "VM_MEMORY_STRESS_SCALE"
 """The one knob for slow interpreters: a factor (0 < f <= 1, default 1) on the iteration
-counts of the stress and lost-update tests. tests/ports sets it under qemu-user, where
+counts of the stress and lost-update tests, and on the region table's model checks
+(`tests/test_region_table.py`: examples and steps). tests/ports sets it under qemu-user, where
 each emulated iteration costs ten to fifty host ones; the races the controls provoke are
 between processes running at once, so fewer slower iterations overlap as long, and every
 control still runs under `provoke` and must show its failure. Never above 1: a scaled

@@ -61,10 +61,24 @@ PRELUDE: Final = textwrap.dedent('''
         os.close(fd)
         return region
 
+    class Device:
+        """A device model for DeviceRegion: a byte array."""
+        def __init__(self, size):
+            self.data = bytearray(pattern(size))
+        def read(self, offset, size):
+            return bytes(self.data[offset:offset + size])
+        def write(self, offset, data):
+            self.data[offset:offset + len(data)] = data
+
     def snapshot(memory):
-        """The memory's bytes, read through the memfds, not through the library."""
-        return b"".join(os.pread(region.mapping.fd, region.length, region.mapping.file_offset)
-                        for region in memory.regions())
+        """The memory's bytes, read through the memfds (or a device model's own array),
+        not through the library."""
+        return b"".join(
+            bytes(region.device.data) if isinstance(region, DeviceRegion)
+            else os.pread(region.fd, region.length, region.file_offset)
+            if isinstance(region, FileRegion)
+            else os.pread(region.mapping.fd, region.length, region.mapping.file_offset)
+            for region in memory.regions())
 
     def attempt(name, memory, call):
         before = snapshot(memory)
@@ -296,21 +310,40 @@ def not_lock_free_for_8_bytes(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_width_that_is_not_lock_free_is_refused(not_lock_free_for_8_bytes: Path) -> None:
     """On the pure path, where the host says 8 bytes are not lock-free, 8-byte atomics
     raise AtomicWidthUnsupported (never libatomic's lock-based fallback) and write
-    nothing, while 4-byte atomics through the same library work. (The compiled path asks
+    nothing, while 4-byte atomics through the same library work. A width is the type's
+    on the host, so a device region (which needs no hardware instruction) and a file
+    region refuse it as host memory does: one answer on every kind (the mipsel run found
+    a device region answering, and a file region refusing with AtomicAccessUnsupported).
+    In a hole, every kind answers InvalidGuestAddress, as before. (The compiled path asks
     the compiler instead: see
     test_compiled_path.py::test_lock_free_widths_agree_with_libatomic.)"""
     results = run_child('''
-        memory = GuestMemoryMmap.from_regions([memfd_region(0, PAGE)])
-        address = AlignedGuestAddress.new(c_uint64, GuestAddress(0x40))
-        for operation, call in every_operation(memory, address).items():
-            attempt(f"c_uint64 {operation}", memory, call)
-        narrow = AlignedGuestAddress.new(c_uint32, GuestAddress(0x80))
-        attempt("c_uint32 fetch_add", memory, lambda: memory.fetch_add(narrow, 1))
+        import tempfile
+        handle = tempfile.TemporaryFile()
+        handle.write(pattern(PAGE))
+        handle.flush()
+        memories = {
+            "mmap": GuestMemoryMmap.from_regions([memfd_region(0, PAGE)]),
+            "device": GuestMemory([DeviceRegion(Device(PAGE), GuestAddress(0), PAGE)]),
+            "file": GuestMemory([FileRegion(handle.fileno(), GuestAddress(0), PAGE)]),
+        }
+        for kind, memory in memories.items():
+            for where, start in (("in", 0x40), ("hole", 0x10_0000)):
+                address = AlignedGuestAddress.new(c_uint64, GuestAddress(start))
+                for operation, call in every_operation(memory, address).items():
+                    attempt(f"{kind} {where} c_uint64 {operation}", memory, call)
+            narrow = AlignedGuestAddress.new(c_uint32, GuestAddress(0x80))
+            attempt(f"{kind} c_uint32 fetch_add", memory, lambda: memory.fetch_add(narrow, 1))
     ''', VM_MEMORY_LIBATOMIC=str(not_lock_free_for_8_bytes), VM_MEMORY_PURE="1")
-    narrow = results.pop("c_uint32 fetch_add")
-    assert narrow["raised"] is None and not narrow["unchanged"], narrow
-    assert narrow["value"] == int.from_bytes(pattern(4096)[0x80:0x84], sys.byteorder)
-    assert_all_refused(results, "AtomicWidthUnsupported", expected_count=9)
+    for kind in ("mmap", "device"):
+        narrow = results.pop(f"{kind} c_uint32 fetch_add")
+        assert narrow["raised"] is None and not narrow["unchanged"], (kind, narrow)
+        assert narrow["value"] == int.from_bytes(pattern(4096)[0x80:0x84], sys.byteorder)
+    assert_all_refused({"file": results.pop("file c_uint32 fetch_add")},
+                       "AtomicAccessUnsupported", expected_count=1)
+    in_hole = {name: results.pop(name) for name in list(results) if " hole " in name}
+    assert_all_refused(in_hole, "InvalidGuestAddress", expected_count=3 * 9)
+    assert_all_refused(results, "AtomicWidthUnsupported", expected_count=3 * 9)
 
 
 # ---- Types that are not AtomicAccess ----------------------------------------------------

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import pytest
+from host_assumptions import WIDE_ATOMIC_BYTES, wide_atomic
 from reference_model import MemoryModel, ModelRegion
 from support import ByteDevice, provoke, random_access
 
@@ -120,10 +121,6 @@ def test_mixed_region_kinds_agree_with_the_model(mixed: Mixed) -> None:
     assert real_bytes(mixed) == mixed.model.snapshot()
 
 
-def u64(address: int) -> AlignedGuestAddress[ctypes.c_uint64]:
-    return AlignedGuestAddress.new(ctypes.c_uint64, GuestAddress(address))
-
-
 def u32(address: int) -> AlignedGuestAddress[ctypes.c_uint32]:
     return AlignedGuestAddress.new(ctypes.c_uint32, GuestAddress(address))
 
@@ -156,14 +153,14 @@ def test_device_region_serves_the_atomic_table(mixed: Mixed) -> None:
 def test_read_only_device_refuses_stores_without_calling_the_device(mixed: Mixed) -> None:
     memory, device = mixed.memory, mixed.devices[RO_DEVICE_START]
     before = bytes(device.data)
-    value = memory.read_atomic(u64(RO_DEVICE_START))
-    assert value == int.from_bytes(before[:8], sys.byteorder)
+    value = memory.read_atomic(wide_atomic(RO_DEVICE_START))
+    assert value == int.from_bytes(before[:WIDE_ATOMIC_BYTES], sys.byteorder)
     calls = device.calls
-    for attempt in (lambda: memory.write_atomic(u64(RO_DEVICE_START), 1),
-                    lambda: memory.swap(u64(RO_DEVICE_START), 1),
-                    lambda: memory.compare_exchange(u64(RO_DEVICE_START), value, 1),
-                    lambda: memory.fetch_add(u64(RO_DEVICE_START), 1),
-                    lambda: memory.write_obj(u64(RO_DEVICE_START), 1)):
+    for attempt in (lambda: memory.write_atomic(wide_atomic(RO_DEVICE_START), 1),
+                    lambda: memory.swap(wide_atomic(RO_DEVICE_START), 1),
+                    lambda: memory.compare_exchange(wide_atomic(RO_DEVICE_START), value, 1),
+                    lambda: memory.fetch_add(wide_atomic(RO_DEVICE_START), 1),
+                    lambda: memory.write_obj(wide_atomic(RO_DEVICE_START), 1)):
         with pytest.raises(ReadOnlyRegion):
             attempt()
     assert device.calls == calls and bytes(device.data) == before
@@ -173,7 +170,7 @@ def test_file_region_refuses_every_atomic(mixed: Mixed) -> None:
     memory = mixed.memory
     fd, offset = mixed.files[FILE_START]
     before = os.pread(fd, PAGE, offset)
-    word = u64(FILE_START + 16)
+    word = wide_atomic(FILE_START + 16)
     attempts: dict[str, Callable[[], Any]] = {
         "read_atomic": lambda: memory.read_atomic(word),
         "write_atomic": lambda: memory.write_atomic(word, 1),
@@ -188,7 +185,7 @@ def test_file_region_refuses_every_atomic(mixed: Mixed) -> None:
         assert raised.value.address == FILE_START + 16, name
         assert "pread" in raised.value.region_kind
     assert os.pread(fd, PAGE, offset) == before, "no atomic wrote anything"
-    assert memory.read_obj(word) == int.from_bytes(before[16:24], sys.byteorder)
+    assert memory.read_obj(word) == int.from_bytes(before[16:16 + WIDE_ATOMIC_BYTES], sys.byteorder)
     with pytest.raises(NoHostAddress):
         memory.get_host_address(GuestAddress(FILE_START))
 
@@ -234,7 +231,7 @@ def test_device_atomics_lose_no_update_while_plain_increments_do() -> None:
     read-then-write control on the same device loses updates (the harness can fail)."""
     device = ByteDevice(bytes(PAGE))
     memory = GuestMemory([DeviceRegion(device, GuestAddress(0), PAGE)])
-    counter, control = u64(0), u64(8)
+    counter, control = wide_atomic(0), wide_atomic(8)  # the width is incidental
     threads, per_thread = 4, 5_000
     _contend(memory, lambda: memory.fetch_add(counter, 1), threads, per_thread)
     assert memory.read_atomic(counter) == threads * per_thread

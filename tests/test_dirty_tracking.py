@@ -148,9 +148,9 @@ WRITE_PATHS: Final[dict[str, tuple[WritePath, list[int]]]] = {
                         [FIRST + 3 * PAGE]),
     "device write_slice": (lambda m: m.write_slice(GuestAddress(DEVICE + PAGE - 2), b"dev!"),
                            [DEVICE, DEVICE + PAGE]),
-    "device write_atomic": (lambda m: m.write_atomic(u64(DEVICE + PAGE + 8), 5),
+    "device write_atomic": (lambda m: m.write_atomic(wide_atomic(DEVICE + PAGE + 8), 5),
                             [DEVICE + PAGE]),
-    "device fetch_add": (lambda m: m.fetch_add(u64(DEVICE), 5), [DEVICE]),
+    "device fetch_add": (lambda m: m.fetch_add(wide_atomic(DEVICE), 5), [DEVICE]),
     "device read_from": (lambda m: _read_from_pipe(m, DEVICE + 10, 30), [DEVICE]),
 }
 
@@ -214,7 +214,7 @@ READ_PATHS: Final[dict[str, WritePath]] = {
     "get_slices": lambda m: m.get_slices(GuestAddress(FIRST), 8 * PAGE),
     "host address": lambda m: m.get_host_address(GuestAddress(SECOND)),
     "device reads": lambda m: (m.read_bytes(GuestAddress(DEVICE), 2 * PAGE),
-                               m.read_atomic(u64(DEVICE))),
+                               m.read_atomic(wide_atomic(DEVICE))),
 }
 
 

@@ -79,6 +79,21 @@ def is_lock_free(size: int) -> bool:
     return libatomic_lock_free(size)
 
 
+def refuse_unsupported_width(info: AtomicTypeInfo) -> None:
+    """Raise `AtomicWidthUnsupported` where this host has no lock-free atomic of `info`'s
+    width, whatever backs the address: a width is the type's on this host, so a region
+    that needs no hardware instruction (`DeviceRegion`) refuses it as host memory does,
+    and the plugin's static refusal holds for every region kind. Where the pure path has
+    no libatomic to ask, the answer is unknown here: host memory then raises
+    `AtomicLibraryMissing` where it needs the library, and a device region works."""
+    try:
+        lock_free = is_lock_free(info.size)
+    except AtomicLibraryMissing:
+        return
+    if not lock_free:
+        raise AtomicWidthUnsupported(info.name, info.size)
+
+
 def host_atomics(info: AtomicTypeInfo) -> HostAtomics:
     """The typed libatomic functions for `info`; raises if the width is not lock-free."""
     try:

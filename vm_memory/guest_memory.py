@@ -43,7 +43,7 @@ from typing import (
 from vm_memory.address import ADDRESS_SPACE_SIZE, GuestAddress, MemoryRegionAddress, check_u64
 from vm_memory.aligned_address import AlignedGuestAddress, AlignmentInfo, set_fast_atomics
 from vm_memory.atomic_access import AtomicInteger, atomic_type_info
-from vm_memory.atomic_backend import host_atomics, run_host
+from vm_memory.atomic_backend import host_atomics, refuse_unsupported_width, run_host
 from vm_memory.atomic_operations import (
     COMPARE_EXCHANGE,
     OPERATIONS,
@@ -907,6 +907,7 @@ class GuestMemory(_MemoryBase):
         region, offset = self._locate(value, info.size)
         if operation.stores and region.read_only:
             raise ReadOnlyRegion(value, info.size)
+        refuse_unsupported_width(info)  # on every kind, where host memory would refuse it
         base = region.host_address
         if base is None:
             result = region.atomic(operation, offset, info, values, c_order, c_failure)

@@ -129,9 +129,9 @@ def test_linux_guest_on_ours_and_on_qemu_storage_daemon(tmp_path: Path) -> None:
         {name: found_theirs[name] for name in plan.expected}
 
 
-def _inflight_heads(backend: BackendProcess) -> int:
-    """With the back-end stopped (SIGSTOP), how many chains its inflight log holds that
-    are certainly unfinished (not the one whose used entry may already be published)."""
+def _inflight_area(backend: BackendProcess) -> InflightArea | None:
+    """The back-end's inflight log, mapped here too (QEMU hands it the memfd once the
+    device starts), or None before that."""
     for entry in os.listdir(f"/proc/{backend.process.pid}/fd"):
         path = f"/proc/{backend.process.pid}/fd/{entry}"
         try:
@@ -142,13 +142,18 @@ def _inflight_heads(backend: BackendProcess) -> int:
             continue
         try:
             size = os.fstat(fd).st_size
-            area = InflightArea(fd, size, 0, size // queue_area_size(128), 128)
-            return sum(len([head for head in area.pending(index)
-                            if head != area.last_batch_head(index)])
-                       for index in range(area.num_queues))
+            return InflightArea(fd, size, 0, size // queue_area_size(128), 128)
         finally:
-            os.close(fd)
-    return 0
+            os.close(fd)  # the area keeps its own mapping
+    return None
+
+
+def _unfinished(area: InflightArea) -> int:
+    """How many chains the log holds that are certainly unfinished (not the one whose
+    used entry may already be published)."""
+    return sum(len([head for head in area.pending(index)
+                    if head != area.last_batch_head(index)])
+               for index in range(area.num_queues))
 
 
 def _wait_stopped(pid: int) -> None:
@@ -158,6 +163,40 @@ def _wait_stopped(pid: int) -> None:
         if state in ("T", "t"):
             return
         time.sleep(0.0005)
+
+
+def _kill_mid_io(backend: BackendProcess, guest: subprocess.Popen[bytes],
+                 console: Path) -> None:
+    """SIGKILL the back-end while its log holds chains it has not finished.
+
+    Watches the shared log and stops the back-end only when it shows chains in flight
+    (then looks again, stopped): the back-end mostly waits for the (emulated, slow)
+    guest, and stopping it blindly every few milliseconds caught it idle through a whole
+    workload on a loaded machine. Bounded by the workload (the guest's writers ending)."""
+    area: InflightArea | None = None
+    looks = stops = 0
+    next_console = 0.0
+    while guest.poll() is None:
+        if time.monotonic() >= next_console:  # the console, now and then
+            if "RECONNECT-WRITES-DONE" in console.read_text(errors="replace"):
+                break
+            next_console = time.monotonic() + 0.05
+            if area is None:
+                area = _inflight_area(backend)
+        looks += 1
+        if area is None or _unfinished(area) == 0:
+            time.sleep(0.0005)
+            continue
+        stops += 1
+        backend.process.send_signal(signal.SIGSTOP)
+        _wait_stopped(backend.process.pid)
+        if _unfinished(area) > 0:
+            backend.process.kill()
+            backend.process.wait()
+            return
+        backend.process.send_signal(signal.SIGCONT)
+    raise AssertionError(f"no stop caught the back-end with chains in flight ({looks} "
+                         f"looks, {stops} stops)")
 
 
 def test_backend_killed_mid_io_resumes_without_losing_a_byte(tmp_path: Path) -> None:
@@ -180,21 +219,7 @@ def test_backend_killed_mid_io_resumes_without_losing_a_byte(tmp_path: Path) -> 
     try:
         assert wait_for_line(console, "RECONNECT-START", GUEST_TIMEOUT, guest), \
             console.read_text(errors="replace")[-3000:]
-        killed_mid_io = False
-        # Sample until a stop catches chains in flight: the back-end mostly waits for the
-        # (emulated, slow) guest, so many samples find it idle. Bounded by the workload.
-        while not killed_mid_io and guest.poll() is None and \
-                "RECONNECT-WRITES-DONE" not in console.read_text(errors="replace"):
-            time.sleep(0.005)
-            backend.process.send_signal(signal.SIGSTOP)
-            _wait_stopped(backend.process.pid)
-            if _inflight_heads(backend) > 0:
-                backend.process.kill()
-                backend.process.wait()
-                killed_mid_io = True
-            else:
-                backend.process.send_signal(signal.SIGCONT)
-        assert killed_mid_io, "no sample caught the back-end with chains in flight"
+        _kill_mid_io(backend, guest, console)
         backend = start_backend(tmp_path, image=image, queues=2, name="restarted",
                                 socket_path=backend.socket)
         restarted.append(backend)
