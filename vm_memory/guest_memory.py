@@ -95,6 +95,9 @@ from vm_memory.region_table import (
 from vm_memory.region_table import (
     PAGE_BUCKETS as _PAGE_BUCKETS,
 )
+from vm_memory.region_table import (
+    SLOT_MASK as _SLOT_MASK,
+)
 from vm_memory.stream_io import StreamSink, StreamSource, gather_write, scatter_read
 from vm_memory.volatile import VolatileSlice
 
@@ -406,8 +409,8 @@ class GuestMemory(_MemoryBase):
 
     def _page_guess(self, value: int) -> GuestMemoryRegion | None:
         """The region the page table names for `value`'s page, or None (for tests)."""
-        page = value >> _LOOKUP_SHIFT
-        return self._pages[page % _PAGE_BUCKETS].get(page)
+        key = value & _SLOT_MASK
+        return self._pages[key % _PAGE_BUCKETS].get(key)
 
     def _index_at(self, value: int) -> int:
         """The index of the last region starting at or below `value`, or -1."""
@@ -426,8 +429,8 @@ class GuestMemory(_MemoryBase):
 
     def _region_at(self, value: int) -> GuestMemoryRegion:
         """The region holding `value` (remembered for the next access), or `_NO_REGION`."""
-        page = value >> _LOOKUP_SHIFT
-        region = self._pages[page % _PAGE_BUCKETS].get(page)
+        key = value & _SLOT_MASK
+        region = self._pages[key % _PAGE_BUCKETS].get(key)
         if region is None or not region.start_value <= value < region.end_value:
             number = bisect_right(self._firsts, value) - 1
             if number < 0:
