@@ -15,9 +15,11 @@ import re
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, NoReturn, TypeVar
+from typing import Final, Generic, NoReturn, TypeVar
 
 import pytest
 from reference_model import ExpectedError, MemoryModel
@@ -30,6 +32,7 @@ __all__ = [
     "ByteDevice",
     "agree",
     "provoke",
+    "provoke_overlapping",
     "python_environment",
     "random_access",
     "require",
@@ -184,6 +187,53 @@ def provoke(attempt: Callable[[], _T], shown: Callable[[_T], bool], *, attempts:
             return result
         results.append(result)
     pytest.fail(f"the control never showed {what} in {attempts} attempts: {results}")
+
+
+OVERLAP_DEADLINE_SECONDS: Final = 300.0
+"""How long `provoke_overlapping` may look for racers that ran at once."""
+OVERLAPPED_PARALLELISM: Final = 1.3
+"""CPU seconds per wall second above which two racers in one process ran at once for a
+good part of the race (both on a core: up to 2; taking turns on one: at most 1)."""
+
+
+@dataclass(frozen=True)
+class Timed(Generic[_T]):
+    """An attempt's result, with the process's CPU time over the wall time it took."""
+
+    result: _T
+    parallelism: float
+
+    @property
+    def overlapped(self) -> bool:
+        return self.parallelism >= OVERLAPPED_PARALLELISM
+
+
+def timed(attempt: Callable[[], _T]) -> Timed[_T]:
+    """Run `attempt`, measuring how many cores the process kept busy meanwhile."""
+    cpu, wall = time.process_time(), time.perf_counter()
+    result = attempt()
+    return Timed(result, (time.process_time() - cpu) / max(time.perf_counter() - wall, 1e-9))
+
+
+def provoke_overlapping(attempt: Callable[[], _T], shown: Callable[[_T], bool], *,
+                        attempts: int, what: str) -> _T:
+    """`provoke` for a race between threads of this process (a vCPU and a host thread):
+    an attempt counts only if the racers ran at once (`Timed.overlapped`); on a loaded
+    machine the scheduler may let them take turns on one core for a whole attempt, which
+    shows nothing either way. Runs until `attempts` overlapped attempts, or until
+    `OVERLAP_DEADLINE_SECONDS`; fails, naming `what` and every result, unless one showed
+    it."""
+    results: list[Timed[_T]] = []
+    deadline = time.monotonic() + OVERLAP_DEADLINE_SECONDS
+    while sum(result.overlapped for result in results) < attempts \
+            and time.monotonic() < deadline:
+        result = timed(attempt)
+        if shown(result.result):
+            return result.result
+        results.append(result)
+    overlapped = sum(result.overlapped for result in results)
+    pytest.fail(f"the control never showed {what} in {len(results)} attempts ({overlapped} "
+                f"with the racers at once): {results}")
 
 
 def random_access(memory: GuestMemory, model: MemoryModel, rng: random.Random, address: int,

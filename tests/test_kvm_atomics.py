@@ -17,7 +17,7 @@ from typing import Final
 
 import pytest
 from host_assumptions import needs_x86_kvm_host
-from support import provoke, require
+from support import provoke_overlapping, require
 
 from vm_memory import AlignedGuestAddress, GuestAddress, GuestMemoryMmap, Ordering
 from vm_memory_tools import guest_programs
@@ -29,7 +29,8 @@ COUNTER_ADDRESS: Final = 0x8000
 GUEST_INCREMENTS: Final = 200_000
 HOST_THREADS: Final = 2
 CONTROL_ATTEMPTS: Final = 10
-"""Unlocked races run until one loses an update, at most this many (see `provoke`)."""
+"""Unlocked races run until one loses an update, at most this many with the racers at once
+(see `support.provoke_overlapping`)."""
 GUEST_TIMEOUT_SECONDS: Final = 600.0
 """A hang guard: a loaded machine may run the emulated guest 20 times slower."""
 
@@ -114,5 +115,5 @@ def test_guest_plain_inc_loses_updates_in_the_same_harness() -> None:
         assert result.final <= result.expected  # nothing may be counted twice
         return result
 
-    provoke(attempt, lambda result: result.final < result.expected,
-            attempts=CONTROL_ATTEMPTS, what="a lost update")
+    provoke_overlapping(attempt, lambda result: result.final < result.expected,
+                        attempts=CONTROL_ATTEMPTS, what="a lost update")

@@ -6,7 +6,17 @@ import ctypes
 
 import pytest
 import support
-from support import ROOT, provoke, run_python_code, stable_id, unavailable, unstable_ids
+from support import (
+    ROOT,
+    Timed,
+    provoke,
+    provoke_overlapping,
+    run_python_code,
+    stable_id,
+    timed,
+    unavailable,
+    unstable_ids,
+)
 
 
 class _Thing:
@@ -43,6 +53,42 @@ def test_provoke_fails_when_no_attempt_shows_it() -> None:
                                                     r"attempts: \[0, 0\]"):
         provoke(attempt, lambda lost: lost > 0, attempts=2, what="a lost update")
     assert len(calls) == 2
+
+
+def test_provoke_overlapping_counts_only_attempts_with_the_racers_at_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Attempts whose racers took turns on one core do not count toward `attempts`: the
+    control keeps trying until that many ran at once, then fails naming both counts; a
+    result that shows it ends the search, overlapped or not."""
+    parallelism = iter([0.9, 1.0, 1.8, 0.5, 1.9])
+    monkeypatch.setattr(support, "timed",
+                        lambda attempt: Timed(attempt(), next(parallelism)))
+    calls: list[int] = []
+
+    def attempt() -> int:
+        calls.append(0)
+        return 0
+
+    with pytest.raises(pytest.fail.Exception,
+                       match="never showed a lost update in 5 attempts \\(2 with the racers "
+                             "at once\\)"):
+        provoke_overlapping(attempt, lambda lost: lost > 0, attempts=2, what="a lost update")
+    assert len(calls) == 5
+    results = iter([0, 0, 7])
+    parallelism = iter([0.2, 0.3, 0.4])
+    assert provoke_overlapping(lambda: next(results), lambda lost: lost > 0, attempts=1,
+                               what="a lost update") == 7
+
+
+def test_timed_is_the_cpu_time_over_the_wall_time() -> None:
+    """A sleeping attempt keeps no core busy; one thread can keep at most one (so taking
+    turns on a core never counts as the racers running at once)."""
+    import time as clock
+
+    assert timed(lambda: clock.sleep(0.05)).parallelism < 0.5
+    busy = timed(lambda: sum(range(3_000_000)))
+    assert busy.result == sum(range(3_000_000))
+    assert busy.parallelism <= 1.1 and not busy.overlapped, busy.parallelism
 
 
 @pytest.mark.parametrize("on_ci", [False, True], ids=["off CI", "on CI"])

@@ -24,7 +24,7 @@ from typing import Final
 
 import pytest
 from host_assumptions import needs_x86_kvm_host
-from support import provoke, python_environment, require, unavailable
+from support import provoke_overlapping, python_environment, require, unavailable
 
 from vm_memory_tools import guest_programs
 from vm_memory_tools.kvm import (
@@ -64,8 +64,8 @@ CRASH_TIMEOUT_SECONDS: Final = 10.0
 """How long a guest that went off into nowhere may run before it is a timeout."""
 # A lost update needs the host thread on the other core inside the guest's
 # read-modify-write window; on a loaded 2-core machine the scheduler may keep them
-# apart for a whole run, so the non-atomic controls retry (a bounded number of times)
-# before they must have lost one.
+# apart for a whole run, so the non-atomic controls retry until that many runs had both
+# on a core at once (`support.provoke_overlapping`) before they must have lost one.
 CONTROL_ATTEMPTS: Final = 10
 HOST_BATCH: Final = 256  # libatomic calls between looks at the stop flag
 SEQ_CST: Final = 5
@@ -433,8 +433,8 @@ def _plain_increments_lose_updates(guest: Guest, guest_count: int, width: int) -
         assert result.final <= result.expected  # nothing may be counted twice
         return result
 
-    provoke(attempt, lambda result: result.final < result.expected,
-            attempts=CONTROL_ATTEMPTS, what="a lost update")
+    provoke_overlapping(attempt, lambda result: result.final < result.expected,
+                        attempts=CONTROL_ATTEMPTS, what="a lost update")
 
 
 def test_guest_plain_inc_loses_updates_against_the_host(guest: Guest) -> None:
