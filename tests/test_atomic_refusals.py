@@ -255,6 +255,34 @@ def test_missing_libatomic_fails_only_atomics_and_names_the_package() -> None:
         assert MISSING_LIBRARY in outcome["message"], outcome["message"]
 
 
+@pytest.mark.parametrize("library", [MISSING_LIBRARY, "libc.so.6"],
+                         ids=["missing", "without the lock-free probe"])
+def test_device_atomics_need_no_libatomic_and_look_for_it_once(library: str) -> None:
+    """On the pure path with no usable libatomic (none at all, or a library without
+    `__atomic_is_lock_free`), a device region's atomics still work (they need no
+    hardware instruction), the library is looked for once, not at every call, and host
+    memory's atomics raise the typed `AtomicLibraryMissing`."""
+    results = run_child('''
+        loads = []
+        real_cdll = ctypes.CDLL
+        def counting_cdll(name, *args, **kwargs):
+            loads.append(name)
+            return real_cdll(name, *args, **kwargs)
+        ctypes.CDLL = counting_cdll
+        device = GuestMemory([DeviceRegion(Device(PAGE), GuestAddress(0), PAGE)])
+        counter = AlignedGuestAddress.new(c_uint32, GuestAddress(0x40))
+        device.write_atomic(counter, 0)
+        for _ in range(100):
+            device.fetch_add(counter, 1)
+        results["device"] = {"value": device.read_atomic(counter),
+                             "loads": loads.count(os.environ["VM_MEMORY_LIBATOMIC"])}
+        host = GuestMemoryMmap.from_regions([memfd_region(0, PAGE)])
+        attempt("host fetch_add", host, lambda: host.fetch_add(counter, 1))
+    ''', VM_MEMORY_LIBATOMIC=library, VM_MEMORY_PURE="1")
+    assert results.pop("device") == {"value": 100, "loads": 1}
+    assert_all_refused(results, "AtomicLibraryMissing", expected_count=1)
+
+
 def test_the_compiled_path_needs_no_libatomic(compiled_path: object) -> None:
     """The compiled path inlines its atomics (compiler builtins): with libatomic
     unloadable every atomic operation on host memory still runs, and plain access too.

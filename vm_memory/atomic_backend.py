@@ -44,6 +44,8 @@ class HostAtomics:
 _library: ctypes.CDLL | None = None
 _lock_free: dict[int, bool] = {}
 _by_value_type: dict[type[Any], HostAtomics] = {}
+_width_answers: dict[int, bool | None] = {}
+"""`refuse_unsupported_width`'s answer per width: lock-free, not, or unknown (None)."""
 
 
 def _load_library() -> ctypes.CDLL:
@@ -65,8 +67,12 @@ _COMPILED_LOCK_FREE_WIDTHS: Final[tuple[int, ...] | None] = (
 def libatomic_lock_free(size: int) -> bool:
     """Whether libatomic accesses of `size` bytes (naturally aligned) are lock-free."""
     if size not in _lock_free:
-        probe = ctypes.CFUNCTYPE(ctypes.c_bool, ctypes.c_size_t, ctypes.c_void_p)(
-            ("__atomic_is_lock_free", _load_library()))
+        library = _load_library()
+        try:
+            probe = ctypes.CFUNCTYPE(ctypes.c_bool, ctypes.c_size_t, ctypes.c_void_p)(
+                ("__atomic_is_lock_free", library))
+        except AttributeError as error:  # VM_MEMORY_LIBATOMIC named another library
+            raise AtomicLibraryMissing(str(error)) from None
         _lock_free[size] = bool(probe(size, None))
     return _lock_free[size]
 
@@ -84,14 +90,20 @@ def refuse_unsupported_width(info: AtomicTypeInfo) -> None:
     width, whatever backs the address: a width is the type's on this host, so a region
     that needs no hardware instruction (`DeviceRegion`) refuses it as host memory does,
     and the plugin's static refusal holds for every region kind. Where the pure path has
-    no libatomic to ask, the answer is unknown here: host memory then raises
+    no libatomic to ask, the answer is unknown here (and remembered as such: the library
+    is not looked for again at every call): host memory then raises
     `AtomicLibraryMissing` where it needs the library, and a device region works."""
     try:
-        lock_free = is_lock_free(info.size)
-    except AtomicLibraryMissing:
-        return
-    if not lock_free:
+        lock_free = _width_answers[info.size]
+    except KeyError:
+        try:
+            lock_free = is_lock_free(info.size)
+        except AtomicLibraryMissing:
+            lock_free = None
+        _width_answers[info.size] = lock_free
+    if lock_free is False:
         raise AtomicWidthUnsupported(info.name, info.size)
+
 
 
 def host_atomics(info: AtomicTypeInfo) -> HostAtomics:
@@ -117,10 +129,13 @@ def host_atomics(info: AtomicTypeInfo) -> HostAtomics:
     # PYFUNCTYPE: the call keeps the GIL. Dropping and retaking it around a single
     # instruction costs more than the instruction (about 65 ns a call measured), and a
     # plain `struct` read holds it across a page fault the same way.
-    atomics = HostAtomics(value, size - 1, {
-        operation.host_function: ctypes.PYFUNCTYPE(*signatures[operation.shape])(
-            (f"__atomic_{operation.host_function}_{size}", library))
-        for operation in OPERATIONS.values()})
+    try:
+        atomics = HostAtomics(value, size - 1, {
+            operation.host_function: ctypes.PYFUNCTYPE(*signatures[operation.shape])(
+                (f"__atomic_{operation.host_function}_{size}", library))
+            for operation in OPERATIONS.values()})
+    except AttributeError as error:  # VM_MEMORY_LIBATOMIC named another library
+        raise AtomicLibraryMissing(str(error)) from None
     _by_value_type[value] = atomics
     return atomics
 

@@ -172,11 +172,16 @@ def _kill_mid_io(backend: BackendProcess, guest: subprocess.Popen[bytes],
     Watches the shared log and stops the back-end only when it shows chains in flight
     (then looks again, stopped): the back-end mostly waits for the (emulated, slow)
     guest, and stopping it blindly every few milliseconds caught it idle through a whole
-    workload on a loaded machine. Bounded by the workload (the guest's writers ending)."""
+    workload on a loaded machine. Fails if the guest's writers end first, the guest or
+    the back-end exits, or `GUEST_TIMEOUT` passes; never leaves the back-end stopped."""
     area: InflightArea | None = None
     looks = stops = 0
+    deadline = time.monotonic() + GUEST_TIMEOUT
     next_console = 0.0
-    while guest.poll() is None:
+    while guest.poll() is None and time.monotonic() < deadline:
+        if backend.process.poll() is not None:
+            raise AssertionError(f"the back-end exited ({backend.process.returncode}) "
+                                 f"before a stop caught chains in flight")
         if time.monotonic() >= next_console:  # the console, now and then
             if "RECONNECT-WRITES-DONE" in console.read_text(errors="replace"):
                 break
@@ -189,12 +194,15 @@ def _kill_mid_io(backend: BackendProcess, guest: subprocess.Popen[bytes],
             continue
         stops += 1
         backend.process.send_signal(signal.SIGSTOP)
-        _wait_stopped(backend.process.pid)
-        if _unfinished(area) > 0:
-            backend.process.kill()
-            backend.process.wait()
-            return
-        backend.process.send_signal(signal.SIGCONT)
+        try:
+            _wait_stopped(backend.process.pid)
+            if _unfinished(area) > 0:
+                backend.process.kill()
+                backend.process.wait()
+                return
+        finally:
+            if backend.process.poll() is None:
+                backend.process.send_signal(signal.SIGCONT)
     raise AssertionError(f"no stop caught the back-end with chains in flight ({looks} "
                          f"looks, {stops} stops)")
 
