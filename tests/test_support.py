@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Callable
 
 import pytest
 import support
@@ -61,8 +62,11 @@ def test_provoke_overlapping_counts_only_attempts_with_the_racers_at_once(
     control keeps trying until that many ran at once, then fails naming both counts; a
     result that shows it ends the search, overlapped or not."""
     parallelism = iter([0.9, 1.0, 1.8, 0.5, 1.9])
-    monkeypatch.setattr(support, "timed",
-                        lambda attempt: Timed(attempt(), next(parallelism)))
+
+    def fake_timed(attempt: Callable[[], int]) -> Timed[int]:
+        return Timed(attempt(), next(parallelism))
+
+    monkeypatch.setattr(support, "timed", fake_timed)
     calls: list[int] = []
 
     def attempt() -> int:
