@@ -105,7 +105,6 @@ def refuse_unsupported_width(info: AtomicTypeInfo) -> None:
         raise AtomicWidthUnsupported(info.name, info.size)
 
 
-
 def host_atomics(info: AtomicTypeInfo) -> HostAtomics:
     """The typed libatomic functions for `info`; raises if the width is not lock-free."""
     try:
