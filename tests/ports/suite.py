@@ -57,8 +57,8 @@ CORE: Final = (
 )
 """The runtime suite's files where the architecture shows through (the ABI, the byte
 order, the atomics, the compiled path, the kernel's mmap flags): what CI runs on each
-emulated port. The whole suite on the six emulated ports costs about 1.5 hours of one
-core (README, "Tested architectures"), more than one CI run has beside the main suite;
+emulated port. The whole suite on the six emulated ports costs about 54 minutes of one
+core (README, "Tested architectures"), which would double a CI run's length;
 `python -m tests.ports` runs it whole."""
 SUITE_TIMEOUT_SECONDS: Final = 3600
 EMULATED_EXAMPLES: Final = 25
