@@ -6,6 +6,8 @@ sampled alternately (drift hits both alike) and the best of several samples is k
 Each sample is net of its own empty loop (`overhead_stmt`, timed the same way), so a
 ratio compares the cost of the operations, not of the benchmark's loop. Every name of a
 case's namespace is bound to a local variable before the loop, on both sides alike.
+Each sample follows one untimed run of its statement, so it times the steady cost on both
+sides, whatever the rows sampled before it left in the caches.
 """
 
 from __future__ import annotations
@@ -88,6 +90,7 @@ class _Sampler:
         self._overhead = timeit.Timer(case.overhead_stmt, setup,
                                       timer=time.perf_counter_ns, globals=case.namespace)
         self.number = 1
+        self._timer.timeit(1)  # calibrate on the steady cost, not on a first, cold run
         while True:
             elapsed = self._timer.timeit(self.number)
             if elapsed >= min_sample_ns:
@@ -98,6 +101,11 @@ class _Sampler:
         self.overheads: list[float] = []
 
     def sample(self) -> None:
+        # The rows sampled in between may have evicted what this statement touches (10,000
+        # regions' objects and page-table entries, say). Without this run, a statement slow
+        # enough to be sampled once per sample would be timed cold while its baseline, run
+        # eight times a sample, was timed mostly warm.
+        self._timer.timeit(1)
         self.samples.append(self._timer.timeit(self.number))
         self.overheads.append(self._overhead.timeit(self.number))
 

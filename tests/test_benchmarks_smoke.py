@@ -168,6 +168,44 @@ def test_both_paths_benchmark_measures_every_row_on_each_path(tmp_path: Path) ->
     assert all(len(printed[name]) == 8 for name in PATH_ROWS)
 
 
+STEADY_COST_SCRIPT = """
+import json, time
+from benchmarks.common import Case, Comparison, Settings, measure
+
+state = {"cold": True, "cold_runs": 0}
+
+def work():
+    if state["cold"]:  # the first run after the other row: its caches evicted
+        state["cold_runs"] += 1
+        state["cold"] = False
+        time.sleep(0.02)
+
+def evict():
+    state["cold"] = True
+
+evicting = Case("evicting", "evict()", {"evict": evict})
+rows = measure([Comparison("steady", Case("ours", "work()", {"work": work}), evicting),
+                Comparison("another row", evicting, evicting)],
+               Settings(repeats=5, min_sample_ns=1_000_000, quick=True))
+print(json.dumps({"ours_ns": rows[0].ours_ns, "cold_runs": state["cold_runs"]}))
+"""
+
+
+def test_a_sample_times_the_steady_cost_whatever_ran_before_it() -> None:
+    """Each sample follows an untimed run of its statement: a statement whose first run
+    after another row is slow (20 ms here, as 10,000 regions' objects evicted from the
+    caches made the lookup row) is timed at its steady cost, not cold. Without that run
+    every sample of this statement is one cold run (its calibration too), and its best is
+    20 ms."""
+    result = subprocess.run([sys.executable, "-c", STEADY_COST_SCRIPT], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    figures = json.loads(result.stdout)
+    # Its calibration and each of its 5 samples came after another row had evicted.
+    assert figures["cold_runs"] == 6, figures
+    assert figures["ours_ns"] < 5_000_000, figures
+
+
 @pytest.mark.type_checker
 def test_plugin_benchmark_runs_and_reports_a_ratio() -> None:
     """A small run of the mypy-plugin benchmark: both configurations type-check the
