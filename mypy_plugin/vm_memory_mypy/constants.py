@@ -5,9 +5,9 @@ mypy's own folding sees literals and `Final` names of the current module only. H
 - a `Final` int of any module (mypy stores its value with the name, in the cache too);
 - a member of an IntEnum/IntFlag of any module (`enum_constants` records the members'
   values in the class's metadata, which the cache keeps);
-- in the module being checked, any name or class attribute assigned exactly once where
-  it is defined, `Final` or not, and `GuestAddress(<constant>)` (so a `Final`
-  GuestAddress plus an offset folds).
+- in the module being checked, any name or class attribute bound exactly once, by a
+  plain assignment (`bindings`), `Final` or not, and `GuestAddress(<constant>)` (so a
+  `Final` GuestAddress plus an offset folds).
 
 Other modules' syntax trees are not read: a module loaded from the incremental cache has
 none, and a verdict must not depend on whether a dependency was cached.
@@ -15,7 +15,7 @@ none, and a verdict must not depend on whether a dependency was cached.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any, Final
 
 from mypy.nodes import (
@@ -26,10 +26,8 @@ from mypy.nodes import (
     IntExpr,
     MemberExpr,
     NameExpr,
-    OperatorAssignmentStmt,
     OpExpr,
     RefExpr,
-    Statement,
     TypeInfo,
     UnaryExpr,
     Var,
@@ -38,6 +36,7 @@ from mypy.plugin import ClassDefContext
 from mypy.typeops import try_getting_int_literals_from_type
 from mypy.types import Type
 
+from vm_memory_mypy.bindings import class_bindings, module_bindings
 from vm_memory_mypy.names import GUEST_ADDRESS, METADATA_KEY
 from vm_memory_mypy.typeutil import current_tree, module_of
 
@@ -49,6 +48,9 @@ OPERATORS: Final[dict[str, Callable[[int, int], int]]] = {
 }
 DEPTH: Final = 16
 """How many names deep a constant may be defined in terms of others."""
+MAX_BITS: Final = 256
+"""The widest constant folded: guest addresses are 64 bits, and a wider operand or result
+(`1 << (1 << 64)`, say) is left unknown rather than computed (it could exhaust memory)."""
 
 
 def constant_of(expression: Expression, typ: Type | None, api: Any) -> int | None:
@@ -73,12 +75,13 @@ def evaluate(expression: Expression, api: Any, depth: int) -> int | None:
     if isinstance(expression, OpExpr) and expression.op in OPERATORS:
         left = evaluate(expression.left, api, depth)
         right = evaluate(expression.right, api, depth) if left is not None else None
-        if left is None or right is None:
+        if left is None or right is None or not _small(left, right, expression.op):
             return None
         try:
-            return OPERATORS[expression.op](left, right)
+            value = OPERATORS[expression.op](left, right)
         except (ZeroDivisionError, ValueError):
             return None
+        return value if value.bit_length() <= MAX_BITS else None
     if isinstance(expression, CallExpr) and isinstance(expression.callee, RefExpr) and \
             expression.callee.fullname == GUEST_ADDRESS and len(expression.args) == 1:
         return evaluate(expression.args[0], api, depth)
@@ -87,6 +90,13 @@ def evaluate(expression: Expression, api: Any, depth: int) -> int | None:
         if var is not None:
             return _name_value(var, api, depth - 1)
     return None
+
+
+def _small(left: int, right: int, operator: str) -> bool:
+    """Whether `left operator right` can be computed without building a huge int."""
+    if left.bit_length() > MAX_BITS or right.bit_length() > MAX_BITS:
+        return False
+    return operator != "<<" or right <= MAX_BITS
 
 
 def _class_member(expression: RefExpr) -> Var | None:
@@ -113,29 +123,24 @@ def _name_value(var: Var, api: Any, depth: int) -> int | None:
 
 
 def single_definition(var: Var, api: Any) -> Expression | None:
-    """The right-hand side of the one assignment that defines `var` where it lives (a
-    module's or a class's top level), or None if it is assigned more than once."""
-    body: Iterable[Statement]
+    """The right-hand side of the one assignment that binds `var` in the module being
+    checked (a module's name, or a class attribute there), or None if anything else may
+    bind it too (`bindings`: another assignment at any depth, a `global` declaration, an
+    attribute store, a loop or `with` target...)."""
     current = module_of(api)
+    tree = current_tree(api)
+    if tree is None:
+        return None
+    module = module_bindings(tree)
     if var.info is not VAR_NO_INFO:
-        if var.info.module_name != current:
+        if var.info.module_name != current or var.name in module.stored_attributes:
             return None
-        body = var.info.defn.defs.body
+        values = class_bindings(tree, var.info.defn.defs).values(var.name)
     else:
-        tree = current_tree(api)
-        if var.fullname.rpartition(".")[0] != current or tree is None:
+        if var.fullname.rpartition(".")[0] != current or var.name in module.declared_global:
             return None
-        body = tree.defs
-    found: list[Expression] = []
-    for statement in body:
-        if isinstance(statement, AssignmentStmt) and any(
-                isinstance(target, NameExpr) and target.name == var.name
-                for target in statement.lvalues):
-            found.append(statement.rvalue)
-        elif isinstance(statement, OperatorAssignmentStmt) and \
-                isinstance(statement.lvalue, NameExpr) and statement.lvalue.name == var.name:
-            return None
-    return found[0] if len(found) == 1 else None
+        values = module.values(var.name)
+    return values[0] if len(values) == 1 else None
 
 
 def enum_constants(ctx: ClassDefContext) -> None:
