@@ -311,6 +311,7 @@ def _as_integer(value: object, name: str) -> int:
 def _ctypes_scalar_layout(ctype: type[Any], name: str, size: int, alignment: int,
                           native: bool) -> TypeLayout:
     from_buffer_copy = ctype.from_buffer_copy
+    from_buffer = ctype.from_buffer
 
     def unpack_from(buffer: Any, offset: int) -> Any:
         try:
@@ -319,11 +320,14 @@ def _ctypes_scalar_layout(ctype: type[Any], name: str, size: int, alignment: int
             raise InvalidGuestValue(offset, name, str(error)) from None
 
     def pack_into(buffer: Any, offset: int, value: Any) -> None:
+        # Encoded over zeros: `ctype(value)` leaves the padding of an x87 long double (6
+        # of its 16 bytes) as the allocator left it, host heap bytes the guest could read.
+        encoded = bytearray(size)
         try:
-            instance = ctype(value)
+            from_buffer(encoded).value = value
         except (TypeError, ValueError) as error:
             raise ValueOutOfRange(name, value, str(error)) from None
-        buffer[offset:offset + size] = bytes(instance)
+        buffer[offset:offset + size] = encoded
 
     return TypeLayout(ctype, name, size, alignment, True, False, False, native, 0, 0,
                       unpack_from, pack_into)
