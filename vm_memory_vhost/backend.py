@@ -103,6 +103,22 @@ MAX_INDIRECT: Final = 1024
 driver puts seg_max + 2 there)."""
 
 
+def _adopt_eventfd(name: str, fd: int) -> int:
+    """`fd`, a peer's kick, call or err fd, if it is an eventfd, made non-blocking; else
+    closed and refused. Anything else could end or stall the back-end: a pipe's read end
+    fails a signal, a blocking pipe stalls it past SIGTERM, a file is always readable
+    (a kick that spins), a directory fails a kick's read."""
+    try:
+        kind = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        kind = "unknown"
+    if kind != "anon_inode:[eventfd]":
+        os.close(fd)
+        raise VhostUserError(name, f"the fd attached is {kind}, not an eventfd")
+    os.set_blocking(fd, False)
+    return fd
+
+
 class Vring:
     """What the front-end told the back-end about one queue."""
 
@@ -121,12 +137,19 @@ class Vring:
         self.requests = 0
 
     def signal(self, which: str) -> None:
-        """Write to the call or err eventfd, if there is one."""
+        """Write to the call or err eventfd, if there is one. Its count at the maximum
+        (the peer never reads it) means a signal is pending anyway; any other failure is
+        the peer's, logged, never the back-end's end."""
         with self.fd_lock:
             fd = self.call_fd if which == "call" else self.err_fd
             if fd is not None:
-                with contextlib.suppress(BlockingIOError):
+                try:
                     os.write(fd, _ONE)
+                except BlockingIOError:
+                    pass
+                except OSError as error:
+                    log.warning("queue %d: cannot signal its %s eventfd: %s", self.index,
+                                which, error)
 
     def replace_fd(self, which: str, fd: int | None) -> None:
         """Make `fd` the kick, call or err eventfd (`which`), closing the one it replaces."""
@@ -194,10 +217,17 @@ class QueueWorker(threading.Thread):
                         with contextlib.suppress(BlockingIOError):
                             os.read(kick, 8)
         except VirtqueueError as error:
-            self.error = error
+            # Kept without its traceback: that holds this frame, hence this worker, its
+            # queue and the peer's memory, which a cycle would keep mapped after the
+            # peer has gone until a collection ran.
+            self.error = error.with_traceback(None)
+            error.__context__ = error.__cause__ = None
             log.error("queue %d stopped, needs a reset: %s", self.vring.index, error)
             self.vring.signal("err")
         except GuestMemoryError as error:  # a snapshot lost a region under a queue
+            log.error("queue %d stopped: %s", self.vring.index, error)
+            self.vring.signal("err")
+        except OSError as error:  # its kick eventfd failed (the peer's doing)
             log.error("queue %d stopped: %s", self.vring.index, error)
             self.vring.signal("err")
 
@@ -580,7 +610,7 @@ class VhostUserBackend:
             message.expect_fds(0)
             return vring, None
         message.expect_fds(1)
-        return vring, message.take_fd()
+        return vring, _adopt_eventfd(message.name, message.take_fd())
 
     def _set_vring_kick(self, message: Message) -> None:
         vring, fd = self._vring_fd(message)

@@ -4,6 +4,7 @@ messages (table-driven and fuzzed), hostile rings, signals."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import signal
@@ -271,15 +272,21 @@ def test_new_call_fd_is_signalled_for_what_a_dead_backend_returned(
         assert not frontend.wait_call(1, timeout=1.0)
 
 
+def stop_with_a_looping_chain(frontend: Frontend, driver: DriverQueue) -> None:
+    """Publish a chain whose descriptor names itself next; the queue must stop and signal
+    its error eventfd."""
+    driver.write_descriptor(0, VirtqDesc(0x20000, 16, 1, 0))
+    driver.write_avail_entry(0, 0)
+    driver.set_avail_idx(1)
+    frontend.kick(driver.index)
+    assert frontend.wait_err(driver.index)
+
+
 def test_hostile_ring_stops_only_its_queue(backend: BackendProcess) -> None:
     memory = guest_memory()
     frontend, drivers = connect(backend, memory)
     with frontend:
-        drivers[0].write_descriptor(0, VirtqDesc(0x20000, 16, 1, 0))  # loops on itself
-        drivers[0].write_avail_entry(0, 0)
-        drivers[0].set_avail_idx(1)
-        frontend.kick(0)
-        assert frontend.wait_err(0)
+        stop_with_a_looping_chain(frontend, drivers[0])
         request(memory, drivers[1], VIRTIO_BLK_T_IN, 0, (0x40000, 512), 0x20100)
         complete(frontend, drivers[1], 1, 1)
         assert status(memory, 0x20100) == VIRTIO_BLK_S_OK
@@ -372,12 +379,93 @@ def test_malformed_message_is_refused_cleanly(backend: BackendProcess, case: str
         os.close(fd)
     assert backend.wait_log(reason), backend.log_text()
     assert backend.wait_fd_count(baseline) == baseline
+    serves_the_next_front_end(backend)
+
+
+def serves_the_next_front_end(backend: BackendProcess) -> None:
     control_memory = guest_memory()
     frontend, drivers = connect(backend, control_memory, queues=1)
     with frontend:
         request(control_memory, drivers[0], VIRTIO_BLK_T_IN, 0, (0x40000, 512), 0x20000)
         complete(frontend, drivers[0], 0, 1)
         assert status(control_memory, 0x20000) == VIRTIO_BLK_S_OK
+
+
+# ---- hostile kick, call and err fds ---------------------------------------------------------
+
+def _hostile_fd(kind: str) -> tuple[int, list[int]]:
+    """(the fd a hostile front-end sends, the fds to close afterwards)."""
+    if kind == "a directory":
+        fd = os.open("/", os.O_RDONLY | os.O_DIRECTORY)
+        return fd, [fd]
+    if kind == "/dev/null":
+        fd = os.open(os.devnull, os.O_RDWR)
+        return fd, [fd]
+    read, write = os.pipe()
+    if kind == "a pipe's read end":
+        return read, [read, write]
+    os.set_blocking(write, False)  # "a full, blocking pipe"
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            os.write(write, bytes(65536))
+    os.set_blocking(write, True)
+    return write, [read, write]
+
+
+@pytest.mark.parametrize("which", [Request.SET_VRING_KICK, Request.SET_VRING_CALL,
+                                   Request.SET_VRING_ERR], ids=lambda which: which.name)
+@pytest.mark.parametrize("kind", ["a pipe's read end", "a full, blocking pipe",
+                                  "a directory", "/dev/null"])
+def test_a_kick_call_or_err_fd_that_is_not_an_eventfd_is_refused(
+        backend: BackendProcess, which: Request, kind: str) -> None:
+    """Refused on arrival: the connection dropped, no fd kept, the next front-end served.
+    Accepted, a pipe's read end as the call or err fd ended the back-end (the signal's
+    write failed), a full blocking pipe stalled it past SIGTERM, a directory as the kick
+    ended its queue's thread with a traceback, and /dev/null as the kick spun a core."""
+    baseline = backend.fd_count()
+    fd, opened = _hostile_fd(kind)
+    with Frontend(backend.socket) as frontend:
+        frontend.negotiate()
+        frontend.send(which, U64.pack(0), (fd,))
+        assert frontend.closed_by_peer()
+    for each in opened:
+        os.close(each)
+    assert backend.wait_log("not an eventfd"), backend.log_text()
+    assert backend.wait_fd_count(baseline) == baseline
+    serves_the_next_front_end(backend)
+
+
+def test_a_blocking_eventfd_the_peer_never_reads_cannot_stall_the_backend(
+        backend: BackendProcess) -> None:
+    """A blocking call eventfd whose count is one below its maximum: the signal sent on
+    install blocked for ever, and SIGTERM could not stop the back-end. A peer's eventfds
+    are made non-blocking: a full count means a signal is pending anyway."""
+    call = os.eventfd(0, os.EFD_CLOEXEC)
+    os.eventfd_write(call, 2**64 - 2)
+    with Frontend(backend.socket) as frontend:
+        frontend.negotiate()
+        frontend.send(Request.SET_VRING_CALL, U64.pack(0), (call,))
+        frontend.send(Request.GET_FEATURES)
+        features, _ = frontend.reply(Request.GET_FEATURES, timeout=10)
+        assert len(features) == U64.size
+    os.close(call)
+    serves_the_next_front_end(backend)
+
+
+def test_a_queue_stopped_by_its_guest_lets_go_of_the_peers_memory(
+        backend: BackendProcess) -> None:
+    """After a queue stops on a hostile chain and the front-end leaves, the peer's memfds
+    are closed and unmapped at once: the stopped worker kept its error's traceback, a
+    cycle through the worker, its queue and the memory that held them (seen for 10 s and
+    more, until a collection happened to run)."""
+    baseline = backend.fd_count()
+    memory = guest_memory()
+    frontend, drivers = connect(backend, memory, queues=1)
+    with frontend:
+        stop_with_a_looping_chain(frontend, drivers[0])
+    assert backend.wait_fd_count(baseline, timeout=5) == baseline
+    with open(f"/proc/{backend.process.pid}/maps", encoding="utf-8") as maps:
+        assert not [line for line in maps if "memfd:" in line], "the peer's memory is mapped"
 
 
 def test_reply_ack_reports_failure_before_disconnecting(backend: BackendProcess) -> None:
