@@ -12,7 +12,7 @@ from __future__ import annotations
 import ctypes
 import mmap
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Final
 
 import pytest
@@ -125,11 +125,11 @@ def test_no_host_bytes_reach_the_guest_through_a_long_double(memory: GuestMemory
     size = ctypes.sizeof(ctype)
     aligned = AlignedGuestAddress.new(ctype, GuestAddress(FIRST + 4 * size))
     ref = memory.get_slice(GuestAddress(FIRST + 8 * size), size).get_ref(ctype, 0)
-    stores = {
+    stores: dict[str, Callable[[float], None]] = {
         "write_obj_unaligned": lambda value: memory.write_obj_unaligned(
             GuestAddress(FIRST + 1), ctype, value),
         "write_obj": lambda value: memory.write_obj(aligned, value),
-        "VolatileRef.store": lambda value: ref.store(value),
+        "VolatileRef.store": ref.store,
     }
     readers = {"write_obj_unaligned": GuestAddress(FIRST + 1),
                "write_obj": GuestAddress(aligned.raw_value()),

@@ -7,6 +7,7 @@ loses updates), the file region refuses them with a typed error.
 
 from __future__ import annotations
 
+import array
 import ctypes
 import mmap
 import os
@@ -26,6 +27,7 @@ from support import ByteDevice, provoke, random_access
 from vm_memory import (
     AlignedGuestAddress,
     AtomicAccessUnsupported,
+    DeviceError,
     DeviceRegion,
     FileRegion,
     GuestAddress,
@@ -35,6 +37,7 @@ from vm_memory import (
     MmapRegion,
     NoHostAddress,
     ReadOnlyRegion,
+    RegionIoError,
 )
 
 PAGE: Final = mmap.PAGESIZE
@@ -244,3 +247,100 @@ def test_device_atomics_lose_no_update_while_plain_increments_do() -> None:
 
     provoke(plain_increments_lost, lambda lost: lost > 0, attempts=5,
             what="plain increments losing an update")
+
+
+# ---- a device model that misbehaves ------------------------------------------------------
+
+class _Misbehaving(ByteDevice):
+    """A device whose `read` answers `answer(size)` and whose `write` may fail."""
+
+    def __init__(self, answer: Callable[[int], object], write_error: OSError | None = None
+                 ) -> None:
+        super().__init__(bytes(PAGE))
+        self.answer = answer
+        self.write_error = write_error
+
+    def read(self, offset: int, size: int) -> Any:
+        self.calls += 1
+        return self.answer(size)
+
+    def write(self, offset: int, data: bytes) -> None:
+        if self.write_error is not None:
+            raise self.write_error
+        super().write(offset, data)
+
+
+def _eio(size: int) -> object:
+    raise OSError(5, "Input/output error")
+
+
+MISBEHAVING_READS: Final[dict[str, tuple[Callable[[int], object], type[Exception]]]] = {
+    "None": (lambda size: None, DeviceError),
+    "a str": (lambda size: "x" * size, DeviceError),
+    "too short": (lambda size: bytes(size - 1), DeviceError),
+    # as many items as bytes asked for, 4 bytes each: was accepted by the atomics
+    "an array of u32": (lambda size: array.array("I", bytes(4 * size)), DeviceError),
+    "an OSError": (_eio, RegionIoError),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MISBEHAVING_READS))
+def test_a_device_answering_wrongly_is_a_typed_error_on_every_access(case: str) -> None:
+    """Plain, atomic and bulk reads alike: `DeviceError` for an answer that is not
+    exactly the bytes asked for (a raw TypeError or ValueError escaped before, and an
+    array with as many items as bytes asked for fed an atomic), `RegionIoError` for the
+    device's OSError."""
+    answer, expected = MISBEHAVING_READS[case]
+    memory = GuestMemory([DeviceRegion(_Misbehaving(answer), GuestAddress(DEVICE_START), PAGE)])
+    word = u32(DEVICE_START + 8)
+    accesses: dict[str, Callable[[], object]] = {
+        "read_obj": lambda: memory.read_obj(word),
+        "read_atomic": lambda: memory.read_atomic(word),
+        "fetch_add": lambda: memory.fetch_add(word, 1),
+        "read_slice": lambda: memory.read_slice(GuestAddress(DEVICE_START), bytearray(16)),
+    }
+    for name, access in accesses.items():
+        try:
+            access()
+        except expected:
+            continue
+        except Exception as error:
+            pytest.fail(f"{name}: {error!r}, not {expected.__name__}")
+        pytest.fail(f"{name}: accepted")
+
+
+def test_a_device_whose_write_fails_is_a_region_io_error() -> None:
+    device = _Misbehaving(bytes, OSError(28, "No space left on device"))
+    memory = GuestMemory([DeviceRegion(device, GuestAddress(DEVICE_START), PAGE)])
+    for store in (lambda: memory.write_obj(u32(DEVICE_START), 1),
+                  lambda: memory.fetch_add(u32(DEVICE_START), 1),
+                  lambda: memory.write_slice(GuestAddress(DEVICE_START), b"abcd")):
+        with pytest.raises(RegionIoError) as caught:
+            store()
+        assert caught.value.errno == 28
+
+
+def test_a_device_reading_its_own_region_is_refused_not_a_deadlock() -> None:
+    """A device whose `read` reads its own region again waited on its own lock for
+    ever; now the inner access is `DeviceError` (run on a thread: the old code hangs)."""
+    memory: GuestMemory | None = None
+
+    def answer(size: int) -> object:
+        assert memory is not None
+        return memory.read_bytes(GuestAddress(DEVICE_START + 64), size)
+
+    memory = GuestMemory([DeviceRegion(_Misbehaving(answer), GuestAddress(DEVICE_START), PAGE)])
+    outcome: list[BaseException] = []
+
+    def reader() -> None:
+        try:
+            memory.read_bytes(GuestAddress(DEVICE_START), 4)
+        except BaseException as error:
+            outcome.append(error)
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    thread.join(30)
+    assert not thread.is_alive(), "the device's own read deadlocked on its region"
+    assert len(outcome) == 1 and isinstance(outcome[0], DeviceError), outcome
+    assert "accessed its region again" in str(outcome[0])

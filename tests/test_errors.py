@@ -24,6 +24,7 @@ from vm_memory.errors import (
     AtomicWidthUnsupported,
     DeviceError,
     GuestMemoryError,
+    IndexOutOfRange,
     InvalidAlignment,
     InvalidArgumentType,
     InvalidGuestAddress,
@@ -144,6 +145,8 @@ CASES = [
     ErrorCase(DeviceError, (0x3000, 8, "the device returned 4 bytes"),
               {"address": 0x3000, "length": 8, "reason": "the device returned 4 bytes"}, None,
               ("0x3000", "8 bytes", "returned 4 bytes")),
+    ErrorCase(IndexOutOfRange, (5, 2), {"index": 5, "count": 2}, IndexError,
+              ("index 5", "array of 2")),
     ErrorCase(RegionIoError, (0x4000, 16, 27, "File too large"),
               {"address": 0x4000, "length": 16, "errno": 27}, OSError,
               ("0x4000", "16 bytes", "File too large")),
@@ -186,7 +189,7 @@ def test_error_bases(case: ErrorCase) -> None:
     error = case.error_type(*case.args)
     assert isinstance(error, GuestMemoryError)
     assert isinstance(error, Exception)
-    builtins = {ValueError, TypeError, OverflowError, OSError, LookupError, PermissionError,
+    builtins = {ValueError, TypeError, OverflowError, OSError, IndexError, PermissionError,
                 RuntimeError, ImportError}
     expected: set[type[Exception]] = set() if case.builtin_base is None \
         else {case.builtin_base}

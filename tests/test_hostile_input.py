@@ -424,18 +424,46 @@ def test_a_second_failing_file_span_puts_the_first_back(tmp_path: Path) -> None:
         os.close(bad)
 
 
+def _two_pages_on_each_kind(handle: io.BufferedRandom) -> list[GuestMemory]:
+    """Two pages of guest memory: in mmap regions, and an mmap region then a file region
+    (over `handle`'s first page)."""
+    return [GuestMemoryMmap.from_ranges([(GuestAddress(0), 2 * PAGE)]),
+            GuestMemory([GuestRegionMmap(MmapRegion.anonymous(PAGE), GuestAddress(0)),
+                         FileRegion(handle.fileno(), GuestAddress(PAGE), PAGE)])]
+
+
 def test_strided_buffers_get_the_same_answer_on_every_kind(tmp_path: Path) -> None:
     path = tmp_path / "f"
     path.write_bytes(bytes(PAGE))
     with open(path, "r+b") as handle:
-        memories = [GuestMemoryMmap.from_ranges([(GuestAddress(0), 2 * PAGE)]),
-                    GuestMemory([GuestRegionMmap(MmapRegion.anonymous(PAGE), GuestAddress(0)),
-                                 FileRegion(handle.fileno(), GuestAddress(PAGE), PAGE)])]
+        memories = _two_pages_on_each_kind(handle)
         strided = memoryview(bytearray(64))[::2]
         for memory in memories:
             for method in (memory.write_slice, memory.read_slice, memory.write):
                 with pytest.raises(InvalidArgumentType, match="contiguous"):
                     method(GuestAddress(PAGE - 8), strided)
+            assert memory.read_bytes(GuestAddress(0), 2 * PAGE) == bytes(2 * PAGE)
+
+
+def test_a_released_or_empty_buffer_gets_the_same_answer_on_every_kind(
+        tmp_path: Path) -> None:
+    """A released memoryview is `InvalidArgumentType` (a raw ValueError escaped), and an
+    array with a zero in its shape is an empty buffer (memoryview.cast raised TypeError),
+    on every call that takes a buffer, on mmap and file regions, nothing written."""
+    path = tmp_path / "f"
+    path.write_bytes(bytes(PAGE))
+    with open(path, "r+b") as handle:
+        memories = _two_pages_on_each_kind(handle)
+        released = memoryview(bytearray(16))
+        released.release()
+        empty: Any = np.zeros((0, 3))  # numpy's own stubs do not say it is a buffer
+        for memory in memories:
+            calls = (memory.write_slice, memory.read_slice, memory.write, memory.read)
+            for method in calls:
+                with pytest.raises(InvalidArgumentType, match="bytes-like"):
+                    method(GuestAddress(PAGE - 8), released)
+                answer = method(GuestAddress(PAGE - 8), empty)
+                assert answer in (None, 0), (method, answer)
             assert memory.read_bytes(GuestAddress(0), 2 * PAGE) == bytes(2 * PAGE)
 
 

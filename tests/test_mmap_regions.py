@@ -31,6 +31,7 @@ from vm_memory import (
     GuestAddress,
     GuestMemoryMmap,
     GuestRegionMmap,
+    InvalidArgumentType,
     InvalidRange,
     MappingError,
     MappingPastEof,
@@ -119,6 +120,52 @@ def test_memfd_bytes_are_the_fd_bytes() -> None:
     with mmap.mmap(mapping.fd, 2 * PAGE) as peer:
         peer[10:14] = b"peer"
     assert memory.read_bytes(GuestAddress(10), 4) == b"peer"
+
+
+MEMFD_PAST_THE_HOST = """
+import json, os
+from vm_memory import GuestAddress, GuestMemoryMmap, MappingError, MmapRegion
+from vm_memory.mmap_region import MAX_MAPPING_SIZE
+with open("/proc/meminfo", encoding="ascii") as meminfo:
+    fields = dict(line.split(":", 1) for line in meminfo)
+available = sum(int(fields[key].split()[0]) * 1024 for key in ("MemAvailable", "SwapFree"))
+size = (2 * available) // 4096 * 4096
+if size > MAX_MAPPING_SIZE:  # a 32-bit host: refused as a range before any of this
+    print(json.dumps({"beyond": size}))
+    raise SystemExit
+before = len(os.listdir("/proc/self/fd"))
+outcome = {}
+for name, make in (("memfd", lambda: MmapRegion.memfd(size)),
+                   ("from_ranges_memfd",
+                    lambda: GuestMemoryMmap.from_ranges_memfd([(GuestAddress(0), size)]))):
+    try:
+        make()
+        outcome[name] = "built"
+    except MappingError as error:
+        outcome[name] = str(error)
+outcome["fds"] = len(os.listdir("/proc/self/fd")) - before
+print(json.dumps(outcome))
+"""
+
+
+def test_a_memfd_larger_than_the_host_can_give_is_refused_before_allocating() -> None:
+    """A memfd has no size limit of its own: allocating twice the host's available memory
+    and swap up front filled memory until the kernel's OOM killer ended the process. Now
+    it is a MappingError before anything is allocated, no fd kept. (In a child: the
+    failure this guards against takes the whole process.)"""
+    outcome = json.loads(run_python_code(MEMFD_PAST_THE_HOST, timeout=120).stdout)
+    if "beyond" in outcome:
+        pytest.skip(f"twice the available memory ({outcome['beyond']} bytes) is more than "
+                    "a mapping here can be: refused as a range")
+    for name in ("memfd", "from_ranges_memfd"):
+        assert "available" in outcome[name], outcome
+    assert outcome["fds"] == 0, outcome
+
+
+def test_a_memfd_name_is_a_str_without_nul() -> None:
+    for name in ("a\0b", 5, b"guest"):
+        with pytest.raises(InvalidArgumentType):
+            MmapRegion.memfd(PAGE, name=name)  # type: ignore[arg-type]
 
 
 # ---- File mappings -----------------------------------------------------------------------

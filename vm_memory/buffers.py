@@ -19,13 +19,17 @@ def byte_view(buffer: Any, *, writable: bool, what: str) -> memoryview:
     anything else is `InvalidArgumentType` naming `what`."""
     try:
         view = memoryview(buffer)
-    except TypeError:
+    except (TypeError, ValueError):  # not a buffer; a released memoryview
         raise InvalidArgumentType(what, "a bytes-like object", buffer) from None
     if writable and view.readonly:
         raise InvalidArgumentType(what, "a writable buffer", buffer)
     if not view.c_contiguous:
         raise InvalidArgumentType(what, "a contiguous buffer", buffer)
-    return view if view.format == "B" and view.ndim == 1 else view.cast("B")
+    if view.format == "B" and view.ndim == 1:
+        return view
+    if not view.nbytes:  # a zero in its shape, which cast refuses: no bytes either way
+        return memoryview(bytearray())
+    return view.cast("B")
 
 
 class BufferExport(ctypes.Structure):

@@ -350,6 +350,16 @@ class NotShareable(GuestMemoryError):
                          "build shared memory with from_ranges_memfd or from a file")
 
 
+class IndexOutOfRange(GuestMemoryError, IndexError):
+    """An index outside a volatile array (an IndexError too, so a loop over it ends)."""
+
+    def __init__(self, index: int, count: int) -> None:
+        self.index = index
+        self.count = count
+        self._init_args = (index, count)
+        super().__init__(f"index {index} outside an array of {count}")
+
+
 class DeviceError(GuestMemoryError):
     """A device model behind a `DeviceRegion` answered wrongly (e.g. a short read)."""
 

@@ -177,6 +177,23 @@ def _check_file_offset(offset: object, size: int) -> int:
     return offset
 
 
+def _check_available(size: int) -> None:
+    """Refuse to allocate more than the host has available now (free RAM and swap, from
+    /proc/meminfo): a memfd has no size limit of its own, and filling one past that gets
+    the process killed by the kernel's OOM killer instead of an error. Where meminfo
+    cannot be read, the allocation itself decides."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            fields = dict(line.split(":", 1) for line in meminfo)
+        available = sum(int(fields[key].split()[0]) * 1024
+                        for key in ("MemAvailable", "SwapFree"))
+    except (OSError, KeyError, ValueError, IndexError):
+        return
+    if size > available:
+        raise MappingError(size, f"the host has {available} bytes of memory and swap "
+                                 "available (sparse=True allocates as it is written)")
+
+
 def _oserror(size: int, error: OSError) -> MappingError:
     return MappingError(size, error.strerror or str(error))
 
@@ -372,6 +389,10 @@ class MmapRegion:
         allocation (a huge guest that touches little of its memory).
         """
         size = _check_size(size)
+        if type(name) is not str or "\0" in name:
+            raise InvalidArgumentType("memfd's name", "a str without NUL", name)
+        if not sparse:
+            _check_available(size)
         fd = os.memfd_create(name, os.MFD_CLOEXEC | getattr(os, "MFD_ALLOW_SEALING", 2))
         try:
             os.ftruncate(fd, size)

@@ -18,7 +18,7 @@ from vm_memory.aligned_address import AlignedGuestAddress
 from vm_memory.atomic_access import AtomicInteger
 from vm_memory.buffers import byte_view
 from vm_memory.byte_valued import Aggregate, ScalarValue, layout_of
-from vm_memory.errors import InvalidArgumentType, InvalidRange, NoHostAddress
+from vm_memory.errors import IndexOutOfRange, InvalidArgumentType, InvalidRange, NoHostAddress
 from vm_memory.ordering import Ordering
 from vm_memory.region import GuestMemoryRegion
 
@@ -86,9 +86,9 @@ class VolatileSlice:
         address at `offset`; else a typed error."""
         offset = check_u64(offset, "offset")
         length = check_u64(length, "length")
-        if offset + length > self.length:
-            raise InvalidRange(self.address.raw_value() + offset, length,
-                               f"outside the slice of {self.length} bytes")
+        if offset + length > self.length:  # reported from the slice's start: in range
+            raise InvalidRange(self.address.raw_value(), self.length,
+                               f"[{offset:#x}, +{length:#x}) is outside the slice")
         return offset, length, GuestAddress(self.address.raw_value() + offset)
 
     def subslice(self, offset: int, length: int) -> VolatileSlice:
@@ -249,7 +249,7 @@ class VolatileArrayRef(Generic[_T_co]):
     def __getitem__(self, index: int) -> VolatileRef[_T_co]:
         index = as_int(index, "an array index")  # converted once: no float, no lying int
         if not -self.count <= index < self.count:
-            raise IndexError(f"index {index} outside an array of {self.count}")
+            raise IndexOutOfRange(index, self.count)
         return VolatileRef(self.memory, self.address.offset(index % self.count))
 
     def __iter__(self) -> Iterator[VolatileRef[_T_co]]:
