@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable
 from typing import Final
 
-from mypy.nodes import FUNC_NO_INFO, FuncBase
+from mypy.nodes import Decorator, FuncBase
 from mypy.options import Options
 from mypy.plugin import (
     ClassDefContext,
@@ -28,7 +28,7 @@ from mypy.plugin import (
     Plugin,
     ReportConfigContext,
 )
-from mypy.types import FunctionLike, Type
+from mypy.types import CallableType, FunctionLike, Type, get_proper_type
 
 from vm_memory_mypy import config, fields
 from vm_memory_mypy.checks import atomics, byte_valued, construction, inference, misalignment
@@ -177,16 +177,20 @@ class VmMemoryPlugin(Plugin):
         return owner, method
 
     def _generic_helper(self, fullname: str) -> atomics.CallSiteHook | None:
-        """A user function generic over AtomicInteger: the width check at its callers."""
+        """A user function generic over AtomicInteger (or over a TypeVar of its own
+        constrained to atomic integer types): the width check at its callers."""
         if fullname not in self._generic:
             node = self._definition(fullname)
-            positions: list[int] = []
-            if isinstance(node, FuncBase):
-                positions = atomics.atomic_integer_parameters(node.type)
-                if node.info is not FUNC_NO_INFO and not node.is_static:  # `self` is bound
-                    positions = [position - 1 for position in positions if position]
-            self._generic[fullname] = atomics.generic_call_site(self.state, positions) \
-                if positions else None
+            if isinstance(node, Decorator) and not node.decorators and \
+                    not node.func.is_property:
+                # staticmethod, classmethod (also final, override, abstractmethod): mypy
+                # drops these from `decorators`, so none left keeps the signature
+                node = node.func
+            signature = get_proper_type(node.type) if isinstance(node, FuncBase) else None
+            positions = atomics.atomic_integer_parameters(signature)
+            self._generic[fullname] = atomics.generic_call_site(
+                self.state, positions, len(signature.arg_types)) \
+                if positions and isinstance(signature, CallableType) else None
         return self._generic[fullname]
 
     def _definition(self, fullname: str) -> object:

@@ -12,7 +12,7 @@ from mypy.types import Type
 from vm_memory_mypy.ctypes_model import field_alignment, scalar_alignment
 from vm_memory_mypy.fields import field_types, pack_of
 from vm_memory_mypy.targets import Target
-from vm_memory_mypy.typeutil import is_known_scalar, scalar_fullname
+from vm_memory_mypy.typeutil import class_of, innermost_element, is_known_scalar, scalar_fullname
 
 
 @dataclass
@@ -46,12 +46,25 @@ class State:
         pack = pack_of(info)
         return min(best, pack) if pack else best
 
+    def type_alignment(self, typ: Type) -> int | None:
+        """The alignment an AlignedGuestAddress of the type `typ` names needs: an array's
+        is its element's C alignment (the run time's `ctypes.alignment`), through arrays
+        of arrays."""
+        element = innermost_element(typ)
+        if element is None:
+            info = class_of(typ)
+            return self.alignment(info) if info is not None else None
+        info = class_of(element)
+        return self.class_field_alignment(info) if info is not None else None
+
     def field_alignment(self, fullname: str) -> int | None:
         if is_known_scalar(fullname):  # its size is the target's: no lookup
             return field_alignment(fullname, self.target)
         info = self.info(fullname)
-        if info is None:
-            return None
+        return self.class_field_alignment(info) if info is not None else None
+
+    def class_field_alignment(self, info: TypeInfo) -> int | None:
+        """Alignment of `info` as a Structure field or an array element."""
         scalar = scalar_fullname(info)
         if scalar is not None:
             return field_alignment(scalar, self.target)

@@ -48,7 +48,7 @@ def class_of(typ: Type) -> TypeInfo | None:
     return None
 
 
-def first_argument_class(typ: Type, fullname: str) -> TypeInfo | None:
+def first_argument(typ: Type, fullname: str) -> Type | None:
     """T of an `X[T]` instance type whose class is `fullname` or derives from it (a
     TypeVar bound to one counts as its bound)."""
     proper = get_proper_type(typ)
@@ -57,19 +57,72 @@ def first_argument_class(typ: Type, fullname: str) -> TypeInfo | None:
     if not isinstance(proper, Instance):
         return None
     if proper.type.fullname == fullname:
-        return class_of(proper.args[0]) if proper.args else None
+        return proper.args[0] if proper.args else None
     base = next((info for info in proper.type.mro if info.fullname == fullname), None)
     if base is None:
         return None
     mapped = map_instance_to_supertype(proper, base)
-    return class_of(mapped.args[0]) if mapped.args else None
+    return mapped.args[0] if mapped.args else None
 
 
-def aligned_type_argument(ctx: MethodContext) -> TypeInfo | None:
+def first_argument_class(typ: Type, fullname: str) -> TypeInfo | None:
+    """The class of T of an `X[T]` instance type (see `first_argument`)."""
+    argument = first_argument(typ, fullname)
+    return class_of(argument) if argument is not None else None
+
+
+def aligned_argument_type(ctx: MethodContext) -> Type | None:
     """T of the AlignedGuestAddress[T] passed as the first argument."""
     if not ctx.arg_types or not ctx.arg_types[0]:
         return None
-    return first_argument_class(ctx.arg_types[0][0], ALIGNED_ADDRESS)
+    return first_argument(ctx.arg_types[0][0], ALIGNED_ADDRESS)
+
+
+def aligned_type_argument(ctx: MethodContext) -> TypeInfo | None:
+    """The class of T of the AlignedGuestAddress[T] passed as the first argument."""
+    argument = aligned_argument_type(ctx)
+    return class_of(argument) if argument is not None else None
+
+
+def array_element(typ: Type) -> Type | None:
+    """The element type of the ctypes array `typ` names, or None if it names none. mypy
+    types `c_uint32 * 3` as `type[Array[c_uint32]]`: the element is the type argument,
+    which `class_of` drops."""
+    proper = get_proper_type(typ)
+    if isinstance(proper, TypeType):
+        proper = get_proper_type(proper.item)
+    elif isinstance(proper, CallableType) and proper.is_type_obj():
+        proper = get_proper_type(proper.ret_type)
+    if not isinstance(proper, Instance):
+        return None
+    base = next((info for info in proper.type.mro if info.fullname == ARRAY), None)
+    if base is None:
+        return None
+    mapped = map_instance_to_supertype(proper, base)
+    return mapped.args[0] if mapped.args else None
+
+
+def innermost_element(typ: Type) -> Type | None:
+    """The element type of an array (of arrays...) that is no array itself, or None if
+    `typ` names no array."""
+    element = array_element(typ)
+    while element is not None:
+        inner = array_element(element)
+        if inner is None:
+            return element
+        element = inner
+    return None
+
+
+def type_name(typ: Type) -> str | None:
+    """How a message names the type `typ` names: its class, `Array[c_uint32]` for an
+    array (its length is not in the type)."""
+    element = array_element(typ)
+    if element is not None:
+        inner = type_name(element)
+        return f"Array[{inner}]" if inner is not None else None
+    info = class_of(typ)
+    return info.name if info is not None else None
 
 
 def scalar_fullname(info: TypeInfo) -> str | None:

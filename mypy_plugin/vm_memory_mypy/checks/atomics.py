@@ -3,8 +3,9 @@ AtomicAccess (a native-endian integer or c_bool; no fetch_add on c_bool), and no
 than the target accesses lock-free. Also the precise result (`int`, `bool`,
 `tuple[bool, int]`).
 
-Generic code: mypy checks a body generic over `AtomicInteger` once per value, so the
-width is checked at the callers instead (`generic_call_site`), on the type they pass.
+Generic code: mypy checks a body generic over `AtomicInteger` (or a TypeVar of the user's
+constrained to atomic integer types) once per value, so the width is checked at the
+callers instead (`generic_call_site`), on the type they pass.
 """
 
 from __future__ import annotations
@@ -255,15 +256,27 @@ METHOD_HOOKS: Final[dict[tuple[str, str], MethodHook]] = {
 
 
 def atomic_integer_parameters(signature: Type | None) -> list[int]:
-    """Positions of the parameters whose type mentions the `AtomicInteger` TypeVar."""
+    """Positions of the parameters whose type mentions `AtomicInteger`, or a TypeVar of
+    the user's constrained to atomic integer types like it (see `is_atomic_integer`)."""
     proper = get_proper_type(signature)
     if not isinstance(proper, CallableType):
         return []
-    if not any(isinstance(variable, TypeVarType) and variable.fullname == ATOMIC_INTEGER
-               for variable in proper.variables):
+    integers = {variable.fullname for variable in proper.variables
+                if isinstance(variable, TypeVarType) and is_atomic_integer(variable)}
+    if not integers:
         return []
     return [index for index, argument in enumerate(proper.arg_types)
-            if _solved_class(argument) == ATOMIC_INTEGER]
+            if _solved_class(argument) in integers]
+
+
+def is_atomic_integer(variable: TypeVarType) -> bool:
+    """`AtomicInteger`, or a TypeVar whose values are all AtomicAccess types: mypy checks
+    a body generic over one once per value (`in_constrained_expansion` silences the
+    width there), so its callers are checked instead."""
+    if variable.fullname == ATOMIC_INTEGER:
+        return True
+    return bool(variable.values) and all(
+        scalar_fullname_of(value) in ATOMIC_TYPES for value in variable.values)
 
 
 def _solved_class(typ: Type) -> str | None:
@@ -279,19 +292,23 @@ def _solved_class(typ: Type) -> str | None:
 CallSiteHook = Callable[[FunctionContext | MethodContext], Type]
 
 
-def generic_call_site(state: State, positions: list[int]) -> CallSiteHook:
+def generic_call_site(state: State, positions: list[int], count: int) -> CallSiteHook:
     """A function hook: the width check on the types a caller passes to a helper generic
-    over AtomicInteger (skipped where the caller is generic over it too)."""
+    over AtomicInteger (skipped where the caller is generic over it too). `positions`
+    index the helper's `count` parameters; a call has one fewer where the first is
+    bound (`self`, or `cls` of a classmethod, called on an instance or the class)."""
     def hook(ctx: FunctionContext | MethodContext) -> Type:
+        bound = count - len(ctx.arg_types)
         for position in positions:
-            if position >= len(ctx.arg_types) or not ctx.arg_types[position]:
+            index = position - bound
+            if index < 0 or index >= len(ctx.arg_types) or not ctx.arg_types[index]:
                 continue
-            info = _argument_class(ctx.arg_types[position][0])
+            info = _argument_class(ctx.arg_types[index][0])
             if info is None or in_constrained_expansion(ctx.api, info):
                 continue
             fullname = scalar_fullname(info)
             if fullname is not None:
-                width_error(state, ctx.api, info, fullname, ctx.args[position][0])
+                width_error(state, ctx.api, info, fullname, ctx.args[index][0])
         return ctx.default_return_type
     return hook
 

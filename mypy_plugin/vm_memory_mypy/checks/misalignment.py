@@ -2,13 +2,14 @@
 misaligned for T on the target, given to `AlignedGuestAddress.new`/`try_new` or added to
 an `AlignedGuestAddress[T]` (`+`/`-` keep the proof, so they refuse an offset that is not
 a multiple of the alignment). Scalars need their size; a Structure its C alignment,
-which depends on the target's ABI (an 8-byte field is 4-aligned on i686) and `_pack_`."""
+which depends on the target's ABI (an 8-byte field is 4-aligned on i686) and `_pack_`;
+an array its element's (`c_uint32 * 3`: 4)."""
 
 from __future__ import annotations
 
 from typing import Final
 
-from mypy.nodes import Expression, TypeInfo
+from mypy.nodes import Expression
 from mypy.plugin import MethodContext
 from mypy.types import Type
 
@@ -16,15 +17,16 @@ from vm_memory_mypy.constants import constant_of
 from vm_memory_mypy.errorcodes import MISALIGNED
 from vm_memory_mypy.names import ALIGNED_ADDRESS, ALIGNED_VALUE_CONSTRUCTORS
 from vm_memory_mypy.state import MethodHook, State
-from vm_memory_mypy.typeutil import class_of, first_argument_class
+from vm_memory_mypy.typeutil import first_argument, type_name
 
 
-def report(state: State, ctx: MethodContext, info: TypeInfo, value: int,
+def report(state: State, ctx: MethodContext, typ: Type, value: int,
            context: Expression, what: str) -> None:
-    alignment = state.alignment(info)
+    """`typ` names T: a class, or an array (`c_uint32 * 3`), aligned as its element."""
+    alignment = state.type_alignment(typ)
     if alignment is not None and value % alignment:
         ctx.api.fail(
-            f"{what} {value:#x} is not aligned for {info.name} on "
+            f"{what} {value:#x} is not aligned for {type_name(typ)} on "
             f"{state.target.describe()}: it needs a multiple of {alignment}; use "
             "AlignedGuestAddress.align_up/align_down or fix the constant",
             context, code=MISALIGNED)
@@ -32,21 +34,20 @@ def report(state: State, ctx: MethodContext, info: TypeInfo, value: int,
 
 def checked_constructor(state: State, ctx: MethodContext) -> Type:
     """`AlignedGuestAddress.new(T, address)` and `try_new`."""
-    info = class_of(ctx.arg_types[0][0]) if ctx.arg_types and ctx.arg_types[0] else None
-    if info is not None and len(ctx.args) > 1 and ctx.args[1]:
+    if ctx.arg_types and ctx.arg_types[0] and len(ctx.args) > 1 and ctx.args[1]:
         value = constant_of(ctx.args[1][0], ctx.arg_types[1][0], ctx.api)
         if value is not None:
-            report(state, ctx, info, value, ctx.args[1][0], "Address")
+            report(state, ctx, ctx.arg_types[0][0], value, ctx.args[1][0], "Address")
     return ctx.default_return_type
 
 
 def arithmetic(state: State, ctx: MethodContext) -> Type:
     """`AlignedGuestAddress[T] + offset` (and `-`): the offset must keep the alignment."""
-    info = first_argument_class(ctx.type, ALIGNED_ADDRESS)
-    if info is not None and ctx.args and ctx.args[0]:
+    typ = first_argument(ctx.type, ALIGNED_ADDRESS)
+    if typ is not None and ctx.args and ctx.args[0]:
         value = constant_of(ctx.args[0][0], ctx.arg_types[0][0], ctx.api)
         if value is not None:
-            report(state, ctx, info, value, ctx.args[0][0], "Offset")
+            report(state, ctx, typ, value, ctx.args[0][0], "Offset")
     return ctx.default_return_type
 
 
