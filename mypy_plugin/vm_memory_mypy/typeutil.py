@@ -93,8 +93,8 @@ def array_element(typ: Type) -> Type | None:
         proper = get_proper_type(proper.item)
     elif isinstance(proper, CallableType) and proper.is_type_obj():
         proper = get_proper_type(proper.ret_type)
-    if not isinstance(proper, Instance):
-        return None
+    if not isinstance(proper, Instance) or proper.type.fullname in _KNOWN_SCALARS:
+        return None  # a scalar (most calls): no walk of its bases
     base = next((info for info in proper.type.mro if info.fullname == ARRAY), None)
     if base is None:
         return None
