@@ -58,7 +58,7 @@ def constant_of(expression: Expression, typ: Type | None, api: Any) -> int | Non
     if typ is not None:
         literals = try_getting_int_literals_from_type(typ)
         if literals and len(literals) == 1:
-            return literals[0]
+            return literals[0] if literals[0].bit_length() <= MAX_BITS else None
     return evaluate(expression, api, DEPTH)
 
 
@@ -66,7 +66,7 @@ def evaluate(expression: Expression, api: Any, depth: int) -> int | None:
     if depth <= 0:
         return None
     if isinstance(expression, IntExpr):
-        return expression.value
+        return expression.value if expression.value.bit_length() <= MAX_BITS else None
     if isinstance(expression, UnaryExpr) and expression.op in ("-", "~", "+"):
         value = evaluate(expression.expr, api, depth)
         if value is None:
