@@ -38,6 +38,7 @@ from vm_memory import (
     ValueOutOfRange,
     is_byte_valued,
 )
+from vm_memory.byte_valued import LONG_DOUBLE_VALUE_BYTES
 
 PAGE: Final = mmap.PAGESIZE
 FIRST: Final = 0x10_0000
@@ -88,10 +89,13 @@ SAMPLE_SCALARS: Final[list[tuple[type[Any], object, type[Any]]]] = [
 
 
 def encoded(ctype: type[Any], value: object) -> bytes:
-    """`value` as `ctype` over zeroed bytes: what guest memory must hold (an x87 long
-    double uses 10 of its 16 bytes; the rest must be zero, not whatever the host had)."""
+    """`value` as `ctype`, what guest memory must hold: an x87 long double's value is its
+    first 10 bytes and the rest must be zero, not what ctypes' setter left there (bytes
+    of its own C stack)."""
     scratch = bytearray(ctypes.sizeof(ctype))
     ctype.from_buffer(scratch).value = value
+    if issubclass(ctype, ctypes.c_longdouble):
+        scratch[LONG_DOUBLE_VALUE_BYTES:] = bytes(len(scratch) - LONG_DOUBLE_VALUE_BYTES)
     return bytes(scratch)
 
 
@@ -140,6 +144,36 @@ def test_no_host_bytes_reach_the_guest_through_a_long_double(memory: GuestMemory
             _churn = [object() for _ in range(step % 7)]  # vary what the allocator hands out
             store(value)
             assert memory.read_bytes(readers[name], size) == encoded(ctype, value), name
+
+
+def test_no_host_bytes_reach_the_guest_through_an_aggregate_of_long_doubles(
+        memory: GuestMemoryMmap) -> None:
+    """A caller's own array or Structure of long doubles holds what ctypes' setter left
+    in each one's padding (host stack bytes, in 200 of 200 writes before the fix): the
+    library writes the values and zeros there."""
+    pair = ctypes.c_longdouble * 2
+
+    class Sample(ctypes.Structure):
+        _fields_ = (("tag", ctypes.c_uint8), ("reading", ctypes.c_longdouble))
+
+    class Derived(Sample):
+        _fields_ = (("more", pair),)
+
+    for step in range(200):
+        value = step * 0.75 - 3.5
+        for ctype, instance, values in (
+                (pair, pair(value, -value), [(0, value), (ctypes.sizeof(ctypes.c_longdouble),
+                                                          -value)]),
+                (Derived, Derived(1, value, pair(value, value)),
+                 [(Sample.__dict__["reading"].offset, value),
+                  (Derived.__dict__["more"].offset, value),
+                  (Derived.__dict__["more"].offset + ctypes.sizeof(ctypes.c_longdouble), value)])):
+            memory.write_obj_unaligned(GuestAddress(FIRST + 3), ctype, instance)
+            written = memory.read_bytes(GuestAddress(FIRST + 3), ctypes.sizeof(ctype))
+            for offset, expected in values:
+                size = ctypes.sizeof(ctypes.c_longdouble)
+                assert written[offset:offset + size] == \
+                    encoded(ctypes.c_longdouble, expected), (ctype, step)
 
 
 @pytest.mark.parametrize("ctype", INTEGER_TYPES, ids=stable_id)

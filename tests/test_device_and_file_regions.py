@@ -274,6 +274,12 @@ def _eio(size: int) -> object:
     raise OSError(5, "Input/output error")
 
 
+def _released(size: int) -> object:
+    view = memoryview(bytes(size))
+    view.release()
+    return view
+
+
 MISBEHAVING_READS: Final[dict[str, tuple[Callable[[int], object], type[Exception]]]] = {
     "None": (lambda size: None, DeviceError),
     "a str": (lambda size: "x" * size, DeviceError),
@@ -281,6 +287,7 @@ MISBEHAVING_READS: Final[dict[str, tuple[Callable[[int], object], type[Exception
     # as many items as bytes asked for, 4 bytes each: was accepted by the atomics
     "an array of u32": (lambda size: array.array("I", bytes(4 * size)), DeviceError),
     "an OSError": (_eio, RegionIoError),
+    "a released memoryview": (_released, DeviceError),
 }
 
 

@@ -55,7 +55,7 @@ from vm_memory import (
     receive_memory,
 )
 from vm_memory.stream_io import IOV_MAX
-from vm_memory_virtio import VirtqueueError
+from vm_memory_virtio import VirtqueueError, write_bytes
 
 PAGE: Final = 4096
 
@@ -464,6 +464,9 @@ def test_a_released_or_empty_buffer_gets_the_same_answer_on_every_kind(
                     method(GuestAddress(PAGE - 8), released)
                 answer = method(GuestAddress(PAGE - 8), empty)
                 assert answer in (None, 0), (method, answer)
+            with pytest.raises(InvalidArgumentType, match="bytes-like"):
+                write_bytes(memory, [(PAGE - 8, 16)], released)
+            assert write_bytes(memory, [(PAGE - 8, 16)], empty) == 0
             assert memory.read_bytes(GuestAddress(0), 2 * PAGE) == bytes(2 * PAGE)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import operator
+import platform
 import struct
 import sys
 from collections.abc import Callable
@@ -229,9 +230,47 @@ def _build_type_layout(ctype: type[Any]) -> TypeLayout:
     raise NotByteValued(name, "only ctypes scalars, Structures, Unions and Arrays are")
 
 
+_X87_MACHINES: Final = frozenset({"x86_64", "amd64", "i386", "i486", "i586", "i686", "x86"})
+LONG_DOUBLE_VALUE_BYTES: Final = 10 if (
+    platform.machine().lower() in _X87_MACHINES and ctypes.sizeof(ctypes.c_longdouble) > 10
+) else ctypes.sizeof(ctypes.c_longdouble)
+"""The bytes of a long double that hold its value. x87's 80-bit format leaves the rest of
+its 12 or 16 as padding, which ctypes' setter copies from its own C stack: host bytes that
+must never reach guest memory. Elsewhere (IEEE quad, double-double, a plain double) every
+byte counts."""
+
+
+def _long_double_padding(ctype: type[Any]) -> list[tuple[int, int]]:
+    """The byte ranges of `ctype` that are a long double's padding (in a scalar, an array
+    or a Structure or Union, at any depth)."""
+    size = ctypes.sizeof(ctypes.c_longdouble)
+    if size == LONG_DOUBLE_VALUE_BYTES:
+        return []
+    if issubclass(ctype, ctypes.c_longdouble):
+        return [(LONG_DOUBLE_VALUE_BYTES, size)]
+    element: object = getattr(ctype, "_type_", None)  # an array's element type
+    length: object = getattr(ctype, "_length_", None)
+    if isinstance(element, type) and isinstance(length, int):
+        inner = _long_double_padding(element)
+        stride = ctypes.sizeof(element)
+        return [(start + index * stride, end + index * stride)
+                for index in range(length) for start, end in inner]
+    if issubclass(ctype, ctypes.Union):
+        return []  # which member holds the bytes is not known: they are written as given
+    ranges: list[tuple[int, int]] = []
+    for klass in ctype.__mro__:  # inherited fields too
+        fields: tuple[tuple[Any, ...], ...] = tuple(vars(klass).get("_fields_", ()))
+        for field in fields:
+            offset: int = getattr(ctype, field[0]).offset
+            ranges += [(offset + start, offset + end)
+                       for start, end in _long_double_padding(field[1])]
+    return ranges
+
+
 def _aggregate_layout(ctype: type[Any], name: str) -> TypeLayout:
     size = ctypes.sizeof(ctype)
     from_buffer_copy = ctype.from_buffer_copy
+    padding = _long_double_padding(ctype)
 
     def unpack_from(buffer: Any, offset: int) -> Any:
         return from_buffer_copy(buffer, offset)
@@ -239,7 +278,13 @@ def _aggregate_layout(ctype: type[Any], name: str) -> TypeLayout:
     def pack_into(buffer: Any, offset: int, value: Any) -> None:
         if type(value) is not ctype:
             raise InvalidArgumentType(f"a {name} value", f"a {name} instance", value)
-        buffer[offset:offset + size] = bytes(value)
+        if not padding:
+            buffer[offset:offset + size] = bytes(value)
+            return
+        encoded = bytearray(bytes(value))
+        for start, end in padding:
+            encoded[start:end] = bytes(end - start)
+        buffer[offset:offset + size] = encoded
 
     return TypeLayout(ctype, name, size, ctypes.alignment(ctype), False, False, False, True,
                       0, 0, unpack_from, pack_into)
@@ -319,14 +364,16 @@ def _ctypes_scalar_layout(ctype: type[Any], name: str, size: int, alignment: int
         except ValueError as error:  # c_wchar: not every bit pattern is a character
             raise InvalidGuestValue(offset, name, str(error)) from None
 
+    padding = _long_double_padding(ctype)
+
     def pack_into(buffer: Any, offset: int, value: Any) -> None:
-        # Encoded over zeros: `ctype(value)` leaves the padding of an x87 long double (6
-        # of its 16 bytes) as the allocator left it, host heap bytes the guest could read.
         encoded = bytearray(size)
         try:
             from_buffer(encoded).value = value
         except (TypeError, ValueError) as error:
             raise ValueOutOfRange(name, value, str(error)) from None
+        for start, end in padding:  # a long double's: host bytes (LONG_DOUBLE_VALUE_BYTES)
+            encoded[start:end] = bytes(end - start)
         buffer[offset:offset + size] = encoded
 
     return TypeLayout(ctype, name, size, alignment, True, False, False, native, 0, 0,

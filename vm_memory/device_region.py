@@ -92,7 +92,7 @@ class DeviceRegion(GuestMemoryRegion):
                                 error.strerror or str(error)) from None
         try:
             raw = memoryview(data).tobytes()
-        except TypeError:
+        except (TypeError, ValueError):  # not a buffer; a released view, a closed mmap
             raise DeviceError(self.start_value + offset, size, "the device returned "
                               f"{type(data).__name__}, not bytes") from None
         if len(raw) != size:

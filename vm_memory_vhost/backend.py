@@ -104,10 +104,12 @@ driver puts seg_max + 2 there)."""
 
 
 def _adopt_eventfd(name: str, fd: int) -> int:
-    """`fd`, a peer's kick, call or err fd, if it is an eventfd, made non-blocking; else
-    closed and refused. Anything else could end or stall the back-end: a pipe's read end
-    fails a signal, a blocking pipe stalls it past SIGTERM, a file is always readable
-    (a kick that spins), a directory fails a kick's read."""
+    """`fd`, a peer's kick, call or err fd, if it is an eventfd (not a semaphore), made
+    non-blocking (the peer's side too: they share the file; QEMU makes them so anyway);
+    else closed and refused. It needs /proc to tell. Anything else could end or stall
+    the back-end: a pipe's read end fails a signal, a blocking pipe stalls it past
+    SIGTERM, a file is always readable (a kick that spins), a directory fails a kick's
+    read."""
     try:
         kind = os.readlink(f"/proc/self/fd/{fd}")
     except OSError:
@@ -115,8 +117,21 @@ def _adopt_eventfd(name: str, fd: int) -> int:
     if kind != "anon_inode:[eventfd]":
         os.close(fd)
         raise VhostUserError(name, f"the fd attached is {kind}, not an eventfd")
+    if _is_semaphore(fd):  # each read takes 1: a large count keeps a kick ready for ever
+        os.close(fd)
+        raise VhostUserError(name, "the eventfd attached is a semaphore (EFD_SEMAPHORE)")
     os.set_blocking(fd, False)
     return fd
+
+
+def _is_semaphore(fd: int) -> bool:
+    """Whether the eventfd `fd` counts as a semaphore, as far as the kernel says (its
+    fdinfo has said so since Linux 6.6; an older kernel's answer is no)."""
+    try:
+        with open(f"/proc/self/fdinfo/{fd}", encoding="ascii") as info:
+            return any(line.split() == ["eventfd-semaphore:", "1"] for line in info)
+    except OSError:
+        return False
 
 
 class Vring:

@@ -16,6 +16,7 @@ import ctypes
 from typing import Any, TypeVar
 
 from vm_memory import AlignedGuestAddress, GuestAddress, GuestMemory, PartialBuffer
+from vm_memory.buffers import byte_view
 
 _S = TypeVar("_S", bound=ctypes.Structure)
 
@@ -153,8 +154,9 @@ def guest_to_file(memory: GuestMemory, segments: list[Segment], fd: int,
 
 
 def write_bytes(memory: GuestMemory, segments: list[Segment], data: Any) -> int:
-    """Copy `data` into the start of `segments`; returns the bytes copied."""
-    view = memoryview(data).cast("B")
+    """Copy `data` (any contiguous buffer; else `InvalidArgumentType`) into the start of
+    `segments`; returns the bytes copied."""
+    view = byte_view(data, writable=False, what="write_bytes' data")
     done = 0
     for address, length in segments:
         if done >= len(view):
