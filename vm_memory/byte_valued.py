@@ -241,8 +241,9 @@ byte counts."""
 
 
 def _long_double_padding(ctype: type[Any]) -> list[tuple[int, int]]:
-    """The byte ranges of `ctype` that are a long double's padding (in a scalar, an array
-    or a Structure or Union, at any depth)."""
+    """The byte ranges of `ctype` that are a long double's padding: in a scalar, and in
+    arrays and Structures at any depth (not in a Union, whose bytes may be another
+    member's)."""
     size = ctypes.sizeof(ctypes.c_longdouble)
     if size == LONG_DOUBLE_VALUE_BYTES:
         return []
