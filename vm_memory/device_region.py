@@ -88,8 +88,7 @@ class DeviceRegion(GuestMemoryRegion):
         try:
             data = self.device.read(offset, size)
         except OSError as error:
-            raise RegionIoError(self.start_value + offset, size, error.errno or 0,
-                                error.strerror or str(error)) from None
+            raise RegionIoError.of(self.start_value + offset, size, error) from None
         try:
             raw = memoryview(data).tobytes()
         except (TypeError, ValueError):  # not a buffer; a released view, a closed mmap
@@ -104,8 +103,7 @@ class DeviceRegion(GuestMemoryRegion):
         try:
             self.device.write(offset, data)
         except OSError as error:
-            raise RegionIoError(self.start_value + offset, len(data), error.errno or 0,
-                                error.strerror or str(error)) from None
+            raise RegionIoError.of(self.start_value + offset, len(data), error) from None
 
     def read_into(self, offset: int, destination: memoryview) -> None:
         self._enter(offset, len(destination))

@@ -381,3 +381,8 @@ class RegionIoError(GuestMemoryError, OSError):
         self._init_args = (address, length, errno, strerror)
         OSError.__init__(self, errno, f"I/O of {length} bytes at guest {_hex(address)} "
                                       f"failed: {strerror}")
+
+    @classmethod
+    def of(cls, address: int, length: int, error: OSError) -> RegionIoError:
+        """The error for an `OSError` met by an I/O of `length` bytes at `address`."""
+        return cls(address, length, error.errno or 0, error.strerror or str(error))

@@ -47,8 +47,7 @@ class FileRegion(GuestMemoryRegion):
         return "file region (pread/pwrite)"
 
     def _failed(self, offset: int, length: int, error: OSError) -> RegionIoError:
-        return RegionIoError(self.start_value + offset, length, error.errno or 0,
-                             error.strerror or str(error))
+        return RegionIoError.of(self.start_value + offset, length, error)
 
     def read_into(self, offset: int, destination: memoryview) -> None:
         done = 0
